@@ -1,0 +1,72 @@
+"""flowcore: an async reactive dataflow engine.
+
+Decorate async functions with :func:`flow` and :func:`task`; every task call
+inside a flow becomes a tracked, persisted task run. Importing flowcore only
+defines names: no files, threads or network until a flow runs.
+"""
+
+from __future__ import annotations
+
+from .context import RunContext, current_run
+from .engine import Engine, EngineStatistics
+from .errors import (
+    ConfigurationError,
+    FlowcoreError,
+    FlowTimeout,
+    NonRetryable,
+    RunNotFound,
+    SchemaTooNew,
+    StoreCorrupted,
+    StoreError,
+    StoreUnavailable,
+    TaskTimeout,
+    UnsupportedBackend,
+    UpstreamFailed,
+)
+from .flow import Flow, flow, run
+from .futures import TaskFuture, TaskFutureList, wait
+from .records import FlowRunRecord, TaskRunRecord
+from .retry import Backoff, RetryPolicy, backoff
+from .states import State
+from .store import MemoryStore, SQLiteStore, Store
+from .task import Task, task, unmapped
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "ConfigurationError",
+    "Engine",
+    "EngineStatistics",
+    "Flow",
+    "FlowRunRecord",
+    "FlowTimeout",
+    "FlowcoreError",
+    "MemoryStore",
+    "NonRetryable",
+    "RetryPolicy",
+    "RunContext",
+    "RunNotFound",
+    "SQLiteStore",
+    "SchemaTooNew",
+    "State",
+    "Store",
+    "StoreCorrupted",
+    "StoreError",
+    "StoreUnavailable",
+    "Task",
+    "TaskFuture",
+    "TaskFutureList",
+    "TaskRunRecord",
+    "TaskTimeout",
+    "UnsupportedBackend",
+    "UpstreamFailed",
+    "__version__",
+    "backoff",
+    "current_run",
+    "flow",
+    "run",
+    "task",
+    "unmapped",
+    "wait",
+]

@@ -1,0 +1,86 @@
+"""Encoding of recorded inputs and parameters.
+
+Inputs are recorded for people to inspect, not to re-run from, so recording
+must never fail a task and never cost more than the task: a value msgspec
+cannot encode becomes a typed placeholder, and a huge value becomes a summary
+instead of being copied into the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+__all__ = ["decode_inputs", "encode_inputs", "placeholder"]
+
+#: Containers longer than this are recorded as a summary (type and length).
+MAX_RECORDED_ITEMS = 1000
+#: Strings and bytes longer than this are recorded truncated.
+MAX_RECORDED_CHARS = 2048
+
+
+def placeholder(kind: str, value: object, **extra: Any) -> dict[str, Any]:
+    """A recorded stand-in for a value that is not recorded as itself."""
+    out: dict[str, Any] = {"__flowcore__": kind, "type": _type_name(value)}
+    out.update(extra)
+    return out
+
+
+def _type_name(value: object) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _enc_hook(value: object) -> object:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not fail the task
+        text = "<repr failed>"
+    return placeholder("unencodable", value, repr=text[:200])
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_decoder = msgspec.msgpack.Decoder()
+
+
+def _shrink(value: object) -> object:
+    # Cheap checks only: this runs for every argument of every task call.
+    t = type(value)
+    if t is str or t is bytes:
+        if len(value) > MAX_RECORDED_CHARS:  # type: ignore[arg-type]
+            return placeholder("truncated", value, length=len(value), head=value[:200])  # type: ignore[index]
+        return value
+    if t is list or t is tuple or t is dict or t is set or t is frozenset:
+        if len(value) > MAX_RECORDED_ITEMS:  # type: ignore[arg-type]
+            return placeholder("summary", value, length=len(value))  # type: ignore[arg-type]
+    return value
+
+
+def encode_inputs(names: Sequence[str], args: Sequence[object], kwargs: Mapping[str, object]) -> bytes:
+    """Encode a call's arguments as a msgpack map of parameter name to value.
+
+    ``names`` are the function's positional parameter names; extra positional
+    arguments (``*args``) are recorded under ``"*args"``.
+    """
+    recorded: dict[str, object] = {}
+    n = len(names)
+    for i, value in enumerate(args):
+        if i < n:
+            recorded[names[i]] = _shrink(value)
+        else:
+            recorded.setdefault("*args", []).append(_shrink(value))  # type: ignore[attr-defined]
+    for key, value in kwargs.items():
+        recorded[key] = _shrink(value)
+    try:
+        return _encoder.encode(recorded)
+    except Exception as exc:  # e.g. a dict with unhashable-as-key values, or a recursion
+        return _encoder.encode({"__flowcore__": "unencodable", "error": str(exc)[:200]})
+
+
+def decode_inputs(data: bytes) -> Any:
+    """Decode recorded inputs (or parameters); an empty record decodes to ``{}``."""
+    if not data:
+        return {}
+    return _decoder.decode(data)

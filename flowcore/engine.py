@@ -1,0 +1,171 @@
+"""The engine: the one object that holds a store, a clock, limits and the writer.
+
+Everything a run needs that is not the user's code hangs off an engine, and the
+current engine lives in a context variable, never in a global. ``flowcore.run``
+and a flow awaited with no engine around open one for the call; a service that
+runs many flows opens one for its lifetime::
+
+    async with flowcore.Engine() as engine:      # SQLite in $FLOWCORE_HOME
+        await my_flow(x=1)
+        print(engine.statistics())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from contextvars import Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .clock import Clock, SystemClock
+from .context import _engine_var
+from .errors import ConfigurationError, UnsupportedBackend
+from .recorder import Recorder
+from .store import SQLiteStore, Store, resolve_store
+
+__all__ = ["Engine", "EngineStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """Counters since the engine opened, for progress displays and tests."""
+
+    tasks_started: int
+    tasks_completed: int
+    tasks_failed: int
+    tasks_retried: int
+    flows_running: int
+    records_pending: int
+    rows_written: int
+    flushes: int
+
+
+class Engine:
+    """Runs flows and tasks, and records them in a store.
+
+    ``store``: a path, ``"memory"``, a URL or a store object (default: SQLite at
+    ``$FLOWCORE_HOME/flowcore.db``). ``clock``: used for retry waits (tests pass
+    :class:`flowcore.testing.FakeClock`). ``seed``: seeds the jitter of retry
+    backoff, for reproducible schedules. ``flush_interval``: the longest a state
+    change waits before it is written (seconds). ``thread_limit``: how many sync
+    tasks may run in worker threads at once.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        seed: int | None = None,
+        flush_interval: float = 0.02,
+        thread_limit: int = 40,
+    ) -> None:
+        problems = []
+        if not isinstance(flush_interval, int | float) or not 0 < flush_interval <= 60:
+            problems.append(f"`flush_interval` must be seconds in (0, 60], got {flush_interval!r}")
+        if not isinstance(thread_limit, int) or isinstance(thread_limit, bool) or thread_limit < 1:
+            problems.append(f"`thread_limit` must be an int >= 1, got {thread_limit!r}")
+        if problems:
+            raise ConfigurationError("invalid Engine options: " + "; ".join(problems))
+        self.store: Store = resolve_store(store)
+        self.clock: Clock = clock or SystemClock()
+        self.rng = random.Random(seed)
+        self.recorder = Recorder(self.store, flush_interval=flush_interval)
+        self.thread_limit = thread_limit
+        self.thread_limiter: anyio.CapacityLimiter | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._token: Token[Engine | None] | None = None
+        self._opened = False
+        # Counters, bumped on the hot path (plain ints: no locks needed on one loop).
+        self.tasks_started = 0
+        self.tasks_completed = 0
+        self.tasks_failed = 0
+        self.tasks_retried = 0
+        self.flows_running = 0
+
+    async def __aenter__(self) -> Engine:
+        if self._opened:
+            raise ConfigurationError("this Engine is already open; an engine is entered once")
+        if isinstance(self.store, SQLiteStore) and not _on_asyncio():
+            raise UnsupportedBackend(
+                "the SQLite store needs asyncio (it uses aiosqlite, which is asyncio-only); "
+                "run flows with asyncio (the default of flowcore.run), or use "
+                "Engine(store='memory') on trio"
+            )
+        self.thread_limiter = anyio.CapacityLimiter(self.thread_limit)
+        await self.store.open()
+        tg = anyio.create_task_group()
+        try:
+            await tg.__aenter__()
+        except BaseException:
+            await self.store.close()
+            raise
+        self._task_group = tg
+        tg.start_soon(self.recorder.run)
+        self._token = _engine_var.set(self)
+        self._opened = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            try:
+                _engine_var.reset(self._token)
+            except ValueError:  # exited from another context; nothing to restore there
+                pass
+            self._token = None
+        tg, self._task_group = self._task_group, None
+        try:
+            # Shielded: the last records must reach the store even when we are
+            # leaving because of a cancellation or Ctrl-C.
+            with anyio.CancelScope(shield=True):
+                await self.recorder.flush()
+        finally:
+            try:
+                if tg is not None:
+                    tg.cancel_scope.cancel()
+                    await tg.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.store.close()
+
+    def statistics(self) -> EngineStatistics:
+        r = self.recorder
+        return EngineStatistics(
+            tasks_started=self.tasks_started,
+            tasks_completed=self.tasks_completed,
+            tasks_failed=self.tasks_failed,
+            tasks_retried=self.tasks_retried,
+            flows_running=self.flows_running,
+            records_pending=r.pending,
+            rows_written=r.rows_written,
+            flushes=r.flushes,
+        )
+
+    def __repr__(self) -> str:
+        return f"<flowcore.Engine store={self.store.location!r}>"
+
+
+def current_engine() -> Engine | None:
+    """The engine of the current context, if one is open."""
+    return _engine_var.get()
+
+
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

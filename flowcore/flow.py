@@ -1,0 +1,263 @@
+"""``@flowcore.flow`` and ``flowcore.run``: a flow run owns its tasks.
+
+A flow run opens one anyio task group; every task it submits belongs to it, so
+leaving the flow waits for them, and a failure or cancellation of the flow
+cancels them. No task outlives its flow.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import math
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import anyio
+
+from .context import RunContext, _engine_var, _run_var, _task_var, new_flow_record
+from .encoding import encode_inputs
+from .engine import Engine
+from .errors import ConfigurationError, FlowTimeout, TaskTimeout
+from .records import FlowRunRecord
+from .states import State
+from .task import Task, check_function
+from .taskrun import prepare, run_prepared
+
+__all__ = ["Flow", "flow", "run"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_MAX_TRACEBACK = 20_000
+
+
+class Flow(Generic[P, R]):
+    """A flow: ``await my_flow(...)`` in async code, ``flowcore.run(my_flow, ...)`` from sync code."""
+
+    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], *, name: str | None, timeout: float | None) -> None:
+        self.fn = fn
+        self.name = name or fn.__qualname__
+        self.timeout = timeout
+        self.signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return _call_flow(self, args, kwargs)
+
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run from synchronous code: ``my_flow.run(x=1)`` is ``flowcore.run(my_flow, x=1)``."""
+        return run(self, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<flowcore.Flow {self.name}>"
+
+
+async def _call_flow(flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        bound = flow.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(f"flow {flow.name!r} called with bad arguments: {exc}; its signature is {flow.name}{flow.signature}") from None
+    bound.apply_defaults()
+    engine = _engine_var.get()
+    if engine is None:
+        async with Engine() as engine:
+            return await _run_flow(engine, flow, args, kwargs, bound.arguments)
+    return await _run_flow(engine, flow, args, kwargs, bound.arguments)
+
+
+async def _run_flow(
+    engine: Engine,
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parameters: Mapping[str, Any],
+) -> Any:
+    now = time.time()
+    record = new_flow_record(uuid.uuid4().hex, flow.name, "flow", encode_inputs((), (), parameters), now)
+    ctx = RunContext(engine, record, parameters)
+
+    async def body() -> Any:
+        return await flow.fn(*args, **kwargs)
+
+    return await _drive(engine, ctx, body, flow.timeout)
+
+
+async def _drive(
+    engine: Engine, ctx: RunContext, body: Callable[[], Coroutine[Any, Any, Any]], timeout: float | None
+) -> Any:
+    """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it in a terminal state."""
+    record = ctx.record
+    recorder = engine.recorder
+    recorder.flow_changed(record)
+    engine.flows_running += 1
+    run_token = _run_var.set(ctx)
+    task_token = _task_var.set(None)
+    top_level = record.parent_run_id is None
+    error: BaseException | None = None
+    result: Any = None
+    try:
+        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            async with anyio.create_task_group() as tg:
+                ctx.task_group = tg
+                try:
+                    result = await body()
+                except Exception as exc:
+                    # Keep the error for the flow (not an ExceptionGroup) and stop the
+                    # flow's other tasks: the run has failed.
+                    error = exc
+                    tg.cancel_scope.cancel()
+        if scope.cancelled_caught and error is None:
+            error = FlowTimeout(
+                f"flow {record.name!r} timed out after {timeout:g} s (its `timeout`); its "
+                "unfinished tasks were cancelled. Raise the flow's `timeout` to give it longer"
+            )
+        if error is None and ctx._failed:
+            error = _unobserved_failure(ctx)
+        if error is not None:
+            _finish(record, State.TIMED_OUT if isinstance(error, FlowTimeout) else State.FAILED, error)
+            recorder.flow_changed(record)
+            raise error
+        _finish(record, State.COMPLETED, None)
+        recorder.flow_changed(record)
+        return result
+    except BaseException as exc:
+        if not record.state.is_terminal:
+            _finish(record, State.CANCELLED, exc if isinstance(exc, Exception) else None)
+            recorder.flow_changed(record)
+        raise
+    finally:
+        record.task_count = ctx.task_count
+        engine.flows_running -= 1
+        _task_var.reset(task_token)
+        _run_var.reset(run_token)
+        ctx.task_group = None
+        ctx._failed.clear()
+        if top_level:
+            # The end of a run is a durability point: its records are committed
+            # before the caller sees its result.
+            with anyio.CancelScope(shield=True):
+                await recorder.flush()
+
+
+def _unobserved_failure(ctx: RunContext) -> BaseException:
+    futures = list(ctx._failed)
+    first = futures[0]
+    exc = first._exc
+    assert exc is not None
+    others = f"; {len(futures) - 1} more submitted tasks failed unobserved" if len(futures) > 1 else ""
+    exc.add_note(
+        f"flowcore: task {first.task_name!r} (seq {first.seq}) was submitted but its failure was "
+        f"never awaited, so the flow run fails with it{others}. Await futures (or "
+        "flowcore.wait(...)) to handle their errors"
+    )
+    return exc
+
+
+def _finish(record: FlowRunRecord, state: State, error: BaseException | None) -> None:
+    now = time.time()
+    record.state = state
+    record.ended = now
+    record.history.append((state.value, now))
+    if error is not None:
+        record.error_type = f"{type(error).__module__}.{type(error).__qualname__}".removeprefix("builtins.")
+        record.error_message = str(error)[:2000]
+        record.traceback = "".join(traceback.format_exception(error))[-_MAX_TRACEBACK:]
+
+
+async def run_standalone_task(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A task awaited outside any flow: tracked as a run of its own (``kind="task"``)."""
+    engine = _engine_var.get()
+    if engine is None:
+        async with Engine() as engine:
+            return await _standalone(engine, task, args, kwargs)
+    return await _standalone(engine, task, args, kwargs)
+
+
+async def _standalone(engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    record = new_flow_record(uuid.uuid4().hex, task.name, "task", b"", time.time())
+    ctx = RunContext(engine, record, {})
+
+    async def body() -> Any:
+        rec, waits = prepare(task, ctx, args, kwargs)
+        record.parameters = rec.inputs
+        return await run_prepared(task, ctx, rec, waits, args, kwargs)
+
+    return await _drive(engine, ctx, body, None)
+
+
+@overload
+def flow(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Flow[P, R]: ...
+@overload
+def flow(*, name: str | None = ..., timeout: float | None = ...) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Flow[P, R]]: ...
+def flow(
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, timeout: float | None = None
+) -> Any:
+    """Make an async function a flow: ``@flowcore.flow`` or ``@flowcore.flow(timeout=600)``.
+
+    Every task awaited inside it is a tracked task run; ``timeout`` bounds the whole run.
+    """
+    problems = []
+    if name is not None and (not isinstance(name, str) or not name):
+        problems.append(f"`name` must be a non-empty str, got {name!r}")
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0 or not math.isfinite(timeout)
+    ):
+        problems.append(f"`timeout` must be a number of seconds > 0 or None, got {timeout!r}")
+    if problems:
+        label = getattr(fn, "__qualname__", None) or name or "flow"
+        raise ConfigurationError(f"invalid options for flow {label!r}: " + "; ".join(problems))
+
+    def decorate(f: Callable[..., Any]) -> Flow[Any, Any]:
+        check_function(f, "flow")
+        if isinstance(f, Flow):
+            raise ConfigurationError(f"{f.name!r} is already a flow; apply @flowcore.flow once")
+        if not inspect.iscoroutinefunction(f):
+            raise ConfigurationError(
+                f"@flowcore.flow needs an `async def` function, got the sync function "
+                f"{getattr(f, '__qualname__', f)!r}; write `async def`, and put blocking code in a "
+                "@flowcore.task (sync tasks run in worker threads)"
+            )
+        return Flow(f, name=name, timeout=None if timeout is None else float(timeout))
+
+    if fn is None:
+        return decorate
+    return decorate(fn)
+
+
+def run(flow: Flow[P, R] | Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a flow (or a single task) from synchronous code and return its result.
+
+    ``flowcore.run(ingest, pages=20)``. Runs on asyncio, with uvloop when it is
+    installed. Inside a running event loop, ``await ingest(pages=20)`` instead.
+    """
+    if inspect.iscoroutine(flow):
+        name = flow.__qualname__
+        flow.close()
+        raise ConfigurationError(
+            f"flowcore.run() takes the flow itself, not a call of it: write "
+            f"flowcore.run({name}, ...arguments...), not flowcore.run({name}(...))"
+        )
+    if not isinstance(flow, Flow | Task):
+        raise ConfigurationError(
+            f"flowcore.run() takes a @flowcore.flow (or @flowcore.task), got {flow!r}; "
+            "decorate the function with @flowcore.flow"
+        )
+    try:
+        import asyncio
+
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise ConfigurationError(
+            f"flowcore.run() was called inside a running event loop; there, write "
+            f"`await {flow.name}(...)` instead"
+        )
+    call = functools.partial(flow, *args, **kwargs)
+    options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
+    result: R = anyio.run(call, backend="asyncio", backend_options=options)
+    return result

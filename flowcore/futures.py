@@ -1,0 +1,131 @@
+"""Futures of submitted task runs, and waiting for them.
+
+A :class:`TaskFuture` is what ``task.submit()`` returns: the task is already
+running in the flow's task group. Await it for the result. Passing it to
+another task is a dependency edge: the downstream task waits for it and gets
+its result as the argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from .errors import ConfigurationError
+from .states import State
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+__all__ = ["TaskFuture", "TaskFutureList", "wait"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class TaskFuture(Generic[R]):
+    """The eventual result of a submitted task run: ``await future``."""
+
+    __slots__ = ("_ctx", "_done", "_exc", "_result", "seq", "state", "task_name")
+
+    def __init__(self, task_name: str, seq: int, ctx: RunContext) -> None:
+        self.task_name = task_name
+        #: The task run's position in its flow run (``flowcore runs show`` lists it).
+        self.seq = seq
+        self.state = State.PENDING
+        self._ctx = ctx
+        self._done = anyio.Event()
+        self._result: Any = None
+        self._exc: BaseException | None = None
+
+    # Set by the engine when the task run ends.
+    def _set_result(self, value: Any, state: State) -> None:
+        self._result = value
+        self.state = state
+        self._done.set()
+
+    def _set_exception(self, exc: BaseException, state: State) -> None:
+        self._exc = exc
+        self.state = state
+        if isinstance(exc, Exception):
+            self._ctx._failed[self] = None
+        self._done.set()
+
+    def done(self) -> bool:
+        """Whether the task run has ended (successfully or not)."""
+        return self._done.is_set()
+
+    def result(self) -> R:
+        """The result of a finished task run; raises its error. Use ``await`` to wait."""
+        if not self._done.is_set():
+            raise ConfigurationError(
+                f"the future of task {self.task_name!r} (seq {self.seq}) has not finished; "
+                "use `await future` to wait for it"
+            )
+        self._ctx._failed.pop(self, None)
+        if self._exc is not None:
+            raise self._exc
+        value: R = self._result
+        return value
+
+    def exception(self) -> BaseException | None:
+        """The error of a finished task run, or ``None``; marks the failure as seen."""
+        if not self._done.is_set():
+            raise ConfigurationError(
+                f"the future of task {self.task_name!r} (seq {self.seq}) has not finished; "
+                "use `await future.wait()` first"
+            )
+        self._ctx._failed.pop(self, None)
+        return self._exc
+
+    async def wait(self) -> None:
+        """Wait until the task run ends, without raising its error."""
+        await self._done.wait()
+
+    async def _get(self) -> R:
+        await self._done.wait()
+        return self.result()
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self._get().__await__()
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture {self.task_name} seq={self.seq} {self.state}>"
+
+
+class TaskFutureList(list[TaskFuture[R]]):
+    """The futures ``task.map()`` returns: a list, and ``await``-able for all results."""
+
+    def __await__(self) -> Generator[Any, None, list[R]]:
+        return wait(self).__await__()
+
+
+async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
+    """Wait for every future and return their results in order.
+
+    If any failed, all are still waited for, every failure counts as seen, and
+    the first failure is raised (with a note naming the others).
+    """
+    items = list(futures)
+    for item in items:
+        if not isinstance(item, TaskFuture):
+            what = "a coroutine" if hasattr(item, "cr_frame") else type(item).__name__
+            if hasattr(item, "close"):
+                item.close()
+            raise ConfigurationError(
+                f"flowcore.wait() takes futures from task.submit() or task.map(), got {what}; "
+                "to run coroutines concurrently use asyncio.gather(...) or submit the tasks"
+            )
+    for item in items:
+        await item._done.wait()
+    errors = [e for e in (f.exception() for f in items) if e is not None]
+    if errors:
+        first = errors[0]
+        if len(errors) > 1:
+            others = ", ".join(f"{type(e).__name__}: {e}" for e in errors[1:4])
+            more = f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""
+            first.add_note(f"flowcore.wait: {len(errors) - 1} other futures failed too: {others}{more}")
+        raise first
+    return [f._result for f in items]

@@ -1,0 +1,88 @@
+"""The records flowcore keeps about runs: what the engine mutates and the store persists.
+
+They are msgspec Structs because a flow may make a million of them: a Struct is
+created several times faster than a class instance and is smaller. ``gc=False``
+is safe because a record holds only strings, numbers, bytes and flat lists of
+tuples, never a reference back to an object that could form a cycle.
+
+``history`` holds one entry per state change: ``(state, unix time)``, or
+``(state, unix time, note)`` where a note explains it (the error that made an
+attempt retry).
+
+Schema evolution rule (shared with the store): new fields get defaults, field
+types never change, and readers ignore fields they do not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .states import State
+
+__all__ = ["FlowRunRecord", "TaskRunRecord", "task_run_label"]
+
+
+class FlowRunRecord(msgspec.Struct, gc=False):
+    """One run of a flow (or of a task called outside any flow: ``kind="task"``)."""
+
+    id: str
+    name: str
+    state: State
+    created: float
+    kind: str = "flow"
+    parameters: bytes = b""  # msgpack of the bound parameters, see encoding.encode_inputs
+    parent_run_id: str | None = None
+    parent_task_seq: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    heartbeat: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    history: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    host: str = ""
+    pid: int = 0
+    task_count: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+
+class TaskRunRecord(msgspec.Struct, gc=False):
+    """One tracked call of a task inside a flow run, identified by ``(run_id, seq)``."""
+
+    run_id: str
+    seq: int
+    name: str
+    state: State
+    created: float
+    parent_seq: int | None = None  # the task run this one was called from
+    upstream: list[int] | None = None  # task runs whose futures were inputs (dependency edges)
+    inputs: bytes = b""
+    attempts: int = 0
+    started: float | None = None
+    ended: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    history: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+    @property
+    def label(self) -> str:
+        return task_run_label(self.run_id, self.seq)
+
+
+def task_run_label(run_id: str, seq: int) -> str:
+    """The short id people see for a task run: ``<run id prefix>.<seq>``."""
+    return f"{run_id[:8]}.{seq}"

@@ -1,0 +1,67 @@
+"""State stores: where run records are kept.
+
+``resolve_store`` turns what a user gives (nothing, a path, a URL, a store
+object) into a store. Stores of other databases come from plugins registered
+under the ``flowcore.stores`` entry-point group, keyed by URL scheme, and are
+loaded only when such a URL is used.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError
+from .base import Store
+from .memory import MemoryStore
+from .sqlite import SCHEMA_VERSION, SQLiteStore
+
+__all__ = ["SCHEMA_VERSION", "MemoryStore", "SQLiteStore", "Store", "flowcore_home", "resolve_store"]
+
+
+def flowcore_home() -> Path:
+    """``$FLOWCORE_HOME``, or ``~/.flowcore`` when it is unset or empty."""
+    home = os.environ.get("FLOWCORE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".flowcore"
+
+
+def resolve_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
+    """The store for ``spec``.
+
+    - ``None``: SQLite at ``$FLOWCORE_HOME/flowcore.db``.
+    - ``"memory"`` or ``":memory:"``: a :class:`MemoryStore`.
+    - a path, or ``"sqlite:///path"``: SQLite at that path.
+    - ``"scheme://..."``: the store plugin registered for that scheme.
+    - a store object: itself.
+    """
+    if spec is None:
+        return SQLiteStore(flowcore_home() / "flowcore.db")
+    if isinstance(spec, os.PathLike):
+        return SQLiteStore(spec)
+    if not isinstance(spec, str):
+        if isinstance(spec, Store):
+            return spec
+        raise ConfigurationError(
+            f"`store` must be a path, a URL such as 'sqlite:///runs.db', 'memory', or a store "
+            f"object, got {type(spec).__name__}"
+        )
+    if spec in ("memory", ":memory:"):
+        return MemoryStore()
+    scheme, sep, rest = spec.partition("://")
+    if not sep:
+        return SQLiteStore(spec)
+    if scheme == "sqlite":
+        return SQLiteStore(rest[1:] if rest.startswith("/") else rest)
+    plugins = {ep.name: ep for ep in entry_points(group="flowcore.stores")}
+    if scheme in plugins:
+        factory: Any = plugins[scheme].load()
+        store: Store = factory(spec)
+        return store
+    installed = ", ".join(sorted(["sqlite", "memory", *plugins])) or "none"
+    raise ConfigurationError(
+        f"no flowcore store for URL scheme {scheme!r} (from {spec.split('@')[-1]!r}); "
+        f"installed: {installed}. Install the plugin that provides it, e.g. "
+        f"`pip install flowcore-{scheme}`"
+    )

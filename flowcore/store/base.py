@@ -1,0 +1,60 @@
+"""The store protocol: what the engine and the readers need from a database.
+
+The engine only ever calls :meth:`Store.write`, from one writer task, with
+batches; readers (CLI, resume, UI) call the ``list``/``get`` methods. Any store
+that passes ``tests/test_store.py`` can back flowcore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from ..records import FlowRunRecord, TaskRunRecord
+
+__all__ = ["Store"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A place where run records live.
+
+    ``write`` must take everything it needs from the records *before its first
+    await*: the engine keeps mutating the same record objects while a write is
+    in flight, and relies on each write being a snapshot taken at call time.
+    Writes are upserts keyed by run id (and ``seq`` for task runs); a record
+    already in a terminal state is never overwritten.
+    """
+
+    #: Where the data lives, for messages (a path or a URL without password).
+    location: str
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema. Raises a ``StoreError`` subclass on failure."""
+
+    async def close(self) -> None:
+        """Release every connection; safe to call twice and after a failed ``open``."""
+
+    async def write(
+        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+    ) -> None:
+        """Upsert a batch of records in one transaction."""
+
+    async def list_runs(
+        self, *, name: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[FlowRunRecord]:
+        """Flow runs, newest first, optionally filtered by flow name and state."""
+
+    async def get_run(self, run_id: str) -> FlowRunRecord:
+        """The run with this id or unique id prefix; raises ``RunNotFound``."""
+
+    async def list_task_runs(
+        self, run_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[TaskRunRecord]:
+        """Task runs of one flow run, in call order (``seq``)."""
+
+    async def count_task_runs(self, run_id: str) -> dict[str, int]:
+        """Task runs of one flow run counted by state."""
+
+    async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
+        """Subflow runs started from this run."""

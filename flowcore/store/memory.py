@@ -1,0 +1,97 @@
+"""A store that keeps records in memory: for tests and for runs that need no history."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import msgspec
+
+from ..errors import ConfigurationError, RunNotFound
+from ..records import FlowRunRecord, TaskRunRecord
+from ..states import TERMINAL
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Records in dictionaries, lost when the process ends.
+
+    Writes store copies, so what a reader sees is what was written, as with a
+    real database, and not the engine's live objects.
+    """
+
+    location = ":memory:"
+
+    def __init__(self) -> None:
+        self._runs: dict[str, FlowRunRecord] = {}
+        self._tasks: dict[str, dict[int, TaskRunRecord]] = {}
+        self.writes = 0  # number of write batches, for tests of the batching
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def write(
+        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+    ) -> None:
+        self.writes += 1
+        for fr in flow_runs:
+            old = self._runs.get(fr.id)
+            if old is None or old.state not in TERMINAL:
+                self._runs[fr.id] = msgspec.structs.replace(fr, history=list(fr.history))
+        for tr in task_runs:
+            by_seq = self._tasks.setdefault(tr.run_id, {})
+            old_t = by_seq.get(tr.seq)
+            if old_t is None or old_t.state not in TERMINAL:
+                by_seq[tr.seq] = msgspec.structs.replace(tr, history=list(tr.history))
+
+    async def list_runs(
+        self, *, name: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[FlowRunRecord]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        runs = [
+            r
+            for r in self._runs.values()
+            if (name is None or r.name == name) and (state is None or r.state == state)
+        ]
+        runs.sort(key=lambda r: r.created, reverse=True)
+        return runs[:limit]
+
+    async def get_run(self, run_id: str) -> FlowRunRecord:
+        if run_id in self._runs:
+            return self._runs[run_id]
+        matches = [r for key, r in self._runs.items() if key.startswith(run_id)] if run_id else []
+        if len(matches) == 1:
+            return matches[0]
+        raise RunNotFound(_not_found_message(run_id, self.location, len(matches)))
+
+    async def list_task_runs(
+        self, run_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[TaskRunRecord]:
+        tasks = sorted(self._tasks.get(run_id, {}).values(), key=lambda t: t.seq)
+        end = None if limit is None else offset + limit
+        return tasks[offset:end]
+
+    async def count_task_runs(self, run_id: str) -> dict[str, int]:
+        return dict(Counter(str(t.state) for t in self._tasks.get(run_id, {}).values()))
+
+    async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
+        kids = [r for r in self._runs.values() if r.parent_run_id == run_id]
+        kids.sort(key=lambda r: r.created)
+        return kids
+
+
+def _not_found_message(run_id: str, location: str, matches: int) -> str:
+    if matches > 1:
+        return (
+            f"run id prefix {run_id!r} matches {matches} runs in {location}; "
+            "give more characters of the id (see `flowcore runs ls`)"
+        )
+    return (
+        f"no run with id {run_id!r} in {location}; list runs with `flowcore runs ls`, "
+        "or point FLOWCORE_HOME at the folder whose database holds it"
+    )

@@ -1,0 +1,481 @@
+"""The embedded default store: one SQLite file, shared safely by several processes.
+
+Settings and why:
+
+- WAL journal: readers (the CLI) never block the writer, and the writer never
+  blocks readers.
+- ``synchronous=NORMAL`` (the default here): a commit is durable against a
+  process crash; a power cut may lose the last few commits, never corrupt the
+  file. ``synchronous="FULL"`` makes each commit survive power loss too, at the
+  cost of an fsync per batch.
+- Writes open with ``BEGIN IMMEDIATE`` so two processes queue for the write
+  lock (waiting up to the busy timeout) instead of failing with "database is
+  locked" when a deferred transaction tries to upgrade; on top, a locked
+  database is retried with backoff for ``lock_timeout`` seconds before any
+  error reaches the user.
+- The schema is versioned (``PRAGMA user_version``) and migrated by numbered,
+  all-or-nothing steps; a database from a newer flowcore is refused, never
+  downgraded or rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+import anyio
+import msgspec
+
+from ..errors import (
+    ConfigurationError,
+    RunNotFound,
+    SchemaTooNew,
+    StoreCorrupted,
+    StoreError,
+    StoreUnavailable,
+)
+from ..records import FlowRunRecord, TaskRunRecord
+from ..states import TERMINAL, State
+from .memory import _not_found_message
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
+
+#: Numbered migrations; each runs in one transaction. Never edit a released one: add a new one.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """CREATE TABLE flowcore_meta (
+               key TEXT PRIMARY KEY,
+               value TEXT NOT NULL
+           )""",
+        f"""CREATE TABLE flow_runs (
+               id TEXT PRIMARY KEY,
+               name TEXT NOT NULL,
+               kind TEXT NOT NULL DEFAULT 'flow',
+               state TEXT NOT NULL,
+               created REAL NOT NULL,
+               parameters BLOB,
+               parent_run_id TEXT,
+               parent_task_seq INTEGER,
+               started REAL,
+               ended REAL,
+               heartbeat REAL,
+               error_type TEXT,
+               error_message TEXT,
+               traceback TEXT,
+               history BLOB,
+               host TEXT,
+               pid INTEGER,
+               task_count INTEGER NOT NULL DEFAULT 0,
+               CHECK (state IN ({_TERMINAL_SQL}, 'Pending', 'Running', 'Retrying'))
+           )""",
+        "CREATE INDEX flow_runs_created ON flow_runs (created)",
+        "CREATE INDEX flow_runs_name_created ON flow_runs (name, created)",
+        "CREATE INDEX flow_runs_parent ON flow_runs (parent_run_id)",
+        """CREATE TABLE task_runs (
+               run_id TEXT NOT NULL,
+               seq INTEGER NOT NULL,
+               name TEXT NOT NULL,
+               state TEXT NOT NULL,
+               created REAL NOT NULL,
+               parent_seq INTEGER,
+               upstream BLOB,
+               inputs BLOB,
+               attempts INTEGER NOT NULL DEFAULT 0,
+               started REAL,
+               ended REAL,
+               error_type TEXT,
+               error_message TEXT,
+               traceback TEXT,
+               history BLOB,
+               PRIMARY KEY (run_id, seq)
+           ) WITHOUT ROWID""",
+    ),
+}
+SCHEMA_VERSION: Final = max(MIGRATIONS)
+
+_FLOW_COLS = (
+    "id, name, kind, state, created, parameters, parent_run_id, parent_task_seq, started, ended, "
+    "heartbeat, error_type, error_message, traceback, history, host, pid, task_count"
+)
+_TASK_COLS = (
+    "run_id, seq, name, state, created, parent_seq, upstream, inputs, attempts, started, ended, "
+    "error_type, error_message, traceback, history"
+)
+_UPSERT_FLOW = f"""
+INSERT INTO flow_runs ({_FLOW_COLS}) VALUES ({", ".join("?" * 18)})
+ON CONFLICT (id) DO UPDATE SET
+    state = excluded.state, started = excluded.started, ended = excluded.ended,
+    heartbeat = excluded.heartbeat, error_type = excluded.error_type,
+    error_message = excluded.error_message, traceback = excluded.traceback,
+    history = excluded.history, task_count = excluded.task_count
+WHERE flow_runs.state NOT IN ({_TERMINAL_SQL})
+"""
+_UPSERT_TASK = f"""
+INSERT INTO task_runs ({_TASK_COLS}) VALUES ({", ".join("?" * 15)})
+ON CONFLICT (run_id, seq) DO UPDATE SET
+    state = excluded.state, upstream = excluded.upstream, attempts = excluded.attempts,
+    started = excluded.started, ended = excluded.ended, error_type = excluded.error_type,
+    error_message = excluded.error_message, traceback = excluded.traceback,
+    history = excluded.history
+WHERE task_runs.state NOT IN ({_TERMINAL_SQL})
+"""
+
+_enc = msgspec.msgpack.Encoder()
+_history_dec = msgspec.msgpack.Decoder(list[tuple[Any, ...]])
+_upstream_dec = msgspec.msgpack.Decoder(list[int])
+
+
+def _flow_row(r: FlowRunRecord) -> tuple[Any, ...]:
+    return (
+        r.id, r.name, r.kind, r.state, r.created, r.parameters, r.parent_run_id,
+        r.parent_task_seq, r.started, r.ended, r.heartbeat, r.error_type, r.error_message,
+        r.traceback, _enc.encode(r.history), r.host, r.pid, r.task_count,
+    )  # fmt: skip
+
+
+def _task_row(r: TaskRunRecord) -> tuple[Any, ...]:
+    return (
+        r.run_id, r.seq, r.name, r.state, r.created, r.parent_seq,
+        None if r.upstream is None else _enc.encode(r.upstream), r.inputs, r.attempts,
+        r.started, r.ended, r.error_type, r.error_message, r.traceback, _enc.encode(r.history),
+    )  # fmt: skip
+
+
+def _flow_record(row: sqlite3.Row | tuple[Any, ...]) -> FlowRunRecord:
+    return FlowRunRecord(
+        id=row[0], name=row[1], kind=row[2], state=State(row[3]), created=row[4],
+        parameters=row[5] or b"", parent_run_id=row[6], parent_task_seq=row[7], started=row[8],
+        ended=row[9], heartbeat=row[10], error_type=row[11], error_message=row[12],
+        traceback=row[13], history=_history_dec.decode(row[14]) if row[14] else [],
+        host=row[15] or "", pid=row[16] or 0, task_count=row[17],
+    )  # fmt: skip
+
+
+def _task_record(row: sqlite3.Row | tuple[Any, ...]) -> TaskRunRecord:
+    return TaskRunRecord(
+        run_id=row[0], seq=row[1], name=row[2], state=State(row[3]), created=row[4],
+        parent_seq=row[5], upstream=_upstream_dec.decode(row[6]) if row[6] else None,
+        inputs=row[7] or b"", attempts=row[8], started=row[9], ended=row[10],
+        error_type=row[11], error_message=row[12], traceback=row[13],
+        history=_history_dec.decode(row[14]) if row[14] else [],
+    )  # fmt: skip
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    text = str(exc)
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+class SQLiteStore:
+    """The default store, in one SQLite file (by default ``$FLOWCORE_HOME/flowcore.db``).
+
+    ``synchronous``: ``"NORMAL"`` (default; a crash of the process loses
+    nothing committed, a power cut may lose the last commits) or ``"FULL"``.
+    ``lock_timeout``: seconds to keep retrying while another process holds the
+    write lock, before giving up with an error.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        lock_timeout: float = 60.0,
+    ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ConfigurationError(
+                f'`synchronous` must be "NORMAL" or "FULL", got {synchronous!r}'
+            )
+        self.path = Path(path)
+        self.location = str(self.path)
+        self.synchronous = synchronous.upper()
+        self.lock_timeout = lock_timeout
+        self._db: aiosqlite.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        _check_parent(self.path)
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=5.0)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(
+                f"cannot open the flowcore database {self.path}: {exc}; check that the folder "
+                "exists and is writable, or set FLOWCORE_HOME to a folder that is"
+            ) from exc
+        try:
+            await self._configure(db)
+            await self._migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            # Closing must finish even if the caller is being cancelled, or the
+            # connection's thread stays alive and can hang the interpreter at exit.
+            with anyio.CancelScope(shield=True):
+                await db.close()
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _configure(self, db: aiosqlite.Connection) -> None:
+        try:
+            # Reading the schema is the first thing that touches the file's content:
+            # a corrupt or foreign file fails here, before anything is written.
+            await db.execute("PRAGMA schema_version")
+            await db.execute(f"PRAGMA busy_timeout = {int(min(self.lock_timeout, 5.0) * 1000)}")
+            await self._with_lock_retry(db, "PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        version = await self._user_version(db)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.path} has schema version {version}, but this flowcore reads up to "
+                f"version {SCHEMA_VERSION}; upgrade flowcore (pip install -U flowcore), or "
+                "set FLOWCORE_HOME to another folder to start a separate database"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0:
+            await self._check_empty_or_ours(db)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    # Re-read inside the write lock: another process may have migrated meanwhile.
+                    current = await self._user_version(db)
+                    for number in sorted(MIGRATIONS):
+                        if number > current:
+                            for statement in MIGRATIONS[number]:
+                                await db.execute(statement)
+                            await db.execute(
+                                "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
+                                (f"migration.{number}", str(time.time())),
+                            )
+                    await db.execute(
+                        "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
+                        ("schema_version", str(SCHEMA_VERSION)),
+                    )
+                    await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    await db.execute("COMMIT")
+                    return
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                if _is_locked(exc) and time.monotonic() < deadline:
+                    await anyio.sleep(0.01 + random.random() * 0.05)
+                    continue
+                raise self._translate(exc) from exc
+
+    async def _user_version(self, db: aiosqlite.Connection) -> int:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _check_empty_or_ours(self, db: aiosqlite.Connection) -> None:
+        async with db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ) as cur:
+            tables = [r[0] for r in await cur.fetchall()]
+        if tables:
+            raise StoreCorrupted(
+                f"{self.path} is an SQLite database but not a flowcore one (it has tables "
+                f"{', '.join(sorted(tables)[:5])}); flowcore will not write into it. Set "
+                "FLOWCORE_HOME to another folder, or pass another path"
+            )
+
+    def _translate(self, exc: sqlite3.DatabaseError) -> StoreError:
+        if _is_corrupt(exc):
+            return StoreCorrupted(
+                f"{self.path} is not a readable flowcore database ({exc}). flowcore has not "
+                "changed it. Move it aside (e.g. `mv flowcore.db flowcore.db.bad`) to start a "
+                "new one, or try `sqlite3 flowcore.db .recover` to salvage its records"
+            )
+        if _is_locked(exc):
+            return StoreUnavailable(
+                f"{self.path} stayed locked by another process for more than "
+                f"{self.lock_timeout:g} s; find the process holding it (`fuser {self.path}`) "
+                "or raise `lock_timeout`"
+            )
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "readonly" in str(exc) or "unable to open" in str(exc) or "disk" in str(exc)
+        ):
+            return StoreUnavailable(
+                f"cannot write the flowcore database {self.path}: {exc}; check permissions "
+                "and free space, or set FLOWCORE_HOME to a writable folder"
+            )
+        return StoreError(f"flowcore database {self.path} failed: {exc}")
+
+    async def _with_lock_retry(self, db: aiosqlite.Connection, sql: str) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                await db.execute(sql)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(0.01 + random.random() * 0.05)
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"the store {self.path} is not open; use `async with store:` or open()")
+        return self._db
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def write(
+        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+    ) -> None:
+        # Snapshot now, before the first await: the engine keeps mutating these records.
+        flow_rows = [_flow_row(r) for r in flow_runs]
+        task_rows = [_task_row(r) for r in task_runs]
+        db = self._conn()
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.005
+        while True:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                if _is_locked(exc) and time.monotonic() < deadline:
+                    await anyio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.25)
+                    continue
+                raise self._translate(exc) from exc
+            try:
+                if flow_rows:
+                    await db.executemany(_UPSERT_FLOW, flow_rows)
+                if task_rows:
+                    await db.executemany(_UPSERT_TASK, task_rows)
+                await db.execute("COMMIT")
+                return
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the failed statement may have rolled back already
+                if isinstance(exc, sqlite3.DatabaseError):
+                    if _is_locked(exc) and time.monotonic() < deadline:
+                        continue
+                    raise self._translate(exc) from exc
+                raise
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        db = self._conn()
+        try:
+            async with db.execute(sql, tuple(params)) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+
+    async def list_runs(
+        self, *, name: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[FlowRunRecord]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        where, params = [], []
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetch(
+            f"SELECT {_FLOW_COLS} FROM flow_runs {clause} ORDER BY created DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_flow_record(r) for r in rows]
+
+    async def get_run(self, run_id: str) -> FlowRunRecord:
+        rows = await self._fetch(f"SELECT {_FLOW_COLS} FROM flow_runs WHERE id = ?", [run_id])
+        if not rows and run_id:
+            # A prefix, as people copy it from `runs ls`; escape LIKE's wildcards.
+            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = await self._fetch(
+                f"SELECT {_FLOW_COLS} FROM flow_runs WHERE id LIKE ? ESCAPE '\\' LIMIT 2",
+                [pattern],
+            )
+        if len(rows) == 1:
+            return _flow_record(rows[0])
+        raise RunNotFound(_not_found_message(run_id, self.location, len(rows)))
+
+    async def list_task_runs(
+        self, run_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[TaskRunRecord]:
+        rows = await self._fetch(
+            f"SELECT {_TASK_COLS} FROM task_runs WHERE run_id = ? AND seq >= ? "
+            "ORDER BY seq LIMIT ?",
+            [run_id, offset, -1 if limit is None else limit],
+        )
+        return [_task_record(r) for r in rows]
+
+    async def count_task_runs(self, run_id: str) -> dict[str, int]:
+        rows = await self._fetch(
+            "SELECT state, COUNT(*) FROM task_runs WHERE run_id = ? GROUP BY state", [run_id]
+        )
+        return dict(Counter({r[0]: r[1] for r in rows}))
+
+    async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
+        rows = await self._fetch(
+            f"SELECT {_FLOW_COLS} FROM flow_runs WHERE parent_run_id = ? ORDER BY created",
+            [run_id],
+        )
+        return [_flow_record(r) for r in rows]
+
+
+def _check_parent(path: Path) -> None:
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot create the folder {folder} for the flowcore database: {exc.strerror}; "
+            "set FLOWCORE_HOME to a writable folder"
+        ) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreUnavailable(
+            f"the folder {folder} is not writable, so flowcore cannot keep its database "
+            "there; set FLOWCORE_HOME to a writable folder"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreUnavailable(
+            f"the flowcore database {path} is not readable and writable by this user; fix its "
+            "permissions or set FLOWCORE_HOME to another folder"
+        )

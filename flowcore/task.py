@@ -1,0 +1,294 @@
+"""``@flowcore.task``: a function whose every call inside a flow is a tracked task run."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .context import _run_var
+from .errors import ConfigurationError
+from .futures import TaskFuture, TaskFutureList
+from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
+from .taskrun import prepare, run_into_future, run_task
+
+__all__ = ["Task", "task", "unmapped"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class unmapped:  # noqa: N801 - reads as a marker in calls: task.map(xs, unmapped(cfg))
+    """Wrap an argument of ``task.map`` to pass it whole to every call instead of iterating it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Task(Generic[P, R]):
+    """A tracked task. Call it inside a flow (``await t(x)``), or ``t.submit(x)``, ``t.map(xs)``.
+
+    ``t.fn`` is the plain function, for unit tests of its logic.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        *,
+        name: str | None = None,
+        retry: RetryPolicy,
+        timeout: float | None,
+        tags: frozenset[str],
+        record_inputs: bool,
+    ) -> None:
+        self.fn: Callable[..., Any] = fn
+        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        self.retry = retry
+        self.timeout = timeout
+        self.tags = tags
+        self.record_inputs = record_inputs
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
+        )
+        self.signature = _signature(fn)
+        self.param_names = tuple(
+            p.name
+            for p in self.signature.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        )
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return run_task(self, args, kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]:
+        """Start the task now, concurrently, and return a future of its result.
+
+        Futures among the arguments (also inside a list, tuple or dict) are
+        dependencies: the task starts when they finish, with their results.
+        """
+        ctx = _run_var.get()
+        if ctx is None or ctx.task_group is None:
+            raise ConfigurationError(
+                f"{self.name}.submit() needs a running flow to own the task; call it inside a "
+                f"@flowcore.flow, or outside flows use `await {self.name}(...)`"
+            )
+        rec, waits = prepare(self, ctx, args, kwargs)
+        future: TaskFuture[R] = TaskFuture(self.name, rec.seq, ctx)
+        ctx.task_group.start_soon(
+            run_into_future, self, ctx, rec, waits, args, kwargs, future, name=self.name
+        )
+        return future
+
+    def map(self, *iterables: Iterable[Any] | unmapped, **kwargs: Any) -> TaskFutureList[R]:
+        """Submit one task run per item, like the builtin ``map`` over several iterables.
+
+        Positional iterables are zipped (they must have equal lengths); wrap one
+        in :class:`unmapped` to pass it whole to every call. Keyword arguments
+        are passed unchanged to every call. ``await task.map(...)`` gives the
+        list of results.
+        """
+        if not iterables:
+            raise ConfigurationError(f"{self.name}.map() needs at least one iterable to map over")
+        for i, it in enumerate(iterables):
+            if not isinstance(it, unmapped) and (
+                isinstance(it, str | bytes) or not isinstance(it, Iterable)
+            ):
+                raise ConfigurationError(
+                    f"argument {i} of {self.name}.map() must be an iterable to map over, got "
+                    f"{type(it).__name__}; wrap it in flowcore.unmapped(...) to pass it to every call"
+                )
+        if all(isinstance(it, unmapped) for it in iterables):
+            raise ConfigurationError(f"{self.name}.map() got only unmapped arguments; give one iterable")
+        futures: TaskFutureList[R] = TaskFutureList()
+        try:
+            for row in _zip_mapped(iterables):
+                futures.append(self.submit(*row, **kwargs))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
+        return futures
+
+    def with_options(
+        self,
+        *,
+        name: str | None = None,
+        retries: int | None = None,
+        retry_delay: float | Sequence[float] | Backoff | None = None,
+        retry_on: RetryOn | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None | type[_Unset] = None,
+        tags: Iterable[str] | None = None,
+        record_inputs: bool | None = None,
+    ) -> Task[P, R]:
+        """A copy of this task with some options changed."""
+        base = self.retry
+        if retry is None and (retries is not None or retry_delay is not None or retry_on is not None):
+            retry = _make_retry(
+                self.name,
+                base.retries if retries is None else retries,
+                base.delay if retry_delay is None else retry_delay,
+                base.retry_on if retry_on is None else retry_on,
+            )
+        return Task(
+            self.fn,
+            name=name or self.name,
+            retry=retry or base,
+            timeout=self.timeout if timeout is None else _check_timeout(self.name, timeout),
+            tags=self.tags if tags is None else frozenset(tags),
+            record_inputs=self.record_inputs if record_inputs is None else record_inputs,
+        )
+
+    def __repr__(self) -> str:
+        return f"<flowcore.Task {self.name}>"
+
+
+class _Unset:
+    pass
+
+
+def _zip_mapped(iterables: tuple[Iterable[Any] | unmapped, ...]) -> Iterable[tuple[Any, ...]]:
+    """Rows of arguments: mapped iterables zipped strictly, unmapped values repeated."""
+    mapped = [it for it in iterables if not isinstance(it, unmapped)]
+    for row in zip(*mapped, strict=True):
+        values = iter(row)
+        yield tuple(arg.value if isinstance(arg, unmapped) else next(values) for arg in iterables)
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return inspect.Signature()
+
+
+def _check_timeout(name: str, timeout: object) -> float | None:
+    problems = _timeout_problems(timeout)
+    if problems:
+        raise ConfigurationError(f"invalid options for task {name!r}: {problems}")
+    return None if timeout is None else float(timeout)  # type: ignore[arg-type]
+
+
+def _timeout_problems(timeout: object) -> str:
+    if timeout is None:
+        return ""
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        return f"`timeout` must be a number of seconds > 0 or None, got {timeout!r}"
+    return ""
+
+
+def _make_retry(name: str, retries: object, delay: object, retry_on: object) -> RetryPolicy:
+    problems = validate_retry_options(retries, delay, retry_on)
+    if problems:
+        raise ConfigurationError(f"invalid options for task {name!r}: " + "; ".join(problems))
+    return RetryPolicy(retries=retries, delay=delay, retry_on=retry_on)  # type: ignore[arg-type]
+
+
+def check_function(fn: object, what: str) -> None:
+    """Refuse what cannot be a task or flow, with the reason and the fix."""
+    if isinstance(fn, Task):
+        raise ConfigurationError(f"{fn.name!r} is already a task; apply @flowcore.{what} once")
+    if not callable(fn):
+        raise ConfigurationError(
+            f"@flowcore.{what} decorates a function, got {type(fn).__name__} {fn!r}; "
+            f"write @flowcore.{what} or @flowcore.{what}(retries=...) directly above a def"
+        )
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ConfigurationError(
+            f"@flowcore.{what} cannot decorate the generator {getattr(fn, '__qualname__', fn)!r}: "
+            "its values would be produced after the run is recorded as finished; return a list "
+            "instead, or make each item a task call"
+        )
+
+
+@overload
+def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *,
+    name: str | None = ...,
+    retries: int = ...,
+    retry_delay: float | Sequence[float] | Backoff = ...,
+    retry_on: RetryOn | None = ...,
+    retry: RetryPolicy | None = ...,
+    timeout: float | None = ...,
+    tags: Iterable[str] = ...,
+    record_inputs: bool = ...,
+) -> _TaskDecorator: ...
+def task(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay: float | Sequence[float] | Backoff = 0.0,
+    retry_on: RetryOn | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    tags: Iterable[str] = (),
+    record_inputs: bool = True,
+) -> Task[Any, Any] | _TaskDecorator:
+    """Make a function a tracked task: ``@flowcore.task`` or ``@flowcore.task(retries=3, ...)``.
+
+    ``retries``/``retry_delay``/``retry_on``: shortcuts for ``retry=RetryPolicy(...)``.
+    ``timeout``: seconds per attempt. ``tags``: labels for limits and filtering.
+    ``record_inputs=False``: do not record argument values (e.g. secrets).
+    Sync functions run in worker threads, so they never block the event loop.
+    """
+    problems: list[str] = []
+    if name is not None and (not isinstance(name, str) or not name):
+        problems.append(f"`name` must be a non-empty str, got {name!r}")
+    if retry is not None:
+        if not isinstance(retry, RetryPolicy):
+            problems.append(f"`retry` must be a flowcore.RetryPolicy, got {type(retry).__name__}")
+        if retries or retry_delay or retry_on is not None:
+            problems.append("give either `retry=RetryPolicy(...)` or `retries`/`retry_delay`/`retry_on`, not both")
+    else:
+        problems.extend(validate_retry_options(retries, retry_delay, retry_on))
+    if t := _timeout_problems(timeout):
+        problems.append(t)
+    if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+        problems.append(f"`tags` must be an iterable of str, got {tags!r}")
+    if problems:
+        label = getattr(fn, "__qualname__", None) or name or "task"
+        raise ConfigurationError(f"invalid options for task {label!r}: " + "; ".join(problems))
+    policy = retry or RetryPolicy(retries=retries, delay=retry_delay, retry_on=retry_on)  # type: ignore[arg-type]
+
+    def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
+        check_function(f, "task")
+        return Task(
+            f,
+            name=name,
+            retry=policy,
+            timeout=None if timeout is None else float(timeout),
+            tags=frozenset(tags),
+            record_inputs=record_inputs,
+        )
+
+    if fn is None:
+        return _TaskDecorator(decorate)
+    return decorate(fn)
+
+
+class _TaskDecorator:
+    """What ``@flowcore.task(...)`` with options returns, typed to keep the function's signature."""
+
+    def __init__(self, decorate: Callable[[Callable[..., Any]], Task[Any, Any]]) -> None:
+        self._decorate = decorate
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:
+        return self._decorate(fn)
