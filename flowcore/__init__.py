@@ -5,8 +5,6 @@ inside a flow becomes a tracked, persisted task run. Importing flowcore only
 defines names: no files, threads or network until a flow runs.
 """
 
-from __future__ import annotations
-
 from .context import RunContext, current_run
 from .engine import Engine, EngineStatistics
 from .errors import (

@@ -34,6 +34,10 @@ def _type_name(value: object) -> str:
 
 
 def _enc_hook(value: object) -> object:
+    # Objects that know how to be recorded (task futures record the task run they stand for).
+    record = getattr(type(value), "__flowcore_record__", None)
+    if record is not None:
+        return record(value)
     try:
         text = repr(value)
     except Exception:  # a broken __repr__ must not fail the task

@@ -40,7 +40,7 @@ class Flow(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], *, name: str | None, timeout: float | None) -> None:
         self.fn = fn
-        self.name = name or fn.__qualname__
+        self.name = name or fn.__name__
         self.timeout = timeout
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -235,7 +235,9 @@ def run(flow: Flow[P, R] | Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
     installed. Inside a running event loop, ``await ingest(pages=20)`` instead.
     """
     if inspect.iscoroutine(flow):
-        name = flow.__qualname__
+        # The unstarted coroutine of a flow or task call holds it as a local.
+        called = flow.cr_frame.f_locals.get("flow") or flow.cr_frame.f_locals.get("task")
+        name = getattr(called, "name", flow.__qualname__)
         flow.close()
         raise ConfigurationError(
             f"flowcore.run() takes the flow itself, not a call of it: write "

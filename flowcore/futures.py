@@ -53,6 +53,10 @@ class TaskFuture(Generic[R]):
             self._ctx._failed[self] = None
         self._done.set()
 
+    def __flowcore_record__(self) -> dict[str, object]:
+        # How a future passed as an input is recorded: the task run it stands for.
+        return {"__flowcore__": "future", "task": self.task_name, "seq": self.seq}
+
     def done(self) -> bool:
         """Whether the task run has ended (successfully or not)."""
         return self._done.is_set()

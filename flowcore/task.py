@@ -45,7 +45,7 @@ class Task(Generic[P, R]):
         record_inputs: bool,
     ) -> None:
         self.fn: Callable[..., Any] = fn
-        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
         self.retry = retry
         self.timeout = timeout
         self.tags = tags

@@ -142,15 +142,19 @@ async def run_prepared(
             recorder.task_changed(rec)
             engine.tasks_completed += 1
             return result
-    except BaseException:
-        # Cancellation (an outer scope, a flow timeout, Ctrl-C) or an error already
-        # recorded above; either way, never leave the record Running.
+    except BaseException as exc:
+        # An error already recorded above, an error raised while handling one (a bad
+        # call, a retry predicate that raised), or a cancellation (an outer scope, a
+        # flow timeout, Ctrl-C): whichever, never leave the record Running.
         if not rec.state.is_terminal:
-            now = time.time()
-            rec.state = State.CANCELLED
-            rec.ended = now
-            rec.history.append(("Cancelled", now))
-            recorder.task_changed(rec)
+            if isinstance(exc, Exception):
+                _finish_failed(engine, rec, exc)
+            else:
+                now = time.time()
+                rec.state = State.CANCELLED
+                rec.ended = now
+                rec.history.append(("Cancelled", now))
+                recorder.task_changed(rec)
         raise
     finally:
         _task_var.reset(token)

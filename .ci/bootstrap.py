@@ -1,0 +1,45 @@
+"""Set-up for the README's commands on a fresh machine with only Python 3.11+.
+
+``ensure_venv()`` makes sure the current script runs inside the project's
+``.venv`` with flowcore (and, for tests, the dev tools) installed: it creates
+the virtual environment if needed, installs the project in editable mode when
+``pyproject.toml`` changed since the last install, then re-executes the script
+with the venv's Python. Inside the venv it returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(os.environ.get("FLOWCORE_VENV", ROOT / ".venv"))
+
+
+def _venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv(extras: str = "") -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"flowcore needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    python = _venv_python()
+    if not python.exists():
+        print(f"setting up {VENV} (first run only) ...", file=sys.stderr, flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    spec = f".[{extras}]" if extras else "."
+    stamp = VENV / f".flowcore-installed{('-' + extras) if extras else ''}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        print(f"installing flowcore{f' [{extras}]' if extras else ''} into {VENV} ...", file=sys.stderr, flush=True)
+        cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", spec]
+        result = subprocess.run(cmd, cwd=ROOT)
+        if result.returncode != 0:
+            sys.exit(f"installing flowcore failed (exit {result.returncode}); the command was: {' '.join(cmd)}")
+        stamp.write_text(digest)
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        os.execv(str(python), [str(python), *sys.argv])

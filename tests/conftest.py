@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # The SQLite store is asyncio-only (aiosqlite); trio is tested explicitly where it applies.
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def flowcore_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own FLOWCORE_HOME, so no test touches ~/.flowcore."""
+    home = tmp_path / "flowcore-home"
+    monkeypatch.setenv("FLOWCORE_HOME", str(home))
+    yield home
