@@ -35,11 +35,18 @@ def ensure_venv(extras: str = "") -> None:
     stamp = VENV / f".flowcore-installed{('-' + extras) if extras else ''}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if not stamp.exists() or stamp.read_text() != digest:
-        print(f"installing flowcore{f' [{extras}]' if extras else ''} into {VENV} ...", file=sys.stderr, flush=True)
+        print(
+            f"installing flowcore{f' [{extras}]' if extras else ''} into {VENV} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", spec]
         result = subprocess.run(cmd, cwd=ROOT)
         if result.returncode != 0:
-            sys.exit(f"installing flowcore failed (exit {result.returncode}); the command was: {' '.join(cmd)}")
+            sys.exit(
+                f"installing flowcore failed (exit {result.returncode}); "
+                f"the command was: {' '.join(cmd)}"
+            )
         stamp.write_text(digest)
     if Path(sys.prefix).resolve() != VENV.resolve():
         os.execv(str(python), [str(python), *sys.argv])

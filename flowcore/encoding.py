@@ -49,20 +49,22 @@ _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _decoder = msgspec.msgpack.Decoder()
 
 
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
 def _shrink(value: object) -> object:
     # Cheap checks only: this runs for every argument of every task call.
-    t = type(value)
-    if t is str or t is bytes:
-        if len(value) > MAX_RECORDED_CHARS:  # type: ignore[arg-type]
-            return placeholder("truncated", value, length=len(value), head=value[:200])  # type: ignore[index]
-        return value
-    if t is list or t is tuple or t is dict or t is set or t is frozenset:
-        if len(value) > MAX_RECORDED_ITEMS:  # type: ignore[arg-type]
-            return placeholder("summary", value, length=len(value))  # type: ignore[arg-type]
+    if isinstance(value, str | bytes):
+        if len(value) > MAX_RECORDED_CHARS:
+            return placeholder("truncated", value, length=len(value), head=value[:200])
+    elif isinstance(value, _CONTAINERS) and len(value) > MAX_RECORDED_ITEMS:
+        return placeholder("summary", value, length=len(value))
     return value
 
 
-def encode_inputs(names: Sequence[str], args: Sequence[object], kwargs: Mapping[str, object]) -> bytes:
+def encode_inputs(
+    names: Sequence[str], args: Sequence[object], kwargs: Mapping[str, object]
+) -> bytes:
     """Encode a call's arguments as a msgpack map of parameter name to value.
 
     ``names`` are the function's positional parameter names; extra positional

@@ -18,7 +18,6 @@ import random
 from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -159,8 +158,6 @@ class Engine:
 def current_engine() -> Engine | None:
     """The engine of the current context, if one is open."""
     return _engine_var.get()
-
-
 
 
 def _on_asyncio() -> bool:

@@ -13,7 +13,7 @@ The tree::
     └── StoreError (RuntimeError)
         ├── StoreCorrupted                    the database file is not a readable flowcore database
         ├── SchemaTooNew                      the database was written by a newer flowcore
-        └── StoreUnavailable                  the database cannot be opened or written (permissions, disk)
+        └── StoreUnavailable                  cannot open or write the database (permissions, disk)
 
 Messages say what was wrong, what was given, and the fix.
 """

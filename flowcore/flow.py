@@ -22,7 +22,7 @@ import anyio
 from .context import RunContext, _engine_var, _run_var, _task_var, new_flow_record
 from .encoding import encode_inputs
 from .engine import Engine
-from .errors import ConfigurationError, FlowTimeout, TaskTimeout
+from .errors import ConfigurationError, FlowTimeout
 from .records import FlowRunRecord
 from .states import State
 from .task import Task, check_function
@@ -36,14 +36,16 @@ _MAX_TRACEBACK = 20_000
 
 
 class Flow(Generic[P, R]):
-    """A flow: ``await my_flow(...)`` in async code, ``flowcore.run(my_flow, ...)`` from sync code."""
+    """A flow: ``await my_flow(...)`` in async code, ``flowcore.run(my_flow, ...)`` in sync code."""
 
-    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]], *, name: str | None, timeout: float | None) -> None:
+    def __init__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *, name: str | None, timeout: float | None
+    ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.timeout = timeout
         self.signature = inspect.signature(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         return _call_flow(self, args, kwargs)
@@ -60,7 +62,10 @@ async def _call_flow(flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[s
     try:
         bound = flow.signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise ConfigurationError(f"flow {flow.name!r} called with bad arguments: {exc}; its signature is {flow.name}{flow.signature}") from None
+        raise ConfigurationError(
+            f"flow {flow.name!r} called with bad arguments: {exc}; its signature is "
+            f"{flow.name}{flow.signature}"
+        ) from None
     bound.apply_defaults()
     engine = _engine_var.get()
     if engine is None:
@@ -77,7 +82,9 @@ async def _run_flow(
     parameters: Mapping[str, Any],
 ) -> Any:
     now = time.time()
-    record = new_flow_record(uuid.uuid4().hex, flow.name, "flow", encode_inputs((), (), parameters), now)
+    record = new_flow_record(
+        uuid.uuid4().hex, flow.name, "flow", encode_inputs((), (), parameters), now
+    )
     ctx = RunContext(engine, record, parameters)
 
     async def body() -> Any:
@@ -87,9 +94,12 @@ async def _run_flow(
 
 
 async def _drive(
-    engine: Engine, ctx: RunContext, body: Callable[[], Coroutine[Any, Any, Any]], timeout: float | None
+    engine: Engine,
+    ctx: RunContext,
+    body: Callable[[], Coroutine[Any, Any, Any]],
+    timeout: float | None,
 ) -> Any:
-    """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it in a terminal state."""
+    """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it terminal."""
     record = ctx.record
     recorder = engine.recorder
     recorder.flow_changed(record)
@@ -118,7 +128,9 @@ async def _drive(
         if error is None and ctx._failed:
             error = _unobserved_failure(ctx)
         if error is not None:
-            _finish(record, State.TIMED_OUT if isinstance(error, FlowTimeout) else State.FAILED, error)
+            _finish(
+                record, State.TIMED_OUT if isinstance(error, FlowTimeout) else State.FAILED, error
+            )
             recorder.flow_changed(record)
             raise error
         _finish(record, State.COMPLETED, None)
@@ -148,7 +160,9 @@ def _unobserved_failure(ctx: RunContext) -> BaseException:
     first = futures[0]
     exc = first._exc
     assert exc is not None
-    others = f"; {len(futures) - 1} more submitted tasks failed unobserved" if len(futures) > 1 else ""
+    others = (
+        f"; {len(futures) - 1} more submitted tasks failed unobserved" if len(futures) > 1 else ""
+    )
     exc.add_note(
         f"flowcore: task {first.task_name!r} (seq {first.seq}) was submitted but its failure was "
         f"never awaited, so the flow run fails with it{others}. Await futures (or "
@@ -163,12 +177,16 @@ def _finish(record: FlowRunRecord, state: State, error: BaseException | None) ->
     record.ended = now
     record.history.append((state.value, now))
     if error is not None:
-        record.error_type = f"{type(error).__module__}.{type(error).__qualname__}".removeprefix("builtins.")
+        record.error_type = f"{type(error).__module__}.{type(error).__qualname__}".removeprefix(
+            "builtins."
+        )
         record.error_message = str(error)[:2000]
         record.traceback = "".join(traceback.format_exception(error))[-_MAX_TRACEBACK:]
 
 
-async def run_standalone_task(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def run_standalone_task(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """A task awaited outside any flow: tracked as a run of its own (``kind="task"``)."""
     engine = _engine_var.get()
     if engine is None:
@@ -177,7 +195,9 @@ async def run_standalone_task(task: Task[Any, Any], args: tuple[Any, ...], kwarg
     return await _standalone(engine, task, args, kwargs)
 
 
-async def _standalone(engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _standalone(
+    engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     record = new_flow_record(uuid.uuid4().hex, task.name, "task", b"", time.time())
     ctx = RunContext(engine, record, {})
 
@@ -192,9 +212,15 @@ async def _standalone(engine: Engine, task: Task[Any, Any], args: tuple[Any, ...
 @overload
 def flow(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Flow[P, R]: ...
 @overload
-def flow(*, name: str | None = ..., timeout: float | None = ...) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Flow[P, R]]: ...
 def flow(
-    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, timeout: float | None = None
+    *, name: str | None = ..., timeout: float | None = ...
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Flow[P, R]]: ...
+def flow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
 ) -> Any:
     """Make an async function a flow: ``@flowcore.flow`` or ``@flowcore.flow(timeout=600)``.
 
@@ -204,7 +230,10 @@ def flow(
     if name is not None and (not isinstance(name, str) or not name):
         problems.append(f"`name` must be a non-empty str, got {name!r}")
     if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0 or not math.isfinite(timeout)
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not timeout > 0
+        or not math.isfinite(timeout)
     ):
         problems.append(f"`timeout` must be a number of seconds > 0 or None, got {timeout!r}")
     if problems:
@@ -234,16 +263,18 @@ def run(flow: Flow[P, R] | Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
     ``flowcore.run(ingest, pages=20)``. Runs on asyncio, with uvloop when it is
     installed. Inside a running event loop, ``await ingest(pages=20)`` instead.
     """
-    if inspect.iscoroutine(flow):
+    given: object = flow
+    if inspect.iscoroutine(given):
         # The unstarted coroutine of a flow or task call holds it as a local.
-        called = flow.cr_frame.f_locals.get("flow") or flow.cr_frame.f_locals.get("task")
-        name = getattr(called, "name", flow.__qualname__)
-        flow.close()
+        local_vars = given.cr_frame.f_locals if given.cr_frame is not None else {}
+        called = local_vars.get("flow") or local_vars.get("task")
+        name = getattr(called, "name", given.__qualname__)
+        given.close()
         raise ConfigurationError(
             f"flowcore.run() takes the flow itself, not a call of it: write "
             f"flowcore.run({name}, ...arguments...), not flowcore.run({name}(...))"
         )
-    if not isinstance(flow, Flow | Task):
+    if not isinstance(given, Flow | Task):
         raise ConfigurationError(
             f"flowcore.run() takes a @flowcore.flow (or @flowcore.task), got {flow!r}; "
             "decorate the function with @flowcore.flow"

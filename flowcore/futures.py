@@ -112,8 +112,8 @@ async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
     If any failed, all are still waited for, every failure counts as seen, and
     the first failure is raised (with a note naming the others).
     """
-    items = list(futures)
-    for item in items:
+    given: list[object] = list(futures)
+    for item in given:
         if not isinstance(item, TaskFuture):
             what = "a coroutine" if hasattr(item, "cr_frame") else type(item).__name__
             if hasattr(item, "close"):
@@ -122,6 +122,7 @@ async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
                 f"flowcore.wait() takes futures from task.submit() or task.map(), got {what}; "
                 "to run coroutines concurrently use asyncio.gather(...) or submit the tasks"
             )
+    items: list[TaskFuture[T]] = given  # type: ignore[assignment]  # checked just above
     for item in items:
         await item._done.wait()
     errors = [e for e in (f.exception() for f in items) if e is not None]
@@ -130,6 +131,8 @@ async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
         if len(errors) > 1:
             others = ", ".join(f"{type(e).__name__}: {e}" for e in errors[1:4])
             more = f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""
-            first.add_note(f"flowcore.wait: {len(errors) - 1} other futures failed too: {others}{more}")
+            first.add_note(
+                f"flowcore.wait: {len(errors) - 1} other futures failed too: {others}{more}"
+            )
         raise first
     return [f._result for f in items]

@@ -17,7 +17,9 @@ from .errors import ConfigurationError, NonRetryable
 
 __all__ = ["Backoff", "RetryPolicy", "backoff"]
 
-RetryOn: TypeAlias = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+RetryOn: TypeAlias = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
 Delay: TypeAlias = "float | int | Sequence[float | int] | Backoff"
 
 
@@ -69,7 +71,9 @@ class Backoff:
         return capped
 
 
-def backoff(*, base: float = 1.0, factor: float = 2.0, max: float = 60.0, jitter: float = 0.0) -> Backoff:  # noqa: A002
+def backoff(
+    *, base: float = 1.0, factor: float = 2.0, max: float = 60.0, jitter: float = 0.0
+) -> Backoff:
     """Shorthand for :class:`Backoff`, for ``retry_delay=flowcore.backoff(...)``."""
     return Backoff(base=base, factor=factor, max=max, jitter=jitter)
 
@@ -122,7 +126,7 @@ class RetryPolicy:
 def _make_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
     if retry_on is None:
         return _default_retry_on
-    if isinstance(retry_on, type) or isinstance(retry_on, tuple):
+    if isinstance(retry_on, type | tuple):
         types = retry_on
         return lambda exc: isinstance(exc, types)
     return retry_on
@@ -138,7 +142,9 @@ def validate_retry_options(retries: object, delay: object, retry_on: object) -> 
     elif isinstance(delay, list | tuple):
         bad = [d for d in delay if not _is_number(d) or d < 0]
         if bad:
-            problems.append(f"`retry_delay` list must hold numbers of seconds >= 0, got {bad[0]!r} in it")
+            problems.append(
+                f"`retry_delay` list must hold numbers of seconds >= 0, got {bad[0]!r} in it"
+            )
     elif not _is_number(delay) or delay < 0:  # type: ignore[operator]
         problems.append(
             "`retry_delay` must be seconds >= 0, a list of them, or flowcore.backoff(...), "

@@ -19,7 +19,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class unmapped:  # noqa: N801 - reads as a marker in calls: task.map(xs, unmapped(cfg))
+class unmapped:
     """Wrap an argument of ``task.map`` to pass it whole to every call instead of iterating it."""
 
     __slots__ = ("value",)
@@ -100,14 +100,16 @@ class Task(Generic[P, R]):
             ):
                 raise ConfigurationError(
                     f"argument {i} of {self.name}.map() must be an iterable to map over, got "
-                    f"{type(it).__name__}; wrap it in flowcore.unmapped(...) to pass it to every call"
+                    f"{type(it).__name__}; wrap it in flowcore.unmapped(...) to pass it whole"
                 )
         if all(isinstance(it, unmapped) for it in iterables):
-            raise ConfigurationError(f"{self.name}.map() got only unmapped arguments; give one iterable")
+            raise ConfigurationError(
+                f"{self.name}.map() got only unmapped arguments; give one iterable"
+            )
         futures: TaskFutureList[R] = TaskFutureList()
         try:
             for row in _zip_mapped(iterables):
-                futures.append(self.submit(*row, **kwargs))  # type: ignore[arg-type]
+                futures.append(self.submit(*row, **kwargs))
         except ValueError as exc:
             raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
         return futures
@@ -120,13 +122,15 @@ class Task(Generic[P, R]):
         retry_delay: float | Sequence[float] | Backoff | None = None,
         retry_on: RetryOn | None = None,
         retry: RetryPolicy | None = None,
-        timeout: float | None | type[_Unset] = None,
+        timeout: float | type[_Unset] | None = None,
         tags: Iterable[str] | None = None,
         record_inputs: bool | None = None,
     ) -> Task[P, R]:
         """A copy of this task with some options changed."""
         base = self.retry
-        if retry is None and (retries is not None or retry_delay is not None or retry_on is not None):
+        if retry is None and (
+            retries is not None or retry_delay is not None or retry_on is not None
+        ):
             retry = _make_retry(
                 self.name,
                 base.retries if retries is None else retries,
@@ -248,11 +252,15 @@ def task(
     problems: list[str] = []
     if name is not None and (not isinstance(name, str) or not name):
         problems.append(f"`name` must be a non-empty str, got {name!r}")
-    if retry is not None:
-        if not isinstance(retry, RetryPolicy):
+    given_retry: object = retry
+    if given_retry is not None:
+        if not isinstance(given_retry, RetryPolicy):
             problems.append(f"`retry` must be a flowcore.RetryPolicy, got {type(retry).__name__}")
         if retries or retry_delay or retry_on is not None:
-            problems.append("give either `retry=RetryPolicy(...)` or `retries`/`retry_delay`/`retry_on`, not both")
+            problems.append(
+                "give either `retry=RetryPolicy(...)` or `retries`/`retry_delay`/`retry_on`, "
+                "not both"
+            )
     else:
         problems.extend(validate_retry_options(retries, retry_delay, retry_on))
     if t := _timeout_problems(timeout):
@@ -262,7 +270,7 @@ def task(
     if problems:
         label = getattr(fn, "__qualname__", None) or name or "task"
         raise ConfigurationError(f"invalid options for task {label!r}: " + "; ".join(problems))
-    policy = retry or RetryPolicy(retries=retries, delay=retry_delay, retry_on=retry_on)  # type: ignore[arg-type]
+    policy = retry or RetryPolicy(retries=retries, delay=retry_delay, retry_on=retry_on)
 
     def decorate(f: Callable[..., Any]) -> Task[Any, Any]:
         check_function(f, "task")

@@ -72,7 +72,9 @@ def _substitute(value: Any) -> Any:
     return value
 
 
-def prepare(task: Task[Any, Any], ctx: RunContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[TaskRunRecord, bool]:
+def prepare(
+    task: Task[Any, Any], ctx: RunContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[TaskRunRecord, bool]:
     """Create the task run's record; returns it and whether it waits for futures."""
     now = time.time()
     waits = _has_futures(args, kwargs)
@@ -161,7 +163,11 @@ async def run_prepared(
 
 
 async def _in_thread(
-    engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], abandon: bool
+    engine: Engine,
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    abandon: bool,
 ) -> Any:
     # anyio copies the context into the worker thread, so the task run stays current there.
     return await anyio.to_thread.run_sync(
@@ -171,7 +177,9 @@ async def _in_thread(
     )
 
 
-async def _with_timeout(engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _with_timeout(
+    engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     timeout = task.timeout
     assert timeout is not None
     with anyio.move_on_after(timeout) as scope:
@@ -196,7 +204,9 @@ async def _wait_for_retry(
     rec.state = State.RETRYING
     rec.error_type = type(exc).__name__
     rec.error_message = str(exc)[:2000]
-    rec.history.append(("Retrying", now, f"{type(exc).__name__}: {str(exc)[:300]} (retry in {delay:.3g} s)"))
+    rec.history.append(
+        ("Retrying", now, f"{type(exc).__name__}: {str(exc)[:300]} (retry in {delay:.3g} s)")
+    )
     engine.recorder.task_changed(rec)
     engine.tasks_retried += 1
     await engine.clock.sleep(delay)
@@ -222,8 +232,10 @@ def _finish_failed(engine: Engine, rec: TaskRunRecord, exc: BaseException) -> No
     engine.tasks_failed += 1
 
 
-def _raise_if_bad_call(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], exc: TypeError) -> None:
-    """A TypeError from calling with the wrong arguments is a bug, not a flaky failure: never retry it."""
+def _raise_if_bad_call(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], exc: TypeError
+) -> None:
+    """A TypeError from a call with wrong arguments is a bug, not a flaky failure: no retry."""
     try:
         task.signature.bind(*args, **kwargs)
     except TypeError as bind_error:
@@ -246,7 +258,9 @@ async def _resolve_inputs(
         await fut._done.wait()
     failed = [f for f in found if f._exc is not None]
     if failed:
-        names = ", ".join(f"{f.task_name} ({task_run_label(rec.run_id, f.seq)}: {f.state})" for f in failed)
+        names = ", ".join(
+            f"{f.task_name} ({task_run_label(rec.run_id, f.seq)}: {f.state})" for f in failed
+        )
         err = UpstreamFailed(
             f"task {rec.name!r} was not run because its input futures failed: {names}"
         )

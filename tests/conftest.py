@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
-def flowcore_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def flowcore_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own FLOWCORE_HOME, so no test touches ~/.flowcore."""
     home = tmp_path / "flowcore-home"
     monkeypatch.setenv("FLOWCORE_HOME", str(home))
-    yield home
+    return home

@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / ".ci"))
-import bootstrap  # noqa: E402
+import bootstrap
 
 bootstrap.ensure_venv(extras="dev")
 

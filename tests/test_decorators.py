@@ -49,7 +49,9 @@ def test_bare_and_configured_decorators() -> None:
         ({"retry": 3}, "`retry` must be a flowcore.RetryPolicy"),
     ],
 )
-def test_invalid_task_options_are_rejected_at_decoration(options: dict[str, Any], message: str) -> None:
+def test_invalid_task_options_are_rejected_at_decoration(
+    options: dict[str, Any], message: str
+) -> None:
     with pytest.raises(flowcore.ConfigurationError) as info:
         flowcore.task(**options)
     assert message in str(info.value)
@@ -98,7 +100,9 @@ def test_run_given_a_coroutine_says_what_to_write() -> None:
 def test_run_given_a_plain_function() -> None:
     async def plain() -> None: ...
 
-    with pytest.raises(flowcore.ConfigurationError, match="decorate the function with @flowcore.flow"):
+    with pytest.raises(
+        flowcore.ConfigurationError, match=r"decorate the function with @flowcore\.flow"
+    ):
         flowcore.run(plain)  # type: ignore[arg-type]
 
 

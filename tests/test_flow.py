@@ -381,7 +381,7 @@ async def test_flow_timeout_is_recorded_as_timed_out() -> None:
         await hang()
 
     async with flowcore.Engine("memory") as engine:
-        with pytest.raises(flowcore.FlowTimeout, match="timed out after 0.05 s"):
+        with pytest.raises(flowcore.FlowTimeout, match=r"timed out after 0\.05 s"):
             await f()
         run = await only_run(engine)
         tasks = await task_runs(engine, run.id)
@@ -480,6 +480,7 @@ async def test_trio_with_memory_store_works_and_sqlite_is_refused() -> None:
 
     async def main() -> int:
         async with flowcore.Engine("memory"):
+
             @flowcore.flow
             async def f() -> int:
                 return await double(2)

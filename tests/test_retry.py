@@ -29,7 +29,9 @@ def flaky(failures: int, exc: type[Exception] = ConnectionError) -> flowcore.Tas
     return flowcore.task(fn)
 
 
-async def run_task(t: flowcore.Task[[], str], clock: FakeClock | None = None, seed: int = 0) -> tuple[str | BaseException, flowcore.TaskRunRecord]:
+async def run_task(
+    t: flowcore.Task[[], str], clock: FakeClock | None = None, seed: int = 0
+) -> tuple[str | BaseException, flowcore.TaskRunRecord]:
     @flowcore.flow
     async def f() -> str:
         return await t()
@@ -82,9 +84,13 @@ async def test_backoff_schedule_is_exponential_capped_and_jittered_reproducibly(
 async def test_retry_on_type_and_predicate() -> None:
     _, rec = await run_task(flaky(1, KeyError).with_options(retries=3, retry_on=ConnectionError))
     assert rec.state is State.FAILED and rec.attempts == 1
-    _, rec = await run_task(flaky(1, ConnectionError).with_options(retries=3, retry_on=(KeyError, ConnectionError)))
+    _, rec = await run_task(
+        flaky(1, ConnectionError).with_options(retries=3, retry_on=(KeyError, ConnectionError))
+    )
     assert rec.state is State.COMPLETED and rec.attempts == 2
-    _, rec = await run_task(flaky(1, ValueError).with_options(retries=3, retry_on=lambda e: "attempt 1" in str(e)))
+    _, rec = await run_task(
+        flaky(1, ValueError).with_options(retries=3, retry_on=lambda e: "attempt 1" in str(e))
+    )
     assert rec.state is State.COMPLETED and rec.attempts == 2
 
 
@@ -188,7 +194,9 @@ async def test_backoff_waits_do_not_block_other_tasks() -> None:
     retry=st.integers(0, 10_000),
     seed=st.integers(0, 2**32),
 )
-def test_backoff_delay_is_always_within_bounds(base: float, factor: float, cap: float, jitter: float, retry: int, seed: int) -> None:
+def test_backoff_delay_is_always_within_bounds(
+    base: float, factor: float, cap: float, jitter: float, retry: int, seed: int
+) -> None:
     b = flowcore.Backoff(base=base, factor=factor, max=cap, jitter=jitter)
     delay = b.delay(retry, random.Random(seed))
     assert 0 <= delay <= cap

@@ -18,7 +18,14 @@ from .base import Store
 from .memory import MemoryStore
 from .sqlite import SCHEMA_VERSION, SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "MemoryStore", "SQLiteStore", "Store", "flowcore_home", "resolve_store"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "flowcore_home",
+    "resolve_store",
+]
 
 
 def flowcore_home() -> Path:

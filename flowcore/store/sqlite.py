@@ -352,7 +352,9 @@ class SQLiteStore:
 
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise StoreError(f"the store {self.path} is not open; use `async with store:` or open()")
+            raise StoreError(
+                f"the store {self.path} is not open; use `async with store:` or open()"
+            )
         return self._db
 
     # -- writes ----------------------------------------------------------------------
