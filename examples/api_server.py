@@ -46,6 +46,13 @@ def make_record(record_id: int) -> dict[str, Any]:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog of 5 drops connections when many clients connect at
+    # once, and a dropped SYN is retried only after a second: latency the API never meant.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class FakeRecordsAPI:
     """A paginated records API served from a daemon thread on ``127.0.0.1``.
 
@@ -98,7 +105,7 @@ class FakeRecordsAPI:
     def start(self) -> Self:
         if self._server is not None:
             raise RuntimeError("FakeRecordsAPI is already running")
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.api = self  # type: ignore[attr-defined]  # read by _Handler
         self._server = server

@@ -40,7 +40,7 @@ class RunContext:
     the flow's bound arguments.
     """
 
-    __slots__ = ("_failed", "_seq", "engine", "parameters", "record", "task_group")
+    __slots__ = ("_failed", "engine", "parameters", "record", "task_group")
 
     def __init__(
         self, engine: Engine, record: FlowRunRecord, parameters: Mapping[str, Any]
@@ -49,7 +49,6 @@ class RunContext:
         self.record = record
         self.parameters = parameters
         self.task_group: TaskGroup | None = None
-        self._seq = 0
         # Failed futures nobody has awaited yet, in failure order; a flow that ends
         # with any left fails with the first, so no failure is silent.
         self._failed: dict[TaskFuture[Any], None] = {}
@@ -63,11 +62,14 @@ class RunContext:
         return self.record.name
 
     def new_task_run(self, name: str, state: State, now: float) -> TaskRunRecord:
-        seq = self._seq
-        self._seq = seq + 1
+        # The run's task count doubles as the next seq, so a live run's record
+        # always says how many task runs it has started.
+        record = self.record
+        seq = record.task_count
+        record.task_count = seq + 1
         parent = _task_var.get()
         rec = TaskRunRecord(
-            run_id=self.record.id,
+            run_id=record.id,
             seq=seq,
             name=name,
             state=state,
@@ -75,10 +77,6 @@ class RunContext:
             parent_seq=None if parent is None else parent.seq,
         )
         return rec
-
-    @property
-    def task_count(self) -> int:
-        return self._seq
 
     def __repr__(self) -> str:
         return f"<RunContext {self.record.name} id={self.record.id} state={self.record.state}>"

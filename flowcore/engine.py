@@ -26,6 +26,7 @@ from .clock import Clock, SystemClock
 from .context import _engine_var
 from .errors import ConfigurationError, UnsupportedBackend
 from .recorder import Recorder
+from .records import FlowRunRecord
 from .store import SQLiteStore, Store, resolve_store
 
 __all__ = ["Engine", "EngineStatistics"]
@@ -87,6 +88,9 @@ class Engine:
         self.tasks_failed = 0
         self.tasks_retried = 0
         self.flows_running = 0
+        #: The record of the newest top-level flow run started by this engine (live: its
+        #: state changes as the run goes on). With one flow per engine, that run's.
+        self.last_run: FlowRunRecord | None = None
 
     async def __aenter__(self) -> Engine:
         if self._opened:

@@ -26,7 +26,7 @@ from .errors import ConfigurationError, FlowTimeout
 from .records import FlowRunRecord
 from .states import State
 from .task import Task, check_function
-from .taskrun import prepare, run_prepared
+from .taskrun import error_name, prepare, run_prepared
 
 __all__ = ["Flow", "flow", "run"]
 
@@ -107,6 +107,8 @@ async def _drive(
     run_token = _run_var.set(ctx)
     task_token = _task_var.set(None)
     top_level = record.parent_run_id is None
+    if top_level:
+        engine.last_run = record
     error: BaseException | None = None
     result: Any = None
     try:
@@ -142,7 +144,6 @@ async def _drive(
             recorder.flow_changed(record)
         raise
     finally:
-        record.task_count = ctx.task_count
         engine.flows_running -= 1
         _task_var.reset(task_token)
         _run_var.reset(run_token)
@@ -177,9 +178,7 @@ def _finish(record: FlowRunRecord, state: State, error: BaseException | None) ->
     record.ended = now
     record.history.append((state.value, now))
     if error is not None:
-        record.error_type = f"{type(error).__module__}.{type(error).__qualname__}".removeprefix(
-            "builtins."
-        )
+        record.error_type = error_name(error)
         record.error_message = str(error)[:2000]
         record.traceback = "".join(traceback.format_exception(error))[-_MAX_TRACEBACK:]
 

@@ -202,8 +202,6 @@ async def _wait_for_retry(
     delay = task.retry.delay_for(retries_done, engine.rng)
     now = time.time()
     rec.state = State.RETRYING
-    rec.error_type = type(exc).__name__
-    rec.error_message = str(exc)[:2000]
     rec.history.append(
         ("Retrying", now, f"{type(exc).__name__}: {str(exc)[:300]} (retry in {delay:.3g} s)")
     )
@@ -217,6 +215,12 @@ async def _wait_for_retry(
     engine.recorder.task_changed(rec)
 
 
+def error_name(exc: BaseException) -> str:
+    """How an error's type is recorded: ``ValueError``, ``httpx.HTTPStatusError``."""
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
 def _finish_failed(engine: Engine, rec: TaskRunRecord, exc: BaseException) -> None:
     now = time.time()
     state = State.TIMED_OUT if isinstance(exc, TaskTimeout) else State.FAILED
@@ -224,7 +228,7 @@ def _finish_failed(engine: Engine, rec: TaskRunRecord, exc: BaseException) -> No
         state = State.UPSTREAM_FAILED
     rec.state = state
     rec.ended = now
-    rec.error_type = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+    rec.error_type = error_name(exc)
     rec.error_message = str(exc)[:2000]
     rec.traceback = "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK:]
     rec.history.append((state.value, now))

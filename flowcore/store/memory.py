@@ -46,7 +46,11 @@ class MemoryStore:
             by_seq = self._tasks.setdefault(tr.run_id, {})
             old_t = by_seq.get(tr.seq)
             if old_t is None or old_t.state not in TERMINAL:
-                by_seq[tr.seq] = msgspec.structs.replace(tr, history=list(tr.history))
+                by_seq[tr.seq] = msgspec.structs.replace(
+                    tr,
+                    history=list(tr.history),
+                    upstream=None if tr.upstream is None else list(tr.upstream),
+                )
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50

@@ -101,6 +101,12 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
+_OUR_TABLES: Final = frozenset(
+    stmt.split()[2]
+    for steps in MIGRATIONS.values()
+    for stmt in steps
+    if stmt.lstrip().startswith("CREATE TABLE")
+)
 
 _FLOW_COLS = (
     "id, name, kind, state, created, parameters, parent_run_id, parent_task_seq, started, ended, "
@@ -247,34 +253,41 @@ class SQLiteStore:
 
     async def _configure(self, db: aiosqlite.Connection) -> None:
         try:
-            # Reading the schema is the first thing that touches the file's content:
-            # a corrupt or foreign file fails here, before anything is written.
+            # Read-only checks first: a corrupt, foreign or newer database is refused
+            # before anything (even the journal mode) is changed in it.
             await db.execute("PRAGMA schema_version")
             await db.execute(f"PRAGMA busy_timeout = {int(min(self.lock_timeout, 5.0) * 1000)}")
+            version = await self._user_version(db)
+            self._refuse_newer(version)
+            if version == 0:
+                await self._refuse_foreign(db)
             await self._with_lock_retry(db, "PRAGMA journal_mode = WAL")
             await db.execute(f"PRAGMA synchronous = {self.synchronous}")
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        version = await self._user_version(db)
+    def _refuse_newer(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"{self.path} has schema version {version}, but this flowcore reads up to "
                 f"version {SCHEMA_VERSION}; upgrade flowcore (pip install -U flowcore), or "
                 "set FLOWCORE_HOME to another folder to start a separate database"
             )
-        if version == SCHEMA_VERSION:
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        if await self._user_version(db) == SCHEMA_VERSION:
             return
-        if version == 0:
-            await self._check_empty_or_ours(db)
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
-                    # Re-read inside the write lock: another process may have migrated meanwhile.
+                    # Re-read inside the write lock: another process may have migrated
+                    # (or created the schema) since we looked.
                     current = await self._user_version(db)
+                    self._refuse_newer(current)
+                    if current == 0:
+                        await self._refuse_foreign(db)
                     for number in sorted(MIGRATIONS):
                         if number > current:
                             for statement in MIGRATIONS[number]:
@@ -283,11 +296,12 @@ class SQLiteStore:
                                 "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
                                 (f"migration.{number}", str(time.time())),
                             )
-                    await db.execute(
-                        "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
-                        ("schema_version", str(SCHEMA_VERSION)),
-                    )
-                    await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    if current < SCHEMA_VERSION:
+                        await db.execute(
+                            "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
+                            ("schema_version", str(SCHEMA_VERSION)),
+                        )
+                        await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     await db.execute("COMMIT")
                     return
                 except BaseException:
@@ -305,15 +319,17 @@ class SQLiteStore:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def _check_empty_or_ours(self, db: aiosqlite.Connection) -> None:
+    async def _refuse_foreign(self, db: aiosqlite.Connection) -> None:
+        """An unversioned database may be new, or another app's: never write to the latter."""
         async with db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         ) as cur:
-            tables = [r[0] for r in await cur.fetchall()]
-        if tables:
+            tables = {r[0] for r in await cur.fetchall()}
+        foreign = tables - _OUR_TABLES
+        if foreign:
             raise StoreCorrupted(
                 f"{self.path} is an SQLite database but not a flowcore one (it has tables "
-                f"{', '.join(sorted(tables)[:5])}); flowcore will not write into it. Set "
+                f"{', '.join(sorted(foreign)[:5])}); flowcore will not write into it. Set "
                 "FLOWCORE_HOME to another folder, or pass another path"
             )
 
@@ -427,24 +443,30 @@ class SQLiteStore:
 
     async def get_run(self, run_id: str) -> FlowRunRecord:
         rows = await self._fetch(f"SELECT {_FLOW_COLS} FROM flow_runs WHERE id = ?", [run_id])
+        matches = len(rows)
         if not rows and run_id:
-            # A prefix, as people copy it from `runs ls`; escape LIKE's wildcards.
-            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            # A prefix, as people copy it from `runs ls`: a range on the primary key,
+            # case-sensitive like the ids themselves.
+            bounds = [run_id, run_id + "\U0010ffff"]
             rows = await self._fetch(
-                f"SELECT {_FLOW_COLS} FROM flow_runs WHERE id LIKE ? ESCAPE '\\' LIMIT 2",
-                [pattern],
+                f"SELECT {_FLOW_COLS} FROM flow_runs WHERE id >= ? AND id < ? LIMIT 2", bounds
             )
-        if len(rows) == 1:
+            matches = len(rows)
+            if matches > 1:
+                counted = await self._fetch(
+                    "SELECT COUNT(*) FROM flow_runs WHERE id >= ? AND id < ?", bounds
+                )
+                matches = counted[0][0]
+        if matches == 1:
             return _flow_record(rows[0])
-        raise RunNotFound(_not_found_message(run_id, self.location, len(rows)))
+        raise RunNotFound(_not_found_message(run_id, self.location, matches))
 
     async def list_task_runs(
         self, run_id: str, *, offset: int = 0, limit: int | None = None
     ) -> list[TaskRunRecord]:
         rows = await self._fetch(
-            f"SELECT {_TASK_COLS} FROM task_runs WHERE run_id = ? AND seq >= ? "
-            "ORDER BY seq LIMIT ?",
-            [run_id, offset, -1 if limit is None else limit],
+            f"SELECT {_TASK_COLS} FROM task_runs WHERE run_id = ? ORDER BY seq LIMIT ? OFFSET ?",
+            [run_id, -1 if limit is None else limit, offset],
         )
         return [_task_record(r) for r in rows]
 

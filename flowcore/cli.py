@@ -1,0 +1,330 @@
+"""The ``flowcore`` command: run a flow, list runs, show one run's tree of task runs.
+
+Every flowcore error ends the command with ``error: <message>`` on stderr and
+exit code 1, never a traceback: its message already says what went wrong and
+the fix. Read-only commands open the store, read, and close it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from . import render
+from .engine import Engine
+from .errors import FlowcoreError
+from .flow import Flow
+from .loader import FlowLoadError, flow_kwargs, load_flow
+from .records import FlowRunRecord, TaskRunRecord
+from .states import State
+from .store import Store, flowcore_home, resolve_store
+
+__all__ = ["cli", "main"]
+
+T = TypeVar("T")
+_STATES = [s.value for s in State]
+
+
+class CliError(click.ClickException):
+    """An error the user can fix: printed as ``error: <message>``, exit code 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    """A group that turns every flowcore error raised by its commands into a ``CliError``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowcoreError as exc:
+            raise CliError(str(exc)) from exc
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _read(fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store of ``$FLOWCORE_HOME``, run ``fn`` on it, and always close it."""
+
+    async def main() -> T:
+        store = resolve_store(None)
+        try:
+            await store.open()
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return anyio.run(main)
+
+
+def _database() -> Path:
+    return flowcore_home() / "flowcore.db"
+
+
+# -- the group -----------------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the run database (overrides $FLOWCORE_HOME; default ~/.flowcore).",
+)
+@click.version_option(package_name="flowcore")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """flowcore: run flows and inspect their recorded runs."""
+    if home is not None:
+        # For this invocation only: restored on exit, which matters when embedded (tests).
+        previous = os.environ.get("FLOWCORE_HOME")
+        os.environ["FLOWCORE_HOME"] = str(home)
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop("FLOWCORE_HOME", None)
+            else:
+                os.environ["FLOWCORE_HOME"] = previous
+
+        ctx.call_on_close(restore)
+
+
+# -- flowcore run --------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    result: Any = None
+    error: Exception | None = None
+    run: FlowRunRecord | None = None
+
+
+async def _poll_progress(engine: Engine, progress: Progress, name: str) -> None:
+    """Redraw the counters every 0.1 s until cancelled."""
+    bar = progress.add_task(name, total=None, counts="starting")
+    while True:
+        s = engine.statistics()
+        progress.update(
+            bar,
+            total=max(s.tasks_started, 1),
+            completed=s.tasks_completed,
+            counts=(
+                f"{s.tasks_started} started · {s.tasks_completed} completed · "
+                f"{s.tasks_failed} failed · {s.tasks_retried} retried"
+            ),
+        )
+        progress.refresh()
+        await anyio.sleep(0.1)
+
+
+async def _execute(
+    flow: Flow[Any, Any], kwargs: dict[str, Any], console: Console | None
+) -> _Outcome:
+    outcome = _Outcome()
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        auto_refresh=False,  # redrawn by the poller task, not by a thread of its own
+        disable=console is None,
+    )
+    async with Engine() as engine:
+        try:
+            async with anyio.create_task_group() as tg:
+                if console is not None:
+                    progress.start()
+                    tg.start_soon(_poll_progress, engine, progress, flow.name)
+                try:
+                    outcome.result = await flow(**kwargs)
+                except Exception as exc:
+                    outcome.error = exc
+                finally:
+                    tg.cancel_scope.cancel()
+                    progress.stop()
+        finally:
+            outcome.run = engine.last_run
+    return outcome
+
+
+def _run_line(run: FlowRunRecord | None) -> str:
+    if run is None:
+        return "(no run was recorded)"
+    return (
+        f"run {run.id[:8]} {run.state} in {render.format_duration(run.duration)}; "
+        f"inspect it: flowcore runs show {run.id[:8]}"
+    )
+
+
+@cli.command("run")
+@click.argument("target", metavar="FILE.py:FLOW")
+@click.option(
+    "--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+    help="A flow parameter, converted by the flow's annotation (repeatable).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback.")
+def run_command(
+    target: str, params: tuple[str, ...], as_json: bool, no_progress: bool, show_traceback: bool
+) -> None:
+    """Run the flow FLOW defined in FILE.py and print its result (:FLOW is optional
+    when the file defines one flow).
+
+    \b
+    flowcore run flows.py:ingest --param pages=20
+    flowcore run flows.py:report -p ids='[1, 2, 3]' --json
+    """
+    try:
+        flow = load_flow(target)
+    except FlowLoadError as exc:
+        if show_traceback and exc.cause is not None:
+            click.echo("".join(traceback.format_exception(exc.cause)).rstrip(), err=True)
+        raise
+    kwargs = flow_kwargs(flow, params)
+    err_console = Console(stderr=True)
+    show_progress = not no_progress and err_console.is_terminal
+    outcome = anyio.run(_execute, flow, kwargs, err_console if show_progress else None)
+    if outcome.error is not None:
+        error = outcome.error
+        if show_traceback:
+            click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+        click.echo(f"error: flow {flow.name!r} failed: {type(error).__name__}: {error}", err=True)
+        if not show_traceback:  # notes explain flowcore's part (an unobserved task failure)
+            for note in getattr(error, "__notes__", ()):
+                click.echo(f"  {note}", err=True)
+        click.echo(_run_line(outcome.run), err=True)
+        if not show_traceback:
+            click.echo("(add --traceback for the full traceback)", err=True)
+        sys.exit(1)
+    click.echo(render.to_json(outcome.result) if as_json else repr(outcome.result))
+    click.echo(_run_line(outcome.run), err=True)
+
+
+# -- flowcore runs ---------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def runs() -> None:
+    """List and inspect recorded runs."""
+
+
+def _check_state(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A state name in any case, as stored (``failed`` → ``Failed``)."""
+    if value is None:
+        return None
+    for state in _STATES:
+        if state.lower() == value.lower():
+            return state
+    raise click.BadParameter(f"{value!r} is not a run state; the states: {', '.join(_STATES)}")
+
+
+@runs.command("ls")
+@click.option("--flow", "flow_name", metavar="NAME", help="Only runs of this flow.")
+@click.option(
+    "--state",
+    metavar="STATE",
+    callback=_check_state,
+    help=f"Only runs in this state: {', '.join(_STATES)} (any case).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def runs_ls(flow_name: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    db = _database()
+    if not db.exists():
+        click.echo("[]" if as_json else f"no runs yet in {db}")
+        return
+    found = _read(lambda store: store.list_runs(name=flow_name, state=state, limit=limit))
+    if as_json:
+        click.echo(render.to_json([render.run_to_json(r) for r in found]))
+    elif not found:
+        filters = " ".join(
+            f"{k}={v}" for k, v in (("flow", flow_name), ("state", state)) if v is not None
+        )
+        click.echo(f"no runs{' with ' + filters if filters else ''} in {db}")
+    else:
+        Console().print(render.runs_table(found))
+
+
+@dataclass
+class _Details:
+    run: FlowRunRecord
+    counts: dict[str, int]
+    task_runs: list[TaskRunRecord]
+    subflows: list[FlowRunRecord]
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=200, show_default=True,
+    help="Task runs to show.",
+)  # fmt: skip
+@click.option(
+    "--offset", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Task runs to skip (by position, in call order).",
+)  # fmt: skip
+def runs_show(run_id: str, as_json: bool, limit: int, offset: int) -> None:
+    """Show one run (an id prefix is enough) and its tree of task runs."""
+    db = _database()
+    if not db.exists():
+        raise CliError(f"no run with id {run_id!r}: there are no runs yet in {db}")
+
+    async def fetch(store: Store) -> _Details:
+        run = await store.get_run(run_id)
+        counts = await store.count_task_runs(run.id)
+        task_runs = await store.list_task_runs(run.id, offset=offset, limit=limit)
+        page = {t.seq for t in task_runs}
+        subflows = [
+            s
+            for s in await store.child_runs(run.id)
+            if s.parent_task_seq in page or (offset == 0 and s.parent_task_seq is None)
+        ]
+        return _Details(run, counts, task_runs, subflows)
+
+    d = _read(fetch)
+    total = sum(d.counts.values())
+    if as_json:
+        data = render.run_to_json(d.run, details=True)
+        data["counts"] = d.counts
+        data["task_runs"] = [render.task_run_to_json(t) for t in d.task_runs]
+        data["page"] = {"offset": offset, "limit": limit, "total": total}
+        data["subflows"] = [render.run_to_json(s) for s in d.subflows]
+        click.echo(render.to_json(data))
+        return
+    console = Console()
+    console.print(render.run_header(d.run, d.counts))
+    console.print(render.task_tree(d.run, d.task_runs, d.subflows))
+    shown_end = offset + len(d.task_runs)
+    if not d.task_runs and offset:
+        console.print(f"no task runs from --offset {offset}: the run has {total}")
+    elif offset or shown_end < total:
+        more = total - shown_end
+        next_page = f" --offset {shown_end} --limit {limit}"
+        console.print(
+            f"showing task runs {offset}–{shown_end - 1} of {total}"
+            + (f"; {more} more: flowcore runs show {d.run.id[:8]}{next_page}" if more else ""),
+            highlight=False,
+        )
+
+
+def main() -> NoReturn:
+    """The ``flowcore`` console script."""
+    cli.main(prog_name="flowcore")
+    raise AssertionError("unreachable: click exits")  # pragma: no cover

@@ -1,0 +1,441 @@
+"""The ``flowcore`` command: running flows from files, listing runs, showing a run's tree."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from click.testing import CliRunner, Result
+from rich.console import Console
+
+import flowcore
+from flowcore.cli import _execute, cli
+from flowcore.loader import load_flow
+
+# One file of flows shared by most tests: a retried task, a task called inside a
+# task, a submitted future passed to another task, a subflow, a failure.
+FLOWS = """
+import flowcore
+
+attempts = {"n": 0}
+
+@flowcore.task(retries=2)
+async def flaky(x: int) -> int:
+    attempts["n"] += 1
+    if attempts["n"] == 1:
+        raise ValueError("first attempt fails")
+    return x
+
+@flowcore.task
+async def inner(x: int) -> int:
+    return x + 1
+
+@flowcore.task
+async def outer(x: int) -> int:
+    return await inner(x) * 2
+
+@flowcore.task
+def add(a: int, b: int) -> int:
+    return a + b
+
+@flowcore.flow
+async def child(k: int) -> int:
+    return await inner(k)
+
+@flowcore.flow
+async def pipeline(n: int, ratio: float = 1.0, tags: list[str] = [], extra=None) -> dict:
+    a = await flaky(n)
+    b = await outer(n)
+    total = await add(add.submit(a, b), 1)
+    sub = await child(3)
+    return {"n": n, "n_type": type(n).__name__, "ratio": ratio, "tags": tags,
+            "extra": extra, "total": total, "sub": sub}
+
+@flowcore.flow
+async def many(count: int) -> int:
+    return sum(await inner.map(range(count)))
+
+@flowcore.flow
+async def broken() -> None:
+    await inner(1)
+    raise RuntimeError("the flow broke")
+
+not_a_flow = 42
+"""
+
+
+@pytest.fixture
+def flows_file(tmp_path: Path) -> Path:
+    path = tmp_path / "flows.py"
+    path.write_text(FLOWS)
+    return path
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def run_id_from(result: Result) -> str:
+    match = re.search(r"flowcore runs show ([0-9a-f]{8})", result.stderr)
+    assert match, result.output
+    return match.group(1)
+
+
+@pytest.fixture
+def pipeline_run(flows_file: Path) -> str:
+    """The full id of one recorded run of ``pipeline``."""
+    result = invoke("run", f"{flows_file}:pipeline", "--param", "n=4")
+    assert result.exit_code == 0, result.output
+    listed = json.loads(invoke("runs", "ls", "--flow", "pipeline", "--json").stdout)
+    assert len(listed) == 1
+    full_id: str = listed[0]["id"]
+    assert full_id.startswith(run_id_from(result))
+    return full_id
+
+
+# -- flowcore run ----------------------------------------------------------------------------
+
+
+def test_run_converts_params_by_annotation(flows_file: Path) -> None:
+    result = invoke(
+        "run", f"{flows_file}:pipeline", "--json",
+        "-p", "n=7", "-p", "ratio=0.5", "-p", 'tags=["a", "b"]', "-p", 'extra={"k": [1]}',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["n"] == 7 and out["n_type"] == "int"
+    assert out["ratio"] == 0.5 and out["tags"] == ["a", "b"]
+    assert out["extra"] == {"k": [1]}  # unannotated: decoded as JSON
+    assert out["total"] == 7 + 16 + 1
+    assert "Completed" in result.stderr and "flowcore runs show" in result.stderr
+
+
+def test_run_prints_repr_and_unannotated_text_stays_a_string(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:pipeline", "-p", "n=1", "-p", "extra=plain words")
+    assert result.exit_code == 0, result.output
+    assert "'extra': 'plain words'" in result.stdout
+    assert result.stdout.startswith("{'n': 1, 'n_type': 'int'")
+
+
+def test_bad_param_value_names_param_and_type(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:pipeline", "--param", "n=lots")
+    assert result.exit_code == 1
+    assert "error: --param n: expected int, got 'lots'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_unknown_param_lists_the_flow_parameters(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:pipeline", "-p", "n=1", "-p", "pages=3")
+    assert result.exit_code == 1
+    assert "has no parameter 'pages'" in result.stderr
+    assert "n: int, ratio: float = 1.0" in result.stderr
+
+
+def test_missing_required_param_says_which(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:pipeline")
+    assert result.exit_code == 1
+    assert "needs 'n'; give --param n=..." in result.stderr
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    result = invoke("run", f"{tmp_path}/nowhere.py:flow")
+    assert result.exit_code == 1
+    assert f"no such file: {tmp_path}/nowhere.py" in result.stderr
+
+
+def test_missing_flow_name_lists_the_flows_in_the_file(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:pipelin")
+    assert result.exit_code == 1
+    assert "has no flow named 'pipelin'" in result.stderr
+    assert "child, pipeline, many, broken" in result.stderr
+
+
+def test_attribute_that_is_not_a_flow_says_to_decorate_it(flows_file: Path) -> None:
+    for name, what in [("not_a_flow", "of type int"), ("inner", "a task")]:
+        result = invoke("run", f"{flows_file}:{name}")
+        assert result.exit_code == 1
+        assert what in result.stderr and "decorate it with @flowcore.flow" in result.stderr
+
+
+def test_loader_puts_the_files_folder_on_sys_path_for_sibling_imports(tmp_path: Path) -> None:
+    (tmp_path / "helpers_for_cli_test.py").write_text("FACTOR = 3\n")
+    (tmp_path / "uses_helper.py").write_text(
+        textwrap.dedent(
+            """
+            import flowcore
+            from helpers_for_cli_test import FACTOR
+
+            @flowcore.flow
+            async def scaled(x: int) -> int:
+                return x * FACTOR
+            """
+        )
+    )
+    flow = load_flow(f"{tmp_path}/uses_helper.py")  # the only flow: the name may be left out
+    assert flow.name == "scaled"
+    result = invoke("run", f"{tmp_path}/uses_helper.py:scaled", "-p", "x=5")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "15"
+
+
+def test_string_annotations_are_resolved_for_conversion(tmp_path: Path) -> None:
+    (tmp_path / "lazy.py").write_text(
+        textwrap.dedent(
+            """
+            from __future__ import annotations
+
+            import datetime
+
+            import flowcore
+
+            @flowcore.flow
+            async def report(day: datetime.date, dry_run: bool = False) -> str:
+                return f"{day.isoformat()} {type(day).__name__} {dry_run!r}"
+            """
+        )
+    )
+    result = invoke("run", f"{tmp_path}/lazy.py:report", "-p", "day=2024-02-29", "-p", "dry_run=1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "'2024-02-29 date True'"
+    bad = invoke("run", f"{tmp_path}/lazy.py:report", "-p", "day=someday")
+    assert bad.exit_code == 1
+    assert "--param day: expected date, got 'someday'" in bad.stderr
+
+
+def test_error_while_importing_the_file_is_reported_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text("import flowcore\n\nx = 1 / 0\n")
+    result = invoke("run", f"{tmp_path}/bad.py:f")
+    assert result.exit_code == 1
+    assert "failed at line 3: ZeroDivisionError" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_failing_flow_exits_1_with_error_and_inspect_hint(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:broken")
+    assert result.exit_code == 1
+    assert "error: flow 'broken' failed: RuntimeError: the flow broke" in result.stderr
+    assert "Traceback" not in result.output
+    run_id = run_id_from(result)
+    assert run_id in invoke("runs", "ls", "--state", "Failed").stdout
+
+    with_tb = invoke("run", f"{flows_file}:broken", "--traceback")
+    assert with_tb.exit_code == 1
+    assert "Traceback (most recent call last)" in with_tb.stderr
+    assert 'raise RuntimeError("the flow broke")' in with_tb.stderr
+
+
+def test_progress_poller_draws_engine_statistics(flows_file: Path) -> None:
+    # CliRunner's stderr is no terminal (so no progress there): drive it with a forced one.
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    flow = load_flow(f"{flows_file}:many")
+    outcome = anyio.run(_execute, flow, {"count": 5}, console)
+    assert outcome.error is None and outcome.result == sum(range(1, 6))
+    assert outcome.run is not None and outcome.run.state is flowcore.State.COMPLETED
+    assert "started" in out.getvalue() and "completed" in out.getvalue()
+
+
+# -- flowcore runs ls ------------------------------------------------------------------------
+
+
+def test_runs_ls_before_any_run_creates_nothing(flowcore_home: Path) -> None:
+    result = invoke("runs", "ls")
+    assert result.exit_code == 0
+    assert f"no runs yet in {flowcore_home / 'flowcore.db'}" in result.stdout
+    assert not (flowcore_home / "flowcore.db").exists()
+    assert invoke("runs", "ls", "--json").stdout.strip() == "[]"
+
+
+def test_runs_ls_table_and_json(pipeline_run: str, flows_file: Path) -> None:
+    assert invoke("run", f"{flows_file}:broken").exit_code == 1
+    table = invoke("runs", "ls")
+    assert table.exit_code == 0
+    for text in (pipeline_run[:8], "pipeline", "Completed", "broken", "Failed", "child"):
+        assert text in table.stdout
+    listed = json.loads(invoke("runs", "ls", "--json").stdout)
+    assert [r["name"] for r in listed] == ["broken", "child", "pipeline"]  # newest first
+    run = listed[2]
+    for key in (
+        "id", "name", "kind", "state", "created", "started", "ended", "duration",
+        "task_count", "parent_run_id", "error_type", "error_message",
+    ):  # fmt: skip
+        assert key in run
+    assert run["id"] == pipeline_run and run["kind"] == "flow" and run["task_count"] == 5
+    assert run["started"].endswith("Z") and run["duration"] > 0
+    assert run["parameters"] == {"n": 4, "ratio": 1.0, "tags": [], "extra": None}
+    assert listed[1]["parent_run_id"] == pipeline_run
+    assert listed[0]["error_type"] == "RuntimeError"
+    assert listed[0]["error_message"] == "the flow broke"
+
+
+def test_runs_ls_filters_by_flow_and_state(pipeline_run: str, flows_file: Path) -> None:
+    assert invoke("run", f"{flows_file}:broken").exit_code == 1
+    by_flow = json.loads(invoke("runs", "ls", "--flow", "broken", "--json").stdout)
+    assert [r["name"] for r in by_flow] == ["broken"]
+    by_state = json.loads(invoke("runs", "ls", "--state", "completed", "--json").stdout)
+    assert sorted(r["name"] for r in by_state) == ["child", "pipeline"]
+    none = invoke("runs", "ls", "--flow", "broken", "--state", "Completed")
+    assert "no runs with flow=broken state=Completed" in none.stdout
+    limited = json.loads(invoke("runs", "ls", "--limit", "1", "--json").stdout)
+    assert len(limited) == 1
+
+
+def test_runs_ls_rejects_an_unknown_state_listing_the_states(pipeline_run: str) -> None:
+    result = invoke("runs", "ls", "--state", "Done")
+    assert result.exit_code == 2
+    assert "'Done' is not a run state" in result.stderr
+    assert "Completed, Cached, Failed, TimedOut" in result.stderr
+
+
+# -- flowcore runs show ---------------------------------------------------------------------
+
+
+def test_runs_show_tree(pipeline_run: str) -> None:
+    result = invoke("runs", "show", pipeline_run)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "pipeline" in text and pipeline_run in text
+    assert "n=4, ratio=1.0" in text
+    assert "5 task runs: 5 Completed" in text
+    for name in ("flaky", "outer", "inner", "add", "subflow child"):
+        assert name in text
+    assert f"{pipeline_run[:8]}.0" in text and "2 attempts" in text
+    assert "waited for: #3" in text
+    # inner (seq 2) was called inside outer: it is drawn one level deeper.
+    outer_line = next(line for line in text.splitlines() if "outer" in line)
+    inner_line = next(line for line in text.splitlines() if f"inner  {pipeline_run[:8]}" in line)
+    assert inner_line.index("inner") > outer_line.index("outer")
+
+
+def test_runs_show_json(pipeline_run: str) -> None:
+    result = invoke("runs", "show", pipeline_run, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["id"] == pipeline_run and data["state"] == "Completed"
+    assert data["counts"] == {"Completed": 5}
+    tasks = {t["seq"]: t for t in data["task_runs"]}
+    assert [tasks[s]["name"] for s in sorted(tasks)] == ["flaky", "outer", "inner", "add", "add"]
+    for t in tasks.values():
+        for key in (
+            "name", "seq", "label", "state", "attempts", "created", "started", "ended",
+            "duration", "parent_seq", "upstream", "inputs", "error_type", "error_message",
+            "traceback", "history",
+        ):  # fmt: skip
+            assert key in t
+    flaky = tasks[0]
+    assert flaky["attempts"] == 2 and flaky["label"] == f"{pipeline_run[:8]}.0"
+    assert [h[0] for h in flaky["history"]] == ["Running", "Retrying", "Running", "Completed"]
+    assert "first attempt fails" in flaky["history"][1][2]
+    assert tasks[2]["parent_seq"] == 1  # inner called inside outer
+    assert tasks[3]["parent_seq"] is None
+    assert tasks[4]["upstream"] == [3]  # add(add.submit(...), 1)
+    assert tasks[4]["inputs"]["a"] == {"__flowcore__": "future", "task": "add", "seq": 3}
+    assert [s["name"] for s in data["subflows"]] == ["child"]
+
+
+def test_runs_show_accepts_an_id_prefix(pipeline_run: str) -> None:
+    result = invoke("runs", "show", pipeline_run[:6], "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["id"] == pipeline_run
+
+
+def test_runs_show_unknown_id_is_a_clean_error(pipeline_run: str) -> None:
+    result = invoke("runs", "show", "ffffffffff")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no run with id 'ffffffffff'")
+    assert "flowcore runs ls" in result.stderr and "Traceback" not in result.output
+
+
+def test_runs_show_pages_big_runs(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:many", "-p", "count=12")
+    assert result.exit_code == 0, result.output
+    run_id = run_id_from(result)
+    first = invoke("runs", "show", run_id, "--limit", "5")
+    assert first.exit_code == 0, first.output
+    assert "12 task runs: 12 Completed" in first.stdout
+    assert f"{run_id}.4" in first.stdout and f"{run_id}.5" not in first.stdout
+    assert "7 more: flowcore runs show" in first.stdout and "--offset 5" in first.stdout
+    middle = invoke("runs", "show", run_id, "--limit", "5", "--offset", "5")
+    assert f"{run_id}.5" in middle.stdout and f"{run_id}.4  " not in middle.stdout
+    assert "showing task runs 5–9 of 12; 2 more" in middle.stdout
+    beyond = invoke("runs", "show", run_id, "--offset", "50")
+    assert "no task runs from --offset 50: the run has 12" in beyond.stdout
+    last = json.loads(
+        invoke("runs", "show", run_id, "--limit", "5", "--offset", "10", "--json").stdout
+    )
+    assert [t["seq"] for t in last["task_runs"]] == [10, 11]
+    assert last["page"] == {"offset": 10, "limit": 5, "total": 12}
+
+
+# -- stores and options ---------------------------------------------------------------------
+
+
+def test_corrupt_database_is_a_clean_error_and_left_untouched(
+    flowcore_home: Path, flows_file: Path
+) -> None:
+    flowcore_home.mkdir(parents=True)
+    db = flowcore_home / "flowcore.db"
+    garbage = bytes(range(256)) * 20
+    db.write_bytes(garbage)
+    for args in (["runs", "ls"], ["runs", "show", "abc"], ["run", f"{flows_file}:broken"]):
+        result = invoke(*args)
+        assert result.exit_code == 1, args
+        assert result.stderr.startswith("error: ") and "not a readable flowcore database" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.output
+    assert db.read_bytes() == garbage
+    assert sorted(p.name for p in flowcore_home.iterdir()) == ["flowcore.db"]
+
+
+def test_home_option_overrides_flowcore_home_for_one_invocation(
+    tmp_path: Path, flows_file: Path, flowcore_home: Path
+) -> None:
+    other = tmp_path / "other-home"
+    result = invoke("--home", str(other), "run", f"{flows_file}:many", "-p", "count=2")
+    assert result.exit_code == 0, result.output
+    assert (other / "flowcore.db").exists() and not flowcore_home.exists()
+    assert os.environ["FLOWCORE_HOME"] == str(flowcore_home)  # restored
+    assert "many" in invoke("--home", str(other), "runs", "ls").stdout
+    assert "no runs yet" in invoke("runs", "ls").stdout
+
+
+# -- as a program ---------------------------------------------------------------------------
+
+
+def _subprocess_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "FLOWCORE_HOME": str(home), "NO_COLOR": "1"}
+
+
+def test_python_dash_m_flowcore_help(flowcore_home: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowcore", "--help"],
+        capture_output=True, text=True, env=_subprocess_env(flowcore_home), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: flowcore" in proc.stdout
+    assert "run" in proc.stdout and "runs" in proc.stdout
+
+
+def test_flowcore_run_in_a_subprocess(flowcore_home: Path, flows_file: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowcore", "run", f"{flows_file}:pipeline", "-p", "n=2", "--json"],
+        capture_output=True, text=True, env=_subprocess_env(flowcore_home), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert result["n"] == 2 and result["total"] == 2 + 6 + 1
+    assert "\x1b[" not in proc.stdout + proc.stderr  # no colour codes off a terminal
+    run_id = re.search(r"flowcore runs show ([0-9a-f]{8})", proc.stderr)
+    assert run_id is not None
+    show = invoke("runs", "show", run_id.group(1))
+    assert show.exit_code == 0 and "Completed" in show.stdout

@@ -1,0 +1,443 @@
+"""What only the SQLite store does: schema, files it must not touch, locks, URLs."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sqlite3
+import stat
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
+import aiosqlite
+import anyio
+import pytest
+
+import flowcore
+from flowcore import FlowRunRecord, State, TaskRunRecord
+from flowcore.store import SCHEMA_VERSION, MemoryStore, SQLiteStore, resolve_store
+
+
+def _flow(run_id: str, created: float = 1.0, state: State = State.COMPLETED) -> FlowRunRecord:
+    return FlowRunRecord(id=run_id, name="etl", state=state, created=created)
+
+
+def _tasks(run_id: str, n: int) -> list[TaskRunRecord]:
+    rng = random.Random(n)
+    return [
+        TaskRunRecord(
+            run_id=run_id,
+            seq=seq,
+            name="step",
+            state=State.COMPLETED,
+            created=float(seq),
+            inputs=rng.randbytes(200),
+            history=[("Running", float(seq)), ("Completed", seq + 0.5)],
+        )
+        for seq in range(n)
+    ]
+
+
+def _pragma(path: Path, name: str) -> object:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+async def _make_real_db(path: Path, tasks: int = 10) -> None:
+    async with SQLiteStore(path) as store:
+        await store.write([_flow("run1")], _tasks("run1", tasks))
+
+
+# -- schema -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_new_database_gets_the_schema_version_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.write([_flow("run1")], [])
+    finally:
+        await store.close()
+    assert SCHEMA_VERSION >= 1
+    assert _pragma(path, "user_version") == SCHEMA_VERSION
+    assert _pragma(path, "journal_mode") == "wal"
+    with closing(sqlite3.connect(path)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        meta = dict(conn.execute("SELECT key, value FROM flowcore_meta").fetchall())
+    assert {"flow_runs", "task_runs", "flowcore_meta"} <= tables
+    assert meta["schema_version"] == str(SCHEMA_VERSION)
+
+
+@pytest.mark.anyio
+async def test_opening_creates_missing_folders(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "nested" / "flowcore.db"
+    async with SQLiteStore(path) as store:
+        await store.write([_flow("run1")], [])
+    assert path.is_file()
+
+
+@pytest.mark.anyio
+async def test_reopening_keeps_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    async with SQLiteStore(path) as store:
+        await store.write([_flow("run1", created=1.0, state=State.RUNNING)], _tasks("run1", 5))
+    async with SQLiteStore(path) as store:
+        assert (await store.get_run("run1")).state is State.RUNNING
+        assert await store.list_task_runs("run1") == _tasks("run1", 5)
+        await store.write([_flow("run2", created=2.0)], [])
+    async with SQLiteStore(str(path)) as store:
+        assert [r.id for r in await store.list_runs()] == ["run2", "run1"]
+        assert await store.count_task_runs("run1") == {"Completed": 5}
+    assert _pragma(path, "user_version") == SCHEMA_VERSION
+
+
+@pytest.mark.anyio
+async def test_a_database_from_a_newer_flowcore_is_refused_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f.db"
+    await _make_real_db(path)
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.commit()
+    before = path.read_bytes()
+    store = SQLiteStore(path)
+    with pytest.raises(flowcore.SchemaTooNew, match="upgrade") as info:
+        await store.open()
+    await store.close()
+    assert str(SCHEMA_VERSION + 1) in str(info.value)
+    assert isinstance(info.value, flowcore.StoreError)
+    assert path.read_bytes() == before
+    assert _pragma(path, "user_version") == SCHEMA_VERSION + 1
+
+
+# -- files that are not (usable) flowcore databases ----------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_file_of_random_bytes_is_store_corrupted_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    path.write_bytes(random.Random(0).randbytes(8192))
+    before = path.read_bytes()
+    store = SQLiteStore(path)
+    with pytest.raises(flowcore.StoreCorrupted, match="not a readable flowcore database"):
+        await store.open()
+    await store.close()
+    assert path.read_bytes() == before
+
+
+@pytest.mark.anyio
+async def test_a_database_with_a_corrupt_header_is_store_corrupted_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "f.db"
+    await _make_real_db(path)
+    data = bytearray(path.read_bytes())
+    data[:16] = b"definitely nope\x00"  # the "SQLite format 3\0" magic
+    path.write_bytes(bytes(data))
+    store = SQLiteStore(path)
+    with pytest.raises(flowcore.StoreCorrupted, match="Move it aside"):
+        await store.open()
+    await store.close()
+    assert path.read_bytes() == bytes(data)
+
+
+@pytest.mark.anyio
+async def test_a_truncated_database_is_store_corrupted_and_left_alone(tmp_path: Path) -> None:
+    real = tmp_path / "real.db"
+    await _make_real_db(real, tasks=2000)
+    path = tmp_path / "f.db"
+    shutil.copyfile(real, path)
+    with path.open("r+b") as f:
+        f.truncate(real.stat().st_size // 2)
+    before = path.read_bytes()
+    # SQLite may notice at open or only when it reads a missing page; either way
+    # the error is StoreCorrupted, never a raw sqlite3 error or wrong data.
+    store = SQLiteStore(path)
+
+    async def open_and_read_everything() -> None:
+        await store.open()
+        await store.list_runs()
+        await store.list_task_runs("run1")
+        await store.count_task_runs("run1")
+
+    try:
+        with pytest.raises(flowcore.StoreCorrupted):
+            await open_and_read_everything()
+    finally:
+        await store.close()
+    assert path.read_bytes() == before
+
+
+@pytest.mark.anyio
+async def test_another_apps_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+        conn.commit()
+    before = path.read_bytes()
+    store = SQLiteStore(path)
+    with pytest.raises(flowcore.StoreCorrupted, match="not a flowcore") as info:
+        await store.open()
+    await store.close()
+    assert "users" in str(info.value)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT name FROM users").fetchall() == [("ada",)]
+    # Not one byte changed: not its tables, and not its journal mode either.
+    assert _pragma(path, "journal_mode") == "delete"
+    assert path.read_bytes() == before
+
+
+@pytest.mark.anyio
+async def test_concurrent_first_opens_of_a_new_database_both_succeed(tmp_path: Path) -> None:
+    # Two processes start on a fresh FLOWCORE_HOME at once. This store reads
+    # user_version 0; before it looks at the tables, the other process creates the
+    # schema. (The hook makes that interleaving happen every time; without it the
+    # race shows up in a few percent of simultaneous starts.)
+    path = tmp_path / "f.db"
+    interleaved: list[bool] = []
+
+    class OtherProcessMigratesMeanwhile(SQLiteStore):
+        async def _refuse_foreign(self, db: aiosqlite.Connection) -> None:
+            if not interleaved:  # once: the first look, before this store takes the write lock
+                async with SQLiteStore(self.path) as other:
+                    await other.write([_flow("other")], [])
+                interleaved.append(True)
+            await super()._refuse_foreign(db)
+
+    store = OtherProcessMigratesMeanwhile(path)
+    try:
+        await store.open()
+        await store.write([_flow("mine", created=2.0)], [])
+        assert [r.id for r in await store.list_runs()] == ["mine", "other"]
+    finally:
+        await store.close()
+    assert interleaved, "the hook did not run: update this test to the new open() sequence"
+    assert _pragma(path, "user_version") == SCHEMA_VERSION
+
+
+# -- files and folders it cannot use -------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_unwritable_folder_is_store_unavailable_naming_flowcore_home(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)  # 0o500
+    try:
+        if os.access(folder, os.W_OK):
+            # Running as root, where permissions do not stop writes: use a folder that
+            # cannot exist instead, one whose parent is a regular file.
+            blocker = tmp_path / "afile"
+            blocker.write_text("not a folder")
+            path = blocker / "flowcore.db"
+        else:
+            path = folder / "flowcore.db"
+        store = SQLiteStore(path)
+        with pytest.raises(flowcore.StoreUnavailable, match="FLOWCORE_HOME") as info:
+            await store.open()
+        await store.close()
+        await store.close()
+        assert str(path.parent) in str(info.value)
+        assert not path.exists()
+    finally:
+        folder.chmod(stat.S_IRWXU)
+
+
+@pytest.mark.anyio
+async def test_a_folder_under_a_regular_file_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    store = SQLiteStore(blocker / "sub" / "flowcore.db")
+    with pytest.raises(flowcore.StoreUnavailable, match="FLOWCORE_HOME"):
+        await store.open()
+    await store.close()
+    assert blocker.read_text() == "not a folder"
+
+
+# -- locks --------------------------------------------------------------------------------
+
+
+def _hold_write_lock(path: Path, locked: threading.Event, seconds: float) -> None:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO flowcore_meta (key, value) VALUES ('test.lock', 'held')")
+        locked.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+
+
+@pytest.mark.anyio
+async def test_a_write_waits_for_a_lock_held_by_another_connection(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    async with SQLiteStore(path) as store:
+        locked = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(path, locked, 0.5))
+        holder.start()
+        try:
+            assert await anyio.to_thread.run_sync(locked.wait, 5.0)
+            started = time.monotonic()
+            await store.write([_flow("run1")], _tasks("run1", 100))
+            waited = time.monotonic() - started
+        finally:
+            await anyio.to_thread.run_sync(holder.join)
+        assert waited > 0.2  # it did wait for the other connection's transaction
+        assert (await store.get_run("run1")).state is State.COMPLETED
+        assert await store.count_task_runs("run1") == {"Completed": 100}
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM flowcore_meta WHERE key = 'test.lock'").fetchone()
+
+
+@pytest.mark.anyio
+async def test_a_lock_held_past_lock_timeout_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    async with SQLiteStore(path, lock_timeout=0.3) as store:
+        locked = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(path, locked, 1.0))
+        holder.start()
+        try:
+            assert await anyio.to_thread.run_sync(locked.wait, 5.0)
+            with pytest.raises(flowcore.StoreUnavailable, match="locked"):
+                await store.write([_flow("run1")], [])
+        finally:
+            await anyio.to_thread.run_sync(holder.join)
+        # Once the lock is released, the store works again.
+        await store.write([_flow("run1")], [])
+        assert (await store.get_run("run1")).id == "run1"
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_close_twice_is_fine(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "f.db")
+    await store.open()
+    await store.open()  # opening an open store is a no-op
+    await store.close()
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_close_without_open_and_after_failed_open_is_fine(tmp_path: Path) -> None:
+    await SQLiteStore(tmp_path / "never.db").close()
+    path = tmp_path / "f.db"
+    path.write_bytes(b"\x00garbage" * 1000)
+    store = SQLiteStore(path)
+    with pytest.raises(flowcore.StoreCorrupted):
+        await store.open()
+    await store.close()
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_using_a_store_that_is_not_open_is_a_store_error(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "f.db")
+    with pytest.raises(flowcore.StoreError, match="not open"):
+        await store.write([_flow("run1")], [])
+    with pytest.raises(flowcore.StoreError, match="not open"):
+        await store.list_runs()
+
+
+def test_bad_synchronous_setting_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(flowcore.ConfigurationError, match="synchronous"):
+        SQLiteStore(tmp_path / "f.db", synchronous="OFF")
+    assert SQLiteStore(tmp_path / "f.db", synchronous="full").synchronous == "FULL"
+
+
+# -- resolve_store ---------------------------------------------------------------------------
+
+
+def test_resolve_store_none_uses_flowcore_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWCORE_HOME", str(tmp_path / "home"))
+    store = resolve_store(None)
+    assert isinstance(store, SQLiteStore)
+    assert store.path == tmp_path / "home" / "flowcore.db"
+    assert store.location == str(tmp_path / "home" / "flowcore.db")
+    assert not (tmp_path / "home").exists()  # resolving creates nothing
+
+
+def test_resolve_store_none_with_flowcore_home_unset_uses_dot_flowcore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for value in (None, ""):
+        if value is None:
+            monkeypatch.delenv("FLOWCORE_HOME", raising=False)
+        else:
+            monkeypatch.setenv("FLOWCORE_HOME", value)
+        store = resolve_store()
+        assert isinstance(store, SQLiteStore)
+        assert store.path == tmp_path / ".flowcore" / "flowcore.db"
+
+
+@pytest.mark.parametrize("spec", ["memory", ":memory:"])
+def test_resolve_store_memory(spec: str) -> None:
+    assert isinstance(resolve_store(spec), MemoryStore)
+
+
+def test_resolve_store_paths(tmp_path: Path) -> None:
+    by_str = resolve_store(str(tmp_path / "a.db"))
+    assert isinstance(by_str, SQLiteStore)
+    assert by_str.path == tmp_path / "a.db"
+    by_path = resolve_store(tmp_path / "b.db")
+    assert isinstance(by_path, SQLiteStore)
+    assert by_path.path == tmp_path / "b.db"
+    relative = resolve_store("runs/c.db")
+    assert isinstance(relative, SQLiteStore)
+    assert relative.path == Path("runs/c.db")
+
+
+def test_resolve_store_sqlite_urls(tmp_path: Path) -> None:
+    absolute = resolve_store(f"sqlite:///{tmp_path}/x.db")  # sqlite:////tmp/...: absolute
+    assert isinstance(absolute, SQLiteStore)
+    assert absolute.path == tmp_path / "x.db"
+    assert absolute.path.is_absolute()
+    relative = resolve_store("sqlite:///runs.db")  # as in SQLAlchemy: relative
+    assert isinstance(relative, SQLiteStore)
+    assert relative.path == Path("runs.db")
+
+
+def test_resolve_store_passes_a_store_object_through() -> None:
+    store = MemoryStore()
+    assert resolve_store(store) is store
+
+
+def test_resolve_store_rejects_other_types() -> None:
+    with pytest.raises(flowcore.ConfigurationError, match="int"):
+        resolve_store(42)  # type: ignore[arg-type]
+
+
+def test_resolve_store_unknown_scheme_lists_installed_stores_without_the_password() -> None:
+    with pytest.raises(flowcore.ConfigurationError) as info:
+        resolve_store("postgresql://u:secret@h/db")
+    message = str(info.value)
+    assert "postgresql" in message
+    assert "installed" in message
+    assert "sqlite" in message
+    assert "memory" in message
+    assert "secret" not in message
+    assert all("secret" not in str(arg) for arg in info.value.args)
+    assert info.value.__cause__ is None
+    assert "secret" not in str(info.value.__context__)
+
+
+@pytest.mark.anyio
+async def test_resolved_sqlite_url_store_works(tmp_path: Path) -> None:
+    store = resolve_store(f"sqlite:///{tmp_path}/url.db")
+    await store.open()
+    try:
+        await store.write([_flow("run1")], [])
+    finally:
+        await store.close()
+    assert (tmp_path / "url.db").is_file()
