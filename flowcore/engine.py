@@ -18,6 +18,7 @@ import random
 from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -28,6 +29,9 @@ from .errors import ConfigurationError, UnsupportedBackend
 from .recorder import Recorder
 from .records import FlowRunRecord
 from .store import SQLiteStore, Store, resolve_store
+
+if TYPE_CHECKING:
+    from .taskrun import InFlight
 
 __all__ = ["Engine", "EngineStatistics"]
 
@@ -55,6 +59,15 @@ class Engine:
     backoff, for reproducible schedules. ``flush_interval``: the longest a state
     change waits before it is written (seconds). ``thread_limit``: how many sync
     tasks may run in worker threads at once.
+
+    ``durability``: ``"batched"`` (default) commits state changes every
+    ``flush_interval`` and at the end of each run, so a crash may lose the last
+    window and those tasks run again on resume; ``"strict"`` commits a task's
+    completion before its result is returned (tasks finishing together share
+    one commit), so a completed task never runs again.
+    ``cache=False`` turns caching off for every task; ``refresh_cache=True``
+    recomputes every cached task and overwrites its entry.
+    ``persist_results=False`` stores no results (resume then re-runs every task).
     """
 
     def __init__(
@@ -65,14 +78,26 @@ class Engine:
         seed: int | None = None,
         flush_interval: float = 0.02,
         thread_limit: int = 40,
+        durability: str = "batched",
+        cache: bool = True,
+        refresh_cache: bool = False,
+        persist_results: bool = True,
     ) -> None:
         problems = []
         if not isinstance(flush_interval, int | float) or not 0 < flush_interval <= 60:
             problems.append(f"`flush_interval` must be seconds in (0, 60], got {flush_interval!r}")
         if not isinstance(thread_limit, int) or isinstance(thread_limit, bool) or thread_limit < 1:
             problems.append(f"`thread_limit` must be an int >= 1, got {thread_limit!r}")
+        if durability not in ("batched", "strict"):
+            problems.append(f'`durability` must be "batched" or "strict", got {durability!r}')
         if problems:
             raise ConfigurationError("invalid Engine options: " + "; ".join(problems))
+        self.strict = durability == "strict"
+        self.cache_enabled = cache
+        self.refresh_cache = refresh_cache
+        self.persist_results = persist_results
+        #: Cache keys being computed now, so equal calls wait instead of computing twice.
+        self.inflight: dict[str, InFlight] = {}
         self.store: Store = resolve_store(store)
         self.clock: Clock = clock or SystemClock()
         self.rng = random.Random(seed)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .errors import StoreError
-from .records import FlowRunRecord, TaskRunRecord
+from .records import CacheEntry, FlowRunRecord, TaskRunRecord
+from .results import ResultFiles
 
 if TYPE_CHECKING:
     from .store import Store
@@ -50,6 +51,13 @@ class Recorder:
         self._flows: dict[int, FlowRunRecord] = {}
         self._tasks: dict[int, TaskRunRecord] = {}
         self._live_flows: dict[str, FlowRunRecord] = {}  # running flow runs, for heartbeats
+        self._cache: dict[str, CacheEntry] = {}  # new cache entries by key
+        self._files: dict[str, bytes] = {}  # large results waiting to be written, by ref
+        self.files = ResultFiles(store.results_dir) if store.results_dir is not None else None
+        # Group commit: flushes are numbered; commit() waits for the next one to finish.
+        self._started = 0
+        self._completed = 0
+        self._flushed = anyio.Event()
         self._wakeup = anyio.Event()
         self._lock = anyio.Lock()
         self._last_heartbeat = 0.0
@@ -72,10 +80,35 @@ class Recorder:
         else:
             self._live_flows[record.id] = record
 
+    def cache_changed(self, entry: CacheEntry) -> None:
+        self._cache[entry.key] = entry
+
+    def pending_cache(self, key: str) -> CacheEntry | None:
+        """A cache entry made since the last flush (so a lookup sees it before it is written)."""
+        return self._cache.get(key)
+
+    def add_file(self, ref: str, blob: bytes) -> None:
+        """Queue a large result to be written as a file before the records that refer to it."""
+        self._files[ref] = blob
+
+    def pending_file(self, ref: str) -> bytes | None:
+        return self._files.get(ref)
+
     @property
     def pending(self) -> int:
         """Records changed since the last flush."""
-        return len(self._tasks) + len(self._flows)
+        return len(self._tasks) + len(self._flows) + len(self._cache)
+
+    async def commit(self) -> None:
+        """Wait until everything changed before this call is committed (group commit).
+
+        Tasks finishing together share one flush: each waits for the first flush
+        that starts after its change, and asks for it to start now.
+        """
+        target = self._started + 1
+        self._wakeup.set()
+        while self._completed < target:
+            await self._flushed.wait()
 
     # -- the writer ---------------------------------------------------------------------
 
@@ -104,18 +137,39 @@ class Recorder:
                 for fr in self._live_flows.values():
                     fr.heartbeat = now
                     self._flows[id(fr)] = fr
-            if not self._tasks and not self._flows:
+            if not self._tasks and not self._flows and not self._cache:
                 return
+            self._started += 1
+            generation = self._started
             flows, self._flows = self._flows, {}
             tasks, self._tasks = self._tasks, {}
+            cache, self._cache = self._cache, {}
+            files, self._files = self._files, {}
             try:
-                await self.store.write(list(flows.values()), list(tasks.values()))
-            except BaseException:
+                if files and self.files is not None:
+                    # Files first: a record never refers to a result file not yet on disk.
+                    await anyio.to_thread.run_sync(_write_files, self.files, files)
+                await self.store.write(
+                    list(flows.values()), list(tasks.values()), list(cache.values())
+                )
+            except BaseException as exc:
                 # Put the batch back under the newer changes (same objects, so no loss).
                 flows.update(self._flows)
                 tasks.update(self._tasks)
-                self._flows, self._tasks = flows, tasks
+                cache.update(self._cache)
+                files.update(self._files)
+                self._flows, self._tasks, self._cache, self._files = flows, tasks, cache, files
+                if isinstance(exc, OSError):
+                    raise StoreError(f"cannot write result files: {exc}") from exc
                 raise
             self.last_error = None
             self.flushes += 1
-            self.rows_written += len(flows) + len(tasks)
+            self.rows_written += len(flows) + len(tasks) + len(cache)
+            self._completed = generation
+            done, self._flushed = self._flushed, anyio.Event()
+            done.set()
+
+
+def _write_files(files: ResultFiles, blobs: dict[str, bytes]) -> None:
+    for ref, blob in blobs.items():
+        files.write(ref, blob)

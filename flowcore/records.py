@@ -21,7 +21,7 @@ import msgspec
 
 from .states import State
 
-__all__ = ["FlowRunRecord", "TaskRunRecord", "task_run_label"]
+__all__ = ["CacheEntry", "FlowRunRecord", "TaskRunRecord", "task_run_label"]
 
 
 class FlowRunRecord(msgspec.Struct, gc=False):
@@ -45,6 +45,8 @@ class FlowRunRecord(msgspec.Struct, gc=False):
     host: str = ""
     pid: int = 0
     task_count: int = 0
+    entrypoint: str | None = None  # where to import the flow from, to resume it
+    resumed_from: str | None = None  # the run this one re-drives
 
     @property
     def duration(self) -> float | None:
@@ -71,6 +73,10 @@ class TaskRunRecord(msgspec.Struct, gc=False):
     error_message: str | None = None
     traceback: str | None = None
     history: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    result: bytes | None = None  # the stored result (serializers.encode_result), when small
+    result_ref: str | None = None  # sha256 of the result file, when large
+    cache_key: str | None = None
+    cached_from: str | None = None  # "run_id.seq" of the task run that computed a cached value
 
     @property
     def duration(self) -> float | None:
@@ -81,6 +87,22 @@ class TaskRunRecord(msgspec.Struct, gc=False):
     @property
     def label(self) -> str:
         return task_run_label(self.run_id, self.seq)
+
+
+class CacheEntry(msgspec.Struct, gc=False):
+    """A cached task result, shared by every run and process using the same store."""
+
+    key: str
+    task_name: str
+    created: float
+    expires: float | None = None
+    result: bytes | None = None
+    result_ref: str | None = None
+    run_id: str | None = None  # the task run that computed it
+    seq: int | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and self.expires <= now
 
 
 def task_run_label(run_id: str, seq: int) -> str:

@@ -10,7 +10,9 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from .context import _run_var
 from .errors import ConfigurationError
 from .futures import TaskFuture, TaskFutureList
+from .cache import CachePolicy, KeyMaker, resolve_policy
 from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
+from .serializers import SERIALIZERS, return_type
 from .taskrun import prepare, run_into_future, run_task
 
 __all__ = ["Task", "task", "unmapped"]
@@ -43,6 +45,9 @@ class Task(Generic[P, R]):
         timeout: float | None,
         tags: frozenset[str],
         record_inputs: bool,
+        cache: CachePolicy | None = None,
+        serializer: str = "msgpack",
+        persist_result: bool | None = None,
     ) -> None:
         self.fn: Callable[..., Any] = fn
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
@@ -50,6 +55,9 @@ class Task(Generic[P, R]):
         self.timeout = timeout
         self.tags = tags
         self.record_inputs = record_inputs
+        self.cache = cache
+        self.serializer = serializer
+        self.persist_result = persist_result
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
         )
@@ -59,8 +67,17 @@ class Task(Generic[P, R]):
             for p in self.signature.parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
+        self.keys = KeyMaker(fn, self.name, cache) if cache is not None else None
+        self._return_type: Any = _UNSET
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
+
+    @property
+    def return_type(self) -> Any:
+        """The return annotation, resolved on first use (it may name types defined later)."""
+        if self._return_type is _UNSET:
+            self._return_type = return_type(self.fn)
+        return self._return_type
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         return run_task(self, args, kwargs)
@@ -114,44 +131,58 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
         return futures
 
-    def with_options(
-        self,
-        *,
-        name: str | None = None,
-        retries: int | None = None,
-        retry_delay: float | Sequence[float] | Backoff | None = None,
-        retry_on: RetryOn | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | type[_Unset] | None = None,
-        tags: Iterable[str] | None = None,
-        record_inputs: bool | None = None,
-    ) -> Task[P, R]:
-        """A copy of this task with some options changed."""
-        base = self.retry
-        if retry is None and (
-            retries is not None or retry_delay is not None or retry_on is not None
-        ):
-            retry = _make_retry(
-                self.name,
-                base.retries if retries is None else retries,
-                base.delay if retry_delay is None else retry_delay,
-                base.retry_on if retry_on is None else retry_on,
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy of this task with some options changed (the options of ``@flowcore.task``).
+
+        ``fetch.with_options(retries=0, cache=CachePolicy(refresh=True))``
+        """
+        unknown = set(changes) - set(_OPTION_NAMES)
+        if unknown:
+            raise ConfigurationError(
+                f"{self.name}.with_options() got unknown options {sorted(unknown)}; "
+                f"the options are: {', '.join(_OPTION_NAMES)}"
             )
-        return Task(
-            self.fn,
-            name=name or self.name,
-            retry=retry or base,
-            timeout=self.timeout if timeout is None else _check_timeout(self.name, timeout),
-            tags=self.tags if tags is None else frozenset(tags),
-            record_inputs=self.record_inputs if record_inputs is None else record_inputs,
-        )
+        options: dict[str, Any] = {
+            "name": self.name,
+            "timeout": self.timeout,
+            "tags": self.tags,
+            "record_inputs": self.record_inputs,
+            "cache": self.cache if self.cache is not None else False,
+            "serializer": self.serializer,
+            "persist_result": self.persist_result,
+        }
+        retry_parts = {
+            k: changes.pop(k) for k in ("retries", "retry_delay", "retry_on") if k in changes
+        }
+        if "retry" not in changes:
+            base = self.retry
+            if retry_parts:
+                changes["retry"] = _make_retry(
+                    self.name,
+                    retry_parts.get("retries", base.retries),
+                    retry_parts.get("retry_delay", base.delay),
+                    retry_parts.get("retry_on", base.retry_on),
+                )
+            else:
+                changes["retry"] = base
+        elif retry_parts:
+            raise ConfigurationError(
+                "give either `retry=RetryPolicy(...)` or `retries`/`retry_delay`/`retry_on`, "
+                "not both"
+            )
+        options.update(changes)
+        copy: Task[P, R] = task(**options)(self.fn)
+        return copy
 
     def __repr__(self) -> str:
         return f"<flowcore.Task {self.name}>"
 
 
-class _Unset:
-    pass
+_UNSET: Any = object()
+_OPTION_NAMES = (
+    "name", "retries", "retry_delay", "retry_on", "retry", "timeout", "tags", "record_inputs",
+    "cache", "cache_ttl", "serializer", "persist_result",
+)  # fmt: skip
 
 
 def _zip_mapped(iterables: tuple[Iterable[Any] | unmapped, ...]) -> Iterable[tuple[Any, ...]]:
@@ -167,13 +198,6 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return inspect.Signature()
-
-
-def _check_timeout(name: str, timeout: object) -> float | None:
-    problems = _timeout_problems(timeout)
-    if problems:
-        raise ConfigurationError(f"invalid options for task {name!r}: {problems}")
-    return None if timeout is None else float(timeout)  # type: ignore[arg-type]
 
 
 def _timeout_problems(timeout: object) -> str:
@@ -228,6 +252,10 @@ def task(
     timeout: float | None = ...,
     tags: Iterable[str] = ...,
     record_inputs: bool = ...,
+    cache: bool | CachePolicy = ...,
+    cache_ttl: float | None = ...,
+    serializer: str = ...,
+    persist_result: bool | None = ...,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -241,12 +269,21 @@ def task(
     timeout: float | None = None,
     tags: Iterable[str] = (),
     record_inputs: bool = True,
+    cache: bool | CachePolicy = False,
+    cache_ttl: float | None = None,
+    serializer: str = "msgpack",
+    persist_result: bool | None = None,
 ) -> Task[Any, Any] | _TaskDecorator:
     """Make a function a tracked task: ``@flowcore.task`` or ``@flowcore.task(retries=3, ...)``.
 
     ``retries``/``retry_delay``/``retry_on``: shortcuts for ``retry=RetryPolicy(...)``.
     ``timeout``: seconds per attempt. ``tags``: labels for limits and filtering.
     ``record_inputs=False``: do not record argument values (e.g. secrets).
+    ``cache=True`` (or a :class:`CachePolicy`): reuse the stored result of an
+    earlier call with the same inputs and source; ``cache_ttl``: seconds it stays valid.
+    ``serializer``: ``"msgpack"`` (default) or ``"pickle"`` (opt-in: loads run code).
+    ``persist_result``: ``None`` stores the result when it can (for resume),
+    ``True`` requires it, ``False`` never stores it.
     Sync functions run in worker threads, so they never block the event loop.
     """
     problems: list[str] = []
@@ -267,6 +304,19 @@ def task(
         problems.append(t)
     if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
         problems.append(f"`tags` must be an iterable of str, got {tags!r}")
+    policy_cache: CachePolicy | None = None
+    try:
+        policy_cache = resolve_policy(cache, cache_ttl)
+    except ConfigurationError as exc:
+        problems.append(str(exc))
+    if serializer not in SERIALIZERS:
+        problems.append(
+            f"`serializer` must be one of {', '.join(map(repr, SERIALIZERS))}, got {serializer!r}"
+        )
+    if persist_result not in (None, True, False):
+        problems.append(f"`persist_result` must be True, False or None, got {persist_result!r}")
+    if policy_cache is not None and persist_result is False:
+        problems.append("`cache` needs stored results; drop persist_result=False")
     if problems:
         label = getattr(fn, "__qualname__", None) or name or "task"
         raise ConfigurationError(f"invalid options for task {label!r}: " + "; ".join(problems))
@@ -281,6 +331,9 @@ def task(
             timeout=None if timeout is None else float(timeout),
             tags=frozenset(tags),
             record_inputs=record_inputs,
+            cache=policy_cache,
+            serializer=serializer,
+            persist_result=persist_result,
         )
 
     if fn is None:

@@ -8,6 +8,7 @@ changed for the recorder; it never awaits the store.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,9 @@ from .context import RunContext, _run_var, _task_var
 from .encoding import encode_inputs
 from .errors import ConfigurationError, TaskTimeout, UpstreamFailed
 from .futures import TaskFuture
-from .records import TaskRunRecord, task_run_label
+from .records import CacheEntry, TaskRunRecord, task_run_label
+from .results import INLINE_LIMIT, ResultFiles
+from .serializers import ResultNotSerializable, ResultUnreadable, decode_result, encode_result
 from .states import State
 
 if TYPE_CHECKING:
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from .task import Task
 
 __all__ = ["prepare", "run_prepared", "run_task"]
+
+log = logging.getLogger("flowcore")
 
 _RUNNING = State.RUNNING
 _COMPLETED = State.COMPLETED
@@ -107,18 +112,29 @@ async def run_prepared(
 ) -> Any:
     engine = ctx.engine
     recorder = engine.recorder
-    if waits:
-        recorder.task_changed(rec)
-        args, kwargs = await _resolve_inputs(rec, ctx, args, kwargs)
-    now = time.time()
-    rec.state = _RUNNING
-    rec.started = now
-    rec.attempts = 1
-    rec.history.append(("Running", now))
-    recorder.task_changed(rec)
-    engine.tasks_started += 1
     token = _task_var.set(rec)
+    claimed: InFlight | None = None
     try:
+        if waits:
+            recorder.task_changed(rec)
+            args, kwargs = await _resolve_inputs(rec, ctx, args, kwargs)
+        now = time.time()
+        rec.state = _RUNNING
+        rec.started = now
+        rec.attempts = 1
+        rec.history.append(("Running", now))
+        recorder.task_changed(rec)
+        engine.tasks_started += 1
+        if ctx.replay is not None:
+            found, value = ctx.replay.take(task, rec)
+            if found:
+                engine.tasks_completed += 1
+                return value
+        if task.cache is not None and engine.cache_enabled:
+            found, value, claimed = await _cache_lookup(engine, task, rec, args, kwargs)
+            if found:
+                engine.tasks_completed += 1
+                return value
         while True:
             try:
                 if task.timeout is None:
@@ -137,17 +153,26 @@ async def run_prepared(
                     continue
                 _finish_failed(engine, rec, exc)
                 raise
-            now = time.time()
-            rec.state = _COMPLETED
-            rec.ended = now
-            rec.history.append(("Completed", now))
-            recorder.task_changed(rec)
-            engine.tasks_completed += 1
-            return result
+            break
+        if task.persist_result is not False and engine.persist_results:
+            _store_result(engine, task, rec, result)
+        now = time.time()
+        rec.state = _COMPLETED
+        rec.ended = now
+        rec.history.append(("Completed", now))
+        recorder.task_changed(rec)
+        engine.tasks_completed += 1
+        if claimed is not None:
+            claimed.succeed(rec)
+        if engine.strict:
+            # Strict durability: the completion is committed before anyone sees the result.
+            await recorder.commit()
+        return result
     except BaseException as exc:
         # An error already recorded above, an error raised while handling one (a bad
-        # call, a retry predicate that raised), or a cancellation (an outer scope, a
-        # flow timeout, Ctrl-C): whichever, never leave the record Running.
+        # call, a retry predicate that raised, a result that cannot be stored), or a
+        # cancellation (an outer scope, a flow timeout, Ctrl-C): whichever, never
+        # leave the record Running.
         if not rec.state.is_terminal:
             if isinstance(exc, Exception):
                 _finish_failed(engine, rec, exc)
@@ -160,6 +185,146 @@ async def run_prepared(
         raise
     finally:
         _task_var.reset(token)
+        if claimed is not None:
+            claimed.release(engine)
+
+
+def _store_result(engine: Engine, task: Task[Any, Any], rec: TaskRunRecord, value: Any) -> None:
+    """Keep the result on the record (inline, or as a file reference when large).
+
+    Best effort unless the task needs it (``persist_result=True`` or caching): a
+    result that cannot be stored then simply is not, and resume runs that task again.
+    """
+    try:
+        blob = encode_result(value, task.serializer, task.name)
+    except ResultNotSerializable:
+        if task.persist_result or task.cache is not None:
+            raise
+        return
+    recorder = engine.recorder
+    if len(blob) > INLINE_LIMIT and recorder.files is not None:
+        ref = ResultFiles.ref(blob)
+        recorder.add_file(ref, blob)
+        rec.result_ref = ref
+    else:
+        rec.result = blob
+    if task.cache is not None and rec.cache_key is not None:
+        ttl = task.cache.ttl
+        now = time.time()
+        recorder.cache_changed(
+            CacheEntry(
+                key=rec.cache_key,
+                task_name=task.name,
+                created=now,
+                expires=None if ttl is None else now + ttl,
+                result=rec.result,
+                result_ref=rec.result_ref,
+                run_id=rec.run_id,
+                seq=rec.seq,
+            )
+        )
+
+
+async def load_result(
+    engine: Engine, task: Task[Any, Any], blob: bytes | None, ref: str | None
+) -> Any:
+    """Decode a stored result; :class:`ResultUnreadable` when missing, corrupt or refused."""
+    if blob is None and ref is not None:
+        blob = engine.recorder.pending_file(ref)
+        if blob is None:
+            files = engine.recorder.files
+            if files is None:
+                raise ResultUnreadable("the result is in a file, but this store keeps no files")
+            blob = await anyio.to_thread.run_sync(files.read, ref)
+    if blob is None:
+        raise ResultUnreadable("no result was stored")
+    return decode_result(
+        blob, allow_pickle=task.serializer == "pickle", type_=task.return_type
+    )
+
+
+def finish_reused(engine: Engine, rec: TaskRunRecord, state: State, note: str) -> None:
+    """Record a task run whose value came from elsewhere (a cache hit or a replay)."""
+    now = time.time()
+    rec.state = state
+    rec.ended = now
+    rec.history.append((state.value, now, note))
+    engine.recorder.task_changed(rec)
+
+
+class InFlight:
+    """A cache key being computed right now: later calls with the same key wait for it."""
+
+    __slots__ = ("done", "key", "source")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.done = anyio.Event()
+        self.source: TaskRunRecord | None = None  # set when the computation succeeded
+
+    def succeed(self, rec: TaskRunRecord) -> None:
+        self.source = rec
+
+    def release(self, engine: Engine) -> None:
+        if engine.inflight.get(self.key) is self:
+            del engine.inflight[self.key]
+        self.done.set()
+
+
+async def _cache_lookup(
+    engine: Engine,
+    task: Task[Any, Any],
+    rec: TaskRunRecord,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[bool, Any, InFlight | None]:
+    """A cache hit (``True, value, None``) or the claim to compute it (``False, None, claim``)."""
+    policy = task.cache
+    assert policy is not None and task.keys is not None
+    key = task.keys.key(args, kwargs)  # CacheKeyError fails the task, recorded
+    rec.cache_key = key
+    if not (policy.refresh or engine.refresh_cache):
+        while (running := engine.inflight.get(key)) is not None:
+            # Same key computing in this engine: wait for it instead of computing twice.
+            await running.done.wait()
+            source = running.source
+            if source is not None:
+                try:
+                    value = await load_result(engine, task, source.result, source.result_ref)
+                except ResultUnreadable:
+                    break
+                _mark_cached(engine, rec, source.result, source.result_ref, source.run_id, source.seq)
+                return True, value, None
+        entry = engine.recorder.pending_cache(key) or await engine.store.get_cache(key)
+        if entry is not None and not entry.expired(time.time()):
+            try:
+                value = await load_result(engine, task, entry.result, entry.result_ref)
+            except ResultUnreadable as exc:
+                log.warning(
+                    "flowcore: cache entry %s of task %r is unusable (%s); computing it again",
+                    key[:12], task.name, exc,
+                )
+            else:
+                _mark_cached(engine, rec, entry.result, entry.result_ref, entry.run_id, entry.seq)
+                return True, value, None
+    claim = InFlight(key)
+    engine.inflight[key] = claim
+    return False, None, claim
+
+
+def _mark_cached(
+    engine: Engine,
+    rec: TaskRunRecord,
+    blob: bytes | None,
+    ref: str | None,
+    run_id: str | None,
+    seq: int | None,
+) -> None:
+    rec.result, rec.result_ref = blob, ref
+    source = task_run_label(run_id, seq) if run_id is not None and seq is not None else "?"
+    if run_id is not None and seq is not None:
+        rec.cached_from = f"{run_id}.{seq}"
+    finish_reused(engine, rec, State.CACHED, f"cache hit: value computed by {source}")
 
 
 async def _in_thread(

@@ -12,6 +12,7 @@ import pytest
 
 import flowcore
 from flowcore import FlowRunRecord, MemoryStore, State, TaskRunRecord
+from flowcore.records import CacheEntry
 
 
 @flowcore.task
@@ -40,7 +41,10 @@ class RecordingStore(MemoryStore):
         self.closed = False
 
     async def write(
-        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+        self,
+        flow_runs: Sequence[FlowRunRecord],
+        task_runs: Sequence[TaskRunRecord],
+        cache_entries: Sequence[CacheEntry] = (),
     ) -> None:
         self.batches.append(
             (
@@ -48,7 +52,7 @@ class RecordingStore(MemoryStore):
                 [(tr.seq, str(tr.state)) for tr in task_runs],
             )
         )
-        await super().write(flow_runs, task_runs)
+        await super().write(flow_runs, task_runs, cache_entries)
 
     async def close(self) -> None:
         self.closed = True
@@ -68,7 +72,10 @@ class FlakyStore(RecordingStore):
         self.failures_used_up = anyio.Event()
 
     async def write(
-        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+        self,
+        flow_runs: Sequence[FlowRunRecord],
+        task_runs: Sequence[TaskRunRecord],
+        cache_entries: Sequence[CacheEntry] = (),
     ) -> None:
         await anyio.lowlevel.checkpoint()
         if self.failures_left is None or self.failures_left > 0:
@@ -78,7 +85,7 @@ class FlakyStore(RecordingStore):
                     self.failures_used_up.set()
             self.failed += 1
             raise flowcore.StoreError("disk full (simulated)")
-        await super().write(flow_runs, task_runs)
+        await super().write(flow_runs, task_runs, cache_entries)
 
 
 async def _assert_all_completed(store: MemoryStore, tasks: int, runs: int = 1) -> None:

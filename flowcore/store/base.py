@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ..records import FlowRunRecord, TaskRunRecord
+from pathlib import Path
+
+from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
 
 __all__ = ["Store"]
 
@@ -28,6 +30,8 @@ class Store(Protocol):
 
     #: Where the data lives, for messages (a path or a URL without password).
     location: str
+    #: A folder for large results kept as files, or ``None`` to keep them in the store.
+    results_dir: Path | None
 
     async def open(self) -> None:
         """Connect, create or migrate the schema. Raises a ``StoreError`` subclass on failure."""
@@ -36,9 +40,12 @@ class Store(Protocol):
         """Release every connection; safe to call twice and after a failed ``open``."""
 
     async def write(
-        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+        self,
+        flow_runs: Sequence[FlowRunRecord],
+        task_runs: Sequence[TaskRunRecord],
+        cache_entries: Sequence[CacheEntry] = (),
     ) -> None:
-        """Upsert a batch of records in one transaction."""
+        """Upsert a batch of records (and replace cache entries) in one transaction."""
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
@@ -58,3 +65,15 @@ class Store(Protocol):
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         """Subflow runs started from this run."""
+
+    async def get_cache(self, key: str) -> CacheEntry | None:
+        """The cache entry with this key, expired or not."""
+
+    async def list_cache(self, *, task_name: str | None = None) -> list[CacheEntry]:
+        """Cache entries, newest first, optionally of one task."""
+
+    async def delete_cache(self, keys: Sequence[str]) -> None:
+        """Remove these cache entries."""
+
+    async def result_refs(self) -> set[str]:
+        """Every result file still referenced (by a task run or a cache entry)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 
 from ..errors import ConfigurationError, RunNotFound
-from ..records import FlowRunRecord, TaskRunRecord
+from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
 from ..states import TERMINAL
 
 __all__ = ["MemoryStore"]
@@ -26,6 +27,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._runs: dict[str, FlowRunRecord] = {}
         self._tasks: dict[str, dict[int, TaskRunRecord]] = {}
+        self._cache: dict[str, CacheEntry] = {}
+        self.results_dir: Path | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
 
     async def open(self) -> None:
@@ -35,9 +38,14 @@ class MemoryStore:
         pass
 
     async def write(
-        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+        self,
+        flow_runs: Sequence[FlowRunRecord],
+        task_runs: Sequence[TaskRunRecord],
+        cache_entries: Sequence[CacheEntry] = (),
     ) -> None:
         self.writes += 1
+        for entry in cache_entries:
+            self._cache[entry.key] = msgspec.structs.replace(entry)
         for fr in flow_runs:
             old = self._runs.get(fr.id)
             if old is None or old.state not in TERMINAL:
@@ -87,6 +95,24 @@ class MemoryStore:
         kids = [r for r in self._runs.values() if r.parent_run_id == run_id]
         kids.sort(key=lambda r: r.created)
         return kids
+
+    async def get_cache(self, key: str) -> CacheEntry | None:
+        return self._cache.get(key)
+
+    async def list_cache(self, *, task_name: str | None = None) -> list[CacheEntry]:
+        entries = [e for e in self._cache.values() if task_name in (None, e.task_name)]
+        entries.sort(key=lambda e: e.created, reverse=True)
+        return entries
+
+    async def delete_cache(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._cache.pop(key, None)
+
+    async def result_refs(self) -> set[str]:
+        refs = {e.result_ref for e in self._cache.values() if e.result_ref}
+        for tasks in self._tasks.values():
+            refs.update(t.result_ref for t in tasks.values() if t.result_ref)
+        return refs
 
 
 def _not_found_message(run_id: str, location: str, matches: int) -> str:

@@ -41,7 +41,7 @@ from ..errors import (
     StoreError,
     StoreUnavailable,
 )
-from ..records import FlowRunRecord, TaskRunRecord
+from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
 from ..states import TERMINAL, State
 from .memory import _not_found_message
 
@@ -99,6 +99,27 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                PRIMARY KEY (run_id, seq)
            ) WITHOUT ROWID""",
     ),
+    # 2: stored results, caching, resume links.
+    2: (
+        "ALTER TABLE flow_runs ADD COLUMN entrypoint TEXT",
+        "ALTER TABLE flow_runs ADD COLUMN resumed_from TEXT",
+        "CREATE INDEX flow_runs_state ON flow_runs (state)",
+        "ALTER TABLE task_runs ADD COLUMN result BLOB",
+        "ALTER TABLE task_runs ADD COLUMN result_ref TEXT",
+        "ALTER TABLE task_runs ADD COLUMN cache_key TEXT",
+        "ALTER TABLE task_runs ADD COLUMN cached_from TEXT",
+        """CREATE TABLE cache_entries (
+               key TEXT PRIMARY KEY,
+               task_name TEXT NOT NULL,
+               created REAL NOT NULL,
+               expires REAL,
+               result BLOB,
+               result_ref TEXT,
+               run_id TEXT,
+               seq INTEGER
+           )""",
+        "CREATE INDEX cache_entries_task ON cache_entries (task_name)",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 _OUR_TABLES: Final = frozenset(
@@ -110,14 +131,16 @@ _OUR_TABLES: Final = frozenset(
 
 _FLOW_COLS = (
     "id, name, kind, state, created, parameters, parent_run_id, parent_task_seq, started, ended, "
-    "heartbeat, error_type, error_message, traceback, history, host, pid, task_count"
+    "heartbeat, error_type, error_message, traceback, history, host, pid, task_count, "
+    "entrypoint, resumed_from"
 )
 _TASK_COLS = (
     "run_id, seq, name, state, created, parent_seq, upstream, inputs, attempts, started, ended, "
-    "error_type, error_message, traceback, history"
+    "error_type, error_message, traceback, history, result, result_ref, cache_key, cached_from"
 )
+_CACHE_COLS = "key, task_name, created, expires, result, result_ref, run_id, seq"
 _UPSERT_FLOW = f"""
-INSERT INTO flow_runs ({_FLOW_COLS}) VALUES ({", ".join("?" * 18)})
+INSERT INTO flow_runs ({_FLOW_COLS}) VALUES ({", ".join("?" * 20)})
 ON CONFLICT (id) DO UPDATE SET
     state = excluded.state, started = excluded.started, ended = excluded.ended,
     heartbeat = excluded.heartbeat, error_type = excluded.error_type,
@@ -126,13 +149,17 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE flow_runs.state NOT IN ({_TERMINAL_SQL})
 """
 _UPSERT_TASK = f"""
-INSERT INTO task_runs ({_TASK_COLS}) VALUES ({", ".join("?" * 15)})
+INSERT INTO task_runs ({_TASK_COLS}) VALUES ({", ".join("?" * 19)})
 ON CONFLICT (run_id, seq) DO UPDATE SET
     state = excluded.state, upstream = excluded.upstream, attempts = excluded.attempts,
     started = excluded.started, ended = excluded.ended, error_type = excluded.error_type,
     error_message = excluded.error_message, traceback = excluded.traceback,
-    history = excluded.history
+    history = excluded.history, result = excluded.result, result_ref = excluded.result_ref,
+    cache_key = excluded.cache_key, cached_from = excluded.cached_from
 WHERE task_runs.state NOT IN ({_TERMINAL_SQL})
+"""
+_UPSERT_CACHE = f"""
+INSERT OR REPLACE INTO cache_entries ({_CACHE_COLS}) VALUES ({", ".join("?" * 8)})
 """
 
 _enc = msgspec.msgpack.Encoder()
@@ -144,7 +171,8 @@ def _flow_row(r: FlowRunRecord) -> tuple[Any, ...]:
     return (
         r.id, r.name, r.kind, r.state, r.created, r.parameters, r.parent_run_id,
         r.parent_task_seq, r.started, r.ended, r.heartbeat, r.error_type, r.error_message,
-        r.traceback, _enc.encode(r.history), r.host, r.pid, r.task_count,
+        r.traceback, _enc.encode(r.history), r.host, r.pid, r.task_count, r.entrypoint,
+        r.resumed_from,
     )  # fmt: skip
 
 
@@ -153,6 +181,18 @@ def _task_row(r: TaskRunRecord) -> tuple[Any, ...]:
         r.run_id, r.seq, r.name, r.state, r.created, r.parent_seq,
         None if r.upstream is None else _enc.encode(r.upstream), r.inputs, r.attempts,
         r.started, r.ended, r.error_type, r.error_message, r.traceback, _enc.encode(r.history),
+        r.result, r.result_ref, r.cache_key, r.cached_from,
+    )  # fmt: skip
+
+
+def _cache_row(e: CacheEntry) -> tuple[Any, ...]:
+    return (e.key, e.task_name, e.created, e.expires, e.result, e.result_ref, e.run_id, e.seq)
+
+
+def _cache_record(row: tuple[Any, ...]) -> CacheEntry:
+    return CacheEntry(
+        key=row[0], task_name=row[1], created=row[2], expires=row[3], result=row[4],
+        result_ref=row[5], run_id=row[6], seq=row[7],
     )  # fmt: skip
 
 
@@ -162,7 +202,8 @@ def _flow_record(row: sqlite3.Row | tuple[Any, ...]) -> FlowRunRecord:
         parameters=row[5] or b"", parent_run_id=row[6], parent_task_seq=row[7], started=row[8],
         ended=row[9], heartbeat=row[10], error_type=row[11], error_message=row[12],
         traceback=row[13], history=_history_dec.decode(row[14]) if row[14] else [],
-        host=row[15] or "", pid=row[16] or 0, task_count=row[17],
+        host=row[15] or "", pid=row[16] or 0, task_count=row[17], entrypoint=row[18],
+        resumed_from=row[19],
     )  # fmt: skip
 
 
@@ -173,6 +214,7 @@ def _task_record(row: sqlite3.Row | tuple[Any, ...]) -> TaskRunRecord:
         inputs=row[7] or b"", attempts=row[8], started=row[9], ended=row[10],
         error_type=row[11], error_message=row[12], traceback=row[13],
         history=_history_dec.decode(row[14]) if row[14] else [],
+        result=row[15], result_ref=row[16], cache_key=row[17], cached_from=row[18],
     )  # fmt: skip
 
 
@@ -211,6 +253,8 @@ class SQLiteStore:
             )
         self.path = Path(path)
         self.location = str(self.path)
+        #: Large results are kept as files here, beside the database.
+        self.results_dir: Path | None = self.path.parent / "results"
         self.synchronous = synchronous.upper()
         self.lock_timeout = lock_timeout
         self._db: aiosqlite.Connection | None = None
@@ -376,41 +420,26 @@ class SQLiteStore:
     # -- writes ----------------------------------------------------------------------
 
     async def write(
-        self, flow_runs: Sequence[FlowRunRecord], task_runs: Sequence[TaskRunRecord]
+        self,
+        flow_runs: Sequence[FlowRunRecord],
+        task_runs: Sequence[TaskRunRecord],
+        cache_entries: Sequence[CacheEntry] = (),
     ) -> None:
         # Snapshot now, before the first await: the engine keeps mutating these records.
         flow_rows = [_flow_row(r) for r in flow_runs]
         task_rows = [_task_row(r) for r in task_runs]
-        db = self._conn()
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.005
-        while True:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as exc:
-                if _is_locked(exc) and time.monotonic() < deadline:
-                    await anyio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 0.25)
-                    continue
-                raise self._translate(exc) from exc
-            try:
-                if flow_rows:
-                    await db.executemany(_UPSERT_FLOW, flow_rows)
-                if task_rows:
-                    await db.executemany(_UPSERT_TASK, task_rows)
-                await db.execute("COMMIT")
-                return
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the failed statement may have rolled back already
-                if isinstance(exc, sqlite3.DatabaseError):
-                    if _is_locked(exc) and time.monotonic() < deadline:
-                        continue
-                    raise self._translate(exc) from exc
-                raise
+        cache_rows = [_cache_row(e) for e in cache_entries]
+        await self._transaction(
+            [
+                (sql, rows)
+                for sql, rows in (
+                    (_UPSERT_FLOW, flow_rows),
+                    (_UPSERT_TASK, task_rows),
+                    (_UPSERT_CACHE, cache_rows),
+                )
+                if rows
+            ]
+        )
 
     # -- reads -----------------------------------------------------------------------
 
@@ -482,6 +511,59 @@ class SQLiteStore:
             [run_id],
         )
         return [_flow_record(r) for r in rows]
+
+
+    async def get_cache(self, key: str) -> CacheEntry | None:
+        rows = await self._fetch(f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", [key])
+        return _cache_record(rows[0]) if rows else None
+
+    async def list_cache(self, *, task_name: str | None = None) -> list[CacheEntry]:
+        where, params = ("WHERE task_name = ?", [task_name]) if task_name is not None else ("", [])
+        rows = await self._fetch(
+            f"SELECT {_CACHE_COLS} FROM cache_entries {where} ORDER BY created DESC", params
+        )
+        return [_cache_record(r) for r in rows]
+
+    async def delete_cache(self, keys: Sequence[str]) -> None:
+        await self._transaction(
+            [("DELETE FROM cache_entries WHERE key = ?", [(k,) for k in keys])]
+        )
+
+    async def result_refs(self) -> set[str]:
+        rows = await self._fetch(
+            "SELECT result_ref FROM cache_entries WHERE result_ref IS NOT NULL "
+            "UNION SELECT result_ref FROM task_runs WHERE result_ref IS NOT NULL"
+        )
+        return {r[0] for r in rows}
+
+    async def _transaction(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Run ``executemany`` batches in one write transaction, waiting out locks."""
+        db = self._conn()
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                if _is_locked(exc) and time.monotonic() < deadline:
+                    await anyio.sleep(0.01 + random.random() * 0.05)
+                    continue
+                raise self._translate(exc) from exc
+            try:
+                for sql, rows in batches:
+                    await db.executemany(sql, rows)
+                await db.execute("COMMIT")
+                return
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.DatabaseError):
+                    if _is_locked(exc) and time.monotonic() < deadline:
+                        continue
+                    raise self._translate(exc) from exc
+                raise
 
 
 def _check_parent(path: Path) -> None:

@@ -1,0 +1,212 @@
+"""Cache policies and cache keys.
+
+A cache key says "this call would compute the same value as that earlier one".
+It is a SHA-256 over parts chosen by the policy:
+
+- the task's identity (module and qualified name: two tasks never share
+  entries, even with identical source),
+- ``source``: a fingerprint of the function's source code, so editing the
+  task invalidates its entries,
+- ``inputs``: a canonical msgpack encoding of the bound arguments (defaults
+  applied, dict keys sorted), minus ``exclude``-d ones,
+- ``key``: a user function of the bound arguments, returning a string.
+
+Keys are stable across processes and Python restarts: no ``hash()``, no ``id()``,
+no repr of objects. An argument msgspec cannot encode is an error naming the
+argument and the fix, never a silent wrong hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigurationError, FlowcoreError
+
+__all__ = ["CacheKeyError", "CachePolicy"]
+
+
+class CacheKeyError(FlowcoreError, TypeError):
+    """A cache key cannot be computed for a call (an argument cannot be encoded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """What makes two calls of a task "the same" for caching, and for how long.
+
+    ``CachePolicy()`` (or ``cache=True``) keys on inputs and source code.
+    Policies compose with ``+``: ``CachePolicy.inputs(exclude=["client"]) +
+    CachePolicy.source()``. ``ttl``: seconds an entry stays valid (``None``:
+    forever). ``refresh=True``: always recompute and overwrite the entry.
+    """
+
+    inputs: bool = True
+    source: bool = True
+    exclude: frozenset[str] = field(default_factory=frozenset)
+    key: Callable[[Mapping[str, Any]], str] | None = None
+    ttl: float | None = None
+    refresh: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        exclude: object = self.exclude
+        if isinstance(exclude, str):
+            problems.append(f"`exclude` must be a list of argument names, got {exclude!r}")
+        else:
+            object.__setattr__(self, "exclude", frozenset(self.exclude))
+        key: object = self.key
+        if key is not None and not callable(key):
+            problems.append(f"`key` must be a function (arguments) -> str, got {self.key!r}")
+        if self.ttl is not None and (
+            not isinstance(self.ttl, int | float)
+            or isinstance(self.ttl, bool)
+            or not math.isfinite(self.ttl)
+            or self.ttl <= 0
+        ):
+            problems.append(f"`ttl` must be seconds > 0 or None, got {self.ttl!r}")
+        if not (self.inputs or self.source or self.key):
+            problems.append("a cache policy needs at least one of inputs, source or key")
+        if problems:
+            raise ConfigurationError("invalid cache policy: " + "; ".join(problems))
+
+    # -- the named parts, to compose ---------------------------------------------------
+
+    @staticmethod
+    def from_inputs(exclude: Iterable[str] = ()) -> CachePolicy:
+        """Key on the call's arguments (all but ``exclude``)."""
+        return CachePolicy(inputs=True, source=False, exclude=frozenset(exclude))
+
+    @staticmethod
+    def from_source() -> CachePolicy:
+        """Key on the task's source code."""
+        return CachePolicy(inputs=False, source=True)
+
+    @staticmethod
+    def from_key(fn: Callable[[Mapping[str, Any]], str]) -> CachePolicy:
+        """Key on ``fn(arguments)``, a string the user computes."""
+        return CachePolicy(inputs=False, source=False, key=fn)
+
+    def __add__(self, other: CachePolicy) -> CachePolicy:
+        if not isinstance(other, CachePolicy):
+            return NotImplemented
+        if self.key is not None and other.key is not None and self.key is not other.key:
+            raise ConfigurationError("cannot add two cache policies with different `key` functions")
+        ttls = [t for t in (self.ttl, other.ttl) if t is not None]
+        # An argument stays out of the key only if every part keying on inputs leaves it out.
+        if self.inputs and other.inputs:
+            exclude = self.exclude & other.exclude
+        else:
+            exclude = self.exclude if self.inputs else other.exclude
+        return CachePolicy(
+            inputs=self.inputs or other.inputs,
+            source=self.source or other.source,
+            exclude=exclude,
+            key=self.key or other.key,
+            ttl=min(ttls) if ttls else None,
+            refresh=self.refresh or other.refresh,
+        )
+
+    def with_ttl(self, ttl: float | None) -> CachePolicy:
+        return CachePolicy(self.inputs, self.source, self.exclude, self.key, ttl, self.refresh)
+
+    def with_refresh(self, refresh: bool = True) -> CachePolicy:
+        return CachePolicy(self.inputs, self.source, self.exclude, self.key, self.ttl, refresh)
+
+
+def resolve_policy(cache: object, ttl: object) -> CachePolicy | None:
+    """Turn the ``cache=``/``cache_ttl=`` options into a policy (or ``None``: no caching)."""
+    if cache is None or cache is False:
+        if ttl is not None:
+            raise ConfigurationError("`cache_ttl` was given without `cache`; add cache=True")
+        return None
+    if cache is True:
+        policy = CachePolicy()
+    elif isinstance(cache, CachePolicy):
+        policy = cache
+    else:
+        raise ConfigurationError(
+            f"`cache` must be True, False or a flowcore.CachePolicy, got {cache!r}"
+        )
+    if ttl is not None:
+        policy = policy.with_ttl(ttl)  # type: ignore[arg-type]  # validated by the policy
+    return policy
+
+
+def task_identity(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def source_fingerprint(fn: Callable[..., Any]) -> str:
+    """A hash of the function's source, or of its bytecode when the source is unavailable."""
+    try:
+        text = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = code.co_code + repr(code.co_consts).encode() if code is not None else b""
+    return hashlib.sha256(text).hexdigest()
+
+
+_canonical = msgspec.msgpack.Encoder(order="deterministic")
+
+
+class KeyMaker:
+    """Computes cache keys for one task; built once per task, used per call."""
+
+    __slots__ = ("_identity", "_policy", "_signature", "_source", "task_name")
+
+    def __init__(self, fn: Callable[..., Any], task_name: str, policy: CachePolicy) -> None:
+        self.task_name = task_name
+        self._policy = policy
+        self._signature = inspect.signature(fn)
+        self._identity = task_identity(fn)
+        self._source = source_fingerprint(fn) if policy.source else ""
+        unknown = policy.exclude - set(self._signature.parameters)
+        if unknown:
+            raise ConfigurationError(
+                f"cache policy of task {task_name!r} excludes {sorted(unknown)}, which are not "
+                f"parameters of {task_name}{self._signature}"
+            )
+
+    def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        policy = self._policy
+        h = hashlib.sha256(b"flowcore-cache-v1\0")
+        h.update(self._identity.encode())
+        h.update(b"\0")
+        h.update(self._source.encode())
+        if policy.inputs or policy.key is not None:
+            bound = self._signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
+            if policy.inputs:
+                for name, value in arguments.items():
+                    if name in policy.exclude:
+                        continue
+                    h.update(b"\0" + name.encode() + b"=")
+                    h.update(self._encode(name, value))
+            if policy.key is not None:
+                user_key = policy.key(arguments)
+                if not isinstance(user_key, str):
+                    raise CacheKeyError(
+                        f"the cache key function of task {self.task_name!r} must return a str, "
+                        f"got {type(user_key).__name__}"
+                    )
+                h.update(b"\0key=" + user_key.encode())
+        return h.hexdigest()
+
+    def _encode(self, name: str, value: Any) -> bytes:
+        try:
+            return _canonical.encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CacheKeyError(
+                f"cannot compute the cache key of task {self.task_name!r}: argument {name!r} "
+                f"is a {type(value).__qualname__}, which has no stable encoding ({exc}). "
+                f"Leave it out of the key with cache=CachePolicy.from_inputs(exclude=[{name!r}]) "
+                "+ CachePolicy.from_source(), or give a key function: "
+                "CachePolicy.from_key(lambda args: ...)"
+            ) from exc

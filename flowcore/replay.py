@@ -1,0 +1,92 @@
+"""Replaying an earlier run's finished task runs when a run is resumed.
+
+A resumed run calls the flow again with the recorded parameters. Each task call
+is matched to the earlier run's task run with the same identity: the task
+name, the recorded inputs, and the position of the call among calls with that
+same name and inputs (the first ``fetch(3)`` matches the first ``fetch(3)``).
+Calls whose match completed return the stored result without running; the
+others run, continuing the attempt count of their match.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .records import TaskRunRecord, task_run_label
+from .serializers import ResultUnreadable, decode_result
+from .states import State
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .task import Task
+
+__all__ = ["Replay"]
+
+log = logging.getLogger("flowcore")
+
+
+class Replay:
+    """The earlier run's task runs, by identity, consumed as the new run makes its calls."""
+
+    def __init__(self, engine: Engine, run_id: str, task_runs: Iterable[TaskRunRecord]) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self._earlier: dict[tuple[str, bytes], list[TaskRunRecord | None]] = defaultdict(list)
+        for tr in sorted(task_runs, key=lambda t: t.seq):
+            self._earlier[(tr.name, tr.inputs)].append(tr)
+        self._seen: dict[tuple[str, bytes], int] = defaultdict(int)
+        self.replayed = 0
+
+    def take(self, task: Task[Any, Any], rec: TaskRunRecord) -> tuple[bool, Any]:
+        """``(True, value)`` if this call completed in the earlier run; else ``(False, None)``.
+
+        Also carries over the attempt count of an earlier attempt that did not
+        complete, so retries continue rather than start over.
+        """
+        identity = (rec.name, rec.inputs)
+        n = self._seen[identity]
+        self._seen[identity] = n + 1
+        matches = self._earlier.get(identity)
+        if not matches or n >= len(matches):
+            return False, None
+        earlier = matches[n]
+        matches[n] = None  # drop it: the new run holds what it needs
+        if earlier is None:
+            return False, None
+        if earlier.state is State.COMPLETED or earlier.state is State.CACHED:
+            blob = earlier.result
+            if blob is None and earlier.result_ref is not None:
+                files = self.engine.recorder.files
+                try:
+                    if files is None:
+                        raise ResultUnreadable("this store keeps no result files")
+                    blob = files.read(earlier.result_ref)
+                except ResultUnreadable as exc:
+                    log.warning("flowcore: cannot replay %s (%s); running it again", earlier.label, exc)
+                    blob = None
+            if blob is not None:
+                try:
+                    value = decode_result(
+                        blob, allow_pickle=task.serializer == "pickle", type_=task.return_type
+                    )
+                except ResultUnreadable as exc:
+                    log.warning("flowcore: cannot replay %s (%s); running it again", earlier.label, exc)
+                else:
+                    from .taskrun import finish_reused
+
+                    rec.result, rec.result_ref = earlier.result, earlier.result_ref
+                    rec.attempts = earlier.attempts
+                    finish_reused(
+                        self.engine,
+                        rec,
+                        State.COMPLETED,
+                        f"replayed: completed in {task_run_label(earlier.run_id, earlier.seq)}",
+                    )
+                    self.replayed += 1
+                    return True, value
+        elif earlier.attempts > 0:
+            rec.attempts = earlier.attempts + 1
+        return False, None

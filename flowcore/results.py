@@ -1,0 +1,100 @@
+"""Where stored results live: small ones in the store, large ones in files.
+
+Large results go to content-addressed files, ``results/<first 2 hex>/<sha256>``:
+the name is the SHA-256 of the content, so a file is written once however many
+runs produce the same value, and reading it back verifies it: a file whose
+content does not hash to its name (truncated, corrupted, tampered with) is
+refused. Files are written to a temporary name, flushed to disk, then renamed,
+so a crash never leaves a half-written file under a real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+from .serializers import ResultUnreadable
+
+__all__ = ["INLINE_LIMIT", "ResultFiles"]
+
+#: Results up to this many bytes are kept in the store itself.
+INLINE_LIMIT: Final = 16 * 1024
+
+
+class ResultFiles:
+    """The content-addressed result files of one store."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, ref: str) -> Path:
+        if len(ref) != 64 or not all(c in "0123456789abcdef" for c in ref):
+            raise ResultUnreadable(f"invalid result reference {ref!r}")
+        return self.folder / ref[:2] / ref
+
+    @staticmethod
+    def ref(blob: bytes) -> str:
+        return hashlib.sha256(blob).hexdigest()
+
+    def write(self, ref: str, blob: bytes) -> None:
+        """Write ``blob`` under ``ref`` atomically (blocking: call from a worker thread)."""
+        target = self.path(ref)
+        if target.exists():
+            return  # same name, same content
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def read(self, ref: str) -> bytes:
+        """The verified content of ``ref`` (blocking); :class:`ResultUnreadable` if off."""
+        try:
+            blob = self.path(ref).read_bytes()
+        except FileNotFoundError:
+            raise ResultUnreadable(f"result file {self.path(ref)} is missing") from None
+        except OSError as exc:
+            raise ResultUnreadable(f"result file {self.path(ref)} cannot be read: {exc}") from exc
+        if hashlib.sha256(blob).hexdigest() != ref:
+            raise ResultUnreadable(
+                f"result file {self.path(ref)} does not match its checksum (truncated, "
+                "corrupted or modified)"
+            )
+        return blob
+
+    def remove_unreferenced(self, keep: set[str]) -> int:
+        """Delete result files no record refers to; returns how many were removed."""
+        removed = 0
+        if not self.folder.is_dir():
+            return 0
+        for sub in self.folder.iterdir():
+            if not sub.is_dir():
+                continue
+            for file in sub.iterdir():
+                if file.name.startswith(".tmp-"):
+                    # Another process may be writing it right now: only old leftovers go.
+                    try:
+                        if time.time() - file.stat().st_mtime < 3600:
+                            continue
+                    except OSError:
+                        continue
+                if file.name not in keep:
+                    try:
+                        file.unlink()
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
