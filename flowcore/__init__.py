@@ -5,6 +5,7 @@ inside a flow becomes a tracked, persisted task run. Importing flowcore only
 defines names: no files, threads or network until a flow runs.
 """
 
+from .cache import CacheKeyError, CachePolicy
 from .context import RunContext, current_run
 from .engine import Engine, EngineStatistics
 from .errors import (
@@ -21,10 +22,11 @@ from .errors import (
     UnsupportedBackend,
     UpstreamFailed,
 )
-from .flow import Flow, flow, run
+from .flow import Flow, flow, resume, resume_async, run
 from .futures import TaskFuture, TaskFutureList, wait
 from .records import FlowRunRecord, TaskRunRecord
 from .retry import Backoff, RetryPolicy, backoff
+from .serializers import ResultNotSerializable
 from .states import State
 from .store import MemoryStore, SQLiteStore, Store
 from .task import Task, task, unmapped
@@ -33,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backoff",
+    "CacheKeyError",
+    "CachePolicy",
     "ConfigurationError",
     "Engine",
     "EngineStatistics",
@@ -42,6 +46,7 @@ __all__ = [
     "FlowcoreError",
     "MemoryStore",
     "NonRetryable",
+    "ResultNotSerializable",
     "RetryPolicy",
     "RunContext",
     "RunNotFound",
@@ -63,6 +68,8 @@ __all__ = [
     "backoff",
     "current_run",
     "flow",
+    "resume",
+    "resume_async",
     "run",
     "task",
     "unmapped",

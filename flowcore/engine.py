@@ -128,6 +128,13 @@ class Engine:
             )
         self.thread_limiter = anyio.CapacityLimiter(self.thread_limit)
         await self.store.open()
+        try:
+            from .crash import mark_crashed_runs
+
+            await mark_crashed_runs(self.store)
+        except BaseException:
+            await self.store.close()
+            raise
         tg = anyio.create_task_group()
         try:
             await tg.__aenter__()

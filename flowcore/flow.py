@@ -8,13 +8,16 @@ cancels them. No task outlives its flow.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import inspect
 import math
+import sys
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import anyio
@@ -24,6 +27,7 @@ from .encoding import encode_inputs
 from .engine import Engine
 from .errors import ConfigurationError, FlowTimeout
 from .records import FlowRunRecord
+from .replay import Replay
 from .states import State
 from .task import Task, check_function
 from .taskrun import error_name, prepare, run_prepared
@@ -45,10 +49,22 @@ class Flow(Generic[P, R]):
         self.name = name or fn.__name__
         self.timeout = timeout
         self.signature = inspect.signature(fn)
+        self._entrypoint: str | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         return _call_flow(self, args, kwargs)
+
+    @property
+    def entrypoint(self) -> str | None:
+        """Where ``resume`` imports this flow from: ``module:qualname`` or ``file.py:qualname``."""
+        if self._entrypoint is None:
+            self._entrypoint = _entrypoint_of(self.fn)
+        return self._entrypoint
+
+    @entrypoint.setter
+    def entrypoint(self, value: str | None) -> None:
+        self._entrypoint = value
 
     def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run from synchronous code: ``my_flow.run(x=1)`` is ``flowcore.run(my_flow, x=1)``."""
@@ -80,12 +96,18 @@ async def _run_flow(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     parameters: Mapping[str, Any],
+    replay: Replay | None = None,
 ) -> Any:
     now = time.time()
     record = new_flow_record(
         uuid.uuid4().hex, flow.name, "flow", encode_inputs((), (), parameters), now
     )
+    record.entrypoint = flow.entrypoint
     ctx = RunContext(engine, record, parameters)
+    if replay is not None:
+        record.resumed_from = replay.run_id
+        record.history[-1] = (State.RUNNING.value, now, f"resuming run {replay.run_id}")
+        ctx.replay = replay
 
     async def body() -> Any:
         return await flow.fn(*args, **kwargs)
@@ -293,3 +315,142 @@ def run(flow: Flow[P, R] | Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
     options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
     result: R = anyio.run(call, backend="asyncio", backend_options=options)
     return result
+
+
+def _entrypoint_of(fn: Callable[..., Any]) -> str | None:
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if not module_name or "<locals>" in qualname:
+        return None  # a flow defined inside a function cannot be imported again
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if module_name == "__main__" or module_name.startswith("_flowcore_user_"):
+        return f"{Path(file).resolve()}:{qualname}" if file else None
+    return f"{module_name}:{qualname}"
+
+
+def load_entrypoint(entrypoint: str) -> Flow[Any, Any]:
+    """Import the flow an entrypoint names (see :attr:`Flow.entrypoint`)."""
+    where, _, qualname = entrypoint.rpartition(":")
+    if where.endswith(".py"):
+        from .loader import load_flow
+
+        flow_obj: object = load_flow(f"{where}:{qualname}")
+    else:
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            flow_obj = importlib.import_module(where)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"cannot import module {where!r} of flow {entrypoint!r} to resume it ({exc}); "
+                "run `flowcore resume` from the folder you ran the flow from, or pass the flow: "
+                "flowcore.resume(run_id, flow=my_flow)"
+            ) from exc
+        for part in qualname.split("."):
+            flow_obj = getattr(flow_obj, part, None)
+    if not isinstance(flow_obj, Flow):
+        raise ConfigurationError(
+            f"{entrypoint!r} is no longer a @flowcore.flow; pass the flow to resume: "
+            "flowcore.resume(run_id, flow=my_flow)"
+        )
+    return flow_obj
+
+
+async def resume_async(run_id: str, *, flow: Flow[Any, R] | None = None) -> R:
+    """Re-drive a crashed, failed or cancelled run; return the flow's result.
+
+    Task calls that completed in that run return their stored results without
+    running again; the rest run, continuing their attempt counts. The new run
+    is linked to the old one (``resumed_from``).
+    """
+    engine = _engine_var.get()
+    if engine is None:
+        async with Engine() as engine:
+            result: R = await _resume(engine, run_id, flow)
+            return result
+    result = await _resume(engine, run_id, flow)
+    return result
+
+
+def resume(run_id: str, *, flow: Flow[Any, R] | None = None) -> R:
+    """The sync form of :func:`resume_async`: ``flowcore.resume("3f2a9c1b")``."""
+    options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
+    result: R = anyio.run(
+        functools.partial(resume_async, run_id, flow=flow),
+        backend="asyncio",
+        backend_options=options,
+    )
+    return result
+
+
+async def _resume(engine: Engine, run_id: str, flow: Flow[Any, Any] | None) -> Any:
+    from .crash import mark_crashed_runs
+
+    await mark_crashed_runs(engine.store)
+    old = await engine.store.get_run(run_id)
+    if old.state is State.COMPLETED:
+        raise ConfigurationError(
+            f"run {old.id[:8]} of {old.name!r} completed; there is nothing to resume"
+        )
+    if not old.state.is_terminal:
+        raise ConfigurationError(
+            f"run {old.id[:8]} of {old.name!r} is still running (process {old.pid} on "
+            f"{old.host}); resume it once it has ended or been detected as crashed"
+        )
+    if old.kind != "flow":
+        raise ConfigurationError(
+            f"run {old.id[:8]} is a single task called outside any flow; call the task again"
+        )
+    if flow is None:
+        if not old.entrypoint:
+            raise ConfigurationError(
+                f"run {old.id[:8]} of {old.name!r} did not record where its flow is defined (a "
+                "flow defined inside a function); pass it: flowcore.resume(run_id, flow=my_flow)"
+            )
+        flow = load_entrypoint(old.entrypoint)
+    if flow.name != old.name:
+        raise ConfigurationError(
+            f"run {old.id[:8]} is a run of flow {old.name!r}, not of {flow.name!r}"
+        )
+    kwargs = _recorded_parameters(flow, old)
+    replay = Replay(engine, old.id, await engine.store.list_task_runs(old.id))
+    try:
+        bound = flow.signature.bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"the recorded parameters of run {old.id[:8]} no longer fit {flow.name}"
+            f"{flow.signature}: {exc}"
+        ) from None
+    bound.apply_defaults()
+    return await _run_flow(engine, flow, (), kwargs, bound.arguments, replay)
+
+
+def _recorded_parameters(flow: Flow[Any, Any], old: FlowRunRecord) -> dict[str, Any]:
+    import msgspec
+
+    from .encoding import decode_inputs
+
+    recorded = decode_inputs(old.parameters)
+    hints = {}
+    try:
+        import typing
+
+        hints = typing.get_type_hints(flow.fn)
+    except Exception:
+        pass
+    kwargs: dict[str, Any] = {}
+    for name, value in recorded.items():
+        if isinstance(value, dict) and "__flowcore__" in value:
+            raise ConfigurationError(
+                f"cannot resume run {old.id[:8]}: its parameter {name!r} (a {value.get('type')}) "
+                "was not recorded in full; run the flow again with its arguments instead"
+            )
+        hint = hints.get(name)
+        if hint is not None:
+            try:
+                value = msgspec.convert(value, hint, strict=False)
+            except (msgspec.ValidationError, TypeError):
+                pass  # keep the recorded value; the flow sees what was recorded
+        kwargs[name] = value
+    return kwargs

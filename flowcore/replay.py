@@ -65,7 +65,7 @@ class Replay:
                         raise ResultUnreadable("this store keeps no result files")
                     blob = files.read(earlier.result_ref)
                 except ResultUnreadable as exc:
-                    log.warning("flowcore: cannot replay %s (%s); running it again", earlier.label, exc)
+                    _cannot_replay(earlier, exc)
                     blob = None
             if blob is not None:
                 try:
@@ -73,7 +73,7 @@ class Replay:
                         blob, allow_pickle=task.serializer == "pickle", type_=task.return_type
                     )
                 except ResultUnreadable as exc:
-                    log.warning("flowcore: cannot replay %s (%s); running it again", earlier.label, exc)
+                    _cannot_replay(earlier, exc)
                 else:
                     from .taskrun import finish_reused
 
@@ -90,3 +90,7 @@ class Replay:
         elif earlier.attempts > 0:
             rec.attempts = earlier.attempts + 1
         return False, None
+
+
+def _cannot_replay(earlier: TaskRunRecord, exc: Exception) -> None:
+    log.warning("flowcore: cannot replay %s (%s); running it again", earlier.label, exc)

@@ -101,7 +101,7 @@ def decode_result(blob: bytes, *, allow_pickle: bool, type_: Any = Any) -> Any:
                 '(serializer="pickle"); it was not loaded'
             )
         try:
-            return pickle.loads(payload)  # noqa: S301 - the task opted in
+            return pickle.loads(payload)
         except Exception as exc:
             raise ResultUnreadable(f"corrupt pickle: {exc}") from exc
     try:

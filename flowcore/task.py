@@ -7,10 +7,10 @@ import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from .cache import CachePolicy, KeyMaker, resolve_policy
 from .context import _run_var
 from .errors import ConfigurationError
 from .futures import TaskFuture, TaskFutureList
-from .cache import CachePolicy, KeyMaker, resolve_policy
 from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
 from .serializers import SERIALIZERS, return_type
 from .taskrun import prepare, run_into_future, run_task

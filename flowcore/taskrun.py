@@ -238,9 +238,7 @@ async def load_result(
             blob = await anyio.to_thread.run_sync(files.read, ref)
     if blob is None:
         raise ResultUnreadable("no result was stored")
-    return decode_result(
-        blob, allow_pickle=task.serializer == "pickle", type_=task.return_type
-    )
+    return decode_result(blob, allow_pickle=task.serializer == "pickle", type_=task.return_type)
 
 
 def finish_reused(engine: Engine, rec: TaskRunRecord, state: State, note: str) -> None:
@@ -260,10 +258,10 @@ class InFlight:
     def __init__(self, key: str) -> None:
         self.key = key
         self.done = anyio.Event()
-        self.source: TaskRunRecord | None = None  # set when the computation succeeded
+        self.source: TaskRunRecord | CacheEntry | None = None  # set when a value is found
 
-    def succeed(self, rec: TaskRunRecord) -> None:
-        self.source = rec
+    def succeed(self, source: TaskRunRecord | CacheEntry) -> None:
+        self.source = source
 
     def release(self, engine: Engine) -> None:
         if engine.inflight.get(self.key) is self:
@@ -278,12 +276,13 @@ async def _cache_lookup(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> tuple[bool, Any, InFlight | None]:
-    """A cache hit (``True, value, None``) or the claim to compute it (``False, None, claim``)."""
+    """``(hit?, value, claim)``: a claim on the key is returned for the caller to release."""
     policy = task.cache
     assert policy is not None and task.keys is not None
     key = task.keys.key(args, kwargs)  # CacheKeyError fails the task, recorded
     rec.cache_key = key
-    if not (policy.refresh or engine.refresh_cache):
+    refresh = policy.refresh or engine.refresh_cache
+    if not refresh:
         while (running := engine.inflight.get(key)) is not None:
             # Same key computing in this engine: wait for it instead of computing twice.
             await running.done.wait()
@@ -293,8 +292,13 @@ async def _cache_lookup(
                     value = await load_result(engine, task, source.result, source.result_ref)
                 except ResultUnreadable:
                     break
-                _mark_cached(engine, rec, source.result, source.result_ref, source.run_id, source.seq)
+                _mark_cached(engine, rec, source)
                 return True, value, None
+    # Claim the key before the first await of the lookup, so equal calls started
+    # together wait for this one rather than all missing at once.
+    claim = InFlight(key)
+    engine.inflight[key] = claim
+    if not refresh:
         entry = engine.recorder.pending_cache(key) or await engine.store.get_cache(key)
         if entry is not None and not entry.expired(time.time()):
             try:
@@ -302,29 +306,25 @@ async def _cache_lookup(
             except ResultUnreadable as exc:
                 log.warning(
                     "flowcore: cache entry %s of task %r is unusable (%s); computing it again",
-                    key[:12], task.name, exc,
+                    key[:12],
+                    task.name,
+                    exc,
                 )
             else:
-                _mark_cached(engine, rec, entry.result, entry.result_ref, entry.run_id, entry.seq)
-                return True, value, None
-    claim = InFlight(key)
-    engine.inflight[key] = claim
+                _mark_cached(engine, rec, entry)
+                claim.succeed(entry)
+                return True, value, claim
     return False, None, claim
 
 
-def _mark_cached(
-    engine: Engine,
-    rec: TaskRunRecord,
-    blob: bytes | None,
-    ref: str | None,
-    run_id: str | None,
-    seq: int | None,
-) -> None:
-    rec.result, rec.result_ref = blob, ref
-    source = task_run_label(run_id, seq) if run_id is not None and seq is not None else "?"
+def _mark_cached(engine: Engine, rec: TaskRunRecord, source: TaskRunRecord | CacheEntry) -> None:
+    rec.result, rec.result_ref = source.result, source.result_ref
+    run_id, seq = source.run_id, source.seq
+    label = "?"
     if run_id is not None and seq is not None:
         rec.cached_from = f"{run_id}.{seq}"
-    finish_reused(engine, rec, State.CACHED, f"cache hit: value computed by {source}")
+        label = task_run_label(run_id, seq)
+    finish_reused(engine, rec, State.CACHED, f"cache hit: value computed by {label}")
 
 
 async def _in_thread(

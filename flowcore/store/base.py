@@ -8,9 +8,8 @@ that passes ``tests/test_store.py`` can back flowcore.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
-
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
 

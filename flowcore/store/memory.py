@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -13,6 +14,8 @@ from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
 from ..states import TERMINAL
 
 __all__ = ["MemoryStore"]
+
+_R = TypeVar("_R", FlowRunRecord, TaskRunRecord)
 
 
 class MemoryStore:
@@ -71,14 +74,14 @@ class MemoryStore:
             if (name is None or r.name == name) and (state is None or r.state == state)
         ]
         runs.sort(key=lambda r: r.created, reverse=True)
-        return runs[:limit]
+        return [_copy(r) for r in runs[:limit]]
 
     async def get_run(self, run_id: str) -> FlowRunRecord:
         if run_id in self._runs:
-            return self._runs[run_id]
+            return _copy(self._runs[run_id])
         matches = [r for key, r in self._runs.items() if key.startswith(run_id)] if run_id else []
         if len(matches) == 1:
-            return matches[0]
+            return _copy(matches[0])
         raise RunNotFound(_not_found_message(run_id, self.location, len(matches)))
 
     async def list_task_runs(
@@ -86,7 +89,7 @@ class MemoryStore:
     ) -> list[TaskRunRecord]:
         tasks = sorted(self._tasks.get(run_id, {}).values(), key=lambda t: t.seq)
         end = None if limit is None else offset + limit
-        return tasks[offset:end]
+        return [_copy(t) for t in tasks[offset:end]]
 
     async def count_task_runs(self, run_id: str) -> dict[str, int]:
         return dict(Counter(str(t.state) for t in self._tasks.get(run_id, {}).values()))
@@ -94,7 +97,7 @@ class MemoryStore:
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         kids = [r for r in self._runs.values() if r.parent_run_id == run_id]
         kids.sort(key=lambda r: r.created)
-        return kids
+        return [_copy(k) for k in kids]
 
     async def get_cache(self, key: str) -> CacheEntry | None:
         return self._cache.get(key)
@@ -113,6 +116,14 @@ class MemoryStore:
         for tasks in self._tasks.values():
             refs.update(t.result_ref for t in tasks.values() if t.result_ref)
         return refs
+
+
+def _copy(record: _R) -> _R:
+    """A copy a reader may change without changing the store (as with a real database)."""
+    copy = msgspec.structs.replace(record, history=list(record.history))
+    if isinstance(copy, TaskRunRecord) and copy.upstream is not None:
+        copy.upstream = list(copy.upstream)
+    return copy
 
 
 def _not_found_message(run_id: str, location: str, matches: int) -> str:

@@ -512,7 +512,6 @@ class SQLiteStore:
         )
         return [_flow_record(r) for r in rows]
 
-
     async def get_cache(self, key: str) -> CacheEntry | None:
         rows = await self._fetch(f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", [key])
         return _cache_record(rows[0]) if rows else None
@@ -525,9 +524,7 @@ class SQLiteStore:
         return [_cache_record(r) for r in rows]
 
     async def delete_cache(self, keys: Sequence[str]) -> None:
-        await self._transaction(
-            [("DELETE FROM cache_entries WHERE key = ?", [(k,) for k in keys])]
-        )
+        await self._transaction([("DELETE FROM cache_entries WHERE key = ?", [(k,) for k in keys])])
 
     async def result_refs(self) -> set[str]:
         rows = await self._fetch(
