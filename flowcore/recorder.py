@@ -59,6 +59,7 @@ class Recorder:
         self._completed = 0
         self._flushed = anyio.Event()
         self._wakeup = anyio.Event()
+        self._wake_requested = False
         self._lock = anyio.Lock()
         self._last_heartbeat = 0.0
         self.flushes = 0
@@ -70,7 +71,8 @@ class Recorder:
     def task_changed(self, record: TaskRunRecord) -> None:
         tasks = self._tasks
         tasks[id(record)] = record
-        if len(tasks) >= self.max_batch:
+        if len(tasks) >= self.max_batch and not self._wake_requested:
+            self._wake_requested = True  # setting an Event costs more than this check
             self._wakeup.set()
 
     def flow_changed(self, record: FlowRunRecord) -> None:
@@ -106,6 +108,7 @@ class Recorder:
         that starts after its change, and asks for it to start now.
         """
         target = self._started + 1
+        self._wake_requested = True
         self._wakeup.set()
         while self._completed < target:
             await self._flushed.wait()
@@ -119,6 +122,7 @@ class Recorder:
                 await self._wakeup.wait()
             if self._wakeup.is_set():
                 self._wakeup = anyio.Event()
+                self._wake_requested = False
             try:
                 await self.flush()
             except StoreError as exc:

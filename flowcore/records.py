@@ -55,7 +55,7 @@ class FlowRunRecord(msgspec.Struct, gc=False):
         return self.ended - self.started
 
 
-class TaskRunRecord(msgspec.Struct, gc=False):
+class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
     """One tracked call of a task inside a flow run, identified by ``(run_id, seq)``."""
 
     run_id: str

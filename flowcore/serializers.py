@@ -37,6 +37,7 @@ MAGIC: Final = b"FCR"
 FORMAT_VERSION: Final = 1
 SERIALIZERS: Final = {"msgpack": b"m", "pickle": b"p"}
 _NAMES: Final = {code: name for name, code in SERIALIZERS.items()}
+_HEADERS: Final = {name: MAGIC + bytes((FORMAT_VERSION,)) + code for name, code in SERIALIZERS.items()}
 
 
 class ResultNotSerializable(FlowcoreError, TypeError):
@@ -80,7 +81,7 @@ def encode_result(value: Any, serializer: str, task_name: str) -> bytes:
             f"serializer cannot store ({exc}); {hint}; or turn storing off with "
             "persist_result=False (no caching, and resume will run it again)"
         ) from exc
-    return MAGIC + bytes((FORMAT_VERSION,)) + SERIALIZERS[serializer] + payload
+    return _HEADERS[serializer] + payload
 
 
 def decode_result(blob: bytes, *, allow_pickle: bool, type_: Any = Any) -> Any:

@@ -104,10 +104,19 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE flow_runs ADD COLUMN entrypoint TEXT",
         "ALTER TABLE flow_runs ADD COLUMN resumed_from TEXT",
         "CREATE INDEX flow_runs_state ON flow_runs (state)",
-        "ALTER TABLE task_runs ADD COLUMN result BLOB",
-        "ALTER TABLE task_runs ADD COLUMN result_ref TEXT",
-        "ALTER TABLE task_runs ADD COLUMN cache_key TEXT",
-        "ALTER TABLE task_runs ADD COLUMN cached_from TEXT",
+        # Task runs become (keys, state, body): the body is the whole record in
+        # msgpack. Binding 19 columns cost ~11 µs a row; 5 columns and one blob ~4 µs.
+        """CREATE TABLE task_runs_v2 (
+               run_id TEXT NOT NULL,
+               seq INTEGER NOT NULL,
+               name TEXT NOT NULL,
+               state TEXT NOT NULL,
+               body BLOB NOT NULL,
+               PRIMARY KEY (run_id, seq)
+           ) WITHOUT ROWID""",
+        "_copy_task_runs_v1_to_v2",
+        "DROP TABLE task_runs",
+        "ALTER TABLE task_runs_v2 RENAME TO task_runs",
         """CREATE TABLE cache_entries (
                key TEXT PRIMARY KEY,
                task_name TEXT NOT NULL,
@@ -129,15 +138,16 @@ _OUR_TABLES: Final = frozenset(
     if stmt.lstrip().startswith("CREATE TABLE")
 )
 
+_V1_TASK_COLS = (
+    "run_id, seq, name, state, created, parent_seq, upstream, inputs, attempts, started, ended, "
+    "error_type, error_message, traceback, history"
+)
 _FLOW_COLS = (
     "id, name, kind, state, created, parameters, parent_run_id, parent_task_seq, started, ended, "
     "heartbeat, error_type, error_message, traceback, history, host, pid, task_count, "
     "entrypoint, resumed_from"
 )
-_TASK_COLS = (
-    "run_id, seq, name, state, created, parent_seq, upstream, inputs, attempts, started, ended, "
-    "error_type, error_message, traceback, history, result, result_ref, cache_key, cached_from"
-)
+_TASK_COLS = "run_id, seq, name, state, body"
 _CACHE_COLS = "key, task_name, created, expires, result, result_ref, run_id, seq"
 _UPSERT_FLOW = f"""
 INSERT INTO flow_runs ({_FLOW_COLS}) VALUES ({", ".join("?" * 20)})
@@ -149,13 +159,8 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE flow_runs.state NOT IN ({_TERMINAL_SQL})
 """
 _UPSERT_TASK = f"""
-INSERT INTO task_runs ({_TASK_COLS}) VALUES ({", ".join("?" * 19)})
-ON CONFLICT (run_id, seq) DO UPDATE SET
-    state = excluded.state, upstream = excluded.upstream, attempts = excluded.attempts,
-    started = excluded.started, ended = excluded.ended, error_type = excluded.error_type,
-    error_message = excluded.error_message, traceback = excluded.traceback,
-    history = excluded.history, result = excluded.result, result_ref = excluded.result_ref,
-    cache_key = excluded.cache_key, cached_from = excluded.cached_from
+INSERT INTO task_runs ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (run_id, seq) DO UPDATE SET state = excluded.state, body = excluded.body
 WHERE task_runs.state NOT IN ({_TERMINAL_SQL})
 """
 _UPSERT_CACHE = f"""
@@ -167,6 +172,30 @@ _history_dec = msgspec.msgpack.Decoder(list[tuple[Any, ...]])
 _upstream_dec = msgspec.msgpack.Decoder(list[int])
 
 
+async def _copy_task_runs_v1_to_v2(db: aiosqlite.Connection) -> None:
+    """Data step of migration 2: re-encode every version-1 task run row, dropping nothing."""
+    async with db.execute(f"SELECT {_V1_TASK_COLS} FROM task_runs") as cur:
+        while rows := await cur.fetchmany(10_000):
+            records = [
+                TaskRunRecord(
+                    run_id=r[0], seq=r[1], name=r[2], state=State(r[3]), created=r[4],
+                    parent_seq=r[5], upstream=_upstream_dec.decode(r[6]) if r[6] else None,
+                    inputs=r[7] or b"", attempts=r[8], started=r[9], ended=r[10],
+                    error_type=r[11], error_message=r[12], traceback=r[13],
+                    history=_history_dec.decode(r[14]) if r[14] else [],
+                )  # fmt: skip
+                for r in rows
+            ]
+            await db.executemany(
+                "INSERT INTO task_runs_v2 (run_id, seq, name, state, body) VALUES (?, ?, ?, ?, ?)",
+                [_task_row(t) for t in records],
+            )
+
+
+#: Migration steps that are Python (data conversions), by the name used in MIGRATIONS.
+_DATA_STEPS: Final = {"_copy_task_runs_v1_to_v2": _copy_task_runs_v1_to_v2}
+
+
 def _flow_row(r: FlowRunRecord) -> tuple[Any, ...]:
     return (
         r.id, r.name, r.kind, r.state, r.created, r.parameters, r.parent_run_id,
@@ -176,13 +205,12 @@ def _flow_row(r: FlowRunRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+_task_enc = msgspec.msgpack.Encoder()
+_task_dec = msgspec.msgpack.Decoder(TaskRunRecord)
+
+
 def _task_row(r: TaskRunRecord) -> tuple[Any, ...]:
-    return (
-        r.run_id, r.seq, r.name, r.state, r.created, r.parent_seq,
-        None if r.upstream is None else _enc.encode(r.upstream), r.inputs, r.attempts,
-        r.started, r.ended, r.error_type, r.error_message, r.traceback, _enc.encode(r.history),
-        r.result, r.result_ref, r.cache_key, r.cached_from,
-    )  # fmt: skip
+    return (r.run_id, r.seq, r.name, r.state.value, _task_enc.encode(r))
 
 
 def _cache_row(e: CacheEntry) -> tuple[Any, ...]:
@@ -208,14 +236,10 @@ def _flow_record(row: sqlite3.Row | tuple[Any, ...]) -> FlowRunRecord:
 
 
 def _task_record(row: sqlite3.Row | tuple[Any, ...]) -> TaskRunRecord:
-    return TaskRunRecord(
-        run_id=row[0], seq=row[1], name=row[2], state=State(row[3]), created=row[4],
-        parent_seq=row[5], upstream=_upstream_dec.decode(row[6]) if row[6] else None,
-        inputs=row[7] or b"", attempts=row[8], started=row[9], ended=row[10],
-        error_type=row[11], error_message=row[12], traceback=row[13],
-        history=_history_dec.decode(row[14]) if row[14] else [],
-        result=row[15], result_ref=row[16], cache_key=row[17], cached_from=row[18],
-    )  # fmt: skip
+    record = _task_dec.decode(row[4])
+    # The key columns are the truth (the body may predate a rename of the task).
+    record.run_id, record.seq, record.name, record.state = row[0], row[1], row[2], State(row[3])
+    return record
 
 
 def _is_locked(exc: BaseException) -> bool:
@@ -335,7 +359,10 @@ class SQLiteStore:
                     for number in sorted(MIGRATIONS):
                         if number > current:
                             for statement in MIGRATIONS[number]:
-                                await db.execute(statement)
+                                if statement in _DATA_STEPS:
+                                    await _DATA_STEPS[statement](db)
+                                else:
+                                    await db.execute(statement)
                             await db.execute(
                                 "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
                                 (f"migration.{number}", str(time.time())),
