@@ -37,7 +37,9 @@ MAGIC: Final = b"FCR"
 FORMAT_VERSION: Final = 1
 SERIALIZERS: Final = {"msgpack": b"m", "pickle": b"p"}
 _NAMES: Final = {code: name for name, code in SERIALIZERS.items()}
-_HEADERS: Final = {name: MAGIC + bytes((FORMAT_VERSION,)) + code for name, code in SERIALIZERS.items()}
+_HEADERS: Final = {
+    name: MAGIC + bytes((FORMAT_VERSION,)) + code for name, code in SERIALIZERS.items()
+}
 
 
 class ResultNotSerializable(FlowcoreError, TypeError):

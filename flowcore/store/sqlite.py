@@ -176,20 +176,21 @@ async def _copy_task_runs_v1_to_v2(db: aiosqlite.Connection) -> None:
     """Data step of migration 2: re-encode every version-1 task run row, dropping nothing."""
     async with db.execute(f"SELECT {_V1_TASK_COLS} FROM task_runs") as cur:
         while rows := await cur.fetchmany(10_000):
-            records = [
-                TaskRunRecord(
-                    run_id=r[0], seq=r[1], name=r[2], state=State(r[3]), created=r[4],
-                    parent_seq=r[5], upstream=_upstream_dec.decode(r[6]) if r[6] else None,
-                    inputs=r[7] or b"", attempts=r[8], started=r[9], ended=r[10],
-                    error_type=r[11], error_message=r[12], traceback=r[13],
-                    history=_history_dec.decode(r[14]) if r[14] else [],
-                )  # fmt: skip
-                for r in rows
-            ]
+            records = [_v1_task_record(r) for r in rows]
             await db.executemany(
                 "INSERT INTO task_runs_v2 (run_id, seq, name, state, body) VALUES (?, ?, ?, ?, ?)",
                 [_task_row(t) for t in records],
             )
+
+
+def _v1_task_record(r: tuple[Any, ...]) -> TaskRunRecord:
+    return TaskRunRecord(
+        run_id=r[0], seq=r[1], name=r[2], state=State(r[3]), created=r[4],
+        parent_seq=r[5], upstream=_upstream_dec.decode(r[6]) if r[6] else None,
+        inputs=r[7] or b"", attempts=r[8], started=r[9], ended=r[10],
+        error_type=r[11], error_message=r[12], traceback=r[13],
+        history=_history_dec.decode(r[14]) if r[14] else [],
+    )  # fmt: skip
 
 
 #: Migration steps that are Python (data conversions), by the name used in MIGRATIONS.
