@@ -183,7 +183,7 @@ async def _copy_task_runs_v1_to_v2(db: aiosqlite.Connection) -> None:
             )
 
 
-def _v1_task_record(r: tuple[Any, ...]) -> TaskRunRecord:
+def _v1_task_record(r: sqlite3.Row | tuple[Any, ...]) -> TaskRunRecord:
     return TaskRunRecord(
         run_id=r[0], seq=r[1], name=r[2], state=State(r[3]), created=r[4],
         parent_seq=r[5], upstream=_upstream_dec.decode(r[6]) if r[6] else None,
