@@ -164,7 +164,8 @@ class KeyMaker:
         self.task_name = task_name
         self._policy = policy
         self._signature = inspect.signature(fn)
-        self._identity = task_identity(fn)
+        # The task's name too: one function wrapped as two tasks gives two tasks.
+        self._identity = f"{task_identity(fn)}\0{task_name}"
         self._source = source_fingerprint(fn) if policy.source else ""
         unknown = policy.exclude - set(self._signature.parameters)
         if unknown:

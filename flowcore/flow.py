@@ -30,7 +30,7 @@ from .records import FlowRunRecord
 from .replay import Replay
 from .states import State
 from .task import Task, check_function
-from .taskrun import error_name, prepare, run_prepared
+from .taskrun import error_name, prepare, run_task
 
 __all__ = ["Flow", "flow", "run"]
 
@@ -225,7 +225,7 @@ async def _standalone(
     async def body() -> Any:
         rec, waits = prepare(task, ctx, args, kwargs)
         record.parameters = rec.inputs
-        return await run_prepared(task, ctx, rec, waits, args, kwargs)
+        return await run_task(task, args, kwargs, ctx, rec, waits)
 
     return await _drive(engine, ctx, body, None)
 

@@ -43,8 +43,11 @@ class ResultFiles:
     def write(self, ref: str, blob: bytes) -> None:
         """Write ``blob`` under ``ref`` atomically (blocking: call from a worker thread)."""
         target = self.path(ref)
-        if target.exists():
-            return  # same name, same content
+        try:
+            if hashlib.sha256(target.read_bytes()).hexdigest() == ref:
+                return  # already there, intact: same name, same content
+        except OSError:
+            pass  # missing (or unreadable): write it
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:

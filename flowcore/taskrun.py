@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .task import Task
 
-__all__ = ["prepare", "run_prepared", "run_task"]
+__all__ = ["prepare", "run_task"]
 
 log = logging.getLogger("flowcore")
 
@@ -91,25 +91,29 @@ def prepare(
     return rec, waits
 
 
-async def run_task(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``await task(...)``: run it as a tracked task run of the current flow run."""
-    ctx = _run_var.get()
-    if ctx is None:
-        from .flow import run_standalone_task  # a task outside any flow gets its own run
-
-        return await run_standalone_task(task, args, kwargs)
-    rec, waits = prepare(task, ctx, args, kwargs)
-    return await run_prepared(task, ctx, rec, waits, args, kwargs)
-
-
-async def run_prepared(
+async def run_task(
     task: Task[Any, Any],
-    ctx: RunContext,
-    rec: TaskRunRecord,
-    waits: bool,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    ctx: RunContext | None = None,
+    rec: TaskRunRecord | None = None,
+    waits: bool = False,
 ) -> Any:
+    """Run one task call as a tracked task run: ``await task(...)``, or a submitted one.
+
+    ``await task(...)`` calls this with the arguments only, and it finds its flow
+    run; ``submit`` and the standalone path pass the run context and the record
+    they prepared. One coroutine per call (no inner helper coroutine) keeps the
+    per-task frame count, and so memory, at its minimum.
+    """
+    if rec is None:
+        ctx = _run_var.get()
+        if ctx is None:
+            from .flow import run_standalone_task  # a task outside any flow gets its own run
+
+            return await run_standalone_task(task, args, kwargs)
+        rec, waits = prepare(task, ctx, args, kwargs)
+    assert ctx is not None
     engine = ctx.engine
     recorder = engine.recorder
     token = _task_var.set(rec)
@@ -453,7 +457,7 @@ async def run_into_future(
     is kept in the future; the flow fails at its end if nobody looked at it.
     """
     try:
-        result = await run_prepared(task, ctx, rec, waits, args, kwargs)
+        result = await run_task(task, args, kwargs, ctx, rec, waits)
     except Exception as exc:
         future._set_exception(exc, rec.state)
     except BaseException as exc:
