@@ -313,7 +313,7 @@ def task(
         problems.append(
             f"`serializer` must be one of {', '.join(map(repr, SERIALIZERS))}, got {serializer!r}"
         )
-    if persist_result not in (None, True, False):
+    if persist_result is not None and persist_result is not True and persist_result is not False:
         problems.append(f"`persist_result` must be True, False or None, got {persist_result!r}")
     if policy_cache is not None and persist_result is False:
         problems.append("`cache` needs stored results; drop persist_result=False")

@@ -303,7 +303,7 @@ async def _cache_lookup(
     claim = InFlight(key)
     engine.inflight[key] = claim
     if not refresh:
-        entry = engine.recorder.pending_cache(key) or await engine.store.get_cache(key)
+        entry = engine.recorder.pending_cache(key) or await _get_cache(engine, key)
         if entry is not None and not entry.expired(time.time()):
             try:
                 value = await load_result(engine, task, entry.result, entry.result_ref)
@@ -319,6 +319,14 @@ async def _cache_lookup(
                 claim.succeed(entry)
                 return True, value, claim
     return False, None, claim
+
+
+async def _get_cache(engine: Engine, key: str) -> CacheEntry | None:
+    nowait = getattr(engine.store, "get_cache_nowait", None)
+    if nowait is not None:
+        entry: CacheEntry | None = nowait(key)
+        return entry
+    return await engine.store.get_cache(key)
 
 
 def _mark_cached(engine: Engine, rec: TaskRunRecord, source: TaskRunRecord | CacheEntry) -> None:

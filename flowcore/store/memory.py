@@ -102,6 +102,9 @@ class MemoryStore:
     async def get_cache(self, key: str) -> CacheEntry | None:
         return self._cache.get(key)
 
+    def get_cache_nowait(self, key: str) -> CacheEntry | None:
+        return self._cache.get(key)
+
     async def list_cache(self, *, task_name: str | None = None) -> list[CacheEntry]:
         entries = [e for e in self._cache.values() if task_name in (None, e.task_name)]
         entries.sort(key=lambda e: e.created, reverse=True)
