@@ -158,38 +158,69 @@ _canonical = msgspec.msgpack.Encoder(order="deterministic")
 class KeyMaker:
     """Computes cache keys for one task; built once per task, used per call."""
 
-    __slots__ = ("_identity", "_policy", "_signature", "_source", "task_name")
+    __slots__ = ("_defaults", "_names", "_policy", "_prefix", "_signature", "_simple", "task_name")
 
     def __init__(self, fn: Callable[..., Any], task_name: str, policy: CachePolicy) -> None:
         self.task_name = task_name
         self._policy = policy
         self._signature = inspect.signature(fn)
-        # The task's name too: one function wrapped as two tasks gives two tasks.
-        self._identity = f"{task_identity(fn)}\0{task_name}"
-        self._source = source_fingerprint(fn) if policy.source else ""
         unknown = policy.exclude - set(self._signature.parameters)
         if unknown:
             raise ConfigurationError(
                 f"cache policy of task {task_name!r} excludes {sorted(unknown)}, which are not "
                 f"parameters of {task_name}{self._signature}"
             )
+        # The task's name too: one function wrapped as two tasks gives two tasks.
+        identity = f"{task_identity(fn)}\0{task_name}"
+        source = source_fingerprint(fn) if policy.source else ""
+        self._prefix = f"flowcore-cache-v1\0{identity}\0{source}\0".encode()
+        params = list(self._signature.parameters.values())
+        # Calls binding only plain parameters can skip inspect's (slow) bind().
+        self._simple = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
+        self._names = tuple(p.name for p in params)
+        self._defaults = {p.name: p.default for p in params if p.default is not p.empty}
+
+    def _arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        names = self._names
+        if self._simple and len(args) <= len(names):
+            arguments = dict(zip(names, args, strict=False))
+            if kwargs:
+                if any(
+                    k in arguments or k not in self._defaults and k not in names for k in kwargs
+                ):
+                    return self._bind(args, kwargs)
+                arguments.update(kwargs)
+            if len(arguments) < len(names):
+                for name in names:
+                    if name not in arguments:
+                        if name not in self._defaults:
+                            return self._bind(args, kwargs)  # let bind() raise its error
+                        arguments[name] = self._defaults[name]
+            return arguments
+        return self._bind(args, kwargs)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         policy = self._policy
-        h = hashlib.sha256(b"flowcore-cache-v1\0")
-        h.update(self._identity.encode())
-        h.update(b"\0")
-        h.update(self._source.encode())
+        h = hashlib.sha256(self._prefix)
         if policy.inputs or policy.key is not None:
-            bound = self._signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = bound.arguments
+            arguments = self._arguments(args, kwargs)
             if policy.inputs:
-                for name, value in arguments.items():
-                    if name in policy.exclude:
-                        continue
-                    h.update(b"\0" + name.encode() + b"=")
-                    h.update(self._encode(name, value))
+                keyed = (
+                    {k: v for k, v in arguments.items() if k not in policy.exclude}
+                    if policy.exclude
+                    else arguments
+                )
+                try:
+                    h.update(_canonical.encode(keyed))  # sorted keys: order-independent
+                except (TypeError, ValueError, OverflowError):
+                    for name, value in keyed.items():
+                        self._encode(name, value)  # raises, naming the argument
+                    raise
             if policy.key is not None:
                 user_key = policy.key(arguments)
                 if not isinstance(user_key, str):

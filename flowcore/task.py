@@ -313,8 +313,9 @@ def task(
         problems.append(
             f"`serializer` must be one of {', '.join(map(repr, SERIALIZERS))}, got {serializer!r}"
         )
-    if persist_result is not None and persist_result is not True and persist_result is not False:
-        problems.append(f"`persist_result` must be True, False or None, got {persist_result!r}")
+    given_persist: object = persist_result
+    if given_persist is not None and given_persist is not True and given_persist is not False:
+        problems.append(f"`persist_result` must be True, False or None, got {given_persist!r}")
     if policy_cache is not None and persist_result is False:
         problems.append("`cache` needs stored results; drop persist_result=False")
     if problems:

@@ -257,12 +257,19 @@ def finish_reused(engine: Engine, rec: TaskRunRecord, state: State, note: str) -
 class InFlight:
     """A cache key being computed right now: later calls with the same key wait for it."""
 
-    __slots__ = ("done", "key", "source")
+    __slots__ = ("_event", "finished", "key", "source")
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self.done = anyio.Event()
+        self.finished = False
+        self._event: anyio.Event | None = None  # made only if someone waits: most never do
         self.source: TaskRunRecord | CacheEntry | None = None  # set when a value is found
+
+    async def wait(self) -> None:
+        if not self.finished:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
 
     def succeed(self, source: TaskRunRecord | CacheEntry) -> None:
         self.source = source
@@ -270,7 +277,9 @@ class InFlight:
     def release(self, engine: Engine) -> None:
         if engine.inflight.get(self.key) is self:
             del engine.inflight[self.key]
-        self.done.set()
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
 
 
 async def _cache_lookup(
@@ -289,7 +298,7 @@ async def _cache_lookup(
     if not refresh:
         while (running := engine.inflight.get(key)) is not None:
             # Same key computing in this engine: wait for it instead of computing twice.
-            await running.done.wait()
+            await running.wait()
             source = running.source
             if source is not None:
                 try:
