@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import tempfile
@@ -103,10 +104,8 @@ async def measure(n: int, gathered: bool, repeat: int) -> dict[str, float]:
                 await timed(lambda: step_flow(n), engine)
                 (failed,) = await engine.store.list_runs(name=step_flow.name, limit=1)
                 FAIL_FROM["value"] = 10**9
-                keep(
-                    "resume",
-                    await timed(lambda: flowcore.resume_async(failed.id, flow=step_flow), engine),
-                )
+                resume = functools.partial(flowcore.resume_async, failed.id, flow=step_flow)
+                keep("resume", await timed(resume, engine))
     return best
 
 
@@ -117,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     console = Console()
-    table = Table(
-        title="reusing work: cache hits and resume (µs per task, best of %d)" % args.repeat
-    )
+    title = f"reusing work: cache hits and resume (µs per task, best of {args.repeat})"
+    table = Table(title=title)
     for col in ("mode", "N", "plain", "cache miss", "cache hit", "hit/miss", "hit/plain",
                 "replayed", "replayed/plain"):  # fmt: skip
         table.add_column(col, justify="right")
@@ -144,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(table)
     console.print(
-        "Targets: cache hit <= cache miss of a no-op task; replayed task <= 2x a plain tracked task."
+        "Targets: cache hit <= cache miss of a no-op task; "
+        "replayed task <= 2x a plain tracked task."
     )
     return 0
 

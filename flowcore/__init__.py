@@ -24,6 +24,7 @@ from .errors import (
 )
 from .flow import Flow, flow, resume, resume_async, run
 from .futures import TaskFuture, TaskFutureList, wait
+from .inspection import read_task_result, task_result
 from .records import FlowRunRecord, TaskRunRecord
 from .retry import Backoff, RetryPolicy, backoff
 from .serializers import ResultNotSerializable
@@ -68,10 +69,12 @@ __all__ = [
     "backoff",
     "current_run",
     "flow",
+    "read_task_result",
     "resume",
     "resume_async",
     "run",
     "task",
+    "task_result",
     "unmapped",
     "wait",
 ]

@@ -185,9 +185,7 @@ class KeyMaker:
         if self._simple and len(args) <= len(names):
             arguments = dict(zip(names, args, strict=False))
             if kwargs:
-                if any(
-                    k in arguments or k not in self._defaults and k not in names for k in kwargs
-                ):
+                if any(k in arguments or k not in names for k in kwargs):
                     return self._bind(args, kwargs)
                 arguments.update(kwargs)
             if len(arguments) < len(names):

@@ -1,14 +1,18 @@
-"""The ``flowcore`` command: run a flow, list runs, show one run's tree of task runs.
+"""The ``flowcore`` command: run or resume a flow, list runs, show one run's tree of
+task runs and their results, list and clear cache entries.
 
 Every flowcore error ends the command with ``error: <message>`` on stderr and
 exit code 1, never a traceback: its message already says what went wrong and
-the fix. Read-only commands open the store, read, and close it.
+the fix. Read-only commands open the store, read, and close it; those that show
+runs first mark runs whose process died as Crashed, so a killed run does not
+show as Running forever.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,11 +25,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import render
+from .crash import mark_crashed_runs
 from .engine import Engine
-from .errors import FlowcoreError
-from .flow import Flow
+from .errors import FlowcoreError, StoreError
+from .flow import resume_async
+from .inspection import StoredResult, inspect_result
 from .loader import FlowLoadError, flow_kwargs, load_flow
-from .records import FlowRunRecord, TaskRunRecord
+from .records import CacheEntry, FlowRunRecord, TaskRunRecord
+from .results import ResultFiles
+from .serializers import ResultUnreadable
 from .states import State
 from .store import Store, flowcore_home, resolve_store
 
@@ -129,8 +137,10 @@ async def _poll_progress(engine: Engine, progress: Progress, name: str) -> None:
 
 
 async def _execute(
-    flow: Flow[Any, Any], kwargs: dict[str, Any], console: Console | None
+    name: str, call: Callable[[], Awaitable[Any]], console: Console | None
 ) -> _Outcome:
+    """Await ``call()`` (a flow run, or a resume) in an engine of its own, with the
+    progress bar on ``console`` when given; its error is kept, not raised."""
     outcome = _Outcome()
     progress = Progress(
         SpinnerColumn(),
@@ -148,9 +158,9 @@ async def _execute(
             async with anyio.create_task_group() as tg:
                 if console is not None:
                     progress.start()
-                    tg.start_soon(_poll_progress, engine, progress, flow.name)
+                    tg.start_soon(_poll_progress, engine, progress, name)
                 try:
-                    outcome.result = await flow(**kwargs)
+                    outcome.result = await call()
                 except Exception as exc:
                     outcome.error = exc
                 finally:
@@ -164,10 +174,48 @@ async def _execute(
 def _run_line(run: FlowRunRecord | None) -> str:
     if run is None:
         return "(no run was recorded)"
+    resumed = f" (resumed from {run.resumed_from[:8]})" if run.resumed_from else ""
     return (
-        f"run {run.id[:8]} {run.state} in {render.format_duration(run.duration)}; "
+        f"run {run.id[:8]}{resumed} {run.state} in {render.format_duration(run.duration)}; "
         f"inspect it: flowcore runs show {run.id[:8]}"
     )
+
+
+def _drive_and_report(
+    name: str,
+    call: Callable[[], Awaitable[Any]],
+    *,
+    as_json: bool,
+    no_progress: bool,
+    show_traceback: bool,
+) -> None:
+    """What ``run`` and ``resume`` share: run ``call`` with progress, print its result
+    and the run line, or the error and exit 1."""
+    err_console = Console(stderr=True)
+    show_progress = not no_progress and err_console.is_terminal
+    outcome = anyio.run(_execute, name, call, err_console if show_progress else None)
+    error = outcome.error
+    if error is not None:
+        if outcome.run is None and isinstance(error, FlowcoreError):
+            # Refused before any run started (bad arguments, nothing to resume, a flow
+            # that cannot be imported): the message is the whole story.
+            cause = getattr(error, "cause", None)
+            if show_traceback and isinstance(cause, BaseException):
+                click.echo("".join(traceback.format_exception(cause)).rstrip(), err=True)
+            raise CliError(str(error)) from error
+        if show_traceback:
+            click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+        flow_name = outcome.run.name if outcome.run is not None else name
+        click.echo(f"error: flow {flow_name!r} failed: {type(error).__name__}: {error}", err=True)
+        if not show_traceback:  # notes explain flowcore's part (an unobserved task failure)
+            for note in getattr(error, "__notes__", ()):
+                click.echo(f"  {note}", err=True)
+        click.echo(_run_line(outcome.run), err=True)
+        if not show_traceback:
+            click.echo("(add --traceback for the full traceback)", err=True)
+        sys.exit(1)
+    click.echo(render.to_json(outcome.result) if as_json else repr(outcome.result))
+    click.echo(_run_line(outcome.run), err=True)
 
 
 @cli.command("run")
@@ -196,23 +244,43 @@ def run_command(
             click.echo("".join(traceback.format_exception(exc.cause)).rstrip(), err=True)
         raise
     kwargs = flow_kwargs(flow, params)
-    err_console = Console(stderr=True)
-    show_progress = not no_progress and err_console.is_terminal
-    outcome = anyio.run(_execute, flow, kwargs, err_console if show_progress else None)
-    if outcome.error is not None:
-        error = outcome.error
-        if show_traceback:
-            click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
-        click.echo(f"error: flow {flow.name!r} failed: {type(error).__name__}: {error}", err=True)
-        if not show_traceback:  # notes explain flowcore's part (an unobserved task failure)
-            for note in getattr(error, "__notes__", ()):
-                click.echo(f"  {note}", err=True)
-        click.echo(_run_line(outcome.run), err=True)
-        if not show_traceback:
-            click.echo("(add --traceback for the full traceback)", err=True)
-        sys.exit(1)
-    click.echo(render.to_json(outcome.result) if as_json else repr(outcome.result))
-    click.echo(_run_line(outcome.run), err=True)
+    _drive_and_report(
+        flow.name,
+        lambda: flow(**kwargs),
+        as_json=as_json,
+        no_progress=no_progress,
+        show_traceback=show_traceback,
+    )
+
+
+# -- flowcore resume -------------------------------------------------------------------------
+
+
+@cli.command("resume")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback.")
+def resume_command(run_id: str, as_json: bool, no_progress: bool, show_traceback: bool) -> None:
+    """Re-drive a failed, crashed or cancelled run (an id prefix is enough) as a new run.
+
+    Task calls that completed in that run return their stored results without
+    running again; the others run. The flow is imported from where the run
+    recorded it (run from the same folder as the original run when it was a module).
+
+    \b
+    flowcore resume 3f2a9c1b
+    """
+    db = _database()
+    if not db.exists():
+        raise CliError(f"no run with id {run_id!r}: there are no runs yet in {db}")
+    _drive_and_report(
+        f"resuming {run_id}",
+        lambda: resume_async(run_id),
+        as_json=as_json,
+        no_progress=no_progress,
+        show_traceback=show_traceback,
+    )
 
 
 # -- flowcore runs ---------------------------------------------------------------------------
@@ -249,7 +317,12 @@ def runs_ls(flow_name: str | None, state: str | None, limit: int, as_json: bool)
     if not db.exists():
         click.echo("[]" if as_json else f"no runs yet in {db}")
         return
-    found = _read(lambda store: store.list_runs(name=flow_name, state=state, limit=limit))
+
+    async def fetch(store: Store) -> list[FlowRunRecord]:
+        await mark_crashed_runs(store)
+        return await store.list_runs(name=flow_name, state=state, limit=limit)
+
+    found = _read(fetch)
     if as_json:
         click.echo(render.to_json([render.run_to_json(r) for r in found]))
     elif not found:
@@ -267,6 +340,7 @@ class _Details:
     counts: dict[str, int]
     task_runs: list[TaskRunRecord]
     subflows: list[FlowRunRecord]
+    results: dict[int, StoredResult] | None
 
 
 @runs.command("show")
@@ -280,13 +354,23 @@ class _Details:
     "--offset", type=click.IntRange(min=0), default=0, show_default=True,
     help="Task runs to skip (by position, in call order).",
 )  # fmt: skip
-def runs_show(run_id: str, as_json: bool, limit: int, offset: int) -> None:
+@click.option("--results", "show_results", is_flag=True, help="Show each task run's result.")
+@click.option(
+    "--allow-pickle", is_flag=True,
+    help="Also load pickled results (implies --results). Loading a pickle runs code: "
+    "only for stores you trust.",
+)  # fmt: skip
+def runs_show(
+    run_id: str, as_json: bool, limit: int, offset: int, show_results: bool, allow_pickle: bool
+) -> None:
     """Show one run (an id prefix is enough) and its tree of task runs."""
     db = _database()
     if not db.exists():
         raise CliError(f"no run with id {run_id!r}: there are no runs yet in {db}")
+    show_results = show_results or allow_pickle
 
     async def fetch(store: Store) -> _Details:
+        await mark_crashed_runs(store)
         run = await store.get_run(run_id)
         counts = await store.count_task_runs(run.id)
         task_runs = await store.list_task_runs(run.id, offset=offset, limit=limit)
@@ -296,7 +380,13 @@ def runs_show(run_id: str, as_json: bool, limit: int, offset: int) -> None:
             for s in await store.child_runs(run.id)
             if s.parent_task_seq in page or (offset == 0 and s.parent_task_seq is None)
         ]
-        return _Details(run, counts, task_runs, subflows)
+        results = None
+        if show_results:
+            results = {
+                t.seq: await inspect_result(t, store.results_dir, allow_pickle=allow_pickle)
+                for t in task_runs
+            }
+        return _Details(run, counts, task_runs, subflows, results)
 
     d = _read(fetch)
     total = sum(d.counts.values())
@@ -304,13 +394,16 @@ def runs_show(run_id: str, as_json: bool, limit: int, offset: int) -> None:
         data = render.run_to_json(d.run, details=True)
         data["counts"] = d.counts
         data["task_runs"] = [render.task_run_to_json(t) for t in d.task_runs]
+        if d.results is not None:
+            for t, item in zip(d.task_runs, data["task_runs"], strict=True):
+                item["result"] = render.result_to_json(d.results[t.seq])
         data["page"] = {"offset": offset, "limit": limit, "total": total}
         data["subflows"] = [render.run_to_json(s) for s in d.subflows]
         click.echo(render.to_json(data))
         return
     console = Console()
     console.print(render.run_header(d.run, d.counts))
-    console.print(render.task_tree(d.run, d.task_runs, d.subflows))
+    console.print(render.task_tree(d.run, d.task_runs, d.subflows, results=d.results))
     shown_end = offset + len(d.task_runs)
     if not d.task_runs and offset:
         console.print(f"no task runs from --offset {offset}: the run has {total}")
@@ -322,6 +415,113 @@ def runs_show(run_id: str, as_json: bool, limit: int, offset: int) -> None:
             + (f"; {more} more: flowcore runs show {d.run.id[:8]}{next_page}" if more else ""),
             highlight=False,
         )
+
+
+# -- flowcore cache --------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def cache() -> None:
+    """List and clear cached task results."""
+
+
+def _result_size(entry: CacheEntry, files: ResultFiles | None) -> int | None:
+    """The stored result's size in bytes; ``None`` when its file is missing."""
+    if entry.result is not None:
+        return len(entry.result)
+    if entry.result_ref is None or files is None:
+        return None
+    try:
+        return files.path(entry.result_ref).stat().st_size
+    except (OSError, ResultUnreadable):
+        return None
+
+
+@cache.command("ls")
+@click.option("--task", "task_name", metavar="NAME", help="Only entries of this task.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def cache_ls(task_name: str | None, as_json: bool) -> None:
+    """List cache entries, newest first."""
+    db = _database()
+    if not db.exists():
+        click.echo("[]" if as_json else f"no cache entries yet in {db}")
+        return
+
+    async def fetch(store: Store) -> tuple[list[CacheEntry], dict[str, int | None]]:
+        entries = await store.list_cache(task_name=task_name)
+        files = ResultFiles(store.results_dir) if store.results_dir is not None else None
+        sizes = await anyio.to_thread.run_sync(
+            lambda: {e.key: _result_size(e, files) for e in entries}
+        )
+        return entries, sizes
+
+    entries, sizes = _read(fetch)
+    now = time.time()
+    if as_json:
+        click.echo(
+            render.to_json([render.cache_entry_to_json(e, sizes[e.key], now=now) for e in entries])
+        )
+    elif not entries:
+        of_task = f" of task {task_name!r}" if task_name is not None else ""
+        click.echo(f"no cache entries{of_task} in {db}")
+    else:
+        Console().print(render.cache_table(entries, sizes, now=now))
+
+
+@cache.command("clear")
+@click.option("--task", "task_name", metavar="NAME", help="Only entries of this task.")
+@click.option("--expired", is_flag=True, help="Only entries whose ttl has passed.")
+@click.option("--yes", is_flag=True, help="Confirm clearing every entry (needed with no filter).")
+def cache_clear(task_name: str | None, expired: bool, yes: bool) -> None:
+    """Remove cache entries (all of them, or those matching the filters), then the
+    result files nothing refers to any more.
+
+    Task runs keep their own results: clearing the cache never changes what
+    `flowcore runs show --results` or resume can read.
+
+    \b
+    flowcore cache clear --expired
+    flowcore cache clear --task fetch_page
+    flowcore cache clear --yes
+    """
+    db = _database()
+    if not db.exists():
+        click.echo(f"no cache entries in {db}; nothing to clear")
+        return
+
+    async def clear(store: Store) -> tuple[int, int]:
+        entries = await store.list_cache(task_name=task_name)
+        if expired:
+            now = time.time()
+            entries = [e for e in entries if e.expired(now)]
+        if task_name is None and not expired and not yes and entries:
+            raise CliError(
+                f"this would remove all {len(entries)} cache entries; add --yes to confirm "
+                "(`flowcore cache clear --yes`), or choose some with --task NAME or --expired"
+            )
+        if entries:
+            await store.delete_cache([e.key for e in entries])
+        removed_files = 0
+        if store.results_dir is not None:
+            try:
+                keep = await store.result_refs()
+            except StoreError as exc:
+                # Sweeping without knowing what is referenced would delete live results.
+                raise CliError(
+                    f"removed {_entries(len(entries))}, but could not tell which result files "
+                    f"are still in use, so no file was removed: {exc}"
+                ) from exc
+            files = ResultFiles(store.results_dir)
+            removed_files = await anyio.to_thread.run_sync(files.remove_unreferenced, keep)
+        return len(entries), removed_files
+
+    entries, files = _read(clear)
+    plural = "" if files == 1 else "s"
+    click.echo(f"removed {_entries(entries)} and {files} unreferenced result file{plural}")
+
+
+def _entries(n: int) -> str:
+    return f"{n} cache entr{'y' if n == 1 else 'ies'}"
 
 
 def main() -> NoReturn:

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -441,10 +441,12 @@ def _recorded_parameters(flow: Flow[Any, Any], old: FlowRunRecord) -> dict[str, 
         pass
     kwargs: dict[str, Any] = {}
     for name, value in recorded.items():
-        if isinstance(value, dict) and "__flowcore__" in value:
+        stand_in = _placeholder_in(value)
+        if stand_in is not None:
             raise ConfigurationError(
-                f"cannot resume run {old.id[:8]}: its parameter {name!r} (a {value.get('type')}) "
-                "was not recorded in full; run the flow again with its arguments instead"
+                f"cannot resume run {old.id[:8]}: its parameter {name!r} holds a "
+                f"{stand_in.get('type')} that was not recorded in full "
+                f"({stand_in.get('__flowcore__')}); run the flow again with its arguments instead"
             )
         hint = hints.get(name)
         if hint is not None:
@@ -454,3 +456,20 @@ def _recorded_parameters(flow: Flow[Any, Any], old: FlowRunRecord) -> dict[str, 
                 pass  # keep the recorded value; the flow sees what was recorded
         kwargs[name] = value
     return kwargs
+
+
+def _placeholder_in(value: Any) -> dict[str, Any] | None:
+    """The first recorded stand-in (see encoding.placeholder) anywhere inside ``value``."""
+    if isinstance(value, dict):
+        if "__flowcore__" in value:
+            return value
+        items: Iterable[Any] = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return None
+    for item in items:
+        found = _placeholder_in(item)
+        if found is not None:
+            return found
+    return None

@@ -1,8 +1,12 @@
 """Loading a flow named on the command line: ``path/to/file.py:flow_name``.
 
-The file is imported as a module of its own, under a unique name, so two
-files called ``flows.py`` never shadow each other and nothing the user has
-installed under the same name is picked up instead. Its folder goes first on
+The file is imported as a module of its own, under a name made from its
+resolved path, so two files called ``flows.py`` never shadow each other and
+nothing the user has installed under the same name is picked up instead. The
+name is the same every time the same file is loaded, in every process: a
+task's cache key includes its module's name (and a pickled result names the
+module of its class), so a name that changed per load would make each
+``flowcore run`` miss the cache of the one before. Its folder goes first on
 ``sys.path``, as when the file is run as a script, so its sibling imports
 (``from helpers import ...``) work.
 
@@ -12,13 +16,13 @@ function's annotations with msgspec, so ``pages: int`` gets ``20``, not ``"20"``
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import re
 import sys
 import traceback
 import typing
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -78,18 +82,23 @@ def load_module(path: Path) -> ModuleType:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     stem = re.sub(r"\W", "_", resolved.stem)
-    module_name = f"_flowcore_user_{stem}_{uuid.uuid4().hex[:8]}"
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    module_name = f"_flowcore_user_{stem}_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, resolved)
     if spec is None or spec.loader is None:
         raise FlowLoadError(f"{path} cannot be imported as a Python module; give a .py file")
     module = importlib.util.module_from_spec(spec)
     # Registered before running it, as `import` does: dataclasses, pickling and
     # typing.get_type_hints look the module up by name while it executes.
+    previous = sys.modules.get(module_name)  # this file, loaded before in this process
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
-        sys.modules.pop(module_name, None)
+        if previous is None:
+            sys.modules.pop(module_name, None)
+        else:
+            sys.modules[module_name] = previous
         if not isinstance(exc, Exception):
             raise
         # Keep only the frames from the user's file on: importlib's own are noise to them.

@@ -20,15 +20,21 @@ from rich.text import Text
 from rich.tree import Tree
 
 from .encoding import decode_inputs, placeholder
-from .records import FlowRunRecord, TaskRunRecord
+from .inspection import StoredResult
+from .records import CacheEntry, FlowRunRecord, TaskRunRecord, task_run_label
 from .states import State
 
 __all__ = [
     "STATE_STYLES",
+    "cache_entry_to_json",
+    "cache_table",
     "counts_text",
     "format_duration",
     "format_local_time",
+    "format_size",
     "iso_utc",
+    "result_text",
+    "result_to_json",
     "run_header",
     "run_to_json",
     "runs_table",
@@ -129,6 +135,17 @@ def _decode(data: bytes) -> Any:
         return placeholder("undecodable", data, error=str(exc)[:200])
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a loaded pickle's broken __repr__ must not stop the view
+        return f"<{type(value).__qualname__}, repr failed>"
+
+
 def _short_value(value: Any) -> str:
     """One recorded value for a one-line view: placeholders as ``<...>``, long reprs cut."""
     if isinstance(value, dict) and "__flowcore__" in value:
@@ -136,8 +153,33 @@ def _short_value(value: Any) -> str:
         if kind == "future":
             return f"<result of {value.get('task')} #{value.get('seq')}>"
         return f"<{kind} {value.get('type', '')}>".replace(" >", ">")
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return _cut(_repr(value))
+
+
+def format_size(size: int | None) -> str:
+    """A byte count people read at a glance: ``812 B``, ``16.0 KiB``, ``3.4 MiB``."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _source_label(cached_from: str) -> str:
+    """``"<run id>.<seq>"`` as people see task runs (``3f2a9c1b.4``); odd values as given."""
+    run_id, _, seq = cached_from.rpartition(".")
+    return task_run_label(run_id, int(seq)) if run_id and seq.isdigit() else cached_from
+
+
+def _replayed(tr: TaskRunRecord) -> bool:
+    """Whether a resumed run took this task run's value from the run it resumed."""
+    if not tr.history:
+        return False
+    last = tr.history[-1]
+    return len(last) > 2 and isinstance(last[2], str) and last[2].startswith("replayed")
 
 
 def _parameters_text(data: bytes) -> str:
@@ -210,6 +252,8 @@ def run_header(
     if run.parent_run_id:
         seq = "" if run.parent_task_seq is None else f" (inside task #{run.parent_task_seq})"
         rows.append(("subflow of", f"{run.parent_run_id[:8]}{seq}"))
+    if run.resumed_from:
+        rows.append(("resumed", f"from {run.resumed_from[:8]}"))
     if run.host or run.pid:
         rows.append(("process", f"{run.host} pid {run.pid}"))
     if run.error_type:
@@ -223,10 +267,14 @@ def run_header(
     return Group(header, counts_text(counts))
 
 
-def _task_label(tr: TaskRunRecord, now: float) -> Text:
+def _task_label(tr: TaskRunRecord, now: float, result: StoredResult | None) -> Text:
     label = Text(tr.name, style="bold")
     label.append(f"  {tr.label}  ", style="dim")
     label.append_text(state_text(tr.state))
+    if tr.state is State.CACHED and tr.cached_from:
+        label.append(f"  from {_source_label(tr.cached_from)}", style="cyan")
+    elif _replayed(tr):
+        label.append("  replayed", style="cyan")
     if tr.attempts > 1:
         label.append(f"  {tr.attempts} attempts", style="yellow")
     label.append(f"  {_live_duration(tr.started, tr.ended, now)}", style="dim")
@@ -235,7 +283,35 @@ def _task_label(tr: TaskRunRecord, now: float) -> Text:
     if tr.error_type and not tr.state.is_success:
         style = "red" if tr.state.is_terminal else "yellow"
         label.append(f"\n{tr.error_type}: {tr.error_message}", style=style)
+    if result is not None and (result.status != "not_stored" or tr.state.is_success):
+        # A failed task run's missing result is no news: its error is shown above.
+        label.append("\nresult: ", style="dim")
+        label.append_text(result_text(result))
     return label
+
+
+def result_text(result: StoredResult, *, limit: int = 60) -> Text:
+    """A stored result on one line: a cut repr, or ``<...>`` saying why there is none."""
+    if result.status == "ok":
+        return Text(_cut(_repr(result.value), limit))
+    if result.status == "pickle":
+        return Text("<pickle, not loaded; pass --allow-pickle>", style="yellow")
+    if result.status == "unreadable":
+        return Text(f"<unreadable: {result.reason}>", style="red")
+    return Text("<not stored>", style="dim")
+
+
+def result_to_json(result: StoredResult) -> Any:
+    """A stored result as JSON-ready data; when there is none, a ``{"__flowcore__": ...}``
+    stand-in saying why (``null`` would read as a task that returned ``None``)."""
+    if result.status == "ok":
+        try:
+            return msgspec.to_builtins(result.value, str_keys=True, enc_hook=_json_fallback)
+        except (TypeError, ValueError):  # e.g. a loaded pickle's dict with tuple keys
+            return _json_fallback(result.value)
+    if result.status == "pickle":
+        return {"__flowcore__": "pickle", "loaded": False, "hint": "pass --allow-pickle"}
+    return {"__flowcore__": result.status, "reason": result.reason}
 
 
 def _subflow_label(run: FlowRunRecord, now: float) -> Text:
@@ -256,11 +332,13 @@ def task_tree(
     subflows: Iterable[FlowRunRecord] = (),
     *,
     now: float | None = None,
+    results: Mapping[int, StoredResult] | None = None,
 ) -> Tree:
     """Task runs nested by the task run each was called from, subflows among them.
 
     A task run whose parent is not among ``task_runs`` (it is on another page)
-    hangs from the root with a note naming its parent.
+    hangs from the root with a note naming its parent. ``results``, by ``seq``,
+    adds each task run's stored result under it.
     """
     now = time.time() if now is None else now
     root_label = Text(run.name, style="bold")
@@ -282,7 +360,7 @@ def task_tree(
             if isinstance(item, FlowRunRecord):
                 node.add(_subflow_label(item, now))
                 continue
-            label = _task_label(item, now)
+            label = _task_label(item, now, None if results is None else results.get(item.seq))
             if key is None and item.parent_seq is not None:
                 label.append(f"  (called inside #{item.parent_seq})", style="dim")
             grow(node.add(label), item.seq)
@@ -318,6 +396,8 @@ def run_to_json(run: FlowRunRecord, *, details: bool = False) -> dict[str, Any]:
         "host": run.host,
         "pid": run.pid,
         "heartbeat": iso_utc(run.heartbeat),
+        "entrypoint": run.entrypoint,
+        "resumed_from": run.resumed_from,
     }
     if details:
         out["traceback"] = run.traceback
@@ -344,6 +424,73 @@ def task_run_to_json(tr: TaskRunRecord) -> dict[str, Any]:
         "error_message": tr.error_message,
         "traceback": tr.traceback,
         "history": _history(tr.history),
+        "cache_key": tr.cache_key,
+        "cached_from": tr.cached_from,
+        "result_ref": tr.result_ref,
+        "has_result": tr.result is not None or tr.result_ref is not None,
+    }
+
+
+# -- cache ------------------------------------------------------------------------------
+
+
+def _expires_text(entry: CacheEntry, now: float) -> Text:
+    if entry.expires is None:
+        return Text("never", style="dim")
+    if entry.expired(now):
+        return Text("expired", style="yellow")
+    return Text(format_local_time(entry.expires))
+
+
+def _produced_by(entry: CacheEntry) -> str:
+    if entry.run_id is None or entry.seq is None:
+        return "-"
+    return task_run_label(entry.run_id, entry.seq)
+
+
+def cache_table(
+    entries: Sequence[CacheEntry], sizes: Mapping[str, int | None], *, now: float | None = None
+) -> Table:
+    """The ``cache ls`` table. ``sizes``: the stored result's size by key, ``None`` when
+    its file is missing (the entry then misses, and is computed again)."""
+    now = time.time() if now is None else now
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("key", no_wrap=True)
+    table.add_column("task")
+    table.add_column("created", no_wrap=True)
+    table.add_column("expires", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("produced by", no_wrap=True)
+    for entry in entries:
+        size = sizes.get(entry.key)
+        table.add_row(
+            entry.key[:12],
+            entry.task_name,
+            format_local_time(entry.created),
+            _expires_text(entry, now),
+            Text("file missing", style="red") if size is None else format_size(size),
+            _produced_by(entry),
+        )
+    return table
+
+
+def cache_entry_to_json(
+    entry: CacheEntry, size: int | None, *, now: float | None = None
+) -> dict[str, Any]:
+    """A cache entry as JSON-ready data (``size`` ``None``: its result file is missing)."""
+    now = time.time() if now is None else now
+    return {
+        "key": entry.key,
+        "task_name": entry.task_name,
+        "created": iso_utc(entry.created),
+        "expires": iso_utc(entry.expires),
+        "expired": entry.expired(now),
+        "stored": "file" if entry.result is None and entry.result_ref is not None else "inline",
+        "size": size,
+        "result_ref": entry.result_ref,
+        "run_id": entry.run_id,
+        "seq": entry.seq,
+        "produced_by": None if entry.run_id is None else _produced_by(entry),
     }
 
 

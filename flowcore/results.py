@@ -45,7 +45,10 @@ class ResultFiles:
         target = self.path(ref)
         try:
             if hashlib.sha256(target.read_bytes()).hexdigest() == ref:
-                return  # already there, intact: same name, same content
+                # Already there, intact. Touch it: a clear running in another process
+                # must see it as new until the records that use it are committed.
+                os.utime(target)
+                return
         except OSError:
             pass  # missing (or unreadable): write it
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +81,14 @@ class ResultFiles:
             )
         return blob
 
-    def remove_unreferenced(self, keep: set[str]) -> int:
-        """Delete result files no record refers to; returns how many were removed."""
+    def remove_unreferenced(self, keep: set[str], grace: float = 120.0) -> int:
+        """Delete result files no record refers to; returns how many were removed.
+
+        Files younger than ``grace`` seconds are kept even when unreferenced: a
+        writer puts a result file on disk before committing the records that
+        refer to it, and may wait for the database lock in between (up to the
+        store's ``lock_timeout``, 60 s by default).
+        """
         removed = 0
         if not self.folder.is_dir():
             return 0
@@ -87,17 +96,16 @@ class ResultFiles:
             if not sub.is_dir():
                 continue
             for file in sub.iterdir():
-                if file.name.startswith(".tmp-"):
-                    # Another process may be writing it right now: only old leftovers go.
-                    try:
-                        if time.time() - file.stat().st_mtime < 3600:
-                            continue
-                    except OSError:
-                        continue
-                if file.name not in keep:
-                    try:
-                        file.unlink()
-                        removed += 1
-                    except OSError:
-                        pass
+                if file.name in keep:
+                    continue
+                try:
+                    if time.time() - file.stat().st_mtime < grace:
+                        continue  # maybe about to be referenced (or still being written)
+                except OSError:
+                    continue
+                try:
+                    file.unlink()
+                    removed += 1
+                except OSError:
+                    pass
         return removed

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from rich.console import Console
 
 import flowcore
 from flowcore.cli import _execute, cli
+from flowcore.context import HOST
 from flowcore.loader import load_flow
+from flowcore.results import ResultFiles
 
 # One file of flows shared by most tests: a retried task, a task called inside a
 # task, a submitted future passed to another task, a subflow, a failure.
@@ -238,7 +241,7 @@ def test_progress_poller_draws_engine_statistics(flows_file: Path) -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)
     flow = load_flow(f"{flows_file}:many")
-    outcome = anyio.run(_execute, flow, {"count": 5}, console)
+    outcome = anyio.run(_execute, flow.name, lambda: flow(count=5), console)
     assert outcome.error is None and outcome.result == sum(range(1, 6))
     assert outcome.run is not None and outcome.run.state is flowcore.State.COMPLETED
     assert "started" in out.getvalue() and "completed" in out.getvalue()
@@ -439,3 +442,368 @@ def test_flowcore_run_in_a_subprocess(flowcore_home: Path, flows_file: Path) -> 
     assert run_id is not None
     show = invoke("runs", "show", run_id.group(1))
     assert show.exit_code == 0 and "Completed" in show.stdout
+
+
+# -- results, caching, resume, crashes --------------------------------------------------------
+
+# Flows for the newer commands. `gate` fails until a marker file exists beside this file,
+# so a run can fail, be fixed from outside, and be resumed.
+CACHE_FLOWS = """
+import dataclasses
+import pathlib
+
+import flowcore
+
+HERE = pathlib.Path(__file__).parent
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+@flowcore.task(cache=True)
+async def square(x: int) -> int:
+    return x * x
+
+@flowcore.task(cache=True, cache_ttl=0.01)
+async def brief(x: int) -> int:
+    return x + 100
+
+@flowcore.task(cache=True)
+async def big(n: int) -> str:
+    return "z" * n
+
+@flowcore.task(serializer="pickle")
+async def pickled() -> set:
+    return {1, 2, 3}
+
+@flowcore.task
+async def point() -> Point:
+    return Point(1, 2)
+
+@flowcore.task
+async def gate(x: int) -> str:
+    if not (HERE / "marker").exists():
+        raise RuntimeError("the marker file is missing")
+    return f"opened {x}"
+
+@flowcore.flow
+async def cached(x: int = 3) -> int:
+    return await square(x)
+
+@flowcore.flow
+async def expiring() -> int:
+    return await square(5) + await brief(1)
+
+@flowcore.flow
+async def results() -> int:
+    a = await square(2)
+    b = await big(20_000)
+    c = await pickled()
+    d = await point()
+    return a + len(b) + len(c) + d.x
+
+@flowcore.flow
+async def gated(x: int) -> str:
+    s = await square(x)
+    return await gate(s)
+"""
+
+
+@pytest.fixture
+def cache_flows(tmp_path: Path) -> Path:
+    path = tmp_path / "cache_flows.py"
+    path.write_text(CACHE_FLOWS)
+    return path
+
+
+def run_ok(*args: str) -> str:
+    """Run ``flowcore run ARGS``; returns the full id of the run it recorded."""
+    result = invoke("run", *args)
+    assert result.exit_code == 0, result.output
+    return full_id(run_id_from(result))
+
+
+def full_id(prefix: str) -> str:
+    shown = json.loads(invoke("runs", "show", prefix, "--json").stdout)
+    run_id: str = shown["id"]
+    return run_id
+
+
+def cache_json(*args: str) -> list[dict[str, Any]]:
+    result = invoke("cache", "ls", "--json", *args)
+    assert result.exit_code == 0, result.output
+    entries: list[dict[str, Any]] = json.loads(result.stdout)
+    return entries
+
+
+def test_cache_ls_before_any_run(flowcore_home: Path) -> None:
+    assert "no cache entries yet" in invoke("cache", "ls").stdout
+    assert invoke("cache", "ls", "--json").stdout.strip() == "[]"
+    assert "nothing to clear" in invoke("cache", "clear").stdout
+    assert not flowcore_home.exists()
+
+
+def test_cache_ls_lists_entries_and_filters_by_task(cache_flows: Path) -> None:
+    first = run_ok(f"{cache_flows}:expiring")
+    table = invoke("cache", "ls")
+    assert table.exit_code == 0, table.output
+    entries = cache_json()
+    assert sorted(e["task_name"] for e in entries) == ["brief", "square"]
+    for e in entries:
+        assert len(e["key"]) == 64 and e["key"][:12] in table.stdout
+        assert e["run_id"] == first and e["produced_by"] == f"{first[:8]}.{e['seq']}"
+        assert e["stored"] == "inline" and e["size"] > 5 and e["result_ref"] is None
+    by_task = {e["task_name"]: e for e in entries}
+    assert by_task["square"]["expires"] is None and by_task["square"]["expired"] is False
+    assert by_task["brief"]["expires"].endswith("Z")
+    assert "square" in table.stdout and "never" in table.stdout
+    assert f"{first[:8]}.0" in table.stdout
+    only = cache_json("--task", "square")
+    assert [e["task_name"] for e in only] == ["square"]
+    assert "brief" not in invoke("cache", "ls", "--task", "square").stdout
+    assert "no cache entries of task 'nope'" in invoke("cache", "ls", "--task", "nope").stdout
+
+
+def test_a_cached_task_hits_across_cli_runs_of_the_same_file(cache_flows: Path) -> None:
+    # Each `flowcore run` loads the file anew: the cache key must not change with it.
+    first = run_ok(f"{cache_flows}:cached")
+    second = run_ok(f"{cache_flows}:cached")
+    shown = invoke("runs", "show", second)
+    assert "Cached" in shown.stdout and f"from {first[:8]}.0" in shown.stdout
+    data = json.loads(invoke("runs", "show", second, "--json").stdout)
+    task = data["task_runs"][0]
+    assert task["state"] == "Cached" and task["cached_from"] == f"{first}.0"
+    assert task["cache_key"] == cache_json()[0]["key"] and task["has_result"] is True
+    assert len(cache_json()) == 1
+
+
+def test_cache_clear_expired_removes_only_expired_entries(cache_flows: Path) -> None:
+    run_ok(f"{cache_flows}:expiring")
+    time.sleep(0.05)  # brief's ttl is 0.01 s
+    listed = invoke("cache", "ls")
+    assert "expired" in listed.stdout
+    result = invoke("cache", "clear", "--expired")
+    assert result.exit_code == 0, result.output
+    assert "removed 1 cache entry" in result.stdout
+    assert [e["task_name"] for e in cache_json()] == ["square"]
+
+
+def test_cache_clear_by_task(cache_flows: Path) -> None:
+    run_ok(f"{cache_flows}:expiring")
+    result = invoke("cache", "clear", "--task", "square")
+    assert result.exit_code == 0, result.output
+    assert "removed 1 cache entry" in result.stdout
+    assert [e["task_name"] for e in cache_json()] == ["brief"]
+    none = invoke("cache", "clear", "--task", "square")
+    assert "removed 0 cache entries" in none.stdout
+
+
+def test_cache_clear_everything_needs_yes(cache_flows: Path) -> None:
+    run_ok(f"{cache_flows}:expiring")
+    refused = invoke("cache", "clear")
+    assert refused.exit_code == 1
+    assert "error: this would remove all 2 cache entries; add --yes" in refused.stderr
+    assert len(cache_json()) == 2
+    done = invoke("cache", "clear", "--yes")
+    assert done.exit_code == 0, done.output
+    assert "removed 2 cache entries" in done.stdout
+    assert cache_json() == []
+
+
+def test_cache_clear_removes_unreferenced_files_and_keeps_used_ones(
+    cache_flows: Path, flowcore_home: Path
+) -> None:
+    run_id = run_ok(f"{cache_flows}:results")
+    results_dir = flowcore_home / "results"
+    used = [p for p in results_dir.rglob("*") if p.is_file()]
+    assert len(used) == 1  # big's 20 000 characters: over the inline limit
+    entry = next(e for e in cache_json() if e["task_name"] == "big")
+    assert entry["stored"] == "file" and entry["size"] == used[0].stat().st_size
+    # A file no record refers to, as a crash between writing it and committing leaves.
+    orphan_blob = b"FCR\x01m" + b"\x00" * 20_000
+    files = ResultFiles(results_dir)
+    files.write(ResultFiles.ref(orphan_blob), orphan_blob)
+    orphan = files.path(ResultFiles.ref(orphan_blob))
+    assert orphan.exists()
+    # Files younger than the grace period may be about to be referenced: age this one.
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+
+    result = invoke("cache", "clear", "--task", "big")
+    assert result.exit_code == 0, result.output
+    assert "removed 1 cache entry and 1 unreferenced result file" in result.stdout
+    assert not orphan.exists()
+    assert used[0].exists()  # the task run still refers to it
+    shown = json.loads(invoke("runs", "show", run_id, "--results", "--json").stdout)
+    assert shown["task_runs"][1]["result"] == "z" * 20_000
+
+
+def test_cache_ls_says_when_a_result_file_is_missing(
+    cache_flows: Path, flowcore_home: Path
+) -> None:
+    run_ok(f"{cache_flows}:results")
+    for path in (flowcore_home / "results").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    assert "file missing" in invoke("cache", "ls", "--task", "big").stdout
+    assert cache_json("--task", "big")[0]["size"] is None
+
+
+def test_runs_show_results(cache_flows: Path) -> None:
+    run_id = run_ok(f"{cache_flows}:results")
+    text = invoke("runs", "show", run_id, "--results")
+    assert text.exit_code == 0, text.output
+    out = text.stdout
+    assert "result: 4" in out
+    assert "result: 'zzzzzzzz" in out and "..." in out  # 20 000 characters, cut
+    assert "result: <pickle, not loaded; pass --allow-pickle>" in out
+    assert "result: {'x': 1, 'y': 2}" in out  # plain data: no annotation to decode into
+    assert "result:" not in invoke("runs", "show", run_id).stdout
+
+    data = json.loads(invoke("runs", "show", run_id, "--results", "--json").stdout)
+    tasks = {t["name"]: t for t in data["task_runs"]}
+    assert tasks["square"]["result"] == 4
+    assert tasks["big"]["result"] == "z" * 20_000  # read from its file
+    assert tasks["big"]["result_ref"] is not None and tasks["big"]["has_result"] is True
+    assert tasks["square"]["result_ref"] is None and tasks["square"]["has_result"] is True
+    assert tasks["pickled"]["result"] == {
+        "__flowcore__": "pickle", "loaded": False, "hint": "pass --allow-pickle",
+    }  # fmt: skip
+    assert tasks["point"]["result"] == {"x": 1, "y": 2}
+    plain = json.loads(invoke("runs", "show", run_id, "--json").stdout)
+    assert all("result" not in t for t in plain["task_runs"])
+
+    allowed = invoke("runs", "show", run_id, "--allow-pickle")  # implies --results
+    assert "result: {1, 2, 3}" in allowed.stdout
+    allowed_json = json.loads(invoke("runs", "show", run_id, "--allow-pickle", "--json").stdout)
+    assert sorted(allowed_json["task_runs"][2]["result"]) == [1, 2, 3]
+
+
+def test_runs_show_results_of_failed_and_unreadable_task_runs(
+    cache_flows: Path, flowcore_home: Path
+) -> None:
+    failed = invoke("run", f"{cache_flows}:gated", "-p", "x=2")
+    assert failed.exit_code == 1
+    run_id = run_id_from(failed)
+    text = invoke("runs", "show", run_id, "--results").stdout
+    assert "result: 4" in text
+    assert text.count("result:") == 1  # a failed task run shows its error, not "no result"
+    data = json.loads(invoke("runs", "show", run_id, "--results", "--json").stdout)
+    gate = data["task_runs"][1]
+    assert gate["has_result"] is False
+    assert gate["result"]["__flowcore__"] == "not_stored"
+    assert "ended Failed (RuntimeError: the marker file is missing)" in gate["result"]["reason"]
+
+    ok = run_ok(f"{cache_flows}:results")
+    for path in (flowcore_home / "results").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"FCR\x01m" + b"\x00" * 10)  # no longer matches its checksum
+    shown = invoke("runs", "show", ok, "--results")
+    assert shown.exit_code == 0, shown.output
+    assert "result: <unreadable: result file" in shown.stdout
+    big = json.loads(invoke("runs", "show", ok, "--results", "--json").stdout)["task_runs"][1]
+    assert big["result"]["__flowcore__"] == "unreadable"
+    assert "does not match its checksum" in big["result"]["reason"]
+
+
+def test_resume_a_failed_run_from_the_cli(cache_flows: Path, tmp_path: Path) -> None:
+    failed = invoke("run", f"{cache_flows}:gated", "-p", "x=3")
+    assert failed.exit_code == 1
+    failed_id = full_id(run_id_from(failed))
+    (tmp_path / "marker").touch()
+
+    resumed = invoke("resume", failed_id[:8])
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.stdout.strip() == "'opened 9'"
+    assert f"(resumed from {failed_id[:8]}) Completed" in resumed.stderr
+    new_id = full_id(run_id_from(resumed))
+    assert new_id != failed_id
+
+    listed = json.loads(invoke("runs", "ls", "--json").stdout)
+    assert [(r["id"], r["state"]) for r in listed] == [
+        (new_id, "Completed"), (failed_id, "Failed"),
+    ]  # fmt: skip
+    assert listed[0]["resumed_from"] == failed_id and listed[1]["resumed_from"] is None
+    assert listed[0]["entrypoint"] == listed[1]["entrypoint"] == f"{cache_flows}:gated"
+    shown = invoke("runs", "show", new_id)
+    assert f"resumed     from {failed_id[:8]}" in shown.stdout
+    square_line = next(line for line in shown.stdout.splitlines() if "square" in line)
+    assert "replayed" in square_line
+    assert json.loads(invoke("runs", "show", new_id, "--json").stdout)["resumed_from"] == failed_id
+
+    as_json = invoke("resume", failed_id, "--json")  # a failed run may be resumed again
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == "opened 9"
+
+
+def write_records(
+    home: Path, runs: list[flowcore.FlowRunRecord], task_runs: list[flowcore.TaskRunRecord]
+) -> None:
+    """Write records straight into the store, as another (maybe dead) process would have."""
+
+    async def write() -> None:
+        async with flowcore.SQLiteStore(home / "flowcore.db") as store:
+            await store.write(runs, task_runs)
+
+    anyio.run(write)
+
+
+def test_resume_refusals_are_clean_errors(
+    cache_flows: Path, tmp_path: Path, flowcore_home: Path
+) -> None:
+    assert "there are no runs yet" in invoke("resume", "abc").stderr
+    done = run_ok(f"{cache_flows}:cached")
+    completed = invoke("resume", done)
+    assert completed.exit_code == 1
+    assert completed.stderr.startswith(f"error: run {done[:8]} of 'cached' completed;")
+    assert "nothing to resume" in completed.stderr and "Traceback" not in completed.output
+    assert len(json.loads(invoke("runs", "ls", "--json").stdout)) == 1  # no new run
+
+    unknown = invoke("resume", "ffffffff")
+    assert unknown.exit_code == 1 and unknown.stderr.startswith("error: no run with id")
+
+    alive = flowcore.FlowRunRecord(
+        id="a11ce" + "0" * 27, name="busy", state=flowcore.State.RUNNING, created=time.time(),
+        host=HOST, pid=os.getpid(),  # this very process: alive
+    )  # fmt: skip
+    write_records(flowcore_home, [alive], [])
+    running = invoke("resume", "a11ce")
+    assert running.exit_code == 1
+    assert "error: run a11ce000 of 'busy' is still running" in running.stderr
+
+    failed = invoke("run", f"{cache_flows}:gated", "-p", "x=1")
+    assert failed.exit_code == 1
+    cache_flows.rename(tmp_path / "moved.py")
+    gone = invoke("resume", run_id_from(failed))
+    assert gone.exit_code == 1
+    assert gone.stderr.startswith("error: no such file: ")
+    assert "cache_flows.py" in gone.stderr and "Traceback" not in gone.output
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_run_whose_process_died_is_shown_as_crashed(flowcore_home: Path) -> None:
+    now = time.time()
+    record = flowcore.FlowRunRecord(
+        id="c0ffee" + "0" * 26, name="doomed", state=flowcore.State.RUNNING, created=now,
+        started=now, heartbeat=now, host=HOST, pid=_dead_pid(),
+        history=[(flowcore.State.RUNNING.value, now)], task_count=1,
+    )  # fmt: skip
+    task_run = flowcore.TaskRunRecord(
+        run_id=record.id, seq=0, name="step", state=flowcore.State.RUNNING, created=now,
+        started=now, attempts=1,
+    )  # fmt: skip
+    write_records(flowcore_home, [record], [task_run])
+    listed = invoke("runs", "ls")
+    assert listed.exit_code == 0, listed.output
+    line = next(line for line in listed.stdout.splitlines() if "doomed" in line)
+    assert "Crashed" in line and "Running" not in line
+    assert "state       Crashed" in invoke("runs", "show", "c0ffee").stdout
+    data = json.loads(invoke("runs", "show", "c0ffee", "--json").stdout)
+    assert data["state"] == "Crashed" and data["task_runs"][0]["state"] == "Crashed"
+    assert f"process {record.pid} on {HOST} is gone" in data["error_message"]

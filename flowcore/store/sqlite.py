@@ -111,12 +111,14 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                seq INTEGER NOT NULL,
                name TEXT NOT NULL,
                state TEXT NOT NULL,
+               result_ref TEXT,
                body BLOB NOT NULL,
                PRIMARY KEY (run_id, seq)
            ) WITHOUT ROWID""",
         "_copy_task_runs_v1_to_v2",
         "DROP TABLE task_runs",
         "ALTER TABLE task_runs_v2 RENAME TO task_runs",
+        "CREATE INDEX task_runs_result_ref ON task_runs (result_ref) WHERE result_ref IS NOT NULL",
         """CREATE TABLE cache_entries (
                key TEXT PRIMARY KEY,
                task_name TEXT NOT NULL,
@@ -147,7 +149,7 @@ _FLOW_COLS = (
     "heartbeat, error_type, error_message, traceback, history, host, pid, task_count, "
     "entrypoint, resumed_from"
 )
-_TASK_COLS = "run_id, seq, name, state, body"
+_TASK_COLS = "run_id, seq, name, state, result_ref, body"
 _CACHE_COLS = "key, task_name, created, expires, result, result_ref, run_id, seq"
 _UPSERT_FLOW = f"""
 INSERT INTO flow_runs ({_FLOW_COLS}) VALUES ({", ".join("?" * 20)})
@@ -159,8 +161,9 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE flow_runs.state NOT IN ({_TERMINAL_SQL})
 """
 _UPSERT_TASK = f"""
-INSERT INTO task_runs ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (run_id, seq) DO UPDATE SET state = excluded.state, body = excluded.body
+INSERT INTO task_runs ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id, seq) DO UPDATE SET
+    state = excluded.state, result_ref = excluded.result_ref, body = excluded.body
 WHERE task_runs.state NOT IN ({_TERMINAL_SQL})
 """
 _UPSERT_CACHE = f"""
@@ -178,7 +181,7 @@ async def _copy_task_runs_v1_to_v2(db: aiosqlite.Connection) -> None:
         while rows := await cur.fetchmany(10_000):
             records = [_v1_task_record(r) for r in rows]
             await db.executemany(
-                "INSERT INTO task_runs_v2 (run_id, seq, name, state, body) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO task_runs_v2 ({_TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
                 [_task_row(t) for t in records],
             )
 
@@ -211,7 +214,7 @@ _task_dec = msgspec.msgpack.Decoder(TaskRunRecord)
 
 
 def _task_row(r: TaskRunRecord) -> tuple[Any, ...]:
-    return (r.run_id, r.seq, r.name, r.state.value, _task_enc.encode(r))
+    return (r.run_id, r.seq, r.name, r.state.value, r.result_ref, _task_enc.encode(r))
 
 
 def _cache_row(e: CacheEntry) -> tuple[Any, ...]:
@@ -237,7 +240,7 @@ def _flow_record(row: sqlite3.Row | tuple[Any, ...]) -> FlowRunRecord:
 
 
 def _task_record(row: sqlite3.Row | tuple[Any, ...]) -> TaskRunRecord:
-    record = _task_dec.decode(row[4])
+    record = _task_dec.decode(row[5])
     # The key columns are the truth (the body may predate a rename of the task).
     record.run_id, record.seq, record.name, record.state = row[0], row[1], row[2], State(row[3])
     return record
