@@ -18,7 +18,7 @@ import random
 from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -26,9 +26,11 @@ import anyio.abc
 from .clock import Clock, SystemClock
 from .context import _engine_var
 from .errors import ConfigurationError, UnsupportedBackend
+from .export import SpanExport, from_environment
 from .recorder import Recorder
 from .records import FlowRunRecord
 from .store import SQLiteStore, Store, resolve_store
+from .telemetry import Tracing, configured_provider
 
 if TYPE_CHECKING:
     from .taskrun import InFlight
@@ -48,6 +50,9 @@ class EngineStatistics:
     records_pending: int
     rows_written: int
     flushes: int
+    spans_written: int = 0
+    spans_exported: int = 0
+    spans_dropped: int = 0
 
 
 class Engine:
@@ -68,6 +73,14 @@ class Engine:
     ``cache=False`` turns caching off for every task; ``refresh_cache=True``
     recomputes every cached task and overwrites its entry.
     ``persist_results=False`` stores no results (resume then re-runs every task).
+
+    ``tracing=False`` makes no spans. ``tracer_provider``: an OpenTelemetry SDK
+    provider to make spans with (default: the application's global one if it
+    set one, else flowcore's own light spans). ``exporter``: an SDK
+    ``SpanExporter`` for flowcore's own spans (default: OTLP when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). ``trace_parameters=True`` puts
+    parameter values on flow spans (off by default: they can be secrets).
+    Spans are persisted in the store either way.
     """
 
     def __init__(
@@ -82,6 +95,10 @@ class Engine:
         cache: bool = True,
         refresh_cache: bool = False,
         persist_results: bool = True,
+        tracing: bool = True,
+        tracer_provider: Any = None,
+        exporter: Any = None,
+        trace_parameters: bool = False,
     ) -> None:
         problems = []
         if not isinstance(flush_interval, int | float) or not 0 < flush_interval <= 60:
@@ -90,8 +107,18 @@ class Engine:
             problems.append(f"`thread_limit` must be an int >= 1, got {thread_limit!r}")
         if durability not in ("batched", "strict"):
             problems.append(f'`durability` must be "batched" or "strict", got {durability!r}')
+        if tracer_provider is not None and exporter is not None:
+            problems.append(
+                "`exporter` is for flowcore's own spans; with `tracer_provider`, add the exporter "
+                "to your provider (provider.add_span_processor(BatchSpanProcessor(exporter)))"
+            )
+        if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
+            problems.append(f"`tracer_provider` must be a TracerProvider, got {tracer_provider!r}")
         if problems:
             raise ConfigurationError("invalid Engine options: " + "; ".join(problems))
+        self._tracing_options = (tracing, tracer_provider, exporter, trace_parameters)
+        #: Makes the spans of runs; ``None`` when tracing is off.
+        self.tracing: Tracing | None = None
         self.strict = durability == "strict"
         self.cache_enabled = cache
         self.refresh_cache = refresh_cache
@@ -127,6 +154,7 @@ class Engine:
                 "Engine(store='memory') on trio"
             )
         self.thread_limiter = anyio.CapacityLimiter(self.thread_limit)
+        self.tracing = self._make_tracing()
         await self.store.open()
         try:
             from .crash import mark_crashed_runs
@@ -173,9 +201,25 @@ class Engine:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.store.close()
+                    export = self.tracing.export if self.tracing is not None else None
+                    if export is not None:
+                        # Bounded (export.shutdown_timeout), off the loop: a hung collector
+                        # delays the exit by at most that, and fails nothing.
+                        await anyio.to_thread.run_sync(export.shutdown)
+
+    def _make_tracing(self) -> Tracing | None:
+        enabled, provider, exporter, parameters = self._tracing_options
+        if not enabled:
+            return None
+        provider = provider or configured_provider()
+        export = None
+        if provider is None:  # flowcore's own light spans, exported if asked
+            export = SpanExport(exporter) if exporter is not None else from_environment()
+        return Tracing(self.recorder.spans, provider, export, parameters)
 
     def statistics(self) -> EngineStatistics:
         r = self.recorder
+        export = self.tracing.export if self.tracing is not None else None
         return EngineStatistics(
             tasks_started=self.tasks_started,
             tasks_completed=self.tasks_completed,
@@ -185,6 +229,9 @@ class Engine:
             records_pending=r.pending,
             rows_written=r.rows_written,
             flushes=r.flushes,
+            spans_written=r.spans_written,
+            spans_exported=export.exported if export is not None else 0,
+            spans_dropped=export.dropped if export is not None else 0,
         )
 
     def __repr__(self) -> str:

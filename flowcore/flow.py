@@ -124,10 +124,11 @@ async def _drive(
     """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it terminal."""
     record = ctx.record
     recorder = engine.recorder
-    recorder.flow_changed(record)
     engine.flows_running += 1
     run_token = _run_var.set(ctx)
     task_token = _task_var.set(None)
+    span = _start_span(engine, ctx)
+    recorder.flow_changed(record)
     top_level = record.parent_run_id is None
     if top_level:
         engine.last_run = record
@@ -164,8 +165,14 @@ async def _drive(
         if not record.state.is_terminal:
             _finish(record, State.CANCELLED, exc if isinstance(exc, Exception) else None)
             recorder.flow_changed(record)
+        error = exc
         raise
     finally:
+        if span is not None:
+            span.finish(
+                {"flowcore.state": record.state.value, "flowcore.task_count": record.task_count},
+                error if record.state is not State.CANCELLED else None,
+            )
         engine.flows_running -= 1
         _task_var.reset(task_token)
         _run_var.reset(run_token)
@@ -176,6 +183,29 @@ async def _drive(
             # before the caller sees its result.
             with anyio.CancelScope(shield=True):
                 await recorder.flush()
+
+
+def _start_span(engine: Engine, ctx: RunContext) -> Any:
+    tracing = engine.tracing
+    if tracing is None:
+        return None
+    record = ctx.record
+    attributes: dict[str, Any] = {
+        "flowcore.flow.name": record.name,
+        "flowcore.run.id": record.id,
+        "flowcore.run.kind": record.kind,
+    }
+    if tracing.record_parameters:
+        for name, value in ctx.parameters.items():
+            attributes[f"flowcore.parameter.{name}"] = repr(value)[:1000]
+    links = None
+    replay = ctx.replay
+    if replay is not None and replay.trace is not None:
+        links = [replay.trace]  # a resumed run links to the trace of the run it re-drives
+        attributes["flowcore.run.resumed_from"] = replay.run_id
+    span = tracing.start(f"{record.kind} {record.name}", attributes, record.id, links)
+    record.trace_id, record.span_id = tracing.ids_of(span)
+    return span
 
 
 def _unobserved_failure(ctx: RunContext) -> BaseException:
@@ -415,6 +445,8 @@ async def _resume(engine: Engine, run_id: str, flow: Flow[Any, Any] | None) -> A
         )
     kwargs = _recorded_parameters(flow, old)
     replay = Replay(engine, old.id, await engine.store.list_task_runs(old.id))
+    if old.trace_id and old.span_id:
+        replay.trace = (old.trace_id, old.span_id)
     try:
         bound = flow.signature.bind(**kwargs)
     except TypeError as exc:

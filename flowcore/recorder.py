@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
@@ -26,6 +27,7 @@ import anyio
 from .errors import StoreError
 from .records import CacheEntry, FlowRunRecord, TaskRunRecord
 from .results import ResultFiles
+from .telemetry import SpanRecord
 
 if TYPE_CHECKING:
     from .store import Store
@@ -53,6 +55,11 @@ class Recorder:
         self._live_flows: dict[str, FlowRunRecord] = {}  # running flow runs, for heartbeats
         self._cache: dict[str, CacheEntry] = {}  # new cache entries by key
         self._files: dict[str, bytes] = {}  # large results waiting to be written, by ref
+        # The batch being written now, still visible to lookups until it is committed.
+        self._writing_cache: dict[str, CacheEntry] = {}
+        self._writing_files: dict[str, bytes] = {}
+        #: Finished spans to persist; a deque because SDK spans end on any thread.
+        self.spans: deque[SpanRecord] = deque()
         self.files = ResultFiles(store.results_dir) if store.results_dir is not None else None
         # Group commit: flushes are numbered; commit() waits for the next one to finish.
         self._started = 0
@@ -64,6 +71,7 @@ class Recorder:
         self._last_heartbeat = 0.0
         self.flushes = 0
         self.rows_written = 0
+        self.spans_written = 0
         self.last_error: StoreError | None = None
 
     # -- hot path: called by the engine on every state change --------------------------
@@ -86,15 +94,15 @@ class Recorder:
         self._cache[entry.key] = entry
 
     def pending_cache(self, key: str) -> CacheEntry | None:
-        """A cache entry made since the last flush (so a lookup sees it before it is written)."""
-        return self._cache.get(key)
+        """A cache entry not yet committed (so a lookup sees it before it is written)."""
+        return self._cache.get(key) or self._writing_cache.get(key)
 
     def add_file(self, ref: str, blob: bytes) -> None:
         """Queue a large result to be written as a file before the records that refer to it."""
         self._files[ref] = blob
 
     def pending_file(self, ref: str) -> bytes | None:
-        return self._files.get(ref)
+        return self._files.get(ref) or self._writing_files.get(ref)
 
     @property
     def pending(self) -> int:
@@ -141,7 +149,7 @@ class Recorder:
                 for fr in self._live_flows.values():
                     fr.heartbeat = now
                     self._flows[id(fr)] = fr
-            if not self._tasks and not self._flows and not self._cache:
+            if not self._tasks and not self._flows and not self._cache and not self.spans:
                 return
             self._started += 1
             generation = self._started
@@ -149,12 +157,16 @@ class Recorder:
             tasks, self._tasks = self._tasks, {}
             cache, self._cache = self._cache, {}
             files, self._files = self._files, {}
+            spans = []
+            for _ in range(len(self.spans)):
+                spans.append(self.spans.popleft())
+            self._writing_cache, self._writing_files = cache, files
             try:
                 if files and self.files is not None:
                     # Files first: a record never refers to a result file not yet on disk.
                     await anyio.to_thread.run_sync(_write_files, self.files, files)
                 await self.store.write(
-                    list(flows.values()), list(tasks.values()), list(cache.values())
+                    list(flows.values()), list(tasks.values()), list(cache.values()), spans
                 )
             except BaseException as exc:
                 # Put the batch back under the newer changes (same objects, so no loss).
@@ -163,12 +175,16 @@ class Recorder:
                 cache.update(self._cache)
                 files.update(self._files)
                 self._flows, self._tasks, self._cache, self._files = flows, tasks, cache, files
+                self.spans.extendleft(reversed(spans))
+                self._writing_cache, self._writing_files = {}, {}
                 if isinstance(exc, OSError):
                     raise StoreError(f"cannot write result files: {exc}") from exc
                 raise
+            self._writing_cache, self._writing_files = {}, {}
             self.last_error = None
             self.flushes += 1
             self.rows_written += len(flows) + len(tasks) + len(cache)
+            self.spans_written += len(spans)
             self._completed = generation
             done, self._flushed = self._flushed, anyio.Event()
             done.set()

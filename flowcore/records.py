@@ -47,6 +47,8 @@ class FlowRunRecord(msgspec.Struct, gc=False):
     task_count: int = 0
     entrypoint: str | None = None  # where to import the flow from, to resume it
     resumed_from: str | None = None  # the run this one re-drives
+    trace_id: str | None = None  # OpenTelemetry trace of the run (hex), when traced
+    span_id: str | None = None  # the run's own span (hex)
 
     @property
     def duration(self) -> float | None:
@@ -77,6 +79,10 @@ class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
     result_ref: str | None = None  # sha256 of the result file, when large
     cache_key: str | None = None
     cached_from: str | None = None  # "run_id.seq" of the task run that computed a cached value
+    # The task run's span (hex ids): with flowcore's own spans, the task run record is
+    # the persisted form of its span (see telemetry.task_span), so no span row is written.
+    span_id: str | None = None
+    parent_span_id: str | None = None
 
     @property
     def duration(self) -> float | None:

@@ -38,6 +38,8 @@ class Replay:
         for tr in sorted(task_runs, key=lambda t: t.seq):
             self._earlier[(tr.name, tr.inputs)].append(tr)
         self._seen: dict[tuple[str, bytes], int] = defaultdict(int)
+        #: (trace id, span id) of the earlier run, for a span link.
+        self.trace: tuple[str, str] | None = None
         self.replayed = 0
 
     def take(self, task: Task[Any, Any], rec: TaskRunRecord) -> tuple[bool, Any]:

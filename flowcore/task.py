@@ -68,6 +68,9 @@ class Task(Generic[P, R]):
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
         self.keys = KeyMaker(fn, self.name, cache) if cache is not None else None
+        # OpenTelemetry code.* attributes of the task's spans.
+        self.code_function = getattr(fn, "__qualname__", self.name)
+        self.code_namespace = getattr(fn, "__module__", None) or ""
         self._return_type: Any = _UNSET
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn

@@ -116,8 +116,13 @@ async def run_task(
     assert ctx is not None
     engine = ctx.engine
     recorder = engine.recorder
+    tracing = engine.tracing
+    span = None
+    if tracing is not None:
+        span = tracing.start_task(rec, task, _parent_span(ctx, rec))
     token = _task_var.set(rec)
     claimed: InFlight | None = None
+    error: BaseException | None = None
     try:
         if waits:
             recorder.task_changed(rec)
@@ -153,7 +158,7 @@ async def run_task(
                     _raise_if_bad_call(task, args, kwargs, exc)
                 retries_done = rec.attempts - 1
                 if task.retry.should_retry(exc, retries_done):
-                    await _wait_for_retry(engine, task, rec, exc, retries_done)
+                    await _wait_for_retry(engine, task, rec, exc, retries_done, span)
                     continue
                 _finish_failed(engine, rec, exc)
                 raise
@@ -177,6 +182,7 @@ async def run_task(
         # call, a retry predicate that raised, a result that cannot be stored), or a
         # cancellation (an outer scope, a flow timeout, Ctrl-C): whichever, never
         # leave the record Running.
+        error = exc
         if not rec.state.is_terminal:
             if isinstance(exc, Exception):
                 _finish_failed(engine, rec, exc)
@@ -188,9 +194,20 @@ async def run_task(
                 recorder.task_changed(rec)
         raise
     finally:
+        if span is not None:
+            span.finish_task(rec, error if isinstance(error, Exception) else None)
         _task_var.reset(token)
         if claimed is not None:
             claimed.release(engine)
+
+
+def _parent_span(ctx: RunContext, rec: TaskRunRecord) -> str | None:
+    """The span a task run's span hangs under: its parent task run's, else its flow run's."""
+    if rec.parent_seq is not None:
+        parent = _task_var.get()
+        if parent is not None and parent.seq == rec.parent_seq:
+            return parent.span_id
+    return ctx.record.span_id
 
 
 def _store_result(engine: Engine, task: Task[Any, Any], rec: TaskRunRecord, value: Any) -> None:
@@ -383,7 +400,12 @@ async def _with_timeout(
 
 
 async def _wait_for_retry(
-    engine: Engine, task: Task[Any, Any], rec: TaskRunRecord, exc: Exception, retries_done: int
+    engine: Engine,
+    task: Task[Any, Any],
+    rec: TaskRunRecord,
+    exc: Exception,
+    retries_done: int,
+    span: Any = None,
 ) -> None:
     delay = task.retry.delay_for(retries_done, engine.rng)
     now = time.time()
@@ -393,6 +415,16 @@ async def _wait_for_retry(
     )
     engine.recorder.task_changed(rec)
     engine.tasks_retried += 1
+    if span is not None:
+        span.event(
+            "retry",
+            {
+                "flowcore.attempt": rec.attempts,
+                "exception.type": error_name(exc),
+                "exception.message": str(exc)[:1000],
+                "flowcore.retry.delay_s": delay,
+            },
+        )
     await engine.clock.sleep(delay)
     now = time.time()
     rec.attempts += 1

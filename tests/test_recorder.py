@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -12,7 +13,6 @@ import pytest
 
 import flowcore
 from flowcore import FlowRunRecord, MemoryStore, State, TaskRunRecord
-from flowcore.records import CacheEntry
 
 
 @flowcore.task
@@ -44,7 +44,7 @@ class RecordingStore(MemoryStore):
         self,
         flow_runs: Sequence[FlowRunRecord],
         task_runs: Sequence[TaskRunRecord],
-        cache_entries: Sequence[CacheEntry] = (),
+        *more: Sequence[Any],  # cache entries, spans: passed through
     ) -> None:
         self.batches.append(
             (
@@ -52,7 +52,7 @@ class RecordingStore(MemoryStore):
                 [(tr.seq, str(tr.state)) for tr in task_runs],
             )
         )
-        await super().write(flow_runs, task_runs, cache_entries)
+        await super().write(flow_runs, task_runs, *more)
 
     async def close(self) -> None:
         self.closed = True
@@ -75,7 +75,7 @@ class FlakyStore(RecordingStore):
         self,
         flow_runs: Sequence[FlowRunRecord],
         task_runs: Sequence[TaskRunRecord],
-        cache_entries: Sequence[CacheEntry] = (),
+        *more: Sequence[Any],  # cache entries, spans: passed through
     ) -> None:
         await anyio.lowlevel.checkpoint()
         if self.failures_left is None or self.failures_left > 0:
@@ -85,7 +85,7 @@ class FlakyStore(RecordingStore):
                     self.failures_used_up.set()
             self.failed += 1
             raise flowcore.StoreError("disk full (simulated)")
-        await super().write(flow_runs, task_runs, cache_entries)
+        await super().write(flow_runs, task_runs, *more)
 
 
 async def _assert_all_completed(store: MemoryStore, tasks: int, runs: int = 1) -> None:

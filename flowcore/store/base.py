@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
+from ..telemetry import SpanRecord
 
 __all__ = ["Store"]
 
@@ -43,8 +44,9 @@ class Store(Protocol):
         flow_runs: Sequence[FlowRunRecord],
         task_runs: Sequence[TaskRunRecord],
         cache_entries: Sequence[CacheEntry] = (),
+        spans: Sequence[SpanRecord] = (),
     ) -> None:
-        """Upsert a batch of records (and replace cache entries) in one transaction."""
+        """Upsert a batch of records (and replace cache entries, add spans) in one transaction."""
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
@@ -76,3 +78,11 @@ class Store(Protocol):
 
     async def result_refs(self) -> set[str]:
         """Every result file still referenced (by a task run or a cache entry)."""
+
+    async def list_spans(self, trace_id: str) -> list[SpanRecord]:
+        """The persisted spans of one trace, by start time."""
+
+    async def prune_spans(
+        self, *, before: float | None = None, keep_runs: int | None = None
+    ) -> int:
+        """Delete old spans (started before ``before``, or not of the newest ``keep_runs`` runs)."""

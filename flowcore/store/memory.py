@@ -12,6 +12,7 @@ import msgspec
 from ..errors import ConfigurationError, RunNotFound
 from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
 from ..states import TERMINAL
+from ..telemetry import SpanRecord
 
 __all__ = ["MemoryStore"]
 
@@ -31,6 +32,7 @@ class MemoryStore:
         self._runs: dict[str, FlowRunRecord] = {}
         self._tasks: dict[str, dict[int, TaskRunRecord]] = {}
         self._cache: dict[str, CacheEntry] = {}
+        self._spans: dict[tuple[str, str], SpanRecord] = {}
         self.results_dir: Path | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
 
@@ -45,8 +47,11 @@ class MemoryStore:
         flow_runs: Sequence[FlowRunRecord],
         task_runs: Sequence[TaskRunRecord],
         cache_entries: Sequence[CacheEntry] = (),
+        spans: Sequence[SpanRecord] = (),
     ) -> None:
         self.writes += 1
+        for span in spans:
+            self._spans[(span.trace_id, span.span_id)] = msgspec.structs.replace(span)
         for entry in cache_entries:
             self._cache[entry.key] = msgspec.structs.replace(entry)
         for fr in flow_runs:
@@ -98,6 +103,33 @@ class MemoryStore:
         kids = [r for r in self._runs.values() if r.parent_run_id == run_id]
         kids.sort(key=lambda r: r.created)
         return [_copy(k) for k in kids]
+
+    async def list_spans(self, trace_id: str) -> list[SpanRecord]:
+        spans = [s for (t, _), s in self._spans.items() if t == trace_id]
+        return sorted(spans, key=lambda s: s.start)
+
+    async def prune_spans(
+        self, *, before: float | None = None, keep_runs: int | None = None
+    ) -> int:
+        keep: set[str] | None = None
+        if keep_runs is not None:
+            tops = sorted(
+                (r for r in self._runs.values() if r.parent_run_id is None and r.trace_id),
+                key=lambda r: r.created,
+                reverse=True,
+            )
+            keep = {r.trace_id for r in tops[:keep_runs] if r.trace_id}
+        if before is None and keep is None:
+            return 0
+        doomed = [
+            key
+            for key, s in self._spans.items()
+            if (before is None or s.start < before * 1e9)
+            and (keep is None or s.trace_id not in keep)
+        ]
+        for key in doomed:
+            del self._spans[key]
+        return len(doomed)
 
     async def get_cache(self, key: str) -> CacheEntry | None:
         return self._cache.get(key)

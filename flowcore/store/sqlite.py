@@ -43,6 +43,7 @@ from ..errors import (
 )
 from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
 from ..states import TERMINAL, State
+from ..telemetry import SpanRecord
 from .memory import _not_found_message
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -131,6 +132,21 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
            )""",
         "CREATE INDEX cache_entries_task ON cache_entries (task_name)",
     ),
+    # 3: OpenTelemetry spans, persisted with the runs.
+    3: (
+        "ALTER TABLE flow_runs ADD COLUMN trace_id TEXT",
+        "ALTER TABLE flow_runs ADD COLUMN span_id TEXT",
+        """CREATE TABLE spans (
+               trace_id TEXT NOT NULL,
+               span_id TEXT NOT NULL,
+               run_id TEXT,
+               start INTEGER NOT NULL,
+               body BLOB NOT NULL,
+               PRIMARY KEY (trace_id, span_id)
+           ) WITHOUT ROWID""",
+        "CREATE INDEX spans_start ON spans (start)",
+        "CREATE INDEX flow_runs_trace ON flow_runs (trace_id)",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 _OUR_TABLES: Final = frozenset(
@@ -147,17 +163,18 @@ _V1_TASK_COLS = (
 _FLOW_COLS = (
     "id, name, kind, state, created, parameters, parent_run_id, parent_task_seq, started, ended, "
     "heartbeat, error_type, error_message, traceback, history, host, pid, task_count, "
-    "entrypoint, resumed_from"
+    "entrypoint, resumed_from, trace_id, span_id"
 )
 _TASK_COLS = "run_id, seq, name, state, result_ref, body"
 _CACHE_COLS = "key, task_name, created, expires, result, result_ref, run_id, seq"
 _UPSERT_FLOW = f"""
-INSERT INTO flow_runs ({_FLOW_COLS}) VALUES ({", ".join("?" * 20)})
+INSERT INTO flow_runs ({_FLOW_COLS}) VALUES ({", ".join("?" * 22)})
 ON CONFLICT (id) DO UPDATE SET
     state = excluded.state, started = excluded.started, ended = excluded.ended,
     heartbeat = excluded.heartbeat, error_type = excluded.error_type,
     error_message = excluded.error_message, traceback = excluded.traceback,
-    history = excluded.history, task_count = excluded.task_count
+    history = excluded.history, task_count = excluded.task_count,
+    trace_id = excluded.trace_id, span_id = excluded.span_id
 WHERE flow_runs.state NOT IN ({_TERMINAL_SQL})
 """
 _UPSERT_TASK = f"""
@@ -166,6 +183,11 @@ ON CONFLICT (run_id, seq) DO UPDATE SET
     state = excluded.state, result_ref = excluded.result_ref, body = excluded.body
 WHERE task_runs.state NOT IN ({_TERMINAL_SQL})
 """
+_INSERT_SPAN = (
+    "INSERT OR REPLACE INTO spans (trace_id, span_id, run_id, start, body) VALUES (?, ?, ?, ?, ?)"
+)
+_span_enc = msgspec.msgpack.Encoder()
+_span_dec = msgspec.msgpack.Decoder(SpanRecord)
 _UPSERT_CACHE = f"""
 INSERT OR REPLACE INTO cache_entries ({_CACHE_COLS}) VALUES ({", ".join("?" * 8)})
 """
@@ -205,7 +227,7 @@ def _flow_row(r: FlowRunRecord) -> tuple[Any, ...]:
         r.id, r.name, r.kind, r.state, r.created, r.parameters, r.parent_run_id,
         r.parent_task_seq, r.started, r.ended, r.heartbeat, r.error_type, r.error_message,
         r.traceback, _enc.encode(r.history), r.host, r.pid, r.task_count, r.entrypoint,
-        r.resumed_from,
+        r.resumed_from, r.trace_id, r.span_id,
     )  # fmt: skip
 
 
@@ -235,7 +257,7 @@ def _flow_record(row: sqlite3.Row | tuple[Any, ...]) -> FlowRunRecord:
         ended=row[9], heartbeat=row[10], error_type=row[11], error_message=row[12],
         traceback=row[13], history=_history_dec.decode(row[14]) if row[14] else [],
         host=row[15] or "", pid=row[16] or 0, task_count=row[17], entrypoint=row[18],
-        resumed_from=row[19],
+        resumed_from=row[19], trace_id=row[20], span_id=row[21],
     )  # fmt: skip
 
 
@@ -387,6 +409,13 @@ class SQLiteStore:
                     with anyio.CancelScope(shield=True):
                         await db.execute("ROLLBACK")
                     raise
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                raise StoreCorrupted(
+                    f"{self.path} could not be upgraded to schema version {SCHEMA_VERSION}: a "
+                    f"record in it is unreadable ({exc}). The upgrade was rolled back and the "
+                    "file is unchanged; keep a copy, then try `sqlite3 flowcore.db .recover`, or "
+                    "set FLOWCORE_HOME to another folder"
+                ) from exc
             except sqlite3.DatabaseError as exc:
                 if _is_locked(exc) and time.monotonic() < deadline:
                     await anyio.sleep(0.01 + random.random() * 0.05)
@@ -459,11 +488,13 @@ class SQLiteStore:
         flow_runs: Sequence[FlowRunRecord],
         task_runs: Sequence[TaskRunRecord],
         cache_entries: Sequence[CacheEntry] = (),
+        spans: Sequence[SpanRecord] = (),
     ) -> None:
         # Snapshot now, before the first await: the engine keeps mutating these records.
         flow_rows = [_flow_row(r) for r in flow_runs]
         task_rows = [_task_row(r) for r in task_runs]
         cache_rows = [_cache_row(e) for e in cache_entries]
+        span_rows = [(s.trace_id, s.span_id, s.run_id, s.start, _span_enc.encode(s)) for s in spans]
         await self._transaction(
             [
                 (sql, rows)
@@ -471,6 +502,7 @@ class SQLiteStore:
                     (_UPSERT_FLOW, flow_rows),
                     (_UPSERT_TASK, task_rows),
                     (_UPSERT_CACHE, cache_rows),
+                    (_INSERT_SPAN, span_rows),
                 )
                 if rows
             ]
@@ -546,6 +578,33 @@ class SQLiteStore:
             [run_id],
         )
         return [_flow_record(r) for r in rows]
+
+    async def list_spans(self, trace_id: str) -> list[SpanRecord]:
+        rows = await self._fetch(
+            "SELECT body FROM spans WHERE trace_id = ? ORDER BY start", [trace_id]
+        )
+        return [_span_dec.decode(r[0]) for r in rows]
+
+    async def prune_spans(
+        self, *, before: float | None = None, keep_runs: int | None = None
+    ) -> int:
+        """Delete spans that started before ``before`` (unix seconds), or of all but the newest
+        ``keep_runs`` top-level runs; returns how many were deleted."""
+        where, params = [], []
+        if before is not None:
+            where.append("start < ?")
+            params.append(int(before * 1e9))
+        if keep_runs is not None:
+            where.append(
+                "trace_id NOT IN (SELECT trace_id FROM flow_runs WHERE trace_id IS NOT NULL "
+                "AND parent_run_id IS NULL ORDER BY created DESC LIMIT ?)"
+            )
+            params.append(keep_runs)
+        if not where:
+            return 0
+        rows = await self._fetch(f"SELECT COUNT(*) FROM spans WHERE {' AND '.join(where)}", params)
+        await self._transaction([(f"DELETE FROM spans WHERE {' AND '.join(where)}", [params])])
+        return int(rows[0][0])
 
     def get_cache_nowait(self, key: str) -> CacheEntry | None:
         """The cache entry with this key, read synchronously on the calling thread.

@@ -1,0 +1,392 @@
+"""Schema migrations: a version-1 database opened by this flowcore keeps every record."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import flowcore
+import flowcore.store.sqlite as sqlite_store
+from flowcore import SQLiteStore, State
+from flowcore.encoding import decode_inputs
+from flowcore.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+
+pytestmark = pytest.mark.anyio
+
+enc = msgspec.msgpack.Encoder()
+T0 = 1_700_000_000.0
+TASKS_IN_BIG_RUN = 12_345  # more than one batch of the data step
+
+
+def v1_database(path: Path, *, big_run: bool = False) -> None:
+    """A database as flowcore 0.1 with schema version 1 left it, with a few runs."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN")
+        for statement in MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO flowcore_meta VALUES ('migration.1', '1600000000.5')")
+        conn.execute("INSERT INTO flowcore_meta VALUES ('schema_version', '1')")
+        conn.execute("PRAGMA user_version = 1")
+        flow_rows = [
+            # id, name, kind, state, created, parameters, parent_run_id, parent_task_seq,
+            # started, ended, heartbeat, error_type, error_message, traceback, history,
+            # host, pid, task_count
+            (
+                "a" * 32, "etl", "flow", "Completed", T0, enc.encode({"n": 3}), None, None,
+                T0 + 1, T0 + 9, T0 + 8, None, None, None,
+                enc.encode([("Running", T0 + 1), ("Completed", T0 + 9)]), "host-a", 4242, 3,
+            ),
+            (
+                "b" * 32, "child", "flow", "Completed", T0 + 2, b"", "a" * 32, 1,
+                T0 + 2, T0 + 3, None, None, None, None,
+                enc.encode([("Running", T0 + 2), ("Completed", T0 + 3)]), "host-a", 4242, 0,
+            ),
+            (
+                "c" * 32, "v1_flow", "flow", "Failed", T0 + 10, enc.encode({"n": 3}), None,
+                None, T0 + 10, T0 + 12, None, "RuntimeError", "boom", "Traceback ...",
+                enc.encode([("Running", T0 + 10), ("Failed", T0 + 12)]), "host-a", 4243, 3,
+            ),
+        ]  # fmt: skip
+        conn.executemany(f"INSERT INTO flow_runs VALUES ({', '.join('?' * 18)})", flow_rows)
+        task_rows = [
+            # run_id, seq, name, state, created, parent_seq, upstream, inputs, attempts,
+            # started, ended, error_type, error_message, traceback, history
+            (
+                "a" * 32, 0, "extract", "Completed", T0 + 1, None, None,
+                enc.encode({"n": 3}), 1, T0 + 1, T0 + 2, None, None, None,
+                enc.encode([("Running", T0 + 1), ("Completed", T0 + 2)]),
+            ),
+            (
+                "a" * 32, 1, "transform", "Completed", T0 + 2, None, enc.encode([0]),
+                enc.encode({"rows": {"__flowcore__": "future", "task": "extract", "seq": 0}}),
+                3, T0 + 2, T0 + 5, None, None, None,
+                enc.encode([
+                    ("Pending", T0 + 2), ("Running", T0 + 2),
+                    ("Retrying", T0 + 3, "OSError: flaky (retry in 0.5 s)"), ("Running", T0 + 3.5),
+                    ("Retrying", T0 + 4, "OSError: flaky (retry in 1 s)"), ("Running", T0 + 5),
+                    ("Completed", T0 + 5),
+                ]),
+            ),
+            (
+                "a" * 32, 2, "load", "Completed", T0 + 6, 1, None, b"", 1, T0 + 6, T0 + 7,
+                None, None, None, enc.encode([("Running", T0 + 6), ("Completed", T0 + 7)]),
+            ),
+            (
+                "c" * 32, 0, "v1_step", "Completed", T0 + 10, None, None,
+                enc.encode({"i": 0}), 1, T0 + 10, T0 + 10.5, None, None, None,
+                enc.encode([("Running", T0 + 10), ("Completed", T0 + 10.5)]),
+            ),
+            (
+                "c" * 32, 1, "v1_step", "Completed", T0 + 10.5, None, None,
+                enc.encode({"i": 1}), 1, T0 + 10.5, T0 + 11, None, None, None,
+                enc.encode([("Running", T0 + 10.5), ("Completed", T0 + 11)]),
+            ),
+            (
+                "c" * 32, 2, "v1_step", "Failed", T0 + 11, None, None,
+                enc.encode({"i": 2}), 2, T0 + 11, T0 + 12, "RuntimeError", "boom",
+                "Traceback (most recent call last): ...",
+                enc.encode([
+                    ("Running", T0 + 11), ("Retrying", T0 + 11.2, "RuntimeError: boom"),
+                    ("Running", T0 + 11.5), ("Failed", T0 + 12),
+                ]),
+            ),
+        ]  # fmt: skip
+        if big_run:
+            history = enc.encode([("Running", T0), ("Completed", T0 + 1)])
+            task_rows += [
+                ("d" * 32, i, "many", "Completed", T0 + i, None, None, enc.encode({"i": i}),
+                 1, T0 + i, T0 + i + 1, None, None, None, history)
+                for i in range(TASKS_IN_BIG_RUN)
+            ]  # fmt: skip
+            conn.execute(
+                f"INSERT INTO flow_runs VALUES ({', '.join('?' * 18)})",
+                ("d" * 32, "big", "flow", "Completed", T0 + 20, b"", None, None, T0 + 20,
+                 T0 + 30, None, None, None, None, b"", "", 0, TASKS_IN_BIG_RUN),
+            )  # fmt: skip
+        conn.executemany(f"INSERT INTO task_runs VALUES ({', '.join('?' * 15)})", task_rows)
+        conn.execute("COMMIT")
+
+
+def snapshot(path: Path) -> dict[str, Any]:
+    """Everything about the schema and the rows, to compare before and after."""
+    with closing(sqlite3.connect(path)) as conn:
+        schema = conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
+            "ORDER BY type, name"
+        ).fetchall()
+        tables = [name for kind, name, _ in schema if kind == "table"]
+        rows = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return {"schema": schema, "rows": rows, "user_version": version}
+
+
+def meta(path: Path) -> dict[str, str]:
+    with closing(sqlite3.connect(path)) as conn:
+        return dict(conn.execute("SELECT key, value FROM flowcore_meta").fetchall())
+
+
+def columns(path: Path, table: str) -> list[str]:
+    with closing(sqlite3.connect(path)) as conn:
+        return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+# -- a successful migration --------------------------------------------------------------------
+
+
+async def test_v1_database_is_migrated_keeping_every_record(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path)
+    assert SCHEMA_VERSION >= 2
+    before = time.time()
+    async with SQLiteStore(path) as store:
+        etl = await store.get_run("a" * 32)
+        child = await store.get_run("b" * 32)
+        failed = await store.get_run("c" * 32)
+        etl_tasks = await store.list_task_runs("a" * 32)
+        failed_tasks = await store.list_task_runs("c" * 32)
+        children = await store.child_runs("a" * 32)
+        counts = await store.count_task_runs("c" * 32)
+        listed = await store.list_runs()
+        failed_only = await store.list_runs(state="Failed")
+        cache = await store.list_cache()
+
+    assert snapshot(path)["user_version"] == SCHEMA_VERSION
+    # Flow runs: every v1 field as written, the new ones at their defaults.
+    assert etl.name == "etl" and etl.kind == "flow" and etl.state is State.COMPLETED
+    assert decode_inputs(etl.parameters) == {"n": 3}
+    assert (etl.created, etl.started, etl.ended, etl.heartbeat) == (T0, T0 + 1, T0 + 9, T0 + 8)
+    assert etl.history == [("Running", T0 + 1), ("Completed", T0 + 9)]
+    assert (etl.host, etl.pid, etl.task_count) == ("host-a", 4242, 3)
+    assert etl.entrypoint is None and etl.resumed_from is None
+    assert (child.parent_run_id, child.parent_task_seq) == ("a" * 32, 1)
+    assert [c.id for c in children] == ["b" * 32]
+    assert failed.state is State.FAILED
+    assert (failed.error_type, failed.error_message, failed.traceback) == (
+        "RuntimeError",
+        "boom",
+        "Traceback ...",
+    )
+    assert {r.id for r in listed} == {"a" * 32, "b" * 32, "c" * 32}
+    assert [r.id for r in failed_only] == ["c" * 32]
+    assert cache == []
+
+    # Task runs: every v1 field as written, the new ones at their defaults.
+    extract, transform, load = etl_tasks
+    assert [t.seq for t in etl_tasks] == [0, 1, 2]
+    assert [t.name for t in etl_tasks] == ["extract", "transform", "load"]
+    assert decode_inputs(extract.inputs) == {"n": 3}
+    assert transform.upstream == [0] and transform.attempts == 3
+    assert decode_inputs(transform.inputs) == {
+        "rows": {"__flowcore__": "future", "task": "extract", "seq": 0}
+    }
+    assert transform.history[2] == ("Retrying", T0 + 3, "OSError: flaky (retry in 0.5 s)")
+    assert len(transform.history) == 7
+    assert (transform.created, transform.started, transform.ended) == (T0 + 2, T0 + 2, T0 + 5)
+    assert load.parent_seq == 1 and load.inputs == b"" and load.upstream is None
+    for t in etl_tasks + failed_tasks:
+        assert t.result is None and t.result_ref is None
+        assert t.cache_key is None and t.cached_from is None
+    bad = failed_tasks[2]
+    assert bad.state is State.FAILED and bad.attempts == 2
+    assert (bad.error_type, bad.error_message) == ("RuntimeError", "boom")
+    assert bad.traceback == "Traceback (most recent call last): ..."
+    assert counts == {"Completed": 2, "Failed": 1}
+
+    # The bookkeeping: each step recorded, the first one's record untouched.
+    recorded = meta(path)
+    assert recorded["migration.1"] == "1600000000.5"
+    for number in range(2, SCHEMA_VERSION + 1):
+        assert before - 1 <= float(recorded[f"migration.{number}"]) <= time.time() + 1
+    assert recorded["schema_version"] == str(SCHEMA_VERSION)
+    assert {"entrypoint", "resumed_from"} <= set(columns(path, "flow_runs"))
+    assert "cache_entries" in {t for _, t, _ in snapshot(path)["schema"]}
+
+
+async def test_every_task_run_of_a_large_v1_database_survives(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path, big_run=True)
+    async with SQLiteStore(path) as store:
+        tasks = await store.list_task_runs("d" * 32)
+        counts = await store.count_task_runs("d" * 32)
+        page = await store.list_task_runs("d" * 32, offset=10_000, limit=3)
+    assert len(tasks) == TASKS_IN_BIG_RUN
+    assert [t.seq for t in tasks] == list(range(TASKS_IN_BIG_RUN))
+    assert all(decode_inputs(t.inputs) == {"i": t.seq} for t in tasks)
+    assert counts == {"Completed": TASKS_IN_BIG_RUN}
+    assert [t.seq for t in page] == [10_000, 10_001, 10_002]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+async def test_reopening_a_migrated_database_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path)
+    async with SQLiteStore(path):
+        pass
+    migrated = snapshot(path)
+    async with SQLiteStore(path):
+        pass
+    assert snapshot(path) == migrated
+
+
+async def test_two_stores_opening_a_v1_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path)
+    stores = [SQLiteStore(path) for _ in range(4)]
+    async with anyio.create_task_group() as tg:
+        for store in stores:
+            tg.start_soon(store.open)
+    try:
+        for store in stores:
+            assert len(await store.list_task_runs("a" * 32)) == 3
+    finally:
+        for store in stores:
+            await store.close()
+    assert snapshot(path)["user_version"] == SCHEMA_VERSION
+
+
+async def test_a_migrated_database_takes_new_runs_and_resumes_old_ones(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path)
+    ran: list[int] = []
+
+    @flowcore.task
+    async def v1_step(i: int) -> int:
+        ran.append(i)
+        return i
+
+    @flowcore.flow
+    async def v1_flow(n: int) -> int:
+        return sum([await v1_step(i) for i in range(n)])
+
+    async with flowcore.Engine(path) as engine:
+        # A v1 run recorded no results and no entrypoint: with the flow given, it
+        # resumes, and every call runs again (nothing to replay).
+        assert await flowcore.resume_async("c" * 32, flow=v1_flow) == 3
+        assert engine.last_run is not None
+        resumed = engine.last_run.id
+        await engine.recorder.flush()
+        tasks = await engine.store.list_task_runs(resumed)
+        run = await engine.store.get_run(resumed)
+    assert ran == [0, 1, 2]
+    assert run.resumed_from == "c" * 32
+    assert [t.attempts for t in tasks] == [1, 1, 3]  # the failed call continues its count
+    assert all(t.result is not None for t in tasks)
+
+
+# -- a migration that fails --------------------------------------------------------------------
+
+BROKEN_STEP = (
+    "CREATE TABLE half_done (x INTEGER)",
+    "ALTER TABLE flow_runs ADD COLUMN half_done_column TEXT",
+    "INSERT INTO flowcore_meta (key, value) VALUES ('half_done', 'yes')",
+    "THIS IS NOT SQL",
+)
+
+
+def break_migrations(
+    monkeypatch: pytest.MonkeyPatch, migrations: dict[int, tuple[str, ...]]
+) -> None:
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", migrations)
+    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", max(migrations))
+
+
+async def test_a_failing_step_rolls_back_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path)
+    before = snapshot(path)
+    break_migrations(monkeypatch, {**MIGRATIONS, SCHEMA_VERSION + 1: BROKEN_STEP})
+    store = SQLiteStore(path)
+    with pytest.raises(flowcore.StoreError, match="syntax error"):
+        await store.open()
+    await store.close()
+    # Not one change: version 1, its tables and rows, no table or column of step 2 or 3.
+    assert snapshot(path) == before
+    assert "half_done" not in meta(path) and "migration.2" not in meta(path)
+    assert "half_done_column" not in columns(path, "flow_runs")
+
+    monkeypatch.undo()  # this flowcore's real migrations still apply cleanly afterwards
+    async with SQLiteStore(path) as store:
+        assert len(await store.list_task_runs("a" * 32)) == 3
+    assert snapshot(path)["user_version"] == SCHEMA_VERSION
+
+
+async def test_a_failing_step_on_a_current_database_leaves_it_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "flowcore.db"
+
+    @flowcore.task
+    async def one() -> int:
+        return 1
+
+    @flowcore.flow
+    async def f() -> int:
+        return await one()
+
+    async with flowcore.Engine(path):
+        await f()
+    before = snapshot(path)
+    break_migrations(monkeypatch, {**MIGRATIONS, SCHEMA_VERSION + 1: BROKEN_STEP})
+    with pytest.raises(flowcore.StoreError):
+        async with flowcore.Engine(path):
+            pass
+    assert snapshot(path) == before
+
+
+async def test_a_failure_after_the_data_is_copied_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path, big_run=True)
+    before = snapshot(path)
+    # The real version-2 step runs whole (tables rebuilt, rows copied), then fails.
+    steps = {**MIGRATIONS, 2: (*MIGRATIONS[2], "INSERT INTO no_such_table VALUES (1)")}
+    break_migrations(monkeypatch, steps)
+    store = SQLiteStore(path)
+    with pytest.raises(flowcore.StoreError, match="no_such_table"):
+        await store.open()
+    await store.close()
+    assert snapshot(path) == before
+
+
+async def test_a_v1_row_that_cannot_be_converted_fails_the_open_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path)
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(
+            "UPDATE task_runs SET history = x'c1c1c1' WHERE run_id = ? AND seq = 1", ("a" * 32,)
+        )
+        conn.commit()
+    before = snapshot(path)
+    store = SQLiteStore(path)
+    with pytest.raises((flowcore.StoreError, msgspec.DecodeError, ValueError)) as info:
+        await store.open()
+    await store.close()
+    assert snapshot(path) == before  # rolled back: still a whole version-1 database
+    # The Store protocol: open() raises a StoreError subclass on failure, naming the file.
+    assert isinstance(info.value, flowcore.StoreError), (
+        f"open() let a raw {type(info.value).__module__}.{type(info.value).__name__} escape"
+    )
+    assert str(path) in str(info.value)
+
+
+async def test_a_database_from_a_newer_flowcore_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v1_database(path)
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = snapshot(path)
+    with pytest.raises(flowcore.SchemaTooNew):
+        await SQLiteStore(path).open()
+    assert snapshot(path) == before

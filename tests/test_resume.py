@@ -1,0 +1,624 @@
+"""Resume: re-driving a failed run, replaying the task calls that completed."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import flowcore
+from flowcore import ConfigurationError, RunNotFound, State
+
+CALLS: list[Any] = []
+FAIL_AT = 3
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    CALLS.clear()
+
+
+async def task_runs(engine: flowcore.Engine, run_id: str) -> list[flowcore.TaskRunRecord]:
+    await engine.recorder.flush()
+    return await engine.store.list_task_runs(run_id)
+
+
+def exists(marker: str) -> bool:
+    return Path(marker).exists()
+
+
+def last_run_id(engine: flowcore.Engine) -> str:
+    assert engine.last_run is not None
+    return engine.last_run.id
+
+
+@flowcore.task
+async def step(i: int, marker: str) -> int:
+    CALLS.append(("step", i))
+    if i == FAIL_AT and not exists(marker):
+        raise RuntimeError(f"step {i} fails until {marker} exists")
+    return i * 10
+
+
+@flowcore.flow
+async def pipeline(n: int, marker: str) -> int:
+    total = 0
+    for i in range(n):
+        total += await step(i, marker)
+    return total
+
+
+# -- the basic contract ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_resume_replays_completed_calls_and_runs_the_rest(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="step 3 fails"):
+            await pipeline(6, str(marker))
+        failed = last_run_id(engine)
+        assert list(CALLS) == [("step", i) for i in range(4)]
+        marker.touch()
+        CALLS.clear()
+
+        result = await flowcore.resume_async(failed)
+
+        resumed = last_run_id(engine)
+        old = await task_runs(engine, failed)
+        new = await task_runs(engine, resumed)
+        new_run = await engine.store.get_run(resumed)
+        old_run = await engine.store.get_run(failed)
+        CALLS_AFTER_RESUME = list(CALLS)
+        CALLS.clear()
+        uncrashed = await pipeline(6, str(marker))
+    assert CALLS_AFTER_RESUME == [("step", 3), ("step", 4), ("step", 5)]
+    assert result == uncrashed == sum(i * 10 for i in range(6))
+    assert old_run.state is State.FAILED
+    assert new_run.state is State.COMPLETED
+    assert new_run.resumed_from == failed and resumed != failed
+    assert new_run.parameters == old_run.parameters
+    assert "resuming run" in new_run.history[0][2] and failed in new_run.history[0][2]
+    assert [t.state for t in old] == [State.COMPLETED] * 3 + [State.FAILED]
+    assert [t.state for t in new] == [State.COMPLETED] * 6
+    for t in new[:3]:
+        assert t.attempts == 1
+        assert "replayed" in t.history[-1][2] and failed[:8] in t.history[-1][2]
+        assert t.result is not None
+    assert old[3].attempts == 1 and new[3].attempts == 2  # continues the attempt count
+    assert [h[0] for h in new[3].history] == ["Running", "Completed"]
+
+
+@flowcore.task(retries=1)
+async def stubborn(marker: str) -> str:
+    CALLS.append("stubborn")
+    if not exists(marker):
+        raise RuntimeError("not yet")
+    return "done"
+
+
+@flowcore.flow
+async def stubborn_flow(marker: str) -> str:
+    return await stubborn(marker)
+
+
+@pytest.mark.anyio
+async def test_resume_continues_the_attempt_count_of_a_retried_task(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await stubborn_flow(str(marker))
+        first = last_run_id(engine)
+        with pytest.raises(RuntimeError):
+            await flowcore.resume_async(first)  # still failing: its retries are used up
+        second = last_run_id(engine)
+        marker.touch()
+        assert await flowcore.resume_async(second) == "done"
+        third = last_run_id(engine)
+        attempts = [(await task_runs(engine, r))[0].attempts for r in (first, second, third)]
+        runs = [await engine.store.get_run(r) for r in (first, second, third)]
+    assert attempts == [2, 3, 4]
+    assert CALLS == ["stubborn"] * 4  # 2 attempts, then one per resume
+    assert [r.resumed_from for r in runs] == [None, first, second]
+    assert [r.state for r in runs] == [State.FAILED, State.FAILED, State.COMPLETED]
+
+
+@pytest.mark.anyio
+async def test_resume_of_a_resumed_run_replays_what_either_completed(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await pipeline(6, str(marker))
+        first = last_run_id(engine)
+        with pytest.raises(RuntimeError):
+            await flowcore.resume_async(first)
+        second = last_run_id(engine)
+        marker.touch()
+        CALLS.clear()
+        assert await flowcore.resume_async(second) == sum(i * 10 for i in range(6))
+        third = last_run_id(engine)
+        tasks = await task_runs(engine, third)
+    assert CALLS == [("step", 3), ("step", 4), ("step", 5)]
+    assert [t.attempts for t in tasks] == [1, 1, 1, 3, 1, 1]
+
+
+def test_sync_resume(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    with pytest.raises(RuntimeError):
+        flowcore.run(pipeline, 5, str(marker))
+
+    async def failed_run() -> str:
+        async with flowcore.SQLiteStore(os.environ["FLOWCORE_HOME"] + "/flowcore.db") as store:
+            [run] = await store.list_runs()
+        assert run.state is State.FAILED
+        return run.id
+
+    run_id = anyio.run(failed_run)
+    marker.touch()
+    CALLS.clear()
+    assert flowcore.resume(run_id[:8]) == sum(i * 10 for i in range(5))  # an id prefix works
+    assert CALLS == [("step", 3), ("step", 4)]
+
+
+# -- what cannot be resumed ------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_resume_of_a_completed_run_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    marker.touch()
+    async with flowcore.Engine() as engine:
+        await pipeline(2, str(marker))
+        with pytest.raises(ConfigurationError, match="completed; there is nothing to resume"):
+            await flowcore.resume_async(last_run_id(engine))
+
+
+@pytest.mark.anyio
+async def test_resume_of_an_unknown_run_raises_run_not_found() -> None:
+    async with flowcore.Engine():
+        with pytest.raises(RunNotFound):
+            await flowcore.resume_async("0123456789abcdef")
+
+
+@flowcore.flow
+async def other_flow(n: int, marker: str) -> int:
+    return n
+
+
+@pytest.mark.anyio
+async def test_resume_with_a_flow_of_another_name_is_refused(tmp_path: Path) -> None:
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await pipeline(5, str(tmp_path / "marker"))
+        failed = last_run_id(engine)
+        with pytest.raises(ConfigurationError, match="is a run of flow 'pipeline', not of"):
+            await flowcore.resume_async(failed, flow=other_flow)
+        # The explicit flow of the right name works.
+        (tmp_path / "marker").touch()
+        assert await flowcore.resume_async(failed, flow=pipeline) == 100
+
+
+@pytest.mark.anyio
+async def test_resume_of_a_flow_defined_in_a_function_needs_the_flow(tmp_path: Path) -> None:
+    @flowcore.flow(name="pipeline")
+    async def local(n: int, marker: str) -> int:
+        return await pipeline.fn(n, marker)
+
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await local(5, str(tmp_path / "marker"))
+        failed = last_run_id(engine)
+        run = await engine.store.get_run(failed)
+        assert run.entrypoint is None
+        with pytest.raises(ConfigurationError, match="did not record where its flow is defined"):
+            await flowcore.resume_async(failed)
+        (tmp_path / "marker").touch()
+        assert await flowcore.resume_async(failed, flow=local) == 100
+
+
+@pytest.mark.anyio
+async def test_resume_of_a_standalone_task_run_is_refused(tmp_path: Path) -> None:
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await step(FAIL_AT, str(tmp_path / "marker"))
+        run = await engine.store.get_run(last_run_id(engine))
+        assert run.kind == "task"
+        with pytest.raises(ConfigurationError, match="single task"):
+            await flowcore.resume_async(run.id)
+
+
+@flowcore.flow
+async def takes_items(items: Any, marker: str) -> int:
+    await step(FAIL_AT, marker)
+    return len(items)
+
+
+class Opaque:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("items", "kind"),
+    [
+        (list(range(1001)), "list"),
+        ({str(i): i for i in range(1001)}, "dict"),
+        ("s" * 3000, "str"),
+        (b"b" * 3000, "bytes"),
+        (Opaque(), "Opaque"),
+        ([1, Opaque()], "list"),  # a value inside a list that could not be recorded
+        ({"client": Opaque()}, "dict"),
+    ],
+    ids=["huge list", "huge dict", "long str", "long bytes", "object", "nested", "nested dict"],
+)
+@pytest.mark.anyio
+async def test_a_parameter_not_recorded_in_full_cannot_be_resumed(
+    tmp_path: Path, items: Any, kind: str
+) -> None:
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await takes_items(items, str(tmp_path / "marker"))
+        failed = last_run_id(engine)
+        (tmp_path / "marker").touch()
+        CALLS.clear()
+        with pytest.raises(ConfigurationError, match="not recorded in full") as info:
+            await flowcore.resume_async(failed)
+    assert "'items'" in str(info.value)
+    assert CALLS == []  # refused before running anything
+
+
+@dataclasses.dataclass
+class Window:
+    start: datetime.datetime
+    days: int
+
+
+@flowcore.task
+async def in_window(window: Window, when: datetime.datetime, marker: str) -> str:
+    CALLS.append(type(window).__name__)
+    assert isinstance(window, Window) and isinstance(when, datetime.datetime)
+    if not exists(marker):
+        raise RuntimeError("later")
+    return f"{window.days}@{when.isoformat()}"
+
+
+@flowcore.flow
+async def typed_params(window: Window, when: datetime.datetime, ids: list[int], marker: str) -> str:
+    first = await step(ids[0], marker)  # ids[0] != FAIL_AT: completes
+    return f"{first}:{await in_window(window, when, marker)}"
+
+
+@pytest.mark.anyio
+async def test_recorded_parameters_are_converted_to_the_annotated_types(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    window = Window(datetime.datetime(2024, 3, 1, tzinfo=datetime.UTC), 7)
+    when = datetime.datetime(2024, 3, 4, 5, 6, tzinfo=datetime.UTC)
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await typed_params(window, when, [1, 2], str(marker))
+        marker.touch()
+        CALLS.clear()
+        result = await flowcore.resume_async(last_run_id(engine))
+    assert result == f"10:7@{when.isoformat()}"
+    assert CALLS == ["Window"]  # step(1) replayed: the recorded inputs matched
+
+
+# -- matching calls ------------------------------------------------------------------------
+
+
+@flowcore.task
+async def tick(x: int) -> int:
+    CALLS.append(("tick", x))
+    return len(CALLS)
+
+
+@flowcore.task
+async def gate(marker: str) -> None:
+    CALLS.append("gate")
+    if not exists(marker):
+        raise RuntimeError("closed")
+
+
+@flowcore.flow
+async def ticking(marker: str) -> list[int]:
+    first = await tick(7)
+    second = await tick(7)
+    await gate(marker)
+    third = await tick(7)
+    return [first, second, third]
+
+
+@pytest.mark.anyio
+async def test_repeated_equal_calls_are_matched_by_position(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="closed"):
+            await ticking(str(marker))
+        assert CALLS == [("tick", 7), ("tick", 7), "gate"]
+        marker.touch()
+        CALLS.clear()
+        result = await flowcore.resume_async(last_run_id(engine))
+        tasks = await task_runs(engine, last_run_id(engine))
+    # The first two calls replay their own values (1 and 2); the third never ran before.
+    assert result == [1, 2, 2]
+    assert CALLS == ["gate", ("tick", 7)]
+    assert [(t.name, t.state) for t in tasks] == [
+        ("tick", State.COMPLETED),
+        ("tick", State.COMPLETED),
+        ("gate", State.COMPLETED),
+        ("tick", State.COMPLETED),
+    ]
+    assert ["replayed" in str(t.history[-1]) for t in tasks] == [True, True, False, False]
+
+
+@flowcore.task
+async def add(a: int, b: int) -> int:
+    CALLS.append(("add", a, b))
+    return a + b
+
+
+@flowcore.flow
+async def fan_out(n: int, marker: str) -> int:
+    parts = step.map(range(n), flowcore.unmapped(marker))
+    sums = [add.submit(part, 1) for part in parts]
+    return sum(await flowcore.wait(sums))
+
+
+@pytest.mark.anyio
+async def test_resume_of_concurrent_calls_with_future_inputs(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises((RuntimeError, flowcore.UpstreamFailed)):
+            await fan_out(8, str(marker))
+        failed = last_run_id(engine)
+        old = await task_runs(engine, failed)
+        marker.touch()
+        CALLS.clear()
+        result = await flowcore.resume_async(failed)
+        new = await task_runs(engine, last_run_id(engine))
+    assert result == sum(i * 10 + 1 for i in range(8))
+    assert [t.state for t in old if t.name == "add"].count(State.UPSTREAM_FAILED) == 1
+    assert sorted(CALLS, key=str) == [("add", 30, 1), ("step", 3)]
+    assert all(t.state is State.COMPLETED for t in new)
+
+
+# -- stored results and replay ---------------------------------------------------------------
+
+
+@flowcore.task
+async def large(n: int) -> str:
+    CALLS.append(("large", n))
+    return "L" * n
+
+
+@flowcore.flow
+async def large_then_fail(marker: str) -> int:
+    value = await large(50_000)
+    await step(FAIL_AT, marker)
+    return len(value)
+
+
+@pytest.mark.anyio
+async def test_a_large_result_is_replayed_from_its_file(
+    tmp_path: Path, flowcore_home: Path
+) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await large_then_fail(str(marker))
+        [big, _] = await task_runs(engine, last_run_id(engine))
+        assert big.result_ref is not None
+        assert (flowcore_home / "results" / big.result_ref[:2] / big.result_ref).is_file()
+        marker.touch()
+        CALLS.clear()
+        assert await flowcore.resume_async(last_run_id(engine)) == 50_000
+    assert CALLS == [("step", FAIL_AT)]
+
+
+@pytest.mark.anyio
+async def test_a_missing_result_file_means_the_call_runs_again(
+    tmp_path: Path, flowcore_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await large_then_fail(str(marker))
+        [big, _] = await task_runs(engine, last_run_id(engine))
+        assert big.result_ref is not None
+        (flowcore_home / "results" / big.result_ref[:2] / big.result_ref).unlink()
+        marker.touch()
+        CALLS.clear()
+        with caplog.at_level(logging.WARNING, logger="flowcore"):
+            assert await flowcore.resume_async(last_run_id(engine)) == 50_000
+    assert CALLS == [("large", 50_000), ("step", FAIL_AT)]
+    assert any("cannot replay" in r.getMessage() for r in caplog.records)
+
+
+class Unstorable:
+    def __init__(self) -> None:
+        self.fn = lambda: None
+
+
+@flowcore.task
+async def unstorable() -> Unstorable:
+    CALLS.append("unstorable")
+    return Unstorable()
+
+
+@flowcore.flow
+async def unstorable_then_fail(marker: str) -> bool:
+    value = await unstorable()
+    await step(FAIL_AT, marker)
+    return isinstance(value, Unstorable)
+
+
+@pytest.mark.anyio
+async def test_a_result_that_was_not_stored_runs_again(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await unstorable_then_fail(str(marker))
+        marker.touch()
+        CALLS.clear()
+        assert await flowcore.resume_async(last_run_id(engine)) is True
+    assert CALLS == ["unstorable", ("step", FAIL_AT)]
+
+
+# -- entrypoints -----------------------------------------------------------------------------
+
+FLOW_MODULE = textwrap.dedent(
+    """
+    import pathlib
+
+    import flowcore
+
+
+    @flowcore.task
+    async def work(i: int, log: str, marker: str) -> int:
+        with open(log, "a") as f:
+            f.write(f"{i}\\n")
+        if i == 2 and not pathlib.Path(marker).exists():
+            raise RuntimeError("not yet")
+        return i + 100
+
+
+    @flowcore.flow
+    async def chain(n: int, log: str, marker: str) -> int:
+        total = 0
+        for i in range(n):
+            total += await work(i, log, marker)
+        return total
+
+
+    if __name__ == "__main__":
+        import sys
+
+        print(flowcore.run(chain, int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    """
+)
+
+
+def _python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def _only_run() -> flowcore.FlowRunRecord:
+    async with flowcore.SQLiteStore(Path(os.environ["FLOWCORE_HOME"]) / "flowcore.db") as store:
+        [run] = await store.list_runs()
+    return run
+
+
+@pytest.mark.anyio
+async def test_a_flow_in_a_module_is_resumed_from_its_entrypoint(tmp_path: Path) -> None:
+    name = "flowcore_test_resume_module"
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / f"{name}.py").write_text(FLOW_MODULE)
+    log, marker = tmp_path / "log", tmp_path / "marker"
+    done = _python(
+        "-c",
+        f"import flowcore, {name} as m; flowcore.run(m.chain, 5, {str(log)!r}, {str(marker)!r})",
+        cwd=project,
+    )
+    assert done.returncode != 0 and "not yet" in done.stderr
+    run = await _only_run()
+    assert run.entrypoint == f"{name}:chain"
+    marker.touch()
+    # `flowcore resume` runs from a console script: the module is importable only
+    # because resume looks in the current folder, as the docs promise.
+    elsewhere = tmp_path / "bin"
+    elsewhere.mkdir()
+    (elsewhere / "resume.py").write_text(
+        "import sys, flowcore\nprint(flowcore.resume(sys.argv[1]))\n"
+    )
+    done = _python(str(elsewhere / "resume.py"), run.id, cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sum(i + 100 for i in range(5)))
+    assert log.read_text().split() == ["0", "1", "2", "2", "3", "4"]
+    async with flowcore.SQLiteStore(Path(os.environ["FLOWCORE_HOME"]) / "flowcore.db") as store:
+        [resumed, _] = await store.list_runs()
+    assert resumed.resumed_from == run.id and resumed.state is State.COMPLETED
+
+
+@pytest.mark.anyio
+async def test_a_flow_in_an_imported_module_is_resumed_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "flowcore_test_resume_inprocess"
+    (tmp_path / f"{name}.py").write_text(FLOW_MODULE)
+    log, marker = tmp_path / "log", tmp_path / "marker"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        module = importlib.import_module(name)
+        async with flowcore.Engine() as engine:
+            with pytest.raises(RuntimeError, match="not yet"):
+                await module.chain(4, str(log), str(marker))
+            failed = last_run_id(engine)
+            assert engine.last_run is not None
+            assert engine.last_run.entrypoint == f"{name}:chain"
+            sys.modules.pop(name)  # resume imports it again
+            marker.touch()
+            assert await flowcore.resume_async(failed) == sum(i + 100 for i in range(4))
+    finally:
+        sys.modules.pop(name, None)
+    assert log.read_text().split() == ["0", "1", "2", "2", "3"]
+
+
+@pytest.mark.anyio
+async def test_a_flow_in_a_main_script_is_resumed_from_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "scripts" / "job.py"
+    script.parent.mkdir()
+    script.write_text(FLOW_MODULE)
+    log, marker = tmp_path / "log", tmp_path / "marker"
+    done = _python(str(script), "5", str(log), str(marker), cwd=tmp_path)
+    assert done.returncode != 0 and "not yet" in done.stderr
+    run = await _only_run()
+    assert run.entrypoint == f"{script.resolve()}:chain"
+    marker.touch()
+    monkeypatch.syspath_prepend(str(tmp_path))  # restores sys.path after the file is loaded
+    monkeypatch.chdir(tmp_path.parent)  # resume does not depend on the current folder
+    async with flowcore.Engine() as engine:
+        assert await flowcore.resume_async(run.id) == sum(i + 100 for i in range(5))
+        resumed = await engine.store.get_run(last_run_id(engine))
+    assert log.read_text().split() == ["0", "1", "2", "2", "3", "4"]  # the guard did not run
+    assert resumed.resumed_from == run.id
+    assert resumed.entrypoint is not None and resumed.entrypoint.endswith("job.py:chain")
+
+
+@pytest.mark.anyio
+async def test_an_entrypoint_that_no_longer_exists_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "flowcore_test_resume_vanishing"
+    (tmp_path / f"{name}.py").write_text(FLOW_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        module = importlib.import_module(name)
+        async with flowcore.Engine() as engine:
+            with pytest.raises(RuntimeError):
+                await module.chain(4, str(tmp_path / "log"), str(tmp_path / "marker"))
+            failed = last_run_id(engine)
+            sys.modules.pop(name)
+            (tmp_path / f"{name}.py").unlink()
+            with pytest.raises(ConfigurationError, match="flow=my_flow"):
+                await flowcore.resume_async(failed)
+    finally:
+        sys.modules.pop(name, None)
