@@ -163,8 +163,8 @@ async def run_task(
                 _finish_failed(engine, rec, exc)
                 raise
             break
-        if task.persist_result is not False and engine.persist_results:
-            _store_result(engine, task, rec, result)
+        if task.cache is not None or (task.persist_result is not False and engine.persist_results):
+            _store_result(engine, task, rec, result)  # a cached task always stores its result
         now = time.time()
         rec.state = _COMPLETED
         rec.ended = now
