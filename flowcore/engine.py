@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
@@ -80,6 +81,8 @@ class Engine:
     ``SpanExporter`` for flowcore's own spans (default: OTLP when
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). ``trace_parameters=True`` puts
     parameter values on flow spans (off by default: they can be secrets).
+    ``trace_retention_days`` (or ``FLOWCORE_TRACE_RETENTION_DAYS``): span rows older
+    than this are deleted when an engine opens (default: kept).
     Spans are persisted in the store either way.
     """
 
@@ -99,6 +102,7 @@ class Engine:
         tracer_provider: Any = None,
         exporter: Any = None,
         trace_parameters: bool = False,
+        trace_retention_days: float | None = None,
     ) -> None:
         problems = []
         if not isinstance(flush_interval, int | float) or not 0 < flush_interval <= 60:
@@ -114,8 +118,23 @@ class Engine:
             )
         if tracer_provider is not None and not hasattr(tracer_provider, "get_tracer"):
             problems.append(f"`tracer_provider` must be a TracerProvider, got {tracer_provider!r}")
+        if trace_retention_days is None and os.environ.get("FLOWCORE_TRACE_RETENTION_DAYS"):
+            raw = os.environ["FLOWCORE_TRACE_RETENTION_DAYS"]
+            try:
+                trace_retention_days = float(raw)
+            except ValueError:
+                problems.append(
+                    f"FLOWCORE_TRACE_RETENTION_DAYS must be a number of days, got {raw!r}"
+                )
+        if trace_retention_days is not None and (
+            not isinstance(trace_retention_days, int | float) or not trace_retention_days > 0
+        ):
+            problems.append(
+                f"`trace_retention_days` must be a number of days > 0, got {trace_retention_days!r}"
+            )
         if problems:
             raise ConfigurationError("invalid Engine options: " + "; ".join(problems))
+        self.trace_retention_days = trace_retention_days
         self._tracing_options = (tracing, tracer_provider, exporter, trace_parameters)
         #: Makes the spans of runs; ``None`` when tracing is off.
         self.tracing: Tracing | None = None
@@ -160,6 +179,8 @@ class Engine:
             from .crash import mark_crashed_runs
 
             await mark_crashed_runs(self.store)
+            if self.trace_retention_days is not None:
+                await self.store.prune_spans(before=time.time() - self.trace_retention_days * 86400)
         except BaseException:
             await self.store.close()
             raise

@@ -492,3 +492,23 @@ async def test_trio_with_memory_store_works_and_sqlite_is_refused() -> None:
         return result
 
     assert await anyio.to_thread.run_sync(trio.run, main) == 4
+
+
+async def test_old_span_rows_are_pruned_when_an_engine_opens(flowcore_home: Any) -> None:
+    @flowcore.flow
+    async def f() -> int:
+        return await double(1)
+
+    async with flowcore.Engine() as engine:
+        await f()
+        run = engine.last_run
+    assert run is not None and run.trace_id is not None
+    store = flowcore.SQLiteStore(flowcore_home / "flowcore.db")
+    async with store:
+        assert len(await store.list_spans(run.trace_id)) == 1  # the flow span's row
+    # A retention shorter than the span's age removes it at the next open.
+    await anyio.sleep(0.01)
+    async with flowcore.Engine(trace_retention_days=0.01 / 86400):
+        pass
+    async with store:
+        assert await store.list_spans(run.trace_id) == []
