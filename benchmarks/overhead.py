@@ -33,11 +33,18 @@ flowcore column to the "raw peak B/task" column. A run counts as having
 returned its memory when the residual is at most ``RESIDUAL_TOLERANCE`` (a
 constant, not per task: caches that warm once).
 
+Tracing: the flowcore columns have tracing on (spans made and persisted, the
+default); "tracing off" reruns the same workload with ``Engine(tracing=False)``,
+and "dead collector" with an OTLP exporter aimed at a loopback port nobody
+listens on (its time divided by the tracing-on time, no exporter).
+
 Targets (reported by the reader, not asserted here):
 
 - gathered no-op tasks: at most 40 µs per tracked, persisted task;
 - peak memory growth at most 2 KB per task at 100,000 tasks;
-- all memory returned when the flow ends.
+- all memory returned when the flow ends;
+- tracing adds at most 20 µs per task on gathered no-op tasks;
+- with a dead collector, at most 1.15x the time of the run with no exporter.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import gc
 import json
 import os
 import platform
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -162,6 +170,8 @@ class Result:
     raw_mem: Memory
     flowcore_mem: Memory
     rows_written: int  # by the engine since it opened (warm-up and every run included)
+    untraced_s: float = 0.0  # flowcore with Engine(tracing=False)
+    dead_collector_s: float = 0.0  # flowcore exporting spans to a collector that is down
 
     @property
     def raw_us(self) -> float:
@@ -174,6 +184,15 @@ class Result:
     @property
     def ratio(self) -> float:
         return self.flowcore_s / self.raw_s if self.raw_s > 0 else float("inf")
+
+    @property
+    def tracing_us(self) -> float:
+        """What tracing (spans made and persisted) adds per task."""
+        return (self.flowcore_s - self.untraced_s) / self.n * 1e6
+
+    @property
+    def dead_ratio(self) -> float:
+        return self.dead_collector_s / self.flowcore_s if self.flowcore_s > 0 else float("inf")
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -235,17 +254,48 @@ async def measure(
     progress(f"{name}, N={n:,}: flowcore")
     db = folder / f"{name.replace(' ', '-')}-{n}.db"
     async with flowcore.Engine(store=db) as engine:
-
-        async def tracked() -> None:
-            await flow_body(n)  # a top-level flow flushes its records at its end...
-            await engine.recorder.flush()  # ...and this returns once nothing is pending
-
+        tracked = _tracked(engine, flow_body, n)
         await flow_body(min(n, WARMUP_TASKS))
         await engine.recorder.flush()
         flowcore_s = await best_time(tracked, repeat)
         flowcore_mem = await traced(tracked, n)
         rows_written = engine.recorder.rows_written
-    return Result(name, n, raw_s, flowcore_s, raw_mem, flowcore_mem, rows_written)
+
+    progress(f"{name}, N={n:,}: flowcore, tracing off")
+    async with flowcore.Engine(store=folder / f"untraced-{db.name}", tracing=False) as engine:
+        await flow_body(min(n, WARMUP_TASKS))
+        untraced_s = await best_time(_tracked(engine, flow_body, n), repeat)
+
+    progress(f"{name}, N={n:,}: flowcore, exporting to a collector that is down")
+    exporter = _dead_collector_exporter()
+    dead_s = float("nan")
+    if exporter is not None:
+        async with flowcore.Engine(store=folder / f"dead-{db.name}", exporter=exporter) as engine:
+            await flow_body(min(n, WARMUP_TASKS))
+            dead_s = await best_time(_tracked(engine, flow_body, n), repeat)
+    return Result(
+        name, n, raw_s, flowcore_s, raw_mem, flowcore_mem, rows_written, untraced_s, dead_s
+    )
+
+
+def _tracked(engine: flowcore.Engine, flow_body: Body, n: int) -> Callable[[], Awaitable[None]]:
+    async def tracked() -> None:
+        await flow_body(n)  # a top-level flow flushes its records at its end...
+        await engine.recorder.flush()  # ...and this returns once nothing is pending
+
+    return tracked
+
+
+def _dead_collector_exporter() -> Any:
+    """An OTLP exporter aimed at a loopback port nobody listens on (None if not installed)."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", timeout=1)
 
 
 async def measure_all(
@@ -333,6 +383,9 @@ def make_table(results: list[Result], repeat: int) -> Table:
     table.add_column("raw peak B/task", justify="right")
     table.add_column("flowcore peak B/task", justify="right")
     table.add_column("memory returned (residual)", justify="right")
+    table.add_column("µs/task tracing off", justify="right")
+    table.add_column("tracing adds µs/task", justify="right")
+    table.add_column("dead collector ÷ no exporter", justify="right")
     for r in results:
         table.add_row(
             r.workload,
@@ -345,6 +398,9 @@ def make_table(results: list[Result], repeat: int) -> Table:
             f"{r.raw_mem.peak_per_task:,.0f}",
             f"{r.flowcore_mem.peak_per_task:,.0f}",
             fmt_returned(r.flowcore_mem),
+            f"{r.untraced_s / r.n * 1e6:.2f}",
+            f"{r.tracing_us:+.2f}",
+            f"{r.dead_ratio:.2f}×",
         )
     return table
 
