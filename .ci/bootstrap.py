@@ -27,6 +27,8 @@ def _venv_python() -> Path:
 def ensure_venv(extras: str = "") -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"flowcore needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return  # already running inside the project's venv (after the re-exec below)
     python = _venv_python()
     if not python.exists():
         print(f"setting up {VENV} (first run only) ...", file=sys.stderr, flush=True)
@@ -48,5 +50,4 @@ def ensure_venv(extras: str = "") -> None:
                 f"the command was: {' '.join(cmd)}"
             )
         stamp.write_text(digest)
-    if Path(sys.prefix).resolve() != VENV.resolve():
-        os.execv(str(python), [str(python), *sys.argv])
+    os.execv(str(python), [str(python), *sys.argv])
