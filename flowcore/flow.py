@@ -25,6 +25,7 @@ import anyio
 from .context import RunContext, _engine_var, _run_var, _task_var, new_flow_record
 from .encoding import encode_inputs
 from .engine import Engine
+from .entry import run_sync
 from .errors import ConfigurationError, FlowTimeout
 from .records import FlowRunRecord
 from .replay import Replay
@@ -330,20 +331,11 @@ def run(flow: Flow[P, R] | Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
             f"flowcore.run() takes a @flowcore.flow (or @flowcore.task), got {flow!r}; "
             "decorate the function with @flowcore.flow"
         )
-    try:
-        import asyncio
-
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise ConfigurationError(
-            f"flowcore.run() was called inside a running event loop; there, write "
-            f"`await {flow.name}(...)` instead"
-        )
-    call = functools.partial(flow, *args, **kwargs)
-    options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
-    result: R = anyio.run(call, backend="asyncio", backend_options=options)
+    result: R = run_sync(
+        functools.partial(flow, *args, **kwargs),
+        name="flowcore.run",
+        instead=f"await {given.name}(...)",
+    )
     return result
 
 
@@ -405,11 +397,10 @@ async def resume_async(run_id: str, *, flow: Flow[Any, R] | None = None) -> R:
 
 def resume(run_id: str, *, flow: Flow[Any, R] | None = None) -> R:
     """The sync form of :func:`resume_async`: ``flowcore.resume("3f2a9c1b")``."""
-    options = {"use_uvloop": True} if importlib.util.find_spec("uvloop") is not None else {}
-    result: R = anyio.run(
+    result: R = run_sync(
         functools.partial(resume_async, run_id, flow=flow),
-        backend="asyncio",
-        backend_options=options,
+        name="flowcore.resume",
+        instead="await flowcore.resume_async(...)",
     )
     return result
 

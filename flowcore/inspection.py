@@ -19,7 +19,6 @@ Two deliberate limits:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 import anyio
 
+from .entry import run_sync
 from .errors import ConfigurationError, RunNotFound
 from .records import FlowRunRecord, TaskRunRecord
 from .results import ResultFiles
@@ -216,14 +216,7 @@ def read_task_result(
     Pass a path or URL as ``store`` (or nothing) rather than a store opened in
     another event loop: the call runs in an event loop of its own.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise ConfigurationError(
-            "read_task_result() was called inside a running event loop; there, write "
-            "`await flowcore.task_result(...)` instead"
-        )
     call = functools.partial(task_result, run_id, seq, store=store, allow_pickle=allow_pickle)
-    return anyio.run(call, backend="asyncio")
+    return run_sync(
+        call, name="flowcore.read_task_result", instead="await flowcore.task_result(...)"
+    )
