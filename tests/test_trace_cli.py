@@ -1,0 +1,418 @@
+"""``flowcore trace``: a run's spans drawn as a waterfall or printed as JSON, and pruning."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from click.testing import CliRunner, Result
+from rich.console import Console
+
+import flowcore
+from flowcore.cli import cli
+from flowcore.loader import load_flow
+from flowcore.telemetry import SpanRecord
+from flowcore.waterfall import Row, format_ns, iso_ns, span_to_json, tree_order, waterfall
+
+# Gathered tasks, a task called inside a task, a task retried once, a submitted task
+# that fails and whose failure is awaited and handled, and a subflow.
+FLOWS = """
+import asyncio
+
+import flowcore
+
+attempts = {"n": 0}
+
+@flowcore.task(retries=2)
+async def flaky(x: int) -> int:
+    attempts["n"] += 1
+    if attempts["n"] == 1:
+        raise ValueError("first attempt fails")
+    return x
+
+@flowcore.task
+async def inner(x: int) -> int:
+    await asyncio.sleep(0.002)
+    return x + 1
+
+@flowcore.task
+async def outer(x: int) -> int:
+    return await inner(x) * 2
+
+@flowcore.task
+async def boom() -> int:
+    raise RuntimeError("boom went the task")
+
+@flowcore.flow
+async def child(k: int) -> int:
+    return await inner(k)
+
+@flowcore.flow
+async def traced(n: int = 3) -> int:
+    a = await flaky(n)
+    xs = await asyncio.gather(inner(1), inner(2), inner(3))
+    b = await outer(n)
+    future = boom.submit()
+    try:
+        await future
+    except RuntimeError:
+        pass
+    return a + sum(xs) + b + await child(5)
+"""
+
+#: The spans of one run of ``traced`` in tree order, as (depth, name).
+TREE = [
+    (0, "flow traced"),
+    (1, "task flaky"),
+    (1, "task inner"),
+    (1, "task inner"),
+    (1, "task inner"),
+    (1, "task outer"),
+    (2, "task inner"),
+    (1, "task boom"),
+    (1, "flow child"),
+    (2, "task inner"),
+]
+
+
+def invoke(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, input=input)
+
+
+@pytest.fixture
+def flows_file(tmp_path: Path) -> Path:
+    path = tmp_path / "traced_flows.py"
+    path.write_text(FLOWS)
+    return path
+
+
+def run_flow(flows_file: Path) -> str:
+    """Run ``traced`` through the CLI; its full run id."""
+    result = invoke("run", f"{flows_file}:traced", "--no-progress")
+    assert result.exit_code == 0, result.output
+    match = re.search(r"flowcore runs show ([0-9a-f]{8})", result.stderr)
+    assert match, result.output
+    listed = json.loads(invoke("runs", "ls", "--flow", "traced", "--json").stdout)
+    (run,) = [r for r in listed if r["id"].startswith(match.group(1))]
+    full_id: str = run["id"]
+    return full_id
+
+
+@pytest.fixture
+def run_id(flows_file: Path) -> str:
+    return run_flow(flows_file)
+
+
+def trace_json(run_id: str) -> list[dict[str, Any]]:
+    result = invoke("trace", run_id, "--json")
+    assert result.exit_code == 0, result.output
+    spans: list[dict[str, Any]] = json.loads(result.stdout)
+    return spans
+
+
+def drawn_rows(output: str) -> list[tuple[int, str]]:
+    """(depth, name) of each span row of a drawn waterfall."""
+    rows = []
+    for line in output.splitlines():
+        match = re.match(r"^( *)((?:task|flow) \w+)\s+\+", line)
+        if match:
+            rows.append((len(match.group(1)) // 2, match.group(2)))
+    return rows
+
+
+# -- the waterfall -------------------------------------------------------------------------
+
+
+def test_trace_draws_spans_in_tree_order_with_retry_and_error(run_id: str) -> None:
+    result = invoke("trace", run_id[:8], "--width", "120")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert drawn_rows(out) == TREE
+    assert f"run       {run_id}" in out
+    assert "flow      traced" in out
+    assert "spans     10 · 1 error · 1 retried" in out
+    trace_id = trace_json(run_id)[0]["trace_id"]
+    assert f"trace     {trace_id}" in out
+    assert "↻ retried ×1: ValueError: first attempt fails" in out
+    assert "✗ RuntimeError: boom went the task" in out
+    lines = out.splitlines()
+    flaky = next(line for line in lines if line.startswith("  task flaky"))
+    assert re.search(r"\bOK\s+×2\s", flaky) and "↻" in flaky
+    boom = next(line for line in lines if line.startswith("  task boom"))
+    assert " ERROR " in boom and boom.rstrip().endswith("✗")
+    # Bars fit the width and are scaled to the trace: the flow's fills the timeline.
+    assert all(len(line) <= 120 for line in lines)
+    root = next(line for line in lines if line.startswith("flow traced"))
+    assert root.rstrip().endswith("█" * 20)
+    assert not any(line != line.rstrip() for line in lines)  # no padding at line ends
+
+
+def test_trace_accepts_a_prefix_and_the_show_spelling(run_id: str) -> None:
+    full = invoke("trace", run_id, "--width", "100")
+    short = invoke("trace", run_id[:5], "--width", "100")
+    spelled = invoke("trace", "show", "--width", "100", run_id[:8])
+    assert full.exit_code == short.exit_code == spelled.exit_code == 0, short.output
+    assert drawn_rows(full.stdout) == drawn_rows(short.stdout) == drawn_rows(spelled.stdout) == TREE
+
+
+def test_trace_limit_draws_the_first_spans_and_says_how_many_more(run_id: str) -> None:
+    result = invoke("trace", run_id[:8], "--limit", "4")
+    assert result.exit_code == 0, result.output
+    assert drawn_rows(result.stdout) == TREE[:4]
+    assert "6 more spans not shown; --limit 10 shows all" in result.stdout
+
+
+def test_trace_of_a_subflow_shows_its_part_of_the_trace(run_id: str) -> None:
+    listed = json.loads(invoke("runs", "ls", "--flow", "child", "--json").stdout)
+    (sub,) = listed
+    assert sub["parent_run_id"] == run_id
+    result = invoke("trace", sub["id"][:8])
+    assert result.exit_code == 0, result.output
+    assert drawn_rows(result.stdout) == [(0, "flow child"), (1, "task inner")]
+    assert f"subflow of {run_id[:8]}" in result.stdout
+
+
+def test_trace_narrow_width_still_draws_a_bar(run_id: str) -> None:
+    result = invoke("trace", run_id[:8], "--width", "60")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 60 for line in lines)
+    root = next(line for line in lines if line.startswith("flow ") and "+" in line)
+    assert "█" * 8 in root
+
+
+# -- JSON ------------------------------------------------------------------------------------
+
+
+def test_trace_json_is_a_tree_rooted_at_the_flow_span(run_id: str) -> None:
+    spans = trace_json(run_id)
+    assert [s["name"] for s in spans] == [name for _, name in TREE]
+    by_id = {s["span_id"]: s for s in spans}
+    assert len(by_id) == len(spans)
+    (root,) = [s for s in spans if s["parent_id"] is None]
+    assert root["name"] == "flow traced" and root is spans[0]
+    assert root["attributes"]["flowcore.run.id"] == run_id
+    assert {s["trace_id"] for s in spans} == {root["trace_id"]}
+    for span in spans:
+        # Every parent is in the trace, and following parents ends at the root.
+        seen, current = set(), span
+        while current["parent_id"] is not None:
+            assert current["span_id"] not in seen
+            seen.add(current["span_id"])
+            current = by_id[current["parent_id"]]
+        assert current is root
+        assert span["duration_ms"] >= 0 and span["end_ns"] >= span["start_ns"]
+        assert span["duration_ms"] == pytest.approx((span["end_ns"] - span["start_ns"]) / 1e6)
+        assert span["start"].endswith("Z") and span["end"].endswith("Z")
+        assert span["status"] in ("OK", "ERROR")
+        assert isinstance(span["links"], list)
+    parents = [(s["name"], by_id[s["parent_id"]]["name"]) for s in spans[1:]]
+    assert parents == [
+        ("task flaky", "flow traced"),
+        *[("task inner", "flow traced")] * 3,
+        ("task outer", "flow traced"),
+        ("task inner", "task outer"),
+        ("task boom", "flow traced"),
+        ("flow child", "flow traced"),
+        ("task inner", "flow child"),
+    ]
+
+
+def test_trace_json_has_a_span_for_every_task_run(run_id: str) -> None:
+    spans = trace_json(run_id)
+    expected = set()
+    for rid in (run_id, *(s["id"] for s in json.loads(invoke("runs", "ls", "--json").stdout))):
+        shown = json.loads(invoke("runs", "show", rid, "--json").stdout)
+        expected |= {f"{shown['id']}.{t['seq']}" for t in shown["task_runs"]}
+    assert len(expected) == 8
+    task_spans = [s for s in spans if s["name"].startswith("task ")]
+    assert {s["attributes"]["flowcore.task_run.id"] for s in task_spans} == expected
+    assert len(task_spans) == len(expected)
+
+
+def test_trace_json_has_retry_and_exception_events(run_id: str) -> None:
+    spans = {s["name"]: s for s in trace_json(run_id)}
+    flaky = spans["task flaky"]
+    assert flaky["attributes"]["flowcore.attempts"] == 2
+    (retry,) = flaky["events"]
+    assert retry["name"] == "retry" and retry["time"].endswith("Z")
+    assert flaky["start_ns"] <= retry["time_ns"] <= flaky["end_ns"]
+    assert "ValueError: first attempt fails" in retry["attributes"]["flowcore.note"]
+    boom = spans["task boom"]
+    assert boom["status"] == "ERROR"
+    assert boom["status_message"] == "RuntimeError: boom went the task"
+    assert [e["name"] for e in boom["events"]] == ["exception"]
+    assert boom["events"][0]["attributes"]["exception.type"] == "RuntimeError"
+    assert spans["flow traced"]["status"] == "OK"  # the failure was handled
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_trace_of_an_unknown_run_is_an_error(run_id: str) -> None:
+    result = invoke("trace", "ffffffff")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no run with id 'ffffffff'")
+    assert "Traceback" not in result.output
+
+
+def test_trace_with_no_database_yet_is_an_error() -> None:
+    result = invoke("trace", "abc123")
+    assert result.exit_code == 1
+    assert "error: no run with id 'abc123': there are no runs yet in" in result.stderr
+
+
+def test_trace_of_a_run_made_with_tracing_off_says_so(flows_file: Path) -> None:
+    flow = load_flow(f"{flows_file}:traced")
+
+    async def main() -> str:
+        async with flowcore.Engine(tracing=False) as engine:
+            await flow()
+            assert engine.last_run is not None
+            return engine.last_run.id
+
+    rid = anyio.run(main)
+    for extra in ([], ["--json"]):
+        result = invoke("trace", rid[:8], *extra)
+        assert result.exit_code == 1
+        assert result.stderr.strip() == (
+            f"error: run {rid[:8]} has no trace (it ran with tracing off)"
+        )
+
+
+# -- prune -----------------------------------------------------------------------------------
+
+
+def test_prune_needs_an_option_and_names_them() -> None:
+    result = invoke("trace", "prune", "--yes")
+    assert result.exit_code == 1
+    assert "--older-than DAYS" in result.stderr and "--keep-runs N" in result.stderr
+
+
+def test_prune_older_than_deletes_flow_spans_and_task_spans_stay(run_id: str) -> None:
+    result = invoke("trace", "prune", "--older-than", "0", "--yes")
+    assert result.exit_code == 0, result.output
+    match = re.match(r"deleted (\d+) span rows", result.stdout)
+    assert match and int(match.group(1)) == 2, result.stdout  # flow traced, flow child
+    spans = trace_json(run_id)
+    assert sorted(s["name"] for s in spans) == sorted(n for _, n in TREE if n.startswith("task"))
+    drawn = invoke("trace", run_id[:8])
+    assert drawn.exit_code == 0, drawn.output
+    # Without their flow spans, the task spans are roots, in start order.
+    assert {name for _, name in drawn_rows(drawn.stdout)} == {
+        "task flaky", "task inner", "task outer", "task boom",
+    }  # fmt: skip
+    again = invoke("trace", "prune", "--older-than", "0", "--yes")
+    assert again.stdout.startswith("deleted 0 span rows")
+
+
+def test_prune_keep_runs_keeps_the_newest_runs_spans(flows_file: Path) -> None:
+    old, new = run_flow(flows_file), run_flow(flows_file)
+    result = invoke("trace", "prune", "--keep-runs", "1", "--yes")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("deleted 2 span rows not of the newest 1 runs")
+    assert [s["name"] for s in trace_json(new)] == [name for _, name in TREE]
+    assert not [s for s in trace_json(old) if s["name"].startswith("flow ")]
+    assert len(trace_json(old)) == 8
+
+
+def test_prune_asks_for_confirmation_without_yes(run_id: str) -> None:
+    declined = invoke("trace", "prune", "--older-than", "0", input="n\n")
+    assert declined.exit_code == 1 and "Aborted" in declined.output
+    assert len(trace_json(run_id)) == len(TREE)
+    accepted = invoke("trace", "prune", "--older-than", "0", input="y\n")
+    assert accepted.exit_code == 0 and "deleted 2 span rows" in accepted.stdout
+
+
+def test_prune_with_no_database_yet_says_nothing_to_prune() -> None:
+    result = invoke("trace", "prune", "--older-than", "7")
+    assert result.exit_code == 0 and "nothing to prune" in result.stdout
+
+
+# -- the drawing, from records ---------------------------------------------------------------
+
+MS = 1_000_000
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+def span(name: str, sid: str, start_ms: float, end_ms: float | None, parent: str | None = None,
+         **kw: Any) -> SpanRecord:  # fmt: skip
+    return SpanRecord(
+        trace_id="ab" * 16,
+        span_id=sid,
+        name=name,
+        start=T0 + int(start_ms * MS),
+        end=0 if end_ms is None else T0 + int(end_ms * MS),
+        parent_id=parent,
+        **kw,
+    )
+
+
+def draw(rows: list[Row], width: int = 100, **kw: Any) -> list[str]:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(waterfall(rows, width=width, **kw))
+    return console.export_text().splitlines()
+
+
+def test_bars_are_placed_and_sized_in_proportion_to_the_trace() -> None:
+    spans = [
+        span("flow f", "1", 0, 100, status="OK"),
+        span("task second_half", "2", 50, 100, "1", status="OK"),
+        span("task first_quarter", "3", 0, 25, "1", status="OK"),
+    ]
+    rows = tree_order(spans)
+    assert [(r.depth, r.span.name) for r in rows] == [
+        (0, "flow f"), (1, "task first_quarter"), (1, "task second_half"),
+    ]  # fmt: skip
+    lines = draw(rows)
+    header, flow, quarter, half = lines
+    bar_at = header.index("0 ")  # the timeline column starts with the trace's 0
+    assert header.rstrip().endswith("100.0 ms")
+    width = len(flow) - bar_at
+    assert flow[bar_at:] == "█" * width
+    assert abs(len(quarter[bar_at:]) - width / 4) <= 1 and quarter[bar_at] == "█"
+    assert half[bar_at : bar_at + width // 2].strip() == ""
+    assert abs(len(half[bar_at:].strip()) - width / 2) <= 1
+    assert "+50.0 ms" in half and "50.0 ms" in half
+
+
+def test_orphans_and_unfinished_spans_are_drawn() -> None:
+    spans = [
+        span("task done", "2", 0, 10, "gone", status="OK"),  # its parent was pruned
+        span("task open", "3", 5, None, "gone"),  # its run is still going
+        span("task sdk", "4", 6, 8, "3", status="ERROR", status_message="KeyError: 'x'"),
+    ]
+    rows = tree_order(spans)
+    assert [(r.depth, r.span.name) for r in rows] == [
+        (0, "task done"), (0, "task open"), (1, "task sdk"),
+    ]  # fmt: skip
+    lines = draw(rows, now=T0 + 20 * MS)
+    assert lines[0].rstrip().endswith("20.0 ms")  # the open span lasts until now
+    open_line = next(line for line in lines if line.startswith("task open"))
+    assert " 15.0 ms… " in open_line and "UNSET" in open_line
+    assert open_line.rstrip().endswith("█" * 10)
+    assert any("✗ KeyError: 'x'" in line for line in lines)
+    data = span_to_json(spans[1])
+    assert data["end"] is None and data["end_ns"] is None and data["duration_ms"] is None
+
+
+def test_limit_scales_to_the_whole_trace() -> None:
+    spans = [span(f"task t{i}", str(i + 1), i * 10, i * 10 + 10, status="OK") for i in range(10)]
+    rows = tree_order(spans)
+    lines = draw(rows, limit=2, spans=spans)
+    assert len(lines) == 4 and lines[0].rstrip().endswith("100.0 ms")
+    assert lines[3] == "8 more spans not shown; --limit 10 shows all"
+
+
+def test_formats() -> None:
+    assert format_ns(840_000) == "840 µs"
+    assert format_ns(12_345_678) == "12.3 ms"
+    assert format_ns(2_414_000_000) == "2.41 s"
+    assert format_ns(-5) == "0 µs"
+    assert iso_ns(T0 + 123_456_789) == "2023-11-14T22:13:20.123456Z"
+    assert iso_ns(0) is None
