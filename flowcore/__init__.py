@@ -24,6 +24,7 @@ from .errors import (
 )
 from .flow import Flow, flow, resume, resume_async, run
 from .futures import TaskFuture, TaskFutureList, wait
+from .http import http_retry
 from .inspection import read_task_result, task_result
 from .records import FlowRunRecord, TaskRunRecord
 from .retry import Backoff, RetryPolicy, backoff
@@ -69,6 +70,7 @@ __all__ = [
     "backoff",
     "current_run",
     "flow",
+    "http_retry",
     "read_task_result",
     "resume",
     "resume_async",

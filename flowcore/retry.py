@@ -97,6 +97,9 @@ class RetryPolicy:
     retries: int = 0
     delay: float | Sequence[float] | Backoff = 0.0
     retry_on: RetryOn | None = None
+    #: Wait what the error's HTTP response asks for in ``Retry-After`` (capped by
+    #: the backoff's ``max``), instead of the computed delay.
+    honor_retry_after: bool = False
     _predicate: Callable[[BaseException], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -113,14 +116,23 @@ class RetryPolicy:
             return False
         return self._predicate(exc)
 
-    def delay_for(self, retry: int, rng: random.Random) -> float:
-        """Seconds to wait before retry number ``retry`` (0-based)."""
+    def delay_for(self, retry: int, rng: random.Random, exc: BaseException | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based), after error ``exc``."""
         d = self.delay
         if isinstance(d, Backoff):
-            return d.delay(retry, rng)
-        if isinstance(d, tuple):
-            return float(d[min(retry, len(d) - 1)]) if d else 0.0
-        return float(d)  # type: ignore[arg-type]
+            delay = d.delay(retry, rng)
+        elif isinstance(d, tuple):
+            delay = float(d[min(retry, len(d) - 1)]) if d else 0.0
+        else:
+            delay = float(d)  # type: ignore[arg-type]
+        if self.honor_retry_after and exc is not None:
+            from .http import retry_after
+
+            asked = retry_after(exc)
+            if asked is not None:
+                cap = d.max if isinstance(d, Backoff) else max(delay, asked)
+                delay = min(asked, cap)
+        return delay
 
 
 def _make_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:

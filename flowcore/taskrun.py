@@ -407,7 +407,7 @@ async def _wait_for_retry(
     retries_done: int,
     span: Any = None,
 ) -> None:
-    delay = task.retry.delay_for(retries_done, engine.rng)
+    delay = task.retry.delay_for(retries_done, engine.rng, exc)
     now = time.time()
     rec.state = State.RETRYING
     rec.history.append(

@@ -1,0 +1,85 @@
+"""Retries that understand HTTP.
+
+``flowcore.http_retry()`` is a :class:`~flowcore.RetryPolicy` for tasks that
+call HTTP APIs (with httpx, or anything raising ``httpx.HTTPStatusError``):
+
+- retried: ``429 Too Many Requests``, any ``5xx``, and transport errors
+  (connection refused or reset, timeouts);
+- never retried: other ``4xx`` (a bad request stays bad), unless listed in
+  ``also_retry`` (e.g. ``{408, 409}``);
+- waits: the server's ``Retry-After`` (seconds, or an HTTP date) when it sends
+  one, capped at ``max_delay``; otherwise exponential backoff with jitter.
+
+Usable by any task: ``@flowcore.task(retry=flowcore.http_retry(retries=5))``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .retry import Backoff, RetryPolicy
+
+__all__ = ["http_retry", "is_retryable_http_error", "retry_after"]
+
+_RETRYABLE_STATUS = frozenset({429})
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def is_retryable_http_error(exc: BaseException, also_retry: Iterable[int] = ()) -> bool:
+    """Whether another attempt may succeed: 429, 5xx, transport errors; not other 4xx."""
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx is a dependency
+        httpx = None  # type: ignore[assignment]
+    if httpx is not None and isinstance(exc, httpx.TransportError):
+        return True
+    status = _status(exc)
+    if status is None:
+        return isinstance(exc, ConnectionError | TimeoutError)
+    return status in _RETRYABLE_STATUS or status >= 500 or status in set(also_retry)
+
+
+def retry_after(exc: BaseException, now: float | None = None) -> float | None:
+    """Seconds the server asked to wait (``Retry-After``: seconds or an HTTP date), if any."""
+    response = getattr(exc, "response", None)
+    headers: Any = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def http_retry(
+    *,
+    retries: int = 5,
+    base: float = 0.5,
+    factor: float = 2.0,
+    max_delay: float = 60.0,
+    jitter: float = 1.0,
+    also_retry: Iterable[int] = (),
+) -> RetryPolicy:
+    """A retry policy for HTTP calls (see the module docstring)."""
+    codes = frozenset(also_retry)
+    return RetryPolicy(
+        retries=retries,
+        delay=Backoff(base=base, factor=factor, max=max_delay, jitter=jitter),
+        retry_on=lambda exc: is_retryable_http_error(exc, codes),
+        honor_retry_after=True,
+    )

@@ -1,0 +1,141 @@
+"""HTTP-aware retries: 429/5xx/transport errors retried, other 4xx not, Retry-After honoured."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+import flowcore
+from flowcore.http import is_retryable_http_error, retry_after
+from flowcore.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+def api(responses: list[httpx.Response]) -> tuple[httpx.AsyncClient, list[int]]:
+    """A client whose server answers ``responses`` in turn (the last one repeats)."""
+    seen: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(len(seen))
+        return responses[min(len(seen) - 1, len(responses) - 1)]
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://api"), seen
+
+
+async def fetch_with(
+    client: httpx.AsyncClient, policy: flowcore.RetryPolicy, clock: FakeClock
+) -> tuple[object, flowcore.TaskRunRecord]:
+    @flowcore.task(retry=policy)
+    async def fetch() -> str:
+        response = await client.get("/items")
+        response.raise_for_status()
+        return response.text
+
+    @flowcore.flow
+    async def f() -> str:
+        return await fetch()
+
+    async with flowcore.Engine("memory", clock=clock, seed=1) as engine:
+        try:
+            outcome: object = await f()
+        except Exception as exc:
+            outcome = exc
+        await engine.recorder.flush()
+        (run,) = await engine.store.list_runs()
+        (rec,) = await engine.store.list_task_runs(run.id)
+    return outcome, rec
+
+
+async def test_429_with_retry_after_seconds_waits_what_the_server_asks() -> None:
+    client, seen = api(
+        [httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(200, text="ok")]
+    )
+    clock = FakeClock()
+    outcome, rec = await fetch_with(client, flowcore.http_retry(retries=3, max_delay=30), clock)
+    assert outcome == "ok" and rec.attempts == 2 and len(seen) == 2
+    assert clock.sleeps == [7.0]
+
+
+async def test_retry_after_is_capped_by_max_delay() -> None:
+    client, _ = api(
+        [httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(200, text="ok")]
+    )
+    clock = FakeClock()
+    await fetch_with(client, flowcore.http_retry(retries=3, max_delay=10), clock)
+    assert clock.sleeps == [10.0]
+
+
+async def test_5xx_is_retried_with_backoff_and_gives_up() -> None:
+    client, seen = api([httpx.Response(503)])
+    clock = FakeClock()
+    policy = flowcore.http_retry(retries=2, base=1, factor=2, max_delay=60, jitter=0)
+    outcome, rec = await fetch_with(client, policy, clock)
+    assert isinstance(outcome, httpx.HTTPStatusError) and outcome.response.status_code == 503
+    assert clock.sleeps == [1.0, 2.0] and len(seen) == 3
+    assert rec.state is flowcore.State.FAILED and rec.attempts == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_other_4xx_are_not_retried(status: int) -> None:
+    client, seen = api([httpx.Response(status)])
+    clock = FakeClock()
+    outcome, rec = await fetch_with(client, flowcore.http_retry(retries=5), clock)
+    assert isinstance(outcome, httpx.HTTPStatusError)
+    assert len(seen) == 1 and clock.sleeps == [] and rec.attempts == 1
+
+
+async def test_a_4xx_is_retried_when_told() -> None:
+    client, seen = api([httpx.Response(409), httpx.Response(200, text="ok")])
+    outcome, _ = await fetch_with(client, flowcore.http_retry(also_retry={409}), FakeClock())
+    assert outcome == "ok" and len(seen) == 2
+
+
+async def test_transport_errors_are_retried() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, text="ok")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://api")
+    outcome, rec = await fetch_with(client, flowcore.http_retry(), FakeClock())
+    assert outcome == "ok" and rec.attempts == 2
+
+
+def _error(status: int, headers: dict[str, str] | None = None) -> httpx.HTTPStatusError:
+    request = httpx.Request("GET", "http://api/items")
+    response = httpx.Response(status, headers=headers or {}, request=request)
+    return httpx.HTTPStatusError("x", request=request, response=response)
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    waited = retry_after(_error(503, {"Retry-After": date}), now=now)
+    assert waited is not None and 29 <= waited <= 31
+    assert retry_after(_error(503, {"Retry-After": "soon"})) is None
+    assert retry_after(_error(503)) is None
+    assert retry_after(ValueError("not http")) is None
+
+
+@pytest.mark.parametrize(
+    ("make", "retryable"),
+    [
+        (lambda: _error(429), True),
+        (lambda: _error(500), True),
+        (lambda: _error(599), True),
+        (lambda: _error(404), False),
+        (lambda: ConnectionResetError(), True),
+        (lambda: ValueError("bad"), False),
+    ],
+)
+def test_what_counts_as_retryable(make: Callable[[], BaseException], retryable: bool) -> None:
+    assert is_retryable_http_error(make()) is retryable
