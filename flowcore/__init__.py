@@ -26,6 +26,7 @@ from .flow import Flow, flow, resume, resume_async, run
 from .futures import TaskFuture, TaskFutureList, wait
 from .http import http_retry
 from .inspection import read_task_result, task_result
+from .limits import Limit, limit
 from .records import FlowRunRecord, TaskRunRecord
 from .retry import Backoff, RetryPolicy, backoff
 from .serializers import ResultNotSerializable
@@ -46,6 +47,7 @@ __all__ = [
     "FlowRunRecord",
     "FlowTimeout",
     "FlowcoreError",
+    "Limit",
     "MemoryStore",
     "NonRetryable",
     "ResultNotSerializable",
@@ -71,6 +73,7 @@ __all__ = [
     "current_run",
     "flow",
     "http_retry",
+    "limit",
     "read_task_result",
     "resume",
     "resume_async",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from .engine import Engine
     from .futures import TaskFuture
+    from .limits import RunGate
     from .replay import Replay
 
 __all__ = ["RunContext", "current_run"]
@@ -41,7 +42,7 @@ class RunContext:
     the flow's bound arguments.
     """
 
-    __slots__ = ("_failed", "engine", "parameters", "record", "replay", "task_group")
+    __slots__ = ("_failed", "engine", "gate", "parameters", "record", "replay", "task_group")
 
     def __init__(
         self, engine: Engine, record: FlowRunRecord, parameters: Mapping[str, Any]
@@ -52,6 +53,8 @@ class RunContext:
         self.task_group: TaskGroup | None = None
         #: When re-driving a crashed or failed run: the earlier run's task results.
         self.replay: Replay | None = None
+        #: The flow's ``max_concurrency`` gate, if it has one.
+        self.gate: RunGate | None = None
         # Failed futures nobody has awaited yet, in failure order; a flow that ends
         # with any left fails with the first, so no failure is silent.
         self._failed: dict[TaskFuture[Any], None] = {}

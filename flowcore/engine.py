@@ -28,6 +28,7 @@ from .clock import Clock, SystemClock
 from .context import _engine_var
 from .errors import ConfigurationError, UnsupportedBackend
 from .export import SpanExport, from_environment
+from .limits import Limit, Limits
 from .recorder import Recorder
 from .records import FlowRunRecord
 from .store import SQLiteStore, Store, resolve_store
@@ -81,6 +82,8 @@ class Engine:
     ``SpanExporter`` for flowcore's own spans (default: OTLP when
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). ``trace_parameters=True`` puts
     parameter values on flow spans (off by default: they can be secrets).
+    ``limits``: named limits (``flowcore.limit("api", 50, rate=100)``) that apply to
+    tasks tagged with their name.
     ``trace_retention_days`` (or ``FLOWCORE_TRACE_RETENTION_DAYS``): span rows older
     than this are deleted when an engine opens (default: kept).
     Spans are persisted in the store either way.
@@ -103,6 +106,7 @@ class Engine:
         exporter: Any = None,
         trace_parameters: bool = False,
         trace_retention_days: float | None = None,
+        limits: list[Limit] | tuple[Limit, ...] = (),
     ) -> None:
         problems = []
         if not isinstance(flush_interval, int | float) or not 0 < flush_interval <= 60:
@@ -146,6 +150,11 @@ class Engine:
         self.inflight: dict[str, InFlight] = {}
         self.store: Store = resolve_store(store)
         self.clock: Clock = clock or SystemClock()
+        bad = [spec for spec in limits if not isinstance(spec, Limit)]
+        if bad:
+            raise ConfigurationError(f"`limits` takes flowcore.limit(...) objects, got {bad[0]!r}")
+        #: Concurrency and rate limits (named ones from ``limits``, per-task ones on use).
+        self.limits = Limits(self, list(limits))
         self.rng = random.Random(seed)
         self.recorder = Recorder(self.store, flush_interval=flush_interval)
         self.thread_limit = thread_limit

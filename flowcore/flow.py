@@ -27,6 +27,7 @@ from .encoding import encode_inputs
 from .engine import Engine
 from .entry import run_sync
 from .errors import ConfigurationError, FlowTimeout
+from .limits import RunGate
 from .records import FlowRunRecord
 from .replay import Replay
 from .states import State
@@ -44,9 +45,15 @@ class Flow(Generic[P, R]):
     """A flow: ``await my_flow(...)`` in async code, ``flowcore.run(my_flow, ...)`` in sync code."""
 
     def __init__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], *, name: str | None, timeout: float | None
+        self,
+        fn: Callable[P, Coroutine[Any, Any, R]],
+        *,
+        name: str | None,
+        timeout: float | None,
+        max_concurrency: int | None = None,
     ) -> None:
         self.fn = fn
+        self.max_concurrency = max_concurrency
         self.name = name or fn.__name__
         self.timeout = timeout
         self.signature = inspect.signature(fn)
@@ -105,6 +112,8 @@ async def _run_flow(
     )
     record.entrypoint = flow.entrypoint
     ctx = RunContext(engine, record, parameters)
+    if flow.max_concurrency is not None:
+        ctx.gate = RunGate(flow.max_concurrency, engine.clock)
     if replay is not None:
         record.resumed_from = replay.run_id
         record.history[-1] = (State.RUNNING.value, now, f"resuming run {replay.run_id}")
@@ -265,7 +274,7 @@ async def _standalone(
 def flow(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Flow[P, R]: ...
 @overload
 def flow(
-    *, name: str | None = ..., timeout: float | None = ...
+    *, name: str | None = ..., timeout: float | None = ..., max_concurrency: int | None = ...
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Flow[P, R]]: ...
 def flow(
     fn: Callable[..., Any] | None = None,
@@ -273,10 +282,12 @@ def flow(
     *,
     name: str | None = None,
     timeout: float | None = None,
+    max_concurrency: int | None = None,
 ) -> Any:
     """Make an async function a flow: ``@flowcore.flow`` or ``@flowcore.flow(timeout=600)``.
 
-    Every task awaited inside it is a tracked task run; ``timeout`` bounds the whole run.
+    Every task awaited inside it is a tracked task run; ``timeout`` bounds the whole run;
+    ``max_concurrency``: at most this many of its task runs in flight at once.
     """
     problems = []
     if name is not None and (not isinstance(name, str) or not name):
@@ -288,6 +299,11 @@ def flow(
         or not math.isfinite(timeout)
     ):
         problems.append(f"`timeout` must be a number of seconds > 0 or None, got {timeout!r}")
+    given_max: object = max_concurrency
+    if given_max is not None and (
+        not isinstance(given_max, int) or isinstance(given_max, bool) or given_max < 1
+    ):
+        problems.append(f"`max_concurrency` must be an int >= 1 or None, got {given_max!r}")
     if problems:
         label = getattr(fn, "__qualname__", None) or name or "flow"
         raise ConfigurationError(f"invalid options for flow {label!r}: " + "; ".join(problems))
@@ -302,7 +318,12 @@ def flow(
                 f"{getattr(f, '__qualname__', f)!r}; write `async def`, and put blocking code in a "
                 "@flowcore.task (sync tasks run in worker threads)"
             )
-        return Flow(f, name=name, timeout=None if timeout is None else float(timeout))
+        return Flow(
+            f,
+            name=name,
+            timeout=None if timeout is None else float(timeout),
+            max_concurrency=max_concurrency,
+        )
 
     if fn is None:
         return decorate

@@ -48,8 +48,10 @@ class Task(Generic[P, R]):
         cache: CachePolicy | None = None,
         serializer: str = "msgpack",
         persist_result: bool | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.fn: Callable[..., Any] = fn
+        self.concurrency = concurrency
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
         self.retry = retry
         self.timeout = timeout
@@ -153,6 +155,7 @@ class Task(Generic[P, R]):
             "cache": self.cache if self.cache is not None else False,
             "serializer": self.serializer,
             "persist_result": self.persist_result,
+            "concurrency": self.concurrency,
         }
         retry_parts = {
             k: changes.pop(k) for k in ("retries", "retry_delay", "retry_on") if k in changes
@@ -184,7 +187,7 @@ class Task(Generic[P, R]):
 _UNSET: Any = object()
 _OPTION_NAMES = (
     "name", "retries", "retry_delay", "retry_on", "retry", "timeout", "tags", "record_inputs",
-    "cache", "cache_ttl", "serializer", "persist_result",
+    "cache", "cache_ttl", "serializer", "persist_result", "concurrency",
 )  # fmt: skip
 
 
@@ -259,6 +262,7 @@ def task(
     cache_ttl: float | None = ...,
     serializer: str = ...,
     persist_result: bool | None = ...,
+    concurrency: int | None = ...,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -276,6 +280,7 @@ def task(
     cache_ttl: float | None = None,
     serializer: str = "msgpack",
     persist_result: bool | None = None,
+    concurrency: int | None = None,
 ) -> Task[Any, Any] | _TaskDecorator:
     """Make a function a tracked task: ``@flowcore.task`` or ``@flowcore.task(retries=3, ...)``.
 
@@ -285,6 +290,7 @@ def task(
     ``cache=True`` (or a :class:`CachePolicy`): reuse the stored result of an
     earlier call with the same inputs and source; ``cache_ttl``: seconds it stays valid.
     ``serializer``: ``"msgpack"`` (default) or ``"pickle"`` (opt-in: loads run code).
+    ``concurrency``: at most this many runs of the task at once (per engine).
     ``persist_result``: ``None`` stores the result when it can (for resume),
     ``True`` requires it, ``False`` never stores it.
     Sync functions run in worker threads, so they never block the event loop.
@@ -319,6 +325,13 @@ def task(
     given_persist: object = persist_result
     if given_persist is not None and given_persist is not True and given_persist is not False:
         problems.append(f"`persist_result` must be True, False or None, got {given_persist!r}")
+    given_concurrency: object = concurrency
+    if given_concurrency is not None and (
+        not isinstance(given_concurrency, int)
+        or isinstance(given_concurrency, bool)
+        or given_concurrency < 1
+    ):
+        problems.append(f"`concurrency` must be an int >= 1 or None, got {given_concurrency!r}")
     if policy_cache is not None and persist_result is False:
         problems.append("`cache` needs stored results; drop persist_result=False")
     if problems:
@@ -338,6 +351,7 @@ def task(
             cache=policy_cache,
             serializer=serializer,
             persist_result=persist_result,
+            concurrency=concurrency,
         )
 
     if fn is None:

@@ -19,6 +19,7 @@ from .context import RunContext, _run_var, _task_var
 from .encoding import encode_inputs
 from .errors import ConfigurationError, TaskTimeout, UpstreamFailed
 from .futures import TaskFuture
+from .limits import enter, gates_for, leave
 from .records import CacheEntry, TaskRunRecord, task_run_label
 from .results import INLINE_LIMIT, ResultFiles
 from .serializers import ResultNotSerializable, ResultUnreadable, decode_result, encode_result
@@ -144,15 +145,26 @@ async def run_task(
             if found:
                 engine.tasks_completed += 1
                 return value
+        gates = (
+            gates_for(engine, task, ctx.gate)
+            if task.concurrency is not None or task.tags or ctx.gate is not None
+            else None
+        )
         while True:
+            if gates:
+                await _pass_gates(gates, rec, recorder)
             try:
-                if task.timeout is None:
-                    if task.is_async:
-                        result = await task.fn(*args, **kwargs)
+                try:
+                    if task.timeout is None:
+                        if task.is_async:
+                            result = await task.fn(*args, **kwargs)
+                        else:
+                            result = await _in_thread(engine, task, args, kwargs, False)
                     else:
-                        result = await _in_thread(engine, task, args, kwargs, False)
-                else:
-                    result = await _with_timeout(engine, task, args, kwargs)
+                        result = await _with_timeout(engine, task, args, kwargs)
+                finally:
+                    if gates:
+                        leave(gates)  # the slot is per attempt: not held during a backoff
             except Exception as exc:
                 if rec.attempts == 1 and isinstance(exc, TypeError):
                     _raise_if_bad_call(task, args, kwargs, exc)
@@ -199,6 +211,23 @@ async def run_task(
         _task_var.reset(token)
         if claimed is not None:
             claimed.release(engine)
+
+
+async def _pass_gates(gates: list[Any], rec: TaskRunRecord, recorder: Any) -> None:
+    """Wait for the task's limits, before the attempt (so never inside its timeout)."""
+    blocked = [g.limit.name for g in gates if not g.free()]
+    if blocked:
+        # Visible while it waits: the run shows Pending, and why.
+        now = time.time()
+        rec.state = State.PENDING
+        rec.history.append(("Pending", now, f"waiting for limit {', '.join(blocked)}"))
+        recorder.task_changed(rec)
+    await enter(gates)
+    if blocked:
+        now = time.time()
+        rec.state = _RUNNING
+        rec.history.append(("Running", now))
+        recorder.task_changed(rec)
 
 
 def _parent_span(ctx: RunContext, rec: TaskRunRecord) -> str | None:

@@ -1,0 +1,193 @@
+"""Concurrency and rate limits: invariants under load, failures, timeouts and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import anyio
+import pytest
+
+import flowcore
+from flowcore import State
+from flowcore.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+class Gauge:
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    def __enter__(self) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        self.now -= 1
+
+
+async def test_named_limit_holds_under_load_with_failures_and_timeouts() -> None:
+    gauge = Gauge()
+    rng = random.Random(3)
+
+    @flowcore.task(tags=["partner-api"], timeout=0.05, retries=1)
+    async def call(i: int) -> int:
+        with gauge:
+            r = rng.random()
+            if r < 0.05:
+                raise ConnectionError("flaky")
+            await anyio.sleep(0.2 if r < 0.08 else 0.001)  # some time out
+            return i
+
+    @flowcore.flow
+    async def f(n: int) -> int:
+        futures = call.map(range(n))
+        done = 0
+        for fut in futures:
+            await fut.wait()
+            done += fut.exception() is None
+        return done
+
+    async with flowcore.Engine("memory", limits=[flowcore.limit("partner-api", 50)]) as engine:
+        completed = await f(2000)
+        await engine.recorder.flush()
+        (run,) = await engine.store.list_runs()
+        counts = await engine.store.count_task_runs(run.id)
+        stats = engine.limits.statistics()["partner-api"]
+    assert gauge.peak <= 50
+    assert gauge.peak >= 45  # the limit is used, not just respected
+    assert gauge.now == 0 and stats["holders"] == 0  # every slot came back
+    assert completed == counts.get("Completed", 0) and completed > 1800
+    assert sum(counts.values()) == 2000
+
+
+async def test_per_task_concurrency_and_cancellation_give_slots_back() -> None:
+    gauge = Gauge()
+    started = anyio.Event()
+
+    @flowcore.task(concurrency=3)
+    async def slow(i: int) -> None:
+        with gauge:
+            started.set()
+            await anyio.sleep(10)
+
+    @flowcore.task(concurrency=3)
+    async def quick(i: int) -> int:
+        with gauge:
+            await anyio.sleep(0.001)
+            return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        with anyio.move_on_after(0.05):
+            await asyncio.gather(*(slow(i) for i in range(10)))
+        return list(await asyncio.gather(*(quick(i) for i in range(20))))
+
+    async with flowcore.Engine("memory"):
+        assert await f() == list(range(20))
+    assert gauge.peak == 3
+
+
+async def test_waiting_for_a_limit_is_visible_and_not_counted_in_the_timeout() -> None:
+    @flowcore.task(concurrency=1, timeout=0.1)
+    async def one_at_a_time(i: int) -> int:
+        await anyio.sleep(0.06)
+        return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        return list(await asyncio.gather(*(one_at_a_time(i) for i in range(4))))
+
+    async with flowcore.Engine("memory") as engine:
+        # 4 x 0.06 s in turn: the last waits 0.18 s, more than its 0.1 s timeout.
+        assert await f() == [0, 1, 2, 3]
+        await engine.recorder.flush()
+        (run,) = await engine.store.list_runs()
+        tasks = await engine.store.list_task_runs(run.id)
+    assert all(t.state is State.COMPLETED for t in tasks)
+    waited = [t for t in tasks if any(h[0] == "Pending" for h in t.history)]
+    assert len(waited) == 3
+    assert "waiting for limit one_at_a_time (concurrency=1)" in waited[0].history[1][2]
+
+
+async def test_flow_max_concurrency() -> None:
+    gauge = Gauge()
+
+    @flowcore.task
+    async def work(i: int) -> int:
+        with gauge:
+            await anyio.sleep(0.002)
+            return i
+
+    @flowcore.flow(max_concurrency=7)
+    async def f() -> int:
+        return len(await work.map(range(200)))
+
+    async with flowcore.Engine("memory"):
+        assert await f() == 200
+    assert gauge.peak == 7
+
+
+async def test_rate_limit_is_held_on_a_fake_clock() -> None:
+    clock = FakeClock()
+    times: list[float] = []
+
+    @flowcore.task(tags=["api"])
+    async def hit(i: int) -> None:
+        times.append(clock.now())
+
+    @flowcore.flow
+    async def f() -> None:
+        await asyncio.gather(*(hit(i) for i in range(100)))
+
+    limits = [flowcore.limit("api", rate=10, burst=5)]
+    async with flowcore.Engine("memory", clock=clock, limits=limits):
+        await f()
+    assert len(times) == 100
+    assert times[:5] == [0.0] * 5  # the burst
+    # After the burst, 10 a second: 95 more take 9.5 s; any 1 s window holds at most 10 + burst.
+    assert times[-1] == pytest.approx(9.5)
+    for start in range(len(times)):
+        window = [t for t in times if times[start] <= t < times[start] + 1.0]
+        assert len(window) <= 15
+
+
+async def test_limit_as_a_context_manager() -> None:
+    gauge = Gauge()
+
+    async def use() -> None:
+        async with flowcore.limit("db", 2):
+            with gauge:
+                await anyio.sleep(0.005)
+
+    async with flowcore.Engine("memory"), anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(use)
+    assert gauge.peak == 2
+    with pytest.raises(flowcore.ConfigurationError, match="needs an engine"):
+        async with flowcore.limit("db", 2):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"concurrency": 0}, "`concurrency` must be an int >= 1"),
+        ({"rate": -1}, "`rate` must be"),
+        ({}, "needs `concurrency`, `rate`, or both"),
+    ],
+)
+def test_invalid_limits(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(flowcore.ConfigurationError, match=message.replace("(", r"\(")):
+        flowcore.limit("x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_invalid_task_and_flow_limits() -> None:
+    with pytest.raises(flowcore.ConfigurationError, match="`concurrency` must be an int >= 1"):
+        flowcore.task(concurrency=0)
+    with pytest.raises(flowcore.ConfigurationError, match="`max_concurrency`"):
+        flowcore.flow(max_concurrency="many")  # type: ignore[arg-type]
+    with pytest.raises(flowcore.ConfigurationError, match="one name, one limit"):
+        flowcore.Engine("memory", limits=[flowcore.limit("a", 1), flowcore.limit("a", 2)])
