@@ -21,6 +21,7 @@ Two ways to make spans, chosen when the engine opens:
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import weakref
@@ -47,6 +48,10 @@ __all__ = ["SpanRecord", "Tracing"]
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _rand = random.Random()
+if hasattr(os, "register_at_fork"):
+    # A forked child must not make the ids its parent (or its siblings) make: unlike
+    # the `random` module's own generator, a private one is not reseeded by a fork.
+    os.register_at_fork(after_in_child=_rand.seed)
 
 
 class SpanRecord(msgspec.Struct, gc=False, omit_defaults=True):
@@ -73,7 +78,7 @@ class _TaskHandle:
 
     __slots__ = ("token", "trace_id", "tracing")
 
-    def __init__(self, tracing: Tracing, token: object, trace_id: str) -> None:
+    def __init__(self, tracing: Tracing, token: object, trace_id: int) -> None:
         self.tracing = tracing
         self.token = token
         self.trace_id = trace_id
@@ -85,7 +90,10 @@ class _TaskHandle:
         otel_context.detach(self.token)  # type: ignore[arg-type]
         export = self.tracing.export
         if export is not None:
-            export.submit(task_span(rec, self.trace_id, error))
+            if export.accepting():
+                export.submit(task_span(rec, f"{self.trace_id:032x}", error))
+            else:  # queue full (say, a collector that is down): do not build a span to drop
+                export.reject()
 
 
 class _Handle:
@@ -230,7 +238,7 @@ class Tracing:
                 NonRecordingSpan(SpanContext(trace_id, span_id, False, _SAMPLED))
             )
         )
-        return _TaskHandle(self, token, f"{trace_id:032x}" if self.export is not None else "")
+        return _TaskHandle(self, token, trace_id)  # hex only if a span is exported
 
     def _emit(self, record: SpanRecord) -> None:
         self._spans.append(record)
