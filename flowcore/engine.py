@@ -54,7 +54,8 @@ class EngineStatistics:
     flushes: int
     spans_written: int = 0
     spans_exported: int = 0
-    spans_dropped: int = 0
+    spans_dropped: int = 0  # will not reach the collector: queue full, or export failed
+    spans_failed: int = 0  # the part of spans_dropped whose export was tried and failed
 
 
 class Engine:
@@ -182,7 +183,6 @@ class Engine:
                 "Engine(store='memory') on trio"
             )
         self.thread_limiter = anyio.CapacityLimiter(self.thread_limit)
-        self.tracing = self._make_tracing()
         await self.store.open()
         try:
             from .crash import mark_crashed_runs
@@ -190,6 +190,8 @@ class Engine:
             await mark_crashed_runs(self.store)
             if self.trace_retention_days is not None:
                 await self.store.prune_spans(before=time.time() - self.trace_retention_days * 86400)
+            # Last: it may start the export thread, which must not outlive a failed open.
+            self.tracing = self._make_tracing()
         except BaseException:
             await self.store.close()
             raise
@@ -230,12 +232,14 @@ class Engine:
                     await tg.__aexit__(None, None, None)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self.store.close()
-                    export = self.tracing.export if self.tracing is not None else None
-                    if export is not None:
-                        # Bounded (export.shutdown_timeout), off the loop: a hung collector
-                        # delays the exit by at most that, and fails nothing.
-                        await anyio.to_thread.run_sync(export.shutdown)
+                    try:
+                        await self.store.close()
+                    finally:
+                        export = self.tracing.export if self.tracing is not None else None
+                        if export is not None:
+                            # Bounded (export.shutdown_timeout), off the loop: a hung
+                            # collector delays the exit by at most that, and fails nothing.
+                            await anyio.to_thread.run_sync(export.shutdown)
 
     def _make_tracing(self) -> Tracing | None:
         enabled, provider, exporter, parameters = self._tracing_options
@@ -262,6 +266,7 @@ class Engine:
             spans_written=r.spans_written,
             spans_exported=export.exported if export is not None else 0,
             spans_dropped=export.dropped if export is not None else 0,
+            spans_failed=export.failed if export is not None else 0,
         )
 
     def __repr__(self) -> str:

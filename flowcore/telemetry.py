@@ -227,6 +227,7 @@ class Tracing:
         if self.tracer is not None:
             handle = self.start(f"task {task.name}", attributes, rec.run_id)
             rec.span_id = f"{handle.sdk_span.get_span_context().span_id:016x}"
+            rec.parent_span_id = parent_span  # so the span can be rebuilt once its row is pruned
             return handle
         current = trace.get_current_span().get_span_context()
         span_id = _rand.getrandbits(64) or 1
