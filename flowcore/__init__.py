@@ -24,7 +24,7 @@ from .errors import (
 )
 from .flow import Flow, flow, resume, resume_async, run
 from .futures import TaskFuture, TaskFutureList, wait
-from .http import http_retry
+from .http import http_client, http_retry
 from .inspection import read_task_result, task_result
 from .limits import Limit, limit
 from .records import FlowRunRecord, TaskRunRecord
@@ -72,6 +72,7 @@ __all__ = [
     "backoff",
     "current_run",
     "flow",
+    "http_client",
     "http_retry",
     "limit",
     "read_task_result",

@@ -42,7 +42,9 @@ class RunContext:
     the flow's bound arguments.
     """
 
-    __slots__ = ("_failed", "engine", "gate", "parameters", "record", "replay", "task_group")
+    __slots__ = (
+        "_failed", "engine", "gate", "http", "parameters", "record", "replay", "task_group",
+    )  # fmt: skip
 
     def __init__(
         self, engine: Engine, record: FlowRunRecord, parameters: Mapping[str, Any]
@@ -55,6 +57,8 @@ class RunContext:
         self.replay: Replay | None = None
         #: The flow's ``max_concurrency`` gate, if it has one.
         self.gate: RunGate | None = None
+        #: The run's shared httpx client (flowcore.http_client()), closed when the run ends.
+        self.http: Any = None
         # Failed futures nobody has awaited yet, in failure order; a flow that ends
         # with any left fails with the first, so no failure is silent.
         self._failed: dict[TaskFuture[Any], None] = {}

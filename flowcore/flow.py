@@ -178,6 +178,10 @@ async def _drive(
         error = exc
         raise
     finally:
+        if ctx.http is not None:
+            with anyio.CancelScope(shield=True):
+                await ctx.http.aclose()
+            ctx.http = None
         if span is not None:
             span.finish(
                 {"flowcore.state": record.state.value, "flowcore.task_count": record.task_count},

@@ -22,7 +22,7 @@ from typing import Any
 
 from .retry import Backoff, RetryPolicy
 
-__all__ = ["http_retry", "is_retryable_http_error", "retry_after"]
+__all__ = ["http_client", "http_retry", "is_retryable_http_error", "retry_after"]
 
 _RETRYABLE_STATUS = frozenset({429})
 
@@ -83,3 +83,38 @@ def http_retry(
         retry_on=lambda exc: is_retryable_http_error(exc, codes),
         honor_retry_after=True,
     )
+
+
+#: Connections of a run's shared client when its flow sets no ``max_concurrency``.
+DEFAULT_POOL = 100
+
+
+def http_client() -> Any:
+    """The current flow run's shared ``httpx.AsyncClient``, made on first use.
+
+    One client per run means one connection pool, reused by every task of the
+    run (``gather``, ``submit``, ``map``, nested tasks); it is sized from the
+    flow's ``max_concurrency`` (else 100 connections) and closed when the run
+    ends, however it ends. Call it inside a flow or a task::
+
+        response = await flowcore.http_client().get(url)
+    """
+    import httpx
+
+    from .context import _run_var
+    from .errors import ConfigurationError
+
+    ctx = _run_var.get()
+    if ctx is None:
+        raise ConfigurationError(
+            "flowcore.http_client() was called outside a flow run; call it in a flow or a "
+            "task, or make your own httpx.AsyncClient outside flows"
+        )
+    if ctx.http is None:
+        size = ctx.gate.limit.concurrency if ctx.gate is not None else None
+        pool = size or DEFAULT_POOL
+        ctx.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            timeout=httpx.Timeout(30.0),
+        )
+    return ctx.http

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -139,3 +140,46 @@ def test_retry_after_as_an_http_date() -> None:
 )
 def test_what_counts_as_retryable(make: Callable[[], BaseException], retryable: bool) -> None:
     assert is_retryable_http_error(make()) is retryable
+
+
+def _api_server_module() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "api_server.py"
+    spec = importlib.util.spec_from_file_location("api_server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_a_run_shares_one_http_client_and_closes_it() -> None:
+    import asyncio
+
+    module = _api_server_module()
+    clients: list[httpx.AsyncClient] = []
+
+    @flowcore.task
+    async def page(url: str, n: int) -> int:
+        client = flowcore.http_client()
+        clients.append(client)
+        response = await client.get(f"{url}/records", params={"page": n})
+        response.raise_for_status()
+        return len(response.json()["records"])
+
+    @flowcore.flow(max_concurrency=4)
+    async def pages(url: str) -> int:
+        gathered = await asyncio.gather(*(page(url, n) for n in range(3)))
+        submitted = await page.submit(url, 3)
+        return sum(gathered) + submitted
+
+    with module.FakeRecordsAPI(total_records=400, page_size=100, latency=0, failure_rate=0) as api:
+        async with flowcore.Engine("memory"):
+            assert await pages(api.url) == 400
+    assert len(clients) == 4 and len({id(c) for c in clients}) == 1
+    assert clients[0].is_closed
+    pool = clients[0]._transport._pool  # the pool is sized from max_concurrency
+    assert pool._max_connections == 4
+    with pytest.raises(flowcore.ConfigurationError, match="outside a flow run"):
+        flowcore.http_client()
