@@ -23,6 +23,7 @@ import anyio
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from . import render, waterfall
 from .crash import mark_crashed_runs
@@ -644,3 +645,52 @@ def main() -> NoReturn:
     """The ``flowcore`` console script."""
     cli.main(prog_name="flowcore")
     raise AssertionError("unreachable: click exits")  # pragma: no cover
+
+
+@cli.group(cls=_Group)
+def limits() -> None:
+    """Inspect limits shared by processes (flowcore.limit(..., shared=True))."""
+
+
+@limits.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def limits_ls(as_json: bool) -> None:
+    """Shared limits with their current holders (leases in the store).
+
+    Waiters are not listed: a process waiting for a slot holds nothing in the
+    store until it gets one. Limits that are not shared live in one process only.
+    """
+    db = _database()
+    if not db.exists():
+        click.echo("[]" if as_json else f"no shared limits in use in {db}")
+        return
+
+    async def fetch(store: Store) -> list[tuple[str, str, str, int, float]]:
+        leases: list[tuple[str, str, str, int, float]] = await store.list_leases()  # type: ignore[attr-defined]
+        return leases
+
+    now = time.time()
+    rows: dict[str, dict[str, Any]] = {}
+    for name, _holder, host, pid, expires in _read(fetch):
+        row = rows.setdefault(name, {"name": name, "held": 0, "expired": 0, "holders": set()})
+        if expires > now:
+            row["held"] += 1
+            row["holders"].add(f"{host}:{pid}")
+        else:
+            row["expired"] += 1
+    listed = [
+        {**row, "holders": sorted(row["holders"])}
+        for row in sorted(rows.values(), key=lambda r: r["name"])
+    ]
+    if as_json:
+        click.echo(render.to_json(listed))
+        return
+    if not listed:
+        click.echo(f"no shared limits in use in {db}")
+        return
+    table = Table("limit", "slots held", "held by (host:pid)", "expired leases")
+    for row in listed:
+        table.add_row(
+            row["name"], str(row["held"]), ", ".join(row["holders"]) or "-", str(row["expired"])
+        )
+    Console().print(table)

@@ -203,6 +203,7 @@ class Engine:
             raise
         self._task_group = tg
         tg.start_soon(self.recorder.run)
+        tg.start_soon(self.limits.keep_leases)
         self._token = _engine_var.set(self)
         self._opened = True
         return self

@@ -13,13 +13,18 @@ happens before the attempt starts, so it never counts against the task's
 ``timeout``. A slot is held for one attempt and given back when it ends,
 however it ends (error, timeout, cancellation).
 
-These limits hold within one engine (one process); limits shared by several
-processes through the store are planned.
+Limits hold within one engine unless ``shared=True``: a shared limit's slots
+are leases in the store (``limit_leases``), taken in a write transaction, which
+expire ``lease_ttl`` (30 s) after their engine last renewed them, so the slots
+of a process that died come back by themselves.
 """
 
 from __future__ import annotations
 
 import math
+import random
+import time
+import uuid
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -74,6 +79,8 @@ class Limit:
     concurrency: int | None = None
     rate: float | None = None
     burst: int | None = None
+    #: Hold the concurrency across every process sharing the store (slots leased there).
+    shared: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -102,6 +109,8 @@ class Limit:
             problems.append("`burst` needs a `rate`")
         if self.concurrency is None and self.rate is None:
             problems.append("a limit needs `concurrency`, `rate`, or both")
+        if self.shared and self.concurrency is None:
+            problems.append("`shared=True` shares a `concurrency`; give one")
         if problems:
             raise ConfigurationError(f"invalid limit {self.name!r}: " + "; ".join(problems))
 
@@ -127,7 +136,8 @@ class Limit:
 
         engine = _engine_var.get()
         if engine is not None:
-            engine.limits.release(self.name)
+            with anyio.CancelScope(shield=True):
+                await engine.limits.release(self.name)
 
 
 def limit(
@@ -136,25 +146,30 @@ def limit(
     *,
     rate: float | None = None,
     burst: int | None = None,
+    shared: bool = False,
 ) -> Limit:
-    """A named limit: ``flowcore.limit("partner-api", 50, rate=100)``."""
-    return Limit(
-        name,
-        concurrency,
-        rate,
-        burst if burst is not None or rate is None else max(1, math.ceil(rate)),
-    )
+    """A named limit: ``flowcore.limit("partner-api", 50, rate=100)``.
+
+    ``shared=True`` holds the concurrency across every process using the same
+    store: each slot is a lease in the store that expires unless its engine
+    renews it, so a process that dies does not keep its slots.
+    """
+    if burst is None and rate is not None:
+        burst = max(1, math.ceil(rate))
+    return Limit(name, concurrency, rate, burst, shared)
 
 
 class _State:
-    __slots__ = ("bucket", "limit", "limiter")
+    __slots__ = ("bucket", "leases", "limit", "limiter", "owner")
 
-    def __init__(self, spec: Limit, clock: Clock) -> None:
+    def __init__(self, spec: Limit, clock: Clock, owner: Limits | None = None) -> None:
         self.limit = spec
         self.limiter = anyio.CapacityLimiter(spec.concurrency) if spec.concurrency else None
         self.bucket = (
             TokenBucket(spec.rate, spec.burst or 1, clock) if spec.rate is not None else None
         )
+        self.owner = owner if spec.shared else None
+        self.leases: list[str] = []  # store leases held by this engine (shared limits)
 
     def free(self) -> bool:
         if self.limiter is not None and self.limiter.available_tokens < 1:
@@ -164,15 +179,19 @@ class _State:
     async def acquire(self) -> None:
         if self.limiter is not None:
             await self.limiter.acquire()
-        if self.bucket is not None:
-            try:
+        try:
+            if self.owner is not None:
+                self.leases.append(await self.owner.lease(self.limit))
+            if self.bucket is not None:
                 await self.bucket.acquire()
-            except BaseException:
-                if self.limiter is not None:
-                    self.limiter.release()
-                raise
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.release()
+            raise
 
-    def release(self) -> None:
+    async def release(self) -> None:
+        if self.owner is not None and self.leases:
+            await self.owner.unlease(self.leases.pop())
         if self.limiter is not None:
             self.limiter.release()
 
@@ -188,7 +207,12 @@ class Limits:
     """An engine's limits: named ones, and the per-task ones made on first use."""
 
     def __init__(self, engine: Engine, named: list[Limit]) -> None:
+        self._engine = engine
         self._clock = engine.clock
+        #: This engine, as the holder of store leases.
+        self.holder = uuid.uuid4().hex
+        self.lease_ttl = 30.0
+        self.leases_held = 0
         self._named: dict[str, _State] = {}
         self._tasks: dict[object, _State] = {}
         for spec in named:
@@ -197,7 +221,7 @@ class Limits:
     def register(self, spec: Limit) -> _State:
         state = self._named.get(spec.name)
         if state is None:
-            state = self._named[spec.name] = _State(spec, self._clock)
+            state = self._named[spec.name] = _State(spec, self._clock, self)
         elif state.limit != spec:
             raise ConfigurationError(
                 f"limit {spec.name!r} is already defined as {state.limit}; one name, one limit"
@@ -217,10 +241,41 @@ class Limits:
     async def acquire(self, spec: Limit) -> None:
         await self.register(spec).acquire()
 
-    def release(self, name: str) -> None:
+    async def release(self, name: str) -> None:
         state = self._named.get(name)
         if state is not None:
-            state.release()
+            await state.release()
+
+    async def lease(self, spec: Limit) -> str:
+        """Wait for a slot of a shared limit in the store; returns the lease's id."""
+        assert spec.concurrency is not None
+        store: Any = self._engine.store
+        lease_id = uuid.uuid4().hex
+        delay = 0.005
+        while True:
+            now = time.time()
+            if await store.try_lease(
+                spec.name, spec.concurrency, lease_id, self.holder, now + self.lease_ttl, now
+            ):
+                self.leases_held += 1
+                return lease_id
+            # Another process holds every slot: poll, backing off, with jitter so
+            # waiting processes do not retry in step.
+            await anyio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.2)
+
+    async def unlease(self, lease_id: str) -> None:
+        self.leases_held -= 1
+        store: Any = self._engine.store
+        await store.release_lease(lease_id)
+
+    async def keep_leases(self) -> None:
+        """Renew this engine's leases until cancelled (the engine runs it)."""
+        while True:
+            await anyio.sleep(self.lease_ttl / 3)
+            if self.leases_held:
+                store: Any = self._engine.store
+                await store.renew_leases(self.holder, time.time() + self.lease_ttl)
 
     def statistics(self) -> dict[str, dict[str, float | int | None]]:
         out: dict[str, dict[str, float | int | None]] = {}
@@ -257,10 +312,17 @@ async def enter(gates: list[_State]) -> None:
             await g.acquire()
             passed.append(g)
     except BaseException:
-        leave(passed)
+        with anyio.CancelScope(shield=True):
+            await leave(passed)
         raise
 
 
-def leave(gates: list[_State]) -> None:
+async def leave(gates: list[_State]) -> None:
+    """Give every slot back; shielded, so a cancelled attempt still returns its slots."""
     for g in reversed(gates):
-        g.release()
+        if g.owner is None:
+            if g.limiter is not None:
+                g.limiter.release()
+        else:
+            with anyio.CancelScope(shield=True):
+                await g.release()

@@ -164,7 +164,7 @@ async def run_task(
                         result = await _with_timeout(engine, task, args, kwargs)
                 finally:
                     if gates:
-                        leave(gates)  # the slot is per attempt: not held during a backoff
+                        await leave(gates)  # per attempt: not held during a backoff
             except Exception as exc:
                 if rec.attempts == 1 and isinstance(exc, TypeError):
                     _raise_if_bad_call(task, args, kwargs, exc)

@@ -33,6 +33,7 @@ class MemoryStore:
         self._tasks: dict[str, dict[int, TaskRunRecord]] = {}
         self._cache: dict[str, CacheEntry] = {}
         self._spans: dict[tuple[str, str], SpanRecord] = {}
+        self._leases: dict[str, tuple[str, str, str, int, float]] = {}
         self.results_dir: Path | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
 
@@ -130,6 +131,28 @@ class MemoryStore:
         for key in doomed:
             del self._spans[key]
         return len(doomed)
+
+    async def try_lease(
+        self, name: str, capacity: int, lease_id: str, holder: str, expires: float, now: float
+    ) -> bool:
+        leases = self._leases
+        for key in [k for k, v in leases.items() if v[0] == name and v[4] <= now]:
+            del leases[key]
+        if sum(1 for v in leases.values() if v[0] == name) >= capacity:
+            return False
+        leases[lease_id] = (name, holder, "", 0, expires)
+        return True
+
+    async def release_lease(self, lease_id: str) -> None:
+        self._leases.pop(lease_id, None)
+
+    async def renew_leases(self, holder: str, expires: float) -> None:
+        for key, (name, who, host, pid, _) in list(self._leases.items()):
+            if who == holder:
+                self._leases[key] = (name, who, host, pid, expires)
+
+    async def list_leases(self) -> list[tuple[str, str, str, int, float]]:
+        return sorted(self._leases.values())
 
     async def get_cache(self, key: str) -> CacheEntry | None:
         return self._cache.get(key)

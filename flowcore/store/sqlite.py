@@ -33,6 +33,7 @@ import aiosqlite
 import anyio
 import msgspec
 
+from ..context import HOST
 from ..errors import (
     ConfigurationError,
     RunNotFound,
@@ -146,6 +147,18 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
            ) WITHOUT ROWID""",
         "CREATE INDEX spans_start ON spans (start)",
         "CREATE INDEX flow_runs_trace ON flow_runs (trace_id)",
+    ),
+    # 4: leases of limits shared by several processes.
+    4: (
+        """CREATE TABLE limit_leases (
+               lease_id TEXT PRIMARY KEY,
+               name TEXT NOT NULL,
+               holder TEXT NOT NULL,
+               host TEXT,
+               pid INTEGER,
+               expires REAL NOT NULL
+           )""",
+        "CREATE INDEX limit_leases_name ON limit_leases (name, expires)",
     ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
@@ -309,6 +322,9 @@ class SQLiteStore:
         self.lock_timeout = lock_timeout
         self._db: aiosqlite.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        # One connection, so one write transaction at a time on it: the batched writer,
+        # lease taking and maintenance must not interleave their BEGIN ... COMMIT.
+        self._write_lock = anyio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -648,8 +664,84 @@ class SQLiteStore:
         )
         return {r[0] for r in rows}
 
+    async def try_lease(
+        self,
+        name: str,
+        capacity: int,
+        lease_id: str,
+        holder: str,
+        expires: float,
+        now: float,
+    ) -> bool:
+        """Take one of ``capacity`` slots of limit ``name`` if one is free (expired ones are)."""
+        async with self._write_lock:
+            return await self._try_lease(name, capacity, lease_id, holder, expires, now)
+
+    async def _try_lease(
+        self, name: str, capacity: int, lease_id: str, holder: str, expires: float, now: float
+    ) -> bool:
+        db = self._conn()
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                if _is_locked(exc) and time.monotonic() < deadline:
+                    await anyio.sleep(0.005 + random.random() * 0.02)
+                    continue
+                raise self._translate(exc) from exc
+            try:
+                await db.execute(
+                    "DELETE FROM limit_leases WHERE name = ? AND expires <= ?", (name, now)
+                )
+                async with db.execute(
+                    "SELECT COUNT(*) FROM limit_leases WHERE name = ?", (name,)
+                ) as cur:
+                    row = await cur.fetchone()
+                taken = row is not None and int(row[0]) < capacity
+                if taken:
+                    await db.execute(
+                        "INSERT INTO limit_leases (lease_id, name, holder, host, pid, expires) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (lease_id, name, holder, HOST, os.getpid(), expires),
+                    )
+                await db.execute("COMMIT")
+                return taken
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.DatabaseError):
+                    if _is_locked(exc) and time.monotonic() < deadline:
+                        continue
+                    raise self._translate(exc) from exc
+                raise
+
+    async def release_lease(self, lease_id: str) -> None:
+        await self._transaction([("DELETE FROM limit_leases WHERE lease_id = ?", [(lease_id,)])])
+
+    async def renew_leases(self, holder: str, expires: float) -> None:
+        await self._transaction(
+            [("UPDATE limit_leases SET expires = ? WHERE holder = ?", [(expires, holder)])]
+        )
+
+    async def list_leases(self) -> list[tuple[str, str, str, int, float]]:
+        """(name, holder, host, pid, expires) of every lease, expired ones included."""
+        rows = await self._fetch(
+            "SELECT name, holder, host, pid, expires FROM limit_leases ORDER BY name, expires"
+        )
+        return [(r[0], r[1], r[2] or "", r[3] or 0, r[4]) for r in rows]
+
     async def _transaction(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Run ``executemany`` batches in one write transaction, waiting out locks."""
+        async with self._write_lock:
+            await self._locked_transaction(batches)
+
+    async def _locked_transaction(
+        self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]
+    ) -> None:
         db = self._conn()
         deadline = time.monotonic() + self.lock_timeout
         while True:
