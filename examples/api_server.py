@@ -68,6 +68,7 @@ class FakeRecordsAPI:
         latency: float = 0.02,
         failure_rate: float = 0.2,
         seed: int = 7,
+        rate_limit: float | None = None,
     ) -> None:
         if total_records < 0:
             raise ValueError(f"`total_records` must be >= 0, got {total_records}")
@@ -77,6 +78,13 @@ class FakeRecordsAPI:
             raise ValueError(f"`latency` must be >= 0 seconds, got {latency}")
         if not 0 <= failure_rate <= 1:
             raise ValueError(f"`failure_rate` must be between 0 and 1, got {failure_rate}")
+        if rate_limit is not None and not rate_limit > 0:
+            raise ValueError(f"`rate_limit` must be requests per second > 0, got {rate_limit}")
+        # Requests per second it serves before answering 429 with Retry-After, like a
+        # throttling partner API (a token bucket with one second of burst).
+        self.rate_limit = rate_limit
+        self._tokens = rate_limit or 0.0
+        self._refilled = time.monotonic()
         self.total_records = total_records
         self.page_size = page_size
         self.latency = latency
@@ -84,7 +92,7 @@ class FakeRecordsAPI:
         self.pages = math.ceil(total_records / page_size)
         self._random = random.Random(seed)
         self._lock = threading.Lock()  # guards _random and _stats
-        self._stats = {"requests": 0, "served_pages": 0, "failures_503": 0}
+        self._stats = {"requests": 0, "served_pages": 0, "failures_503": 0, "throttled_429": 0}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -98,7 +106,8 @@ class FakeRecordsAPI:
 
     @property
     def stats(self) -> dict[str, int]:
-        """A snapshot of the counters: ``requests``, ``served_pages``, ``failures_503``."""
+        """A snapshot of the counters: ``requests``, ``served_pages``, ``failures_503``,
+        ``throttled_429``."""
         with self._lock:
             return dict(self._stats)
 
@@ -149,6 +158,20 @@ class FakeRecordsAPI:
         with self._lock:
             return self._random.random() < self.failure_rate
 
+    def _over_rate(self) -> bool:
+        if self.rate_limit is None:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(
+                self.rate_limit, self._tokens + (now - self._refilled) * self.rate_limit
+            )
+            self._refilled = now
+            if self._tokens < 1:
+                return True
+            self._tokens -= 1
+            return False
+
     def _page(self, page: int) -> dict[str, Any]:
         first = page * self.page_size + 1
         last = min(first + self.page_size - 1, self.total_records)
@@ -168,6 +191,9 @@ class FakeRecordsAPI:
             return HTTPStatus.BAD_REQUEST, {"error": "query parameter `page` must be an integer"}
         if not 0 <= page < self.pages:
             return HTTPStatus.NOT_FOUND, {"error": f"page {page} out of range ({self.pages} pages)"}
+        if self._over_rate():
+            self._count("throttled_429")
+            return HTTPStatus.TOO_MANY_REQUESTS, {"error": "rate limit exceeded, retry later"}
         if self._should_fail():
             self._count("failures_503")
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "temporarily overloaded, retry"}
@@ -186,6 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
         status, body = api._respond(parts.path, parts.query)
         payload = json.dumps(body).encode()
         self.send_response(status)
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            self.send_header("Retry-After", "1")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()

@@ -40,7 +40,12 @@ def test_pages_have_the_documented_shape() -> None:
             assert isinstance(record["name"], str)
             assert isinstance(record["value"], float)
             assert isinstance(record["updated_at"], str)
-        assert api.stats == {"requests": 3, "served_pages": 3, "failures_503": 0}
+        assert api.stats == {
+            "requests": 3,
+            "served_pages": 3,
+            "failures_503": 0,
+            "throttled_429": 0,
+        }
 
 
 def test_record_content_is_deterministic() -> None:
@@ -71,7 +76,12 @@ def test_failure_rate_is_roughly_as_configured() -> None:
     assert set(statuses) == {200, 503}
     assert 60 <= failures <= 140
     assert statuses.count(200) == 200 - failures
-    assert stats == {"requests": 200, "served_pages": 200 - failures, "failures_503": failures}
+    assert stats == {
+        "requests": 200,
+        "served_pages": 200 - failures,
+        "failures_503": failures,
+        "throttled_429": 0,
+    }
 
 
 def test_failures_are_reproducible_from_the_seed() -> None:
@@ -166,3 +176,19 @@ def test_server_shuts_down_cleanly() -> None:
 def test_start_twice_is_refused() -> None:
     with FakeRecordsAPI(latency=0) as api, pytest.raises(RuntimeError, match="already running"):
         api.start()
+
+
+def test_rate_limit_answers_429_with_retry_after() -> None:
+    with FakeRecordsAPI(
+        total_records=100, page_size=10, latency=0, failure_rate=0, rate_limit=5
+    ) as api:
+        with httpx.Client() as client:
+            statuses = [client.get(f"{api.url}/records", params={"page": 0}) for _ in range(12)]
+        codes = [r.status_code for r in statuses]
+        assert codes[:5] == [200] * 5  # a second's worth of burst
+        assert 429 in codes
+        throttled = next(r for r in statuses if r.status_code == 429)
+        assert throttled.headers["Retry-After"] == "1"
+        assert api.stats["throttled_429"] == codes.count(429)
+    with pytest.raises(ValueError, match="rate_limit"):
+        FakeRecordsAPI(rate_limit=0)
