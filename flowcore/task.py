@@ -13,7 +13,7 @@ from .errors import ConfigurationError
 from .futures import TaskFuture, TaskFutureList
 from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
 from .serializers import SERIALIZERS, return_type
-from .taskrun import prepare, run_into_future, run_task
+from .taskrun import feed_map, prepare, run_into_future, run_task
 
 __all__ = ["Task", "task", "unmapped"]
 
@@ -128,12 +128,18 @@ class Task(Generic[P, R]):
             raise ConfigurationError(
                 f"{self.name}.map() got only unmapped arguments; give one iterable"
             )
-        futures: TaskFutureList[R] = TaskFutureList()
         try:
-            for row in _zip_mapped(iterables):
-                futures.append(self.submit(*row, **kwargs))
+            rows = list(_zip_mapped(iterables))
         except ValueError as exc:
             raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
+        ctx = _run_var.get()
+        window = _map_window(self, ctx) if ctx is not None else None
+        if window is None or ctx is None or ctx.task_group is None:
+            return TaskFutureList(self.submit(*row, **kwargs) for row in rows)
+        # Under a limit, start the calls as room frees up (at most `window` alive at a
+        # time) instead of making a coroutine per item that would only wait at the limit.
+        futures: TaskFutureList[R] = TaskFutureList(TaskFuture(self.name, -1, ctx) for _ in rows)
+        ctx.task_group.start_soon(feed_map, self, ctx, rows, kwargs, list(futures), window)
         return futures
 
     def with_options(self, **changes: Any) -> Task[P, R]:
@@ -189,6 +195,21 @@ _OPTION_NAMES = (
     "name", "retries", "retry_delay", "retry_on", "retry", "timeout", "tags", "record_inputs",
     "cache", "cache_ttl", "serializer", "persist_result", "concurrency",
 )  # fmt: skip
+
+
+def _map_window(task: Task[Any, Any], ctx: Any) -> int | None:
+    """How many calls of a limited ``map`` to keep alive at once (``None``: no limit applies)."""
+    bounds = []
+    if task.concurrency is not None:
+        bounds.append(task.concurrency)
+    if ctx.gate is not None and ctx.gate.limit.concurrency is not None:
+        bounds.append(ctx.gate.limit.concurrency)
+    for tag in task.tags:
+        state = ctx.engine.limits.named(tag)
+        if state is not None and state.limit.concurrency is not None:
+            bounds.append(state.limit.concurrency)
+    # Twice the tightest limit: the next calls are ready the moment a slot frees up.
+    return 2 * min(bounds) if bounds else None
 
 
 def _zip_mapped(iterables: tuple[Iterable[Any] | unmapped, ...]) -> Iterable[tuple[Any, ...]]:

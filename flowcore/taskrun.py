@@ -543,3 +543,42 @@ async def run_into_future(
         raise
     else:
         future._set_result(result, rec.state)
+
+
+async def feed_map(
+    task: Task[Any, Any],
+    ctx: RunContext,
+    rows: list[tuple[Any, ...]],
+    kwargs: dict[str, Any],
+    futures: list[TaskFuture[Any]],
+    window: int,
+) -> None:
+    """Start a limited ``map``'s calls in order, keeping at most ``window`` alive at once."""
+    room = anyio.Semaphore(window)
+    tg = ctx.task_group
+    assert tg is not None
+    for i, future in enumerate(futures):
+        try:
+            room.acquire_nowait()  # no checkpoint while there is room: start calls in bulk
+        except anyio.WouldBlock:
+            await room.acquire()
+        args, rows[i] = rows[i], ()  # the list need not keep what a call now holds
+        rec, waits = prepare(task, ctx, args, kwargs)
+        future.seq = rec.seq
+        tg.start_soon(_run_in_room, task, ctx, rec, waits, args, kwargs, future, room)
+
+
+async def _run_in_room(
+    task: Task[Any, Any],
+    ctx: RunContext,
+    rec: TaskRunRecord,
+    waits: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    future: TaskFuture[Any],
+    room: anyio.Semaphore,
+) -> None:
+    try:
+        await run_into_future(task, ctx, rec, waits, args, kwargs, future)
+    finally:
+        room.release()

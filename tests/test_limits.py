@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import flowcore
@@ -191,3 +192,53 @@ def test_invalid_task_and_flow_limits() -> None:
         flowcore.flow(max_concurrency="many")  # type: ignore[arg-type]
     with pytest.raises(flowcore.ConfigurationError, match="one name, one limit"):
         flowcore.Engine("memory", limits=[flowcore.limit("a", 1), flowcore.limit("a", 2)])
+
+
+async def test_map_under_a_limit_keeps_few_calls_alive() -> None:
+    alive_peak = 0
+
+    @flowcore.task(concurrency=5)
+    async def work(i: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return i * 2
+
+    @flowcore.flow
+    async def f(n: int) -> int:
+        nonlocal alive_peak
+        futures = work.map(range(n))
+
+        async def watch() -> None:
+            nonlocal alive_peak
+            while True:
+                s = engine.statistics()
+                alive_peak = max(alive_peak, s.tasks_started - s.tasks_completed)
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            results = await flowcore.wait(futures)
+            tg.cancel_scope.cancel()
+        assert results == [i * 2 for i in range(n)]
+        assert [fut.seq for fut in futures] == list(range(n))  # started in order
+        return len(results)
+
+    async with flowcore.Engine("memory") as engine:
+        assert await f(3000) == 3000
+        await engine.recorder.flush()
+        (run,) = await engine.store.list_runs()
+        assert (await engine.store.count_task_runs(run.id)) == {"Completed": 3000}
+    # Calls alive at once (started, not finished): bounded by the window (2 x 5), not N.
+    assert 0 < alive_peak <= 10
+
+
+async def test_map_without_a_limit_starts_everything() -> None:
+    @flowcore.task
+    async def work(i: int) -> int:
+        return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        return await work.map(range(50))
+
+    async with flowcore.Engine("memory"):
+        assert await f() == list(range(50))
