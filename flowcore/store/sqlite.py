@@ -25,9 +25,9 @@ import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 import anyio
@@ -48,6 +48,8 @@ from ..telemetry import SpanRecord
 from .memory import _not_found_message
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+_T = TypeVar("_T")
 
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
 
@@ -674,50 +676,25 @@ class SQLiteStore:
         now: float,
     ) -> bool:
         """Take one of ``capacity`` slots of limit ``name`` if one is free (expired ones are)."""
-        async with self._write_lock:
-            return await self._try_lease(name, capacity, lease_id, holder, expires, now)
 
-    async def _try_lease(
-        self, name: str, capacity: int, lease_id: str, holder: str, expires: float, now: float
-    ) -> bool:
-        db = self._conn()
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as exc:
-                if _is_locked(exc) and time.monotonic() < deadline:
-                    await anyio.sleep(0.005 + random.random() * 0.02)
-                    continue
-                raise self._translate(exc) from exc
-            try:
-                await db.execute(
-                    "DELETE FROM limit_leases WHERE name = ? AND expires <= ?", (name, now)
-                )
-                async with db.execute(
-                    "SELECT COUNT(*) FROM limit_leases WHERE name = ?", (name,)
-                ) as cur:
-                    row = await cur.fetchone()
-                taken = row is not None and int(row[0]) < capacity
-                if taken:
-                    await db.execute(
-                        "INSERT INTO limit_leases (lease_id, name, holder, host, pid, expires) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (lease_id, name, holder, HOST, os.getpid(), expires),
-                    )
-                await db.execute("COMMIT")
-                return taken
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                if isinstance(exc, sqlite3.DatabaseError):
-                    if _is_locked(exc) and time.monotonic() < deadline:
-                        continue
-                    raise self._translate(exc) from exc
-                raise
+        async def take(db: aiosqlite.Connection) -> bool:
+            await db.execute(
+                "DELETE FROM limit_leases WHERE name = ? AND expires <= ?", (name, now)
+            )
+            async with db.execute(
+                "SELECT COUNT(*) FROM limit_leases WHERE name = ?", (name,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or int(row[0]) >= capacity:
+                return False
+            await db.execute(
+                "INSERT INTO limit_leases (lease_id, name, holder, host, pid, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (lease_id, name, holder, HOST, os.getpid(), expires),
+            )
+            return True
+
+        return await self._in_write_transaction(take)
 
     async def release_lease(self, lease_id: str) -> None:
         await self._transaction([("DELETE FROM limit_leases WHERE lease_id = ?", [(lease_id,)])])
@@ -736,38 +713,45 @@ class SQLiteStore:
 
     async def _transaction(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Run ``executemany`` batches in one write transaction, waiting out locks."""
-        async with self._write_lock:
-            await self._locked_transaction(batches)
 
-    async def _locked_transaction(
-        self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]
-    ) -> None:
-        db = self._conn()
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as exc:
-                if _is_locked(exc) and time.monotonic() < deadline:
-                    await anyio.sleep(0.01 + random.random() * 0.05)
-                    continue
-                raise self._translate(exc) from exc
-            try:
-                for sql, rows in batches:
-                    await db.executemany(sql, rows)
-                await db.execute("COMMIT")
-                return
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                if isinstance(exc, sqlite3.DatabaseError):
+        async def run(db: aiosqlite.Connection) -> None:
+            for sql, rows in batches:
+                await db.executemany(sql, rows)
+
+        await self._in_write_transaction(run)
+
+    async def _in_write_transaction(
+        self, body: Callable[[aiosqlite.Connection], Awaitable[_T]]
+    ) -> _T:
+        """``body`` inside ``BEGIN IMMEDIATE ... COMMIT``: one at a time on this connection
+        (the writer, leases and maintenance must not interleave), retried while another
+        process holds the lock, rolled back on any error."""
+        async with self._write_lock:
+            db = self._conn()
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                except sqlite3.DatabaseError as exc:
                     if _is_locked(exc) and time.monotonic() < deadline:
+                        await anyio.sleep(0.005 + random.random() * 0.045)
                         continue
                     raise self._translate(exc) from exc
-                raise
+                try:
+                    result = await body(db)
+                    await db.execute("COMMIT")
+                    return result
+                except BaseException as exc:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass  # the failed statement may have rolled back already
+                    if isinstance(exc, sqlite3.DatabaseError):
+                        if _is_locked(exc) and time.monotonic() < deadline:
+                            continue
+                        raise self._translate(exc) from exc
+                    raise
 
 
 def _check_parent(path: Path) -> None:
