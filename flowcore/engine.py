@@ -274,11 +274,6 @@ class Engine:
         return f"<flowcore.Engine store={self.store.location!r}>"
 
 
-def current_engine() -> Engine | None:
-    """The engine of the current context, if one is open."""
-    return _engine_var.get()
-
-
 def _on_asyncio() -> bool:
     try:
         asyncio.get_running_loop()

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .errors import ConfigurationError, FlowcoreError
+from .errors import FlowcoreError
 
 __all__ = [
     "SERIALIZERS",
@@ -54,14 +54,6 @@ class ResultUnreadable(FlowcoreError):
 
 
 _encoder = msgspec.msgpack.Encoder()
-
-
-def check_serializer(name: object) -> str:
-    if name not in SERIALIZERS:
-        raise ConfigurationError(
-            f"`serializer` must be one of {', '.join(map(repr, SERIALIZERS))}, got {name!r}"
-        )
-    return str(name)
 
 
 def encode_result(value: Any, serializer: str, task_name: str) -> bytes:
