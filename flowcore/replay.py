@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .records import TaskRunRecord, task_run_label
-from .serializers import ResultUnreadable, decode_result
+from .serializers import ResultUnreadable
 from .states import State
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class Replay:
         self.trace: tuple[str, str] | None = None
         self.replayed = 0
 
-    def take(self, task: Task[Any, Any], rec: TaskRunRecord) -> tuple[bool, Any]:
+    async def take(self, task: Task[Any, Any], rec: TaskRunRecord) -> tuple[bool, Any]:
         """``(True, value)`` if this call completed in the earlier run; else ``(False, None)``.
 
         Also carries over the attempt count of an earlier attempt that did not
@@ -59,37 +59,26 @@ class Replay:
         if earlier is None:
             return False, None
         if earlier.state is State.COMPLETED or earlier.state is State.CACHED:
-            blob = earlier.result
-            if blob is None and earlier.result_ref is not None:
-                files = self.engine.recorder.files
-                try:
-                    if files is None:
-                        raise ResultUnreadable("this store keeps no result files")
-                    blob = files.read(earlier.result_ref)
-                except ResultUnreadable as exc:
-                    _cannot_replay(earlier, exc)
-                    blob = None
-            if blob is not None:
-                try:
-                    value = decode_result(
-                        blob, allow_pickle=task.serializer == "pickle", type_=task.return_type
-                    )
-                except ResultUnreadable as exc:
-                    _cannot_replay(earlier, exc)
-                else:
-                    from .taskrun import finish_reused
+            if earlier.result is None and earlier.result_ref is None:
+                return False, None  # its result was not storable: it simply runs again
+            from .taskrun import finish_reused, load_result
 
-                    rec.result, rec.result_ref = earlier.result, earlier.result_ref
-                    rec.attempts = earlier.attempts
-                    finish_reused(
-                        self.engine,
-                        rec,
-                        State.COMPLETED,
-                        f"replayed: completed in {task_run_label(earlier.run_id, earlier.seq)}",
-                    )
-                    self.replayed += 1
-                    return True, value
-        elif earlier.attempts > 0:
+            try:
+                value = await load_result(self.engine, task, earlier.result, earlier.result_ref)
+            except ResultUnreadable as exc:
+                _cannot_replay(earlier, exc)
+                return False, None
+            rec.result, rec.result_ref = earlier.result, earlier.result_ref
+            rec.attempts = earlier.attempts
+            finish_reused(
+                self.engine,
+                rec,
+                State.COMPLETED,
+                f"replayed: completed in {task_run_label(earlier.run_id, earlier.seq)}",
+            )
+            self.replayed += 1
+            return True, value
+        if earlier.attempts > 0:
             rec.attempts = earlier.attempts + 1
         return False, None
 

@@ -136,7 +136,7 @@ async def run_task(
         recorder.task_changed(rec)
         engine.tasks_started += 1
         if ctx.replay is not None:
-            found, value = ctx.replay.take(task, rec)
+            found, value = await ctx.replay.take(task, rec)
             if found:
                 engine.tasks_completed += 1
                 return value
