@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .futures import TaskFuture
     from .limits import RunGate
     from .replay import Replay
+    from .spawner import Spawner
 
 __all__ = ["RunContext", "current_run"]
 
@@ -43,7 +44,8 @@ class RunContext:
     """
 
     __slots__ = (
-        "_failed", "engine", "gate", "http", "parameters", "record", "replay", "task_group",
+        "_failed", "engine", "gate", "http", "parameters", "record", "replay", "spawner",
+        "task_group",
     )  # fmt: skip
 
     def __init__(
@@ -53,6 +55,8 @@ class RunContext:
         self.record = record
         self.parameters = parameters
         self.task_group: TaskGroup | None = None
+        #: Starts the run's submitted task runs (set with ``task_group``).
+        self.spawner: Spawner | None = None
         #: When re-driving a crashed or failed run: the earlier run's task results.
         self.replay: Replay | None = None
         #: The flow's ``max_concurrency`` gate, if it has one.

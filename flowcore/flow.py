@@ -30,6 +30,7 @@ from .errors import ConfigurationError, FlowTimeout
 from .limits import RunGate
 from .records import FlowRunRecord
 from .replay import Replay
+from .spawner import Spawner
 from .states import State
 from .task import Task, check_function
 from .taskrun import error_name, prepare, run_task
@@ -145,16 +146,24 @@ async def _drive(
     error: BaseException | None = None
     result: Any = None
     try:
-        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            async with anyio.create_task_group() as tg:
-                ctx.task_group = tg
-                try:
-                    result = await body()
-                except Exception as exc:
-                    # Keep the error for the flow (not an ExceptionGroup) and stop the
-                    # flow's other tasks: the run has failed.
-                    error = exc
-                    tg.cancel_scope.cancel()
+        spawner: Spawner | None = None
+        try:
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                async with anyio.create_task_group() as tg:
+                    ctx.task_group = tg
+                    ctx.spawner = spawner = Spawner(tg)
+                    try:
+                        result = await body()
+                    except Exception as exc:
+                        # Keep the error for the flow (not an ExceptionGroup) and stop the
+                        # flow's other tasks: the run has failed.
+                        error = exc
+                        tg.cancel_scope.cancel()
+                if error is None and spawner is not None:
+                    await spawner.join()  # submitted tasks nobody awaited still finish
+        finally:
+            if spawner is not None:
+                await spawner.cancel()  # whatever is left when the run ends another way
         if scope.cancelled_caught and error is None:
             error = FlowTimeout(
                 f"flow {record.name!r} timed out after {timeout:g} s (its `timeout`); its "
@@ -191,6 +200,7 @@ async def _drive(
         _task_var.reset(task_token)
         _run_var.reset(run_token)
         ctx.task_group = None
+        ctx.spawner = None
         ctx._failed.clear()
         if top_level:
             # The end of a run is a durability point: its records are committed

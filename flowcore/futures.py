@@ -28,7 +28,7 @@ T = TypeVar("T")
 class TaskFuture(Generic[R]):
     """The eventual result of a submitted task run: ``await future``."""
 
-    __slots__ = ("_ctx", "_done", "_exc", "_result", "seq", "state", "task_name")
+    __slots__ = ("_ctx", "_event", "_exc", "_finished", "_result", "seq", "state", "task_name")
 
     def __init__(self, task_name: str, seq: int, ctx: RunContext) -> None:
         self.task_name = task_name
@@ -36,7 +36,9 @@ class TaskFuture(Generic[R]):
         self.seq = seq
         self.state = State.PENDING
         self._ctx = ctx
-        self._done = anyio.Event()
+        self._finished = False
+        # Made only when someone waits before the end: most futures are awaited after.
+        self._event: anyio.Event | None = None
         self._result: Any = None
         self._exc: BaseException | None = None
 
@@ -44,14 +46,18 @@ class TaskFuture(Generic[R]):
     def _set_result(self, value: Any, state: State) -> None:
         self._result = value
         self.state = state
-        self._done.set()
+        self._finished = True
+        if self._event is not None:
+            self._event.set()
 
     def _set_exception(self, exc: BaseException, state: State) -> None:
         self._exc = exc
         self.state = state
         if isinstance(exc, Exception):
             self._ctx._failed[self] = None
-        self._done.set()
+        self._finished = True
+        if self._event is not None:
+            self._event.set()
 
     def __flowcore_record__(self) -> dict[str, object]:
         # How a future passed as an input is recorded: the task run it stands for.
@@ -59,11 +65,11 @@ class TaskFuture(Generic[R]):
 
     def done(self) -> bool:
         """Whether the task run has ended (successfully or not)."""
-        return self._done.is_set()
+        return self._finished
 
     def result(self) -> R:
         """The result of a finished task run; raises its error. Use ``await`` to wait."""
-        if not self._done.is_set():
+        if not self._finished:
             raise ConfigurationError(
                 f"the future of task {self.task_name!r} (seq {self.seq}) has not finished; "
                 "use `await future` to wait for it"
@@ -76,7 +82,7 @@ class TaskFuture(Generic[R]):
 
     def exception(self) -> BaseException | None:
         """The error of a finished task run, or ``None``; marks the failure as seen."""
-        if not self._done.is_set():
+        if not self._finished:
             raise ConfigurationError(
                 f"the future of task {self.task_name!r} (seq {self.seq}) has not finished; "
                 "use `await future.wait()` first"
@@ -86,10 +92,14 @@ class TaskFuture(Generic[R]):
 
     async def wait(self) -> None:
         """Wait until the task run ends, without raising its error."""
-        await self._done.wait()
+        if not self._finished:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
 
     async def _get(self) -> R:
-        await self._done.wait()
+        if not self._finished:
+            await self.wait()
         return self.result()
 
     def __await__(self) -> Generator[Any, None, R]:
@@ -124,7 +134,8 @@ async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
             )
     items: list[TaskFuture[T]] = given  # type: ignore[assignment]  # checked just above
     for item in items:
-        await item._done.wait()
+        if not item._finished:
+            await item.wait()
     errors = [e for e in (f.exception() for f in items) if e is not None]
     if errors:
         first = errors[0]

@@ -7,7 +7,7 @@
   (``Engine(limits=[...])``), or around any code with ``async with flowcore.limit(...)``.
   ``rate`` is a token bucket: ``rate`` acquisitions per second, bursts up to ``burst``.
 
-Waiting is fair (first come, first served: anyio's limiter and lock are FIFO),
+Waiting is fair (first come, first served: slots and tokens go out in FIFO order),
 shows in the task run's history as a ``Pending`` entry naming the limit, and
 happens before the attempt starts, so it never counts against the task's
 ``timeout``. A slot is held for one attempt and given back when it ends,
@@ -25,6 +25,7 @@ import math
 import random
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -37,9 +38,51 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["Limit", "Limits", "RunGate", "TokenBucket", "limit"]
+__all__ = ["Limit", "Limits", "RunGate", "Slots", "TokenBucket", "limit"]
 
 _EPSILON = 1e-9
+
+
+class Slots:
+    """A FIFO semaphore: ``acquire`` takes a slot (no checkpoint when one is free), in turn.
+
+    anyio's ``CapacityLimiter`` tracks a borrower per task and checkpoints on
+    every acquire, which on asyncio costs more than the rest of a task run; a
+    slot here is a counter while there is room. A released slot is handed
+    straight to the longest waiter, so latecomers never overtake it.
+    """
+
+    __slots__ = ("borrowed", "total", "waiters")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.borrowed = 0
+        self.waiters: deque[anyio.Event] = deque()
+
+    @property
+    def available(self) -> int:
+        return self.total - self.borrowed
+
+    async def acquire(self) -> None:
+        if self.borrowed < self.total and not self.waiters:
+            self.borrowed += 1
+            return
+        event = anyio.Event()
+        self.waiters.append(event)
+        try:
+            await event.wait()  # set by release(), which hands its slot over
+        except BaseException:
+            if event.is_set():
+                self.release()  # handed a slot as the wait was cancelled: pass it on
+            else:
+                self.waiters.remove(event)
+            raise
+
+    def release(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().set()  # the slot changes hands: `borrowed` stays
+        else:
+            self.borrowed -= 1
 
 
 class TokenBucket:
@@ -52,6 +95,7 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = clock.now()
         self._lock = anyio.Lock()  # FIFO: waiters are served in arrival order
+        self._waiting = 0
 
     def _refill(self) -> None:
         now = self.clock.now()
@@ -63,6 +107,18 @@ class TokenBucket:
         return self._tokens >= 1 - _EPSILON
 
     async def acquire(self) -> None:
+        if not self._waiting:
+            self._refill()
+            if self._tokens >= 1 - _EPSILON:  # a token and nobody ahead: take it now
+                self._tokens = max(0.0, self._tokens - 1)
+                return
+        self._waiting += 1
+        try:
+            await self._acquire_in_turn()
+        finally:
+            self._waiting -= 1
+
+    async def _acquire_in_turn(self) -> None:
         async with self._lock:
             self._refill()
             while self._tokens < 1 - _EPSILON:  # float dust must not mean "wait again"
@@ -164,7 +220,7 @@ class _State:
 
     def __init__(self, spec: Limit, clock: Clock, owner: Limits | None = None) -> None:
         self.limit = spec
-        self.limiter = anyio.CapacityLimiter(spec.concurrency) if spec.concurrency else None
+        self.limiter = Slots(spec.concurrency) if spec.concurrency else None
         self.bucket = (
             TokenBucket(spec.rate, spec.burst or 1, clock) if spec.rate is not None else None
         )
@@ -172,7 +228,7 @@ class _State:
         self.leases: list[str] = []  # store leases held by this engine (shared limits)
 
     def free(self) -> bool:
-        if self.limiter is not None and self.limiter.available_tokens < 1:
+        if self.limiter is not None and self.limiter.available < 1:
             return False
         return self.bucket is None or self.bucket.available()
 
@@ -283,8 +339,8 @@ class Limits:
             limiter = state.limiter
             out[name] = {
                 "concurrency": state.limit.concurrency,
-                "holders": limiter.borrowed_tokens if limiter is not None else None,
-                "waiting": limiter.statistics().tasks_waiting if limiter is not None else None,
+                "holders": limiter.borrowed if limiter is not None else None,
+                "waiting": len(limiter.waiters) if limiter is not None else None,
                 "rate": state.limit.rate,
             }
         return out

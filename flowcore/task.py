@@ -94,16 +94,14 @@ class Task(Generic[P, R]):
         dependencies: the task starts when they finish, with their results.
         """
         ctx = _run_var.get()
-        if ctx is None or ctx.task_group is None:
+        if ctx is None or ctx.spawner is None:
             raise ConfigurationError(
                 f"{self.name}.submit() needs a running flow to own the task; call it inside a "
                 f"@flowcore.flow, or outside flows use `await {self.name}(...)`"
             )
         rec, waits = prepare(self, ctx, args, kwargs)
         future: TaskFuture[R] = TaskFuture(self.name, rec.seq, ctx)
-        ctx.task_group.start_soon(
-            run_into_future, self, ctx, rec, waits, args, kwargs, future, name=self.name
-        )
+        ctx.spawner.start(run_into_future(self, ctx, rec, waits, args, kwargs, future))
         return future
 
     def map(self, *iterables: Iterable[Any] | unmapped, **kwargs: Any) -> TaskFutureList[R]:
@@ -134,7 +132,7 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
         ctx = _run_var.get()
         window = _map_window(self, ctx) if ctx is not None else None
-        if window is None or ctx is None or ctx.task_group is None:
+        if window is None or ctx is None or ctx.task_group is None or ctx.spawner is None:
             return TaskFutureList(self.submit(*row, **kwargs) for row in rows)
         # Under a limit, start the calls as room frees up (at most `window` alive at a
         # time) instead of making a coroutine per item that would only wait at the limit.

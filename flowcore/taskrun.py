@@ -19,7 +19,7 @@ from .context import RunContext, _run_var, _task_var
 from .encoding import encode_inputs
 from .errors import ConfigurationError, TaskTimeout, UpstreamFailed
 from .futures import TaskFuture
-from .limits import enter, gates_for, leave
+from .limits import Slots, enter, gates_for, leave
 from .records import CacheEntry, TaskRunRecord, task_run_label
 from .results import INLINE_LIMIT, ResultFiles
 from .serializers import ResultNotSerializable, ResultUnreadable, decode_result, encode_result
@@ -506,7 +506,8 @@ async def _resolve_inputs(
         _collect_futures(value, found)
     rec.upstream = sorted({f.seq for f in found})
     for fut in found:
-        await fut._done.wait()
+        if not fut._finished:
+            await fut.wait()
     failed = [f for f in found if f._exc is not None]
     if failed:
         names = ", ".join(
@@ -554,18 +555,15 @@ async def feed_map(
     window: int,
 ) -> None:
     """Start a limited ``map``'s calls in order, keeping at most ``window`` alive at once."""
-    room = anyio.Semaphore(window)
-    tg = ctx.task_group
-    assert tg is not None
+    room = Slots(window)
+    spawner = ctx.spawner
+    assert spawner is not None
     for i, future in enumerate(futures):
-        try:
-            room.acquire_nowait()  # no checkpoint while there is room: start calls in bulk
-        except anyio.WouldBlock:
-            await room.acquire()
+        await room.acquire()  # no checkpoint while there is room: calls start in bulk
         args, rows[i] = rows[i], ()  # the list need not keep what a call now holds
         rec, waits = prepare(task, ctx, args, kwargs)
         future.seq = rec.seq
-        tg.start_soon(_run_in_room, task, ctx, rec, waits, args, kwargs, future, room)
+        spawner.start(_run_in_room(task, ctx, rec, waits, args, kwargs, future, room))
 
 
 async def _run_in_room(
@@ -576,7 +574,7 @@ async def _run_in_room(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     future: TaskFuture[Any],
-    room: anyio.Semaphore,
+    room: Slots,
 ) -> None:
     try:
         await run_into_future(task, ctx, rec, waits, args, kwargs, future)
