@@ -44,11 +44,15 @@ class Recorder:
         *,
         flush_interval: float = 0.02,
         max_batch: int = 2000,
+        max_backlog: int = 50_000,
         heartbeat_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.max_batch = max_batch
+        #: Task runs changed and not yet written past which new task runs wait for a
+        #: flush (:meth:`drain`): memory stays bounded when work outpaces the disk.
+        self.max_backlog = max_backlog
         self.heartbeat_interval = heartbeat_interval
         self._flows: dict[int, FlowRunRecord] = {}
         self._tasks: dict[int, TaskRunRecord] = {}
@@ -64,6 +68,7 @@ class Recorder:
         # Group commit: flushes are numbered; commit() waits for the next one to finish.
         self._started = 0
         self._completed = 0
+        self._admission: deque[anyio.Event] = deque()  # task runs waiting for room
         self._flushed = anyio.Event()
         self._wakeup = anyio.Event()
         self._wake_requested = False
@@ -109,6 +114,36 @@ class Recorder:
         """Records changed since the last flush."""
         return len(self._tasks) + len(self._flows) + len(self._cache)
 
+    async def admit(self) -> None:
+        """Wait until the writer has room for more task runs (backpressure, in turn).
+
+        Called by a task run about to start when ``max_backlog`` task runs wait to
+        be written, or others already wait here (first come, first served). Each
+        flush lets in as many as it made room for. A flush that fails lets
+        everyone in: a store that cannot be written to must not hang the flow
+        (its records stay queued, and the end of the run reports the error).
+        """
+        event = anyio.Event()
+        self._admission.append(event)
+        self._wake_requested = True
+        self._wakeup.set()
+        try:
+            await event.wait()
+        except BaseException:
+            if not event.is_set():
+                self._admission.remove(event)
+            raise
+
+    def _let_in(self, everyone: bool) -> None:
+        waiting = self._admission
+        room = len(waiting) if everyone else self.max_backlog - len(self._tasks)
+        while waiting and room > 0:
+            waiting.popleft().set()
+            room -= 1
+        if waiting:
+            self._wake_requested = True  # more to write before the rest can start
+            self._wakeup.set()
+
     async def commit(self) -> None:
         """Wait until everything changed before this call is committed (group commit).
 
@@ -150,6 +185,8 @@ class Recorder:
                     fr.heartbeat = now
                     self._flows[id(fr)] = fr
             if not self._tasks and not self._flows and not self._cache and not self.spans:
+                if self._admission:
+                    self._let_in(everyone=False)
                 return
             self._started += 1
             generation = self._started
@@ -177,6 +214,7 @@ class Recorder:
                 self._flows, self._tasks, self._cache, self._files = flows, tasks, cache, files
                 self.spans.extendleft(reversed(spans))
                 self._writing_cache, self._writing_files = {}, {}
+                self._let_in(everyone=True)
                 if isinstance(exc, OSError):
                     raise StoreError(f"cannot write result files: {exc}") from exc
                 raise
@@ -186,6 +224,8 @@ class Recorder:
             self.rows_written += len(flows) + len(tasks) + len(cache)
             self.spans_written += len(spans)
             self._completed = generation
+            if self._admission:
+                self._let_in(everyone=False)
             done, self._flushed = self._flushed, anyio.Event()
             done.set()
 

@@ -117,6 +117,8 @@ async def run_task(
     assert ctx is not None
     engine = ctx.engine
     recorder = engine.recorder
+    if len(recorder._tasks) >= recorder.max_backlog or recorder._admission:
+        await recorder.admit()  # the writer is behind: let it catch up before more work
     tracing = engine.tracing
     span = None
     if tracing is not None:

@@ -260,3 +260,55 @@ async def test_closing_the_engine_raises_when_the_store_keeps_failing() -> None:
     assert store.failed >= 2  # the run's end, then the engine's close
     assert store.closed  # the store is closed even though the last flush failed
     assert await store.list_runs() == []
+
+
+# -- backpressure -------------------------------------------------------------------------
+
+
+class SlowStore(RecordingStore):
+    """Writes take a while, as a busy disk or a database another process locks."""
+
+    async def write(
+        self,
+        flow_runs: Sequence[FlowRunRecord],
+        task_runs: Sequence[TaskRunRecord],
+        *more: Sequence[Any],
+    ) -> None:
+        await anyio.sleep(0.01)
+        await super().write(flow_runs, task_runs, *more)
+
+
+@pytest.mark.anyio
+async def test_work_waits_for_the_writer_when_it_falls_behind() -> None:
+    store = SlowStore()
+
+    @flowcore.task
+    async def step(i: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return i
+
+    @flowcore.flow
+    async def many(n: int) -> int:
+        return len(await asyncio.gather(*(step(i) for i in range(n))))
+
+    async with flowcore.Engine(store=store, flush_interval=60) as engine:
+        engine.recorder.max_backlog = 100
+        assert await many(3000) == 3000
+    # Without backpressure the one flush at the end would hold all 3,000; with it, no
+    # batch is much bigger than the backlog allowed (plus the runs already past the gate).
+    sizes = [len(tasks) for _, tasks in store.batches]
+    assert max(sizes) <= 200, sizes
+    assert len(sizes) >= 3000 // 200
+    await _assert_all_completed(store, 3000)
+
+
+@pytest.mark.anyio
+async def test_backpressure_does_not_hang_a_flow_when_the_store_keeps_failing() -> None:
+    store = FlakyStore(failures=None)
+    async with flowcore.Engine(store=store, flush_interval=0.01) as engine:
+        engine.recorder.max_backlog = 50
+        with anyio.fail_after(30), pytest.raises(flowcore.StoreError, match="disk full"):
+            await gathered(500)
+        assert engine.recorder.pending == 501  # every record kept for a later write
+        store.failures_left = 0  # the disk recovers: closing the engine writes them
+    await _assert_all_completed(store, 500)

@@ -441,3 +441,30 @@ async def test_resolved_sqlite_url_store_works(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert (tmp_path / "url.db").is_file()
+
+
+# -- batched writes -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("n", [1, 255, 4096, 4096 + 4095 + 7])
+async def test_a_batch_is_written_whole_whatever_its_size(tmp_path: Path, n: int) -> None:
+    # Rows go many to a statement (full chunks, then power-of-two pieces of the rest):
+    # every size must come out whole and in place, updates included.
+    path = tmp_path / "flowcore.db"
+    tasks = _tasks("run1", n)
+    for t in tasks[::3]:
+        t.state = State.RUNNING
+    async with SQLiteStore(path) as store:
+        await store.write([_flow("run1")], tasks)
+        for t in tasks[::3]:
+            t.state = State.COMPLETED
+            t.attempts = 2
+        await store.write([], tasks[::3])
+        await store.write([], tasks[1:2])  # a terminal row is not overwritten
+        back = await store.list_task_runs("run1", limit=None)
+        counts = await store.count_task_runs("run1")
+    assert counts == {"Completed": n}
+    assert [t.seq for t in back] == list(range(n))
+    assert [t.inputs for t in back] == [t.inputs for t in tasks]
+    assert [t.attempts for t in back] == [2 if i % 3 == 0 else 0 for i in range(n)]
