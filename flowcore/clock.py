@@ -15,10 +15,14 @@ __all__ = ["Clock", "SystemClock"]
 
 
 class Clock:
-    """Interface: ``now()`` in monotonic seconds and ``await sleep(seconds)``."""
+    """Interface: ``now()`` in monotonic seconds, ``time()`` wall seconds, ``await sleep(s)``."""
 
     def now(self) -> float:
         raise NotImplementedError
+
+    def time(self) -> float:
+        """Wall-clock seconds, comparable between processes (shared rate limits use it)."""
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         raise NotImplementedError

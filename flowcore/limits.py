@@ -13,10 +13,16 @@ happens before the attempt starts, so it never counts against the task's
 ``timeout``. A slot is held for one attempt and given back when it ends,
 however it ends (error, timeout, cancellation).
 
-Limits hold within one engine unless ``shared=True``: a shared limit's slots
-are leases in the store (``limit_leases``), taken in a write transaction, which
-expire ``lease_ttl`` (30 s) after their engine last renewed them, so the slots
-of a process that died come back by themselves.
+Limits hold within one engine unless ``shared=True``: then both the
+concurrency and the rate hold across every process sharing the store.
+
+- A slot is a lease in the store (``limit_leases``), taken in a write
+  transaction, which expires ``lease_ttl`` (30 s) after its engine last renewed
+  it, so the slots of a process that died come back by themselves. A process
+  that must wait records itself as a waiter, and a free slot goes to the
+  oldest waiter of any process.
+- The rate is one row per limit (``limit_rates``): each use reserves its turn
+  (see :class:`SharedRate`), so the rate holds over all processes together.
 """
 
 from __future__ import annotations
@@ -127,6 +133,40 @@ class TokenBucket:
             self._tokens = max(0.0, self._tokens - 1)
 
 
+class SharedRate:
+    """A rate limit held across processes: each use is reserved in the store (GCRA).
+
+    The store keeps one number per limit, the time the bucket would next be empty
+    at the full rate; a reservation moves it on by ``1 / rate`` and says when the
+    use may start, so waiting is a sleep, not polling, and uses are served in
+    the order their reservations commit, whichever process made them. Times are
+    the clock's wall time (``Clock.time``): processes on one host share it; hosts
+    sharing a database need synchronised clocks. A use cancelled while it waits
+    keeps its reservation: the rate is never exceeded, only under-used.
+    """
+
+    def __init__(self, spec: Limit, burst: int, owner: Limits, clock: Clock) -> None:
+        assert spec.rate is not None
+        self.name = spec.name
+        self.interval = 1.0 / spec.rate
+        self.tolerance = (burst - 1) * self.interval
+        self.owner = owner
+        self.clock = clock
+        self._next = -math.inf  # when this process last saw the bucket allow a use
+
+    def available(self) -> bool:
+        return self.clock.time() >= self._next
+
+    async def acquire(self) -> None:
+        store: Any = self.owner._engine.store
+        now = self.clock.time()
+        start = await store.reserve_rate(self.name, self.interval, self.tolerance, now)
+        self._next = start + self.interval
+        wait = start - self.clock.time()
+        if wait > 0:
+            await self.clock.sleep(wait)
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
     """A named limit (see the module docstring). Also an async context manager."""
@@ -165,8 +205,6 @@ class Limit:
             problems.append("`burst` needs a `rate`")
         if self.concurrency is None and self.rate is None:
             problems.append("a limit needs `concurrency`, `rate`, or both")
-        if self.shared and self.concurrency is None:
-            problems.append("`shared=True` shares a `concurrency`; give one")
         if problems:
             raise ConfigurationError(f"invalid limit {self.name!r}: " + "; ".join(problems))
 
@@ -206,9 +244,10 @@ def limit(
 ) -> Limit:
     """A named limit: ``flowcore.limit("partner-api", 50, rate=100)``.
 
-    ``shared=True`` holds the concurrency across every process using the same
-    store: each slot is a lease in the store that expires unless its engine
-    renews it, so a process that dies does not keep its slots.
+    ``shared=True`` holds the concurrency and the rate across every process
+    using the same store: each slot is a lease in the store that expires unless
+    its engine renews it, so a process that dies does not keep its slots, and
+    each use of the rate reserves its turn in the store.
     """
     if burst is None and rate is not None:
         burst = max(1, math.ceil(rate))
@@ -221,10 +260,13 @@ class _State:
     def __init__(self, spec: Limit, clock: Clock, owner: Limits | None = None) -> None:
         self.limit = spec
         self.limiter = Slots(spec.concurrency) if spec.concurrency else None
-        self.bucket = (
-            TokenBucket(spec.rate, spec.burst or 1, clock) if spec.rate is not None else None
-        )
         self.owner = owner if spec.shared else None
+        self.bucket: TokenBucket | SharedRate | None = None
+        if spec.rate is not None:
+            if self.owner is not None:
+                self.bucket = SharedRate(spec, spec.burst or 1, self.owner, clock)
+            else:
+                self.bucket = TokenBucket(spec.rate, spec.burst or 1, clock)
         self.leases: list[str] = []  # store leases held by this engine (shared limits)
 
     def free(self) -> bool:
@@ -236,7 +278,7 @@ class _State:
         if self.limiter is not None:
             await self.limiter.acquire()
         try:
-            if self.owner is not None:
+            if self.owner is not None and self.limit.concurrency is not None:
                 self.leases.append(await self.owner.lease(self.limit))
             if self.bucket is not None:
                 await self.bucket.acquire()
@@ -308,17 +350,30 @@ class Limits:
         store: Any = self._engine.store
         lease_id = uuid.uuid4().hex
         delay = 0.005
-        while True:
-            now = time.time()
-            if await store.try_lease(
-                spec.name, spec.concurrency, lease_id, self.holder, now + self.lease_ttl, now
-            ):
-                self.leases_held += 1
-                return lease_id
-            # Another process holds every slot: poll, backing off, with jitter so
-            # waiting processes do not retry in step.
-            await anyio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.2)
+        since = time.time()
+        try:
+            while True:
+                now = time.time()
+                if await store.try_lease(
+                    spec.name,
+                    spec.concurrency,
+                    lease_id,
+                    self.holder,
+                    now + self.lease_ttl,
+                    now,
+                    since,
+                ):
+                    self.leases_held += 1
+                    return lease_id
+                # Every slot is taken (or promised to older waiters): poll, backing off,
+                # with jitter so waiting processes do not retry in step. Each try also
+                # keeps this waiter's row alive.
+                await anyio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.2)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.release_lease(lease_id)  # no longer waiting: drop the row
+            raise
 
     async def unlease(self, lease_id: str) -> None:
         self.leases_held -= 1

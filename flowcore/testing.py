@@ -31,6 +31,9 @@ class FakeClock(Clock):
     def now(self) -> float:
         return self._now
 
+    def time(self) -> float:
+        return self._now
+
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` without sleeping."""
         self._now += seconds

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import anyio
 import pytest
 
 import flowcore
+from flowcore.testing import FakeClock
 
 CHILD = textwrap.dedent(
     """
@@ -38,6 +42,32 @@ CHILD = textwrap.dedent(
         limits = [flowcore.limit("shared-api", 3, shared=True)]
         async with flowcore.Engine(limits=limits) as engine:
             engine.limits.lease_ttl = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+            print(await f(n), flush=True)
+
+    anyio.run(main)
+    """
+)
+
+
+RATE_CHILD = textwrap.dedent(
+    """
+    import sys, time, anyio, flowcore
+
+    log_path, n = sys.argv[1], int(sys.argv[2])
+
+    @flowcore.task(tags=["rated-api"])
+    async def call(i: int) -> int:
+        with open(log_path, "a") as log:
+            log.write(f"start {time.time()!r}\\n")
+        return i
+
+    @flowcore.flow
+    async def f(n: int) -> int:
+        return len(await call.map(range(n)))
+
+    async def main() -> None:
+        limits = [flowcore.limit("rated-api", rate=20, burst=4, shared=True)]
+        async with flowcore.Engine(limits=limits):
             print(await f(n), flush=True)
 
     anyio.run(main)
@@ -101,7 +131,7 @@ def test_a_killed_holders_slots_come_back_when_their_leases_expire(tmp_path: Pat
     holder.wait()
     killed_at = time.time()
 
-    async def leases() -> list[tuple[str, str, str, int, float]]:
+    async def leases() -> list[tuple[str, str, str, int, float, bool]]:
         async with flowcore.SQLiteStore(tmp_path / "home" / "flowcore.db") as store:
             return await store.list_leases()
 
@@ -121,12 +151,125 @@ def test_a_killed_holders_slots_come_back_when_their_leases_expire(tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_shared_limit_needs_a_concurrency() -> None:
-    with pytest.raises(flowcore.ConfigurationError, match="shared=True"):
-        flowcore.limit("x", rate=5, shared=True)
+async def test_a_shared_rate_books_turns_across_connections(tmp_path: Path) -> None:
+    # Two processes are two connections to one database; times are given, so the
+    # schedule is exact: 10 a second with a burst of 3, whoever asks.
+    path = tmp_path / "flowcore.db"
+    async with flowcore.SQLiteStore(path) as a, flowcore.SQLiteStore(path) as b:
+        interval, tolerance = 0.1, 2 * 0.1
+        starts = []
+        for i in range(10):
+            store = a if i % 2 else b
+            starts.append(await store.reserve_rate("api", interval, tolerance, 100.0))
+        assert starts[:3] == [100.0] * 3  # the burst
+        assert starts[3:] == pytest.approx([100.0 + 0.1 * k for k in range(1, 8)])
+        # Later, after an idle second, the burst is back (but not more than the burst).
+        later = [await a.reserve_rate("api", interval, tolerance, 102.0) for _ in range(4)]
+        assert later == pytest.approx([102.0, 102.0, 102.0, 102.1])
+        assert [name for name, _ in await b.list_rates()] == ["api"]
 
 
-def test_limits_ls_shows_holders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.anyio
+async def test_a_shared_rate_alone_holds_across_engines(tmp_path: Path) -> None:
+    clock = FakeClock(start=1_000.0)
+    path = tmp_path / "flowcore.db"
+    times: list[float] = []
+
+    @flowcore.task(tags=["api"])
+    async def hit(i: int) -> None:
+        times.append(clock.time())
+
+    @flowcore.flow
+    async def f(n: int) -> None:
+        for i in range(n):  # one at a time: the fake clock's sleeps then add up exactly
+            await hit(i)
+
+    limit = flowcore.limit("api", rate=5, burst=2, shared=True)
+    async with flowcore.Engine(path, clock=clock, limits=[limit]) as one:
+        async with flowcore.Engine(path, clock=clock, limits=[limit]):
+            await f(6)  # in the inner engine
+            assert one.limits.named("api") is not None
+        await f(6)  # in engine `one`: the bucket is the one `two` emptied
+    assert times[:2] == [1_000.0, 1_000.0]
+    assert times[2:] == pytest.approx([1_000.0 + 0.2 * k for k in range(1, 11)])
+
+
+def test_a_shared_rate_holds_across_two_processes(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(RATE_CHILD)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "FLOWCORE_HOME": str(tmp_path / "home")}
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(log), "30"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=90)
+        assert child.returncode == 0, err
+        assert out.strip() == "30"
+    starts = sorted(float(line.split()[1]) for line in log.read_text().splitlines())
+    assert len(starts) == 60
+    # 20 a second with a burst of 4, over both processes together: any 1 s window
+    # holds at most 20 + 4 starts (a little slack for timestamps taken after waking).
+    for i, t in enumerate(starts):
+        in_window = sum(1 for u in starts[i:] if u < t + 1.0)
+        assert in_window <= 24 + 1, (i, in_window)
+    # And the limit really bound them: 60 uses at 20/s after a burst of 4 take >= 2.8 s.
+    assert starts[-1] - starts[0] >= (60 - 4) / 20 - 0.05
+
+
+@pytest.mark.anyio
+async def test_a_free_slot_goes_to_the_oldest_waiter_of_any_engine(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    limit = flowcore.limit("db", 1, shared=True)
+    order: list[str] = []
+    async with (
+        flowcore.Engine(path, limits=[limit]) as one,
+        flowcore.Engine(path, limits=[limit]) as two,
+    ):
+        first = one.limits.named("db")
+        second = two.limits.named("db")
+        assert first is not None and second is not None
+        await first.acquire()  # `one` holds the only slot
+
+        async def take(state: object, name: str) -> None:
+            await state.acquire()  # type: ignore[attr-defined]
+            order.append(name)
+            await anyio.sleep(0.01)
+            await state.release()  # type: ignore[attr-defined]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, second, "two")  # waits first, in the other engine
+            await _until(lambda: _waiting(path) == 1)
+            await first.release()  # ... while `one` takes it back at once:
+            tg.start_soon(take, first, "one")
+        async with flowcore.SQLiteStore(path) as store:
+            assert await store.list_leases() == []  # every row gone, waiters too
+    assert order == ["two", "one"]
+
+
+def _waiting(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        return int(
+            conn.execute("SELECT COUNT(*) FROM limit_leases WHERE waiting = 1").fetchone()[0]
+        )
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 (the condition is a row in another connection)
+            await anyio.sleep(0.01)
+
+
+def test_limits_ls_shows_holders_and_waiters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
     from click.testing import CliRunner
@@ -137,18 +280,29 @@ def test_limits_ls_shows_holders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("FLOWCORE_HOME", str(home))
     runner = CliRunner()
     assert "no shared limits" in runner.invoke(cli, ["limits", "ls"]).output
+    me = f"{flowcore.context.HOST}:{os.getpid()}"
 
     async def hold() -> None:
-        limit = flowcore.limit("api", 2, shared=True)
-        async with flowcore.Engine(limits=[limit]), limit:  # the engine first, then a slot
+        limit = flowcore.limit("api", 1, shared=True)
+        async with (
+            flowcore.Engine(limits=[limit]) as one,
+            flowcore.Engine(limits=[limit]),
+            limit,  # the inner engine holds the slot
+            anyio.create_task_group() as tg,
+        ):
+            other = one.limits.named("api")
+            assert other is not None
+            tg.start_soon(other.acquire)  # the outer one waits for it
+            await _until(lambda: _waiting(home / "flowcore.db") == 1)
             shown = await anyio.to_thread.run_sync(runner.invoke, cli, ["limits", "ls", "--json"])
             assert shown.exit_code == 0, shown.output
             (row,) = json.loads(shown.output)
-            assert row["name"] == "api" and row["held"] == 1
-            assert row["holders"] == [f"{flowcore.context.HOST}:{os.getpid()}"]
+            assert row["name"] == "api" and row["held"] == 1 and row["waiting"] == 1
+            assert row["holders"] == [me] and row["waiters"] == [me]
             table = await anyio.to_thread.run_sync(runner.invoke, cli, ["limits", "ls"])
-            assert "api" in table.output
+            assert "api" in table.output and "waiting" in table.output
+            tg.cancel_scope.cancel()
 
     anyio.run(hold)
-    # Given back when the block ended: the lease is gone from the store.
+    # Given back when the block ended, and the cancelled waiter left: nothing in the store.
     assert json.loads(runner.invoke(cli, ["limits", "ls", "--json"]).output) == []

@@ -468,3 +468,19 @@ async def test_a_batch_is_written_whole_whatever_its_size(tmp_path: Path, n: int
     assert [t.seq for t in back] == list(range(n))
     assert [t.inputs for t in back] == [t.inputs for t in tasks]
     assert [t.attempts for t in back] == [2 if i % 3 == 0 else 0 for i in range(n)]
+
+
+@pytest.mark.anyio
+async def test_cancelled_writes_never_leave_the_database_locked(tmp_path: Path) -> None:
+    # A write cancelled at any point (even while BEGIN IMMEDIATE is on the connection's
+    # thread) must not leave a transaction open: another connection must still write.
+    path = tmp_path / "flowcore.db"
+    rng = random.Random(7)
+    async with SQLiteStore(path) as store, SQLiteStore(path, lock_timeout=2) as other:
+        for i in range(300):
+            with anyio.move_on_after(rng.random() * 0.002):
+                await store.try_lease("x", 5, f"lease{i}", "me", 1e12, 0.0)
+            with anyio.move_on_after(rng.random() * 0.002):
+                await store.write([_flow(f"run{i}")], [])
+        await other.write([_flow("other")], [])  # StoreUnavailable if a lock was left
+        assert "other" in {r.id for r in await other.list_runs(limit=1000)}

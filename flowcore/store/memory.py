@@ -33,7 +33,8 @@ class MemoryStore:
         self._tasks: dict[str, dict[int, TaskRunRecord]] = {}
         self._cache: dict[str, CacheEntry] = {}
         self._spans: dict[tuple[str, str], SpanRecord] = {}
-        self._leases: dict[str, tuple[str, str, str, int, float]] = {}
+        self._leases: dict[str, tuple[str, str, str, int, float, bool, float]] = {}
+        self._rates: dict[str, float] = {}  # shared rate limits: name -> tat (see SQLiteStore)
         self.results_dir: Path | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
 
@@ -133,26 +134,48 @@ class MemoryStore:
         return len(doomed)
 
     async def try_lease(
-        self, name: str, capacity: int, lease_id: str, holder: str, expires: float, now: float
+        self,
+        name: str,
+        capacity: int,
+        lease_id: str,
+        holder: str,
+        expires: float,
+        now: float,
+        since: float | None = None,
     ) -> bool:
+        since = now if since is None else since
         leases = self._leases
         for key in [k for k, v in leases.items() if v[0] == name and v[4] <= now]:
             del leases[key]
-        if sum(1 for v in leases.values() if v[0] == name) >= capacity:
-            return False
-        leases[lease_id] = (name, holder, "", 0, expires)
-        return True
+        ahead = sum(
+            1
+            for key, (n, _, _, _, _, waiting, their_since) in leases.items()
+            if n == name
+            and key != lease_id
+            and (not waiting or (their_since, key) < (since, lease_id))
+        )
+        free = ahead < capacity
+        leases[lease_id] = (name, holder, "", 0, expires, not free, since)
+        return free
 
     async def release_lease(self, lease_id: str) -> None:
         self._leases.pop(lease_id, None)
 
     async def renew_leases(self, holder: str, expires: float) -> None:
-        for key, (name, who, host, pid, _) in list(self._leases.items()):
+        for key, (name, who, host, pid, _, waiting, since) in list(self._leases.items()):
             if who == holder:
-                self._leases[key] = (name, who, host, pid, expires)
+                self._leases[key] = (name, who, host, pid, expires, waiting, since)
 
-    async def list_leases(self) -> list[tuple[str, str, str, int, float]]:
-        return sorted(self._leases.values())
+    async def list_leases(self) -> list[tuple[str, str, str, int, float, bool]]:
+        return sorted(row[:6] for row in self._leases.values())
+
+    async def list_rates(self) -> list[tuple[str, float]]:
+        return sorted(self._rates.items())
+
+    async def reserve_rate(self, name: str, interval: float, tolerance: float, now: float) -> float:
+        tat = max(self._rates.get(name, now), now)
+        self._rates[name] = tat + interval
+        return max(now, tat - tolerance)
 
     async def get_cache(self, key: str) -> CacheEntry | None:
         return self._cache.get(key)

@@ -163,6 +163,15 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
            )""",
         "CREATE INDEX limit_leases_name ON limit_leases (name, expires)",
     ),
+    # 5: waiters of shared limits (served oldest first), and shared rate limits.
+    5: (
+        "ALTER TABLE limit_leases ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE limit_leases ADD COLUMN since REAL",
+        """CREATE TABLE limit_rates (
+               name TEXT PRIMARY KEY,
+               tat REAL NOT NULL
+           ) WITHOUT ROWID""",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 _OUR_TABLES: Final = frozenset(
@@ -440,7 +449,7 @@ class SQLiteStore:
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
-                await db.execute("BEGIN IMMEDIATE")
+                await _begin(db)
                 try:
                     # Re-read inside the write lock: another process may have migrated
                     # (or created the schema) since we looked.
@@ -714,25 +723,36 @@ class SQLiteStore:
         holder: str,
         expires: float,
         now: float,
+        since: float | None = None,
     ) -> bool:
-        """Take one of ``capacity`` slots of limit ``name`` if one is free (expired ones are)."""
+        """Take one of ``capacity`` slots of limit ``name`` if one is free for this waiter.
+
+        Expired leases and waiters are dropped first. A slot is free for a waiter
+        when the holders plus the waiters older than it (``since``) leave room, so
+        slots go to the oldest waiter of any process. One that must wait is
+        recorded as a waiter (``waiting = 1``), refreshed by each try, and shown by
+        ``flowcore limits ls``; :meth:`release_lease` removes either kind.
+        """
+        since = now if since is None else since
 
         async def take(db: aiosqlite.Connection) -> bool:
             await db.execute(
                 "DELETE FROM limit_leases WHERE name = ? AND expires <= ?", (name, now)
             )
             async with db.execute(
-                "SELECT COUNT(*) FROM limit_leases WHERE name = ?", (name,)
+                "SELECT COUNT(*) FROM limit_leases WHERE name = ? AND lease_id != ? AND "
+                "(waiting = 0 OR since < ? OR (since = ? AND lease_id < ?))",
+                (name, lease_id, since, since, lease_id),
             ) as cur:
                 row = await cur.fetchone()
-            if row is None or int(row[0]) >= capacity:
-                return False
+            free = row is not None and int(row[0]) < capacity
             await db.execute(
-                "INSERT INTO limit_leases (lease_id, name, holder, host, pid, expires) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (lease_id, name, holder, HOST, os.getpid(), expires),
+                "INSERT OR REPLACE INTO limit_leases "
+                "(lease_id, name, holder, host, pid, expires, waiting, since) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (lease_id, name, holder, HOST, os.getpid(), expires, 0 if free else 1, since),
             )
-            return True
+            return free
 
         return await self._in_write_transaction(take)
 
@@ -744,12 +764,40 @@ class SQLiteStore:
             [("UPDATE limit_leases SET expires = ? WHERE holder = ?", [(expires, holder)])]
         )
 
-    async def list_leases(self) -> list[tuple[str, str, str, int, float]]:
-        """(name, holder, host, pid, expires) of every lease, expired ones included."""
+    async def list_leases(self) -> list[tuple[str, str, str, int, float, bool]]:
+        """(name, holder, host, pid, expires, waiting) of every lease and waiter, expired too."""
         rows = await self._fetch(
-            "SELECT name, holder, host, pid, expires FROM limit_leases ORDER BY name, expires"
+            "SELECT name, holder, host, pid, expires, waiting FROM limit_leases "
+            "ORDER BY name, waiting, since"
         )
-        return [(r[0], r[1], r[2] or "", r[3] or 0, r[4]) for r in rows]
+        return [(r[0], r[1], r[2] or "", r[3] or 0, r[4], bool(r[5])) for r in rows]
+
+    async def list_rates(self) -> list[tuple[str, float]]:
+        """(name, tat) of every shared rate limit: uses are booked up to ``tat``."""
+        rows = await self._fetch("SELECT name, tat FROM limit_rates ORDER BY name")
+        return [(r[0], float(r[1])) for r in rows]
+
+    async def reserve_rate(self, name: str, interval: float, tolerance: float, now: float) -> float:
+        """Reserve the next use of shared rate limit ``name``; returns when it may start.
+
+        GCRA (the "virtual scheduling" form of a token bucket): ``tat`` is when the
+        bucket would next be empty at the full rate. A use conforms at
+        ``max(tat, now) - tolerance`` (``tolerance`` = ``(burst - 1) * interval``) and
+        pushes ``tat`` on by one ``interval``. One row per limit, one write transaction
+        per use: every process sharing the store gets its turn in commit order.
+        """
+
+        async def reserve(db: aiosqlite.Connection) -> float:
+            async with db.execute("SELECT tat FROM limit_rates WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+            tat = max(float(row[0]) if row is not None else now, now)
+            await db.execute(
+                "INSERT OR REPLACE INTO limit_rates (name, tat) VALUES (?, ?)",
+                (name, tat + interval),
+            )
+            return max(now, tat - tolerance)
+
+        return await self._in_write_transaction(reserve)
 
     async def _transaction(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Run ``executemany`` batches in one write transaction, waiting out locks."""
@@ -771,7 +819,7 @@ class SQLiteStore:
             deadline = time.monotonic() + self.lock_timeout
             while True:
                 try:
-                    await db.execute("BEGIN IMMEDIATE")
+                    await _begin(db)
                 except sqlite3.DatabaseError as exc:
                     if _is_locked(exc) and time.monotonic() < deadline:
                         await anyio.sleep(0.005 + random.random() * 0.045)
@@ -792,6 +840,14 @@ class SQLiteStore:
                             continue
                         raise self._translate(exc) from exc
                     raise
+
+
+async def _begin(db: aiosqlite.Connection) -> None:
+    """``BEGIN IMMEDIATE``, shielded: if the wait for it were cancelled, the statement
+    would still run on the connection's thread and leave a write transaction open
+    that nobody rolls back, locking every other process out of the database."""
+    with anyio.CancelScope(shield=True):
+        await db.execute("BEGIN IMMEDIATE")
 
 
 def _check_parent(path: Path) -> None:
