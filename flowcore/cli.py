@@ -667,7 +667,7 @@ def limits_ls(as_json: bool) -> None:
 
     async def fetch(
         store: Store,
-    ) -> tuple[list[tuple[str, str, str, int, float, bool]], list[tuple[str, float]]]:
+    ) -> tuple[list[tuple[str, str, str, int, float, int]], list[tuple[str, float]]]:
         leases = await store.list_leases()  # type: ignore[attr-defined]
         rates = await store.list_rates()  # type: ignore[attr-defined]
         return leases, rates
@@ -688,7 +688,7 @@ def limits_ls(as_json: bool) -> None:
         if expires <= now:
             row["expired"] += 1
         elif waiting:
-            row["waiting"] += 1
+            row["waiting"] += waiting  # a waiting row counts the slots it waits for
             row["waiters"].add(f"{host}:{pid}")
         else:
             row["held"] += 1

@@ -28,7 +28,6 @@ concurrency and the rate hold across every process sharing the store.
 from __future__ import annotations
 
 import math
-import random
 import time
 import uuid
 from collections import deque
@@ -40,6 +39,7 @@ import anyio
 
 from .clock import Clock
 from .errors import ConfigurationError
+from .leases import SharedSlots
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -259,8 +259,13 @@ class _State:
 
     def __init__(self, spec: Limit, clock: Clock, owner: Limits | None = None) -> None:
         self.limit = spec
-        self.limiter = Slots(spec.concurrency) if spec.concurrency else None
         self.owner = owner if spec.shared else None
+        self.limiter: Slots | SharedSlots | None = None
+        if spec.concurrency:
+            if self.owner is not None:
+                self.limiter = SharedSlots(spec, self.owner)
+            else:
+                self.limiter = Slots(spec.concurrency)
         self.bucket: TokenBucket | SharedRate | None = None
         if spec.rate is not None:
             if self.owner is not None:
@@ -275,11 +280,13 @@ class _State:
         return self.bucket is None or self.bucket.available()
 
     async def acquire(self) -> None:
-        if self.limiter is not None:
-            await self.limiter.acquire()
+        limiter = self.limiter
+        if limiter is not None:
+            if isinstance(limiter, Slots):
+                await limiter.acquire()
+            else:
+                self.leases.append(await limiter.acquire())
         try:
-            if self.owner is not None and self.limit.concurrency is not None:
-                self.leases.append(await self.owner.lease(self.limit))
             if self.bucket is not None:
                 await self.bucket.acquire()
         except BaseException:
@@ -288,10 +295,11 @@ class _State:
             raise
 
     async def release(self) -> None:
-        if self.owner is not None and self.leases:
-            await self.owner.unlease(self.leases.pop())
-        if self.limiter is not None:
-            self.limiter.release()
+        limiter = self.limiter
+        if isinstance(limiter, Slots):
+            limiter.release()
+        elif limiter is not None and self.leases:
+            await limiter.release(self.leases.pop())
 
 
 class RunGate(_State):
@@ -344,42 +352,6 @@ class Limits:
         if state is not None:
             await state.release()
 
-    async def lease(self, spec: Limit) -> str:
-        """Wait for a slot of a shared limit in the store; returns the lease's id."""
-        assert spec.concurrency is not None
-        store: Any = self._engine.store
-        lease_id = uuid.uuid4().hex
-        delay = 0.005
-        since = time.time()
-        try:
-            while True:
-                now = time.time()
-                if await store.try_lease(
-                    spec.name,
-                    spec.concurrency,
-                    lease_id,
-                    self.holder,
-                    now + self.lease_ttl,
-                    now,
-                    since,
-                ):
-                    self.leases_held += 1
-                    return lease_id
-                # Every slot is taken (or promised to older waiters): poll, backing off,
-                # with jitter so waiting processes do not retry in step. Each try also
-                # keeps this waiter's row alive.
-                await anyio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.2)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await store.release_lease(lease_id)  # no longer waiting: drop the row
-            raise
-
-    async def unlease(self, lease_id: str) -> None:
-        self.leases_held -= 1
-        store: Any = self._engine.store
-        await store.release_lease(lease_id)
-
     async def keep_leases(self) -> None:
         """Renew this engine's leases until cancelled (the engine runs it)."""
         while True:
@@ -429,11 +401,22 @@ async def enter(gates: list[_State]) -> None:
 
 
 async def leave(gates: list[_State]) -> None:
-    """Give every slot back; shielded, so a cancelled attempt still returns its slots."""
+    """Give every slot back; shielded, so a cancelled attempt still returns its slots.
+
+    Every gate is released even if giving one back raises (plain asyncio
+    cancellation goes through anyio's shields); the first error is raised after.
+    """
+    error: BaseException | None = None
     for g in reversed(gates):
-        if g.owner is None:
-            if g.limiter is not None:
-                g.limiter.release()
-        else:
-            with anyio.CancelScope(shield=True):
-                await g.release()
+        try:
+            if g.owner is None:
+                limiter = g.limiter
+                if isinstance(limiter, Slots):
+                    limiter.release()
+            else:
+                with anyio.CancelScope(shield=True):
+                    await g.release()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error

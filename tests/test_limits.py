@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -29,7 +30,9 @@ class Gauge:
         self.now -= 1
 
 
-async def test_named_limit_holds_under_load_with_failures_and_timeouts() -> None:
+async def test_10k_tasks_under_a_limit_of_50_with_failures_timeouts_and_cancellations(
+    tmp_path: Path,
+) -> None:
     gauge = Gauge()
     rng = random.Random(3)
 
@@ -37,31 +40,42 @@ async def test_named_limit_holds_under_load_with_failures_and_timeouts() -> None
     async def call(i: int) -> int:
         with gauge:
             r = rng.random()
-            if r < 0.05:
+            if r < 0.03:
                 raise ConnectionError("flaky")
-            await anyio.sleep(0.2 if r < 0.08 else 0.001)  # some time out
+            await anyio.sleep(0.2 if r < 0.05 else 0.001)  # some time out
             return i
 
+    @flowcore.task(tags=["partner-api"])
+    async def hang(i: int) -> None:
+        with gauge:
+            await anyio.sleep(60)
+
     @flowcore.flow
-    async def f(n: int) -> int:
-        futures = call.map(range(n))
+    async def f(n: int, doomed: int) -> int:
+        futures = call.map(range(n - doomed))
+        # Meanwhile, calls cancelled from outside, some holding slots, most waiting.
+        with anyio.move_on_after(0.3):
+            await asyncio.gather(*(hang(i) for i in range(doomed)))
         done = 0
         for fut in futures:
             await fut.wait()
             done += fut.exception() is None
         return done
 
-    async with flowcore.Engine("memory", limits=[flowcore.limit("partner-api", 50)]) as engine:
-        completed = await f(2000)
+    limits = [flowcore.limit("partner-api", 50)]
+    async with flowcore.Engine(tmp_path / "flowcore.db", limits=limits) as engine:
+        completed = await f(10_000, 1_000)
         await engine.recorder.flush()
         (run,) = await engine.store.list_runs()
         counts = await engine.store.count_task_runs(run.id)
         stats = engine.limits.statistics()["partner-api"]
     assert gauge.peak <= 50
-    assert gauge.peak >= 45  # the limit is used, not just respected
-    assert gauge.now == 0 and stats["holders"] == 0  # every slot came back
-    assert completed == counts.get("Completed", 0) and completed > 1800
-    assert sum(counts.values()) == 2000
+    assert gauge.peak >= 48  # the limit is used, not just respected
+    assert gauge.now == 0 and stats["holders"] == 0 and stats["waiting"] == 0  # all back
+    assert sum(counts.values()) == 10_000
+    assert counts["Cancelled"] == 1_000  # holding or waiting, each gave its slot back
+    assert counts["Completed"] >= completed > 8_000
+    assert counts.get("Failed", 0) + counts.get("TimedOut", 0) > 0
 
 
 async def test_per_task_concurrency_and_cancellation_give_slots_back() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -75,6 +76,59 @@ RATE_CHILD = textwrap.dedent(
 )
 
 
+LOAD_CHILD = textwrap.dedent(
+    """
+    import asyncio, random, sys, time, anyio, flowcore
+
+    log_path, n, doomed, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    rng = random.Random(seed)
+    events = []
+
+    @flowcore.task(tags=["partner-api"], timeout=0.05, retries=1)
+    async def call(i: int) -> int:
+        events.append(("start", time.time()))
+        try:
+            r = rng.random()
+            if r < 0.03:
+                raise ConnectionError("flaky")
+            await anyio.sleep(0.2 if r < 0.05 else 0.001)  # some time out
+            return i
+        finally:
+            events.append(("end", time.time()))
+
+    @flowcore.task(tags=["partner-api"])
+    async def hang(i: int) -> None:
+        events.append(("start", time.time()))
+        try:
+            await anyio.sleep(60)
+        finally:
+            events.append(("end", time.time()))
+
+    @flowcore.flow
+    async def f() -> int:
+        futures = call.map(range(n - doomed))
+        with anyio.move_on_after(1.0):  # cancelled from outside, holding slots or waiting
+            await asyncio.gather(*(hang(i) for i in range(doomed)))
+        for fut in futures:
+            await fut.wait()
+        return sum(fut.exception() is None for fut in futures)
+
+    async def main() -> None:
+        limits = [flowcore.limit("partner-api", 50, shared=True)]
+        async with flowcore.Engine(limits=limits) as engine:
+            completed = await f()
+            await engine.recorder.flush()
+            run = engine.last_run
+            counts = await engine.store.count_task_runs(run.id)
+        with open(log_path, "w") as log:
+            log.writelines(f"{kind} {at!r}\\n" for kind, at in events)
+        print(completed, counts.get("Cancelled", 0), sum(counts.values()), flush=True)
+
+    anyio.run(main)
+    """
+)
+
+
 def _peak(log: Path) -> int:
     events = []
     for line in log.read_text().splitlines():
@@ -111,6 +165,40 @@ def test_two_processes_never_exceed_a_shared_limit(tmp_path: Path) -> None:
     assert _peak(log) == 3  # both processes together, never more
 
 
+def test_10k_tasks_in_two_processes_under_a_shared_limit_of_50(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(LOAD_CHILD)
+    env = {**os.environ, "FLOWCORE_HOME": str(tmp_path / "home")}
+    logs = [tmp_path / f"calls{k}.log" for k in range(2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(log), "5000", "300", str(k)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k, log in enumerate(logs)
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+        completed, cancelled, total = map(int, out.split())
+        assert total == 5000 and cancelled == 300
+        assert completed > 4000
+    both = tmp_path / "both.log"
+    both.write_text("".join(log.read_text() for log in logs))
+    peak = _peak(both)
+    assert peak <= 50  # both processes together, through failures, timeouts, cancellations
+    assert peak >= 40  # and the limit is used, not just respected
+
+    async def leases() -> list[tuple[str, str, str, int, float, int]]:
+        async with flowcore.SQLiteStore(tmp_path / "home" / "flowcore.db") as store:
+            return await store.list_leases()
+
+    assert anyio.run(leases) == []  # every slot given back, no waiter left behind
+
+
 def test_a_killed_holders_slots_come_back_when_their_leases_expire(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -131,7 +219,7 @@ def test_a_killed_holders_slots_come_back_when_their_leases_expire(tmp_path: Pat
     holder.wait()
     killed_at = time.time()
 
-    async def leases() -> list[tuple[str, str, str, int, float, bool]]:
+    async def leases() -> list[tuple[str, str, str, int, float, int]]:
         async with flowcore.SQLiteStore(tmp_path / "home" / "flowcore.db") as store:
             return await store.list_leases()
 
@@ -256,9 +344,7 @@ async def test_a_free_slot_goes_to_the_oldest_waiter_of_any_engine(tmp_path: Pat
 
 def _waiting(path: Path) -> int:
     with closing(sqlite3.connect(path)) as conn:
-        return int(
-            conn.execute("SELECT COUNT(*) FROM limit_leases WHERE waiting = 1").fetchone()[0]
-        )
+        return int(conn.execute("SELECT COALESCE(SUM(waiting), 0) FROM limit_leases").fetchone()[0])
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -306,3 +392,29 @@ def test_limits_ls_shows_holders_and_waiters(
     anyio.run(hold)
     # Given back when the block ended, and the cancelled waiter left: nothing in the store.
     assert json.loads(runner.invoke(cli, ["limits", "ls", "--json"]).output) == []
+
+
+@pytest.mark.anyio
+async def test_gathered_holders_cancelled_give_shared_slots_back_at_once(tmp_path: Path) -> None:
+    # asyncio.gather cancels its children with plain asyncio cancellation, which goes
+    # through anyio's shields: the slots must come back anyway, not when leases expire.
+    @flowcore.task(tags=["db"])
+    async def hang(i: int) -> None:
+        await anyio.sleep(60)
+
+    @flowcore.task(tags=["db"])
+    async def quick(i: int) -> int:
+        return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        with anyio.move_on_after(0.2):
+            await asyncio.gather(*(hang(i) for i in range(20)))
+        return list(await quick.map(range(10)))
+
+    limit = flowcore.limit("db", 5, shared=True)
+    async with flowcore.Engine(tmp_path / "flowcore.db", limits=[limit]) as engine:
+        with anyio.fail_after(10):  # leases last 30 s: this only passes if they came back
+            assert await f() == list(range(10))
+        assert await engine.store.list_leases() == []  # type: ignore[attr-defined]
+        assert engine.limits.leases_held == 0

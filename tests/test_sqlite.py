@@ -479,7 +479,7 @@ async def test_cancelled_writes_never_leave_the_database_locked(tmp_path: Path) 
     async with SQLiteStore(path) as store, SQLiteStore(path, lock_timeout=2) as other:
         for i in range(300):
             with anyio.move_on_after(rng.random() * 0.002):
-                await store.try_lease("x", 5, f"lease{i}", "me", 1e12, 0.0)
+                await store.lease_slots("x", 5, "me", f"wait{i}", 9, 0.0, 0.0, 1e12)
             with anyio.move_on_after(rng.random() * 0.002):
                 await store.write([_flow(f"run{i}")], [])
         await other.write([_flow("other")], [])  # StoreUnavailable if a lock was left

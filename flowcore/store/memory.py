@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ class MemoryStore:
         self._tasks: dict[str, dict[int, TaskRunRecord]] = {}
         self._cache: dict[str, CacheEntry] = {}
         self._spans: dict[tuple[str, str], SpanRecord] = {}
-        self._leases: dict[str, tuple[str, str, str, int, float, bool, float]] = {}
+        self._leases: dict[str, tuple[str, str, str, int, float, int, float]] = {}
         self._rates: dict[str, float] = {}  # shared rate limits: name -> tat (see SQLiteStore)
         self.results_dir: Path | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
@@ -133,30 +134,37 @@ class MemoryStore:
             del self._spans[key]
         return len(doomed)
 
-    async def try_lease(
+    async def lease_slots(
         self,
         name: str,
         capacity: int,
-        lease_id: str,
         holder: str,
-        expires: float,
+        waiter_id: str,
+        want: int,
+        since: float,
         now: float,
-        since: float | None = None,
-    ) -> bool:
-        since = now if since is None else since
+        expires: float,
+    ) -> tuple[list[str], int]:
         leases = self._leases
         for key in [k for k, v in leases.items() if v[0] == name and v[4] <= now]:
             del leases[key]
+        mine = [(key, row) for key, row in leases.items() if row[0] == name]
+        held = sum(1 for _, row in mine if not row[5])
         ahead = sum(
-            1
-            for key, (n, _, _, _, _, waiting, their_since) in leases.items()
-            if n == name
-            and key != lease_id
-            and (not waiting or (their_since, key) < (since, lease_id))
+            row[5]
+            for key, row in mine
+            if row[5] and key != waiter_id and (row[6], key) < (since, waiter_id)
         )
-        free = ahead < capacity
-        leases[lease_id] = (name, holder, "", 0, expires, not free, since)
-        return free
+        others = sum(row[5] for _, row in mine if row[5] and row[1] != holder)
+        grant = max(0, min(want, capacity - held - ahead))
+        granted = [uuid.uuid4().hex for _ in range(grant)]
+        for lease in granted:
+            leases[lease] = (name, holder, "", 0, expires, 0, since)
+        if want > grant:
+            leases[waiter_id] = (name, holder, "", 0, expires, want - grant, since)
+        else:
+            leases.pop(waiter_id, None)
+        return granted, others
 
     async def release_lease(self, lease_id: str) -> None:
         self._leases.pop(lease_id, None)
@@ -166,7 +174,7 @@ class MemoryStore:
             if who == holder:
                 self._leases[key] = (name, who, host, pid, expires, waiting, since)
 
-    async def list_leases(self) -> list[tuple[str, str, str, int, float, bool]]:
+    async def list_leases(self) -> list[tuple[str, str, str, int, float, int]]:
         return sorted(row[:6] for row in self._leases.values())
 
     async def list_rates(self) -> list[tuple[str, float]]:

@@ -20,11 +20,13 @@ Settings and why:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import random
 import sqlite3
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -163,7 +165,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
            )""",
         "CREATE INDEX limit_leases_name ON limit_leases (name, expires)",
     ),
-    # 5: waiters of shared limits (served oldest first), and shared rate limits.
+    # 5: waiters of shared limits (served oldest first; `waiting` counts the slots a
+    #    waiting row asks for, 0 for a lease), and shared rate limits.
     5: (
         "ALTER TABLE limit_leases ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE limit_leases ADD COLUMN since REAL",
@@ -397,6 +400,10 @@ class SQLiteStore:
         try:
             await self._configure(db)
             await self._migrate(db)
+            # From now on a busy database is waited out by our own retries (short,
+            # jittered sleeps), not by SQLite's busy handler, whose sleeps grow to
+            # 100 ms: under contention a lock changes hands every millisecond or so.
+            await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         except BaseException:
             await db.close()
             raise
@@ -579,11 +586,18 @@ class SQLiteStore:
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         db = self._conn()
-        try:
-            async with db.execute(sql, tuple(params)) as cur:
-                return list(await cur.fetchall())
-        except sqlite3.DatabaseError as exc:
-            raise self._translate(exc) from exc
+        deadline = time.monotonic() + self.lock_timeout
+        tries = 0
+        while True:
+            try:
+                async with db.execute(sql, tuple(params)) as cur:
+                    return list(await cur.fetchall())
+            except sqlite3.DatabaseError as exc:
+                if _is_locked(exc) and time.monotonic() < deadline:
+                    tries += 1
+                    await anyio.sleep(_lock_backoff(tries))
+                    continue
+                raise self._translate(exc) from exc
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
@@ -715,44 +729,57 @@ class SQLiteStore:
         )
         return {r[0] for r in rows}
 
-    async def try_lease(
+    async def lease_slots(
         self,
         name: str,
         capacity: int,
-        lease_id: str,
         holder: str,
-        expires: float,
+        waiter_id: str,
+        want: int,
+        since: float,
         now: float,
-        since: float | None = None,
-    ) -> bool:
-        """Take one of ``capacity`` slots of limit ``name`` if one is free for this waiter.
+        expires: float,
+    ) -> tuple[list[str], int]:
+        """Lease up to ``want`` of the ``capacity`` slots of limit ``name``, in one transaction.
 
-        Expired leases and waiters are dropped first. A slot is free for a waiter
-        when the holders plus the waiters older than it (``since``) leave room, so
-        slots go to the oldest waiter of any process. One that must wait is
-        recorded as a waiter (``waiting = 1``), refreshed by each try, and shown by
-        ``flowcore limits ls``; :meth:`release_lease` removes either kind.
+        Expired rows go first. Slots are free when the held leases plus the waiters
+        of other engines that have waited longer (``since``) leave room, so slots go
+        to the oldest waiter of any process. What cannot be granted is recorded as
+        this engine's waiting row (``waiter_id``: how many, since when), refreshed by
+        every call. Returns the new lease ids, and how many slots other engines wait
+        for (so the caller knows whether to give slots back rather than keep them).
         """
-        since = now if since is None else since
 
-        async def take(db: aiosqlite.Connection) -> bool:
+        async def take(db: aiosqlite.Connection) -> tuple[list[str], int]:
             await db.execute(
                 "DELETE FROM limit_leases WHERE name = ? AND expires <= ?", (name, now)
             )
             async with db.execute(
-                "SELECT COUNT(*) FROM limit_leases WHERE name = ? AND lease_id != ? AND "
-                "(waiting = 0 OR since < ? OR (since = ? AND lease_id < ?))",
-                (name, lease_id, since, since, lease_id),
+                "SELECT "
+                "COALESCE(SUM(waiting = 0), 0), "
+                "COALESCE(SUM(CASE WHEN waiting > 0 AND lease_id != ? AND "
+                "(since < ? OR (since = ? AND lease_id < ?)) THEN waiting END), 0), "
+                "COALESCE(SUM(CASE WHEN waiting > 0 AND holder != ? THEN waiting END), 0) "
+                "FROM limit_leases WHERE name = ?",
+                (waiter_id, since, since, waiter_id, holder, name),
             ) as cur:
                 row = await cur.fetchone()
-            free = row is not None and int(row[0]) < capacity
-            await db.execute(
+            held, ahead, others = (int(v) for v in row) if row is not None else (0, 0, 0)
+            grant = max(0, min(want, capacity - held - ahead))
+            leases = [uuid.uuid4().hex for _ in range(grant)]
+            pid = os.getpid()
+            rows = [(lease, name, holder, HOST, pid, expires, 0, since) for lease in leases]
+            if want > grant:
+                rows.append((waiter_id, name, holder, HOST, pid, expires, want - grant, since))
+            else:
+                await db.execute("DELETE FROM limit_leases WHERE lease_id = ?", (waiter_id,))
+            await db.executemany(
                 "INSERT OR REPLACE INTO limit_leases "
                 "(lease_id, name, holder, host, pid, expires, waiting, since) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (lease_id, name, holder, HOST, os.getpid(), expires, 0 if free else 1, since),
+                rows,
             )
-            return free
+            return leases, others
 
         return await self._in_write_transaction(take)
 
@@ -764,13 +791,14 @@ class SQLiteStore:
             [("UPDATE limit_leases SET expires = ? WHERE holder = ?", [(expires, holder)])]
         )
 
-    async def list_leases(self) -> list[tuple[str, str, str, int, float, bool]]:
-        """(name, holder, host, pid, expires, waiting) of every lease and waiter, expired too."""
+    async def list_leases(self) -> list[tuple[str, str, str, int, float, int]]:
+        """(name, holder, host, pid, expires, waiting) of leases (waiting = 0) and waiting
+        rows (waiting = how many slots), expired ones included."""
         rows = await self._fetch(
             "SELECT name, holder, host, pid, expires, waiting FROM limit_leases "
             "ORDER BY name, waiting, since"
         )
-        return [(r[0], r[1], r[2] or "", r[3] or 0, r[4], bool(r[5])) for r in rows]
+        return [(r[0], r[1], r[2] or "", r[3] or 0, r[4], int(r[5])) for r in rows]
 
     async def list_rates(self) -> list[tuple[str, float]]:
         """(name, tat) of every shared rate limit: uses are booked up to ``tat``."""
@@ -813,16 +841,31 @@ class SQLiteStore:
     ) -> _T:
         """``body`` inside ``BEGIN IMMEDIATE ... COMMIT``: one at a time on this connection
         (the writer, leases and maintenance must not interleave), retried while another
-        process holds the lock, rolled back on any error."""
+        process holds the lock, rolled back on any error.
+
+        It runs in a task of its own, which the caller's cancellation does not reach:
+        a statement already handed to the connection's thread runs anyway, so a
+        transaction stopped half-way would stay open (locking every process out),
+        and a cancelled caller's last write (giving back a lease) would be lost.
+        anyio's shields cannot promise this: plain asyncio cancellation (a cancelled
+        ``gather``) goes through them.
+        """
+        task = asyncio.get_running_loop().create_task(self._write_transaction(body))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _write_transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
         async with self._write_lock:
             db = self._conn()
             deadline = time.monotonic() + self.lock_timeout
+            tries = 0
             while True:
                 try:
                     await _begin(db)
                 except sqlite3.DatabaseError as exc:
                     if _is_locked(exc) and time.monotonic() < deadline:
-                        await anyio.sleep(0.005 + random.random() * 0.045)
+                        tries += 1
+                        await anyio.sleep(_lock_backoff(tries))
                         continue
                     raise self._translate(exc) from exc
                 try:
@@ -840,6 +883,24 @@ class SQLiteStore:
                             continue
                         raise self._translate(exc) from exc
                     raise
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # A write whose caller was cancelled still ends; its error is not worth a warning
+    # about an unretrieved exception (the caller has gone, the records stay queued).
+    if not task.cancelled():
+        task.exception()
+
+
+#: SQLite's own wait for a lock once a store is open; longer waits are our retries.
+_BUSY_TIMEOUT_MS = 2
+
+
+def _lock_backoff(tries: int) -> float:
+    """Seconds to wait before try ``tries + 1`` at a locked database: 0.5 ms doubling
+    to 20 ms, jittered so waiting processes do not retry in step."""
+    delay: float = min(0.0005 * 2 ** min(tries, 10), 0.02)
+    return delay * (0.5 + random.random())
 
 
 async def _begin(db: aiosqlite.Connection) -> None:
