@@ -49,9 +49,11 @@ class Task(Generic[P, R]):
         serializer: str = "msgpack",
         persist_result: bool | None = None,
         concurrency: int | None = None,
+        timeout_includes_wait: bool = False,
     ) -> None:
         self.fn: Callable[..., Any] = fn
         self.concurrency = concurrency
+        self.timeout_includes_wait = timeout_includes_wait
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
         self.retry = retry
         self.timeout = timeout
@@ -160,6 +162,7 @@ class Task(Generic[P, R]):
             "serializer": self.serializer,
             "persist_result": self.persist_result,
             "concurrency": self.concurrency,
+            "timeout_includes_wait": self.timeout_includes_wait,
         }
         retry_parts = {
             k: changes.pop(k) for k in ("retries", "retry_delay", "retry_on") if k in changes
@@ -191,7 +194,7 @@ class Task(Generic[P, R]):
 _UNSET: Any = object()
 _OPTION_NAMES = (
     "name", "retries", "retry_delay", "retry_on", "retry", "timeout", "tags", "record_inputs",
-    "cache", "cache_ttl", "serializer", "persist_result", "concurrency",
+    "cache", "cache_ttl", "serializer", "persist_result", "concurrency", "timeout_includes_wait",
 )  # fmt: skip
 
 
@@ -282,6 +285,7 @@ def task(
     serializer: str = ...,
     persist_result: bool | None = ...,
     concurrency: int | None = ...,
+    timeout_includes_wait: bool = ...,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -300,6 +304,7 @@ def task(
     serializer: str = "msgpack",
     persist_result: bool | None = None,
     concurrency: int | None = None,
+    timeout_includes_wait: bool = False,
 ) -> Task[Any, Any] | _TaskDecorator:
     """Make a function a tracked task: ``@flowcore.task`` or ``@flowcore.task(retries=3, ...)``.
 
@@ -310,6 +315,8 @@ def task(
     earlier call with the same inputs and source; ``cache_ttl``: seconds it stays valid.
     ``serializer``: ``"msgpack"`` (default) or ``"pickle"`` (opt-in: loads run code).
     ``concurrency``: at most this many runs of the task at once (per engine).
+    ``timeout_includes_wait=True``: the ``timeout`` also counts the wait for limits
+    (by default only the attempt itself is timed).
     ``persist_result``: ``None`` stores the result when it can (for resume),
     ``True`` requires it, ``False`` never stores it.
     Sync functions run in worker threads, so they never block the event loop.
@@ -351,6 +358,11 @@ def task(
         or given_concurrency < 1
     ):
         problems.append(f"`concurrency` must be an int >= 1 or None, got {given_concurrency!r}")
+    given_includes: object = timeout_includes_wait
+    if given_includes is not True and given_includes is not False:
+        problems.append(f"`timeout_includes_wait` must be True or False, got {given_includes!r}")
+    elif timeout_includes_wait and timeout is None:
+        problems.append("`timeout_includes_wait=True` needs a `timeout`")
     if policy_cache is not None and persist_result is False:
         problems.append("`cache` needs stored results; drop persist_result=False")
     if problems:
@@ -371,6 +383,7 @@ def task(
             serializer=serializer,
             persist_result=persist_result,
             concurrency=concurrency,
+            timeout_includes_wait=timeout_includes_wait,
         )
 
     if fn is None:

@@ -153,17 +153,21 @@ async def run_task(
             else None
         )
         while True:
+            timeout = task.timeout
             if gates:
-                await _pass_gates(gates, rec, recorder)
+                if timeout is not None and task.timeout_includes_wait:
+                    timeout = await _pass_gates_within(gates, rec, recorder, task, span)
+                else:
+                    await _pass_gates(gates, rec, recorder, span)
             try:
                 try:
-                    if task.timeout is None:
+                    if timeout is None:
                         if task.is_async:
                             result = await task.fn(*args, **kwargs)
                         else:
                             result = await _in_thread(engine, task, args, kwargs, False)
                     else:
-                        result = await _with_timeout(engine, task, args, kwargs)
+                        result = await _with_timeout(engine, task, args, kwargs, timeout)
                 finally:
                     if gates:
                         await leave(gates)  # per attempt: not held during a backoff
@@ -215,21 +219,47 @@ async def run_task(
             claimed.release(engine)
 
 
-async def _pass_gates(gates: list[Any], rec: TaskRunRecord, recorder: Any) -> None:
+async def _pass_gates(
+    gates: list[Any], rec: TaskRunRecord, recorder: Any, span: Any = None
+) -> None:
     """Wait for the task's limits, before the attempt (so never inside its timeout)."""
     blocked = [g.limit.name for g in gates if not g.free()]
     if blocked:
-        # Visible while it waits: the run shows Pending, and why.
+        # Visible while it waits: the run shows Pending, and why; the span says so too.
         now = time.time()
+        names = ", ".join(blocked)
         rec.state = State.PENDING
-        rec.history.append(("Pending", now, f"waiting for limit {', '.join(blocked)}"))
+        rec.history.append(("Pending", now, f"waiting for limit {names}"))
         recorder.task_changed(rec)
+        if span is not None:
+            span.event("waiting for limit", {"flowcore.limit": names})
     await enter(gates)
     if blocked:
         now = time.time()
         rec.state = _RUNNING
         rec.history.append(("Running", now))
         recorder.task_changed(rec)
+        if span is not None:
+            span.event("limit passed", {"flowcore.limit": names})
+
+
+async def _pass_gates_within(
+    gates: list[Any], rec: TaskRunRecord, recorder: Any, task: Task[Any, Any], span: Any
+) -> float:
+    """:func:`_pass_gates` inside the task's timeout (``timeout_includes_wait=True``);
+    returns the time left for the attempt."""
+    timeout = task.timeout
+    assert timeout is not None
+    started = time.monotonic()
+    with anyio.move_on_after(timeout) as scope:
+        await _pass_gates(gates, rec, recorder, span)
+    if scope.cancelled_caught:
+        raise TaskTimeout(
+            f"task {task.name!r} timed out after {timeout:g} s waiting for its limits "
+            "(`timeout_includes_wait=True` counts the wait); raise the `timeout`, or drop "
+            "timeout_includes_wait to time only the attempt"
+        )
+    return max(timeout - (time.monotonic() - started), 1e-6)
 
 
 def _parent_span(ctx: RunContext, rec: TaskRunRecord) -> str | None:
@@ -412,10 +442,12 @@ async def _in_thread(
 
 
 async def _with_timeout(
-    engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    engine: Engine,
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
 ) -> Any:
-    timeout = task.timeout
-    assert timeout is not None
     with anyio.move_on_after(timeout) as scope:
         if task.is_async:
             return await task.fn(*args, **kwargs)
@@ -424,7 +456,7 @@ async def _with_timeout(
         return await _in_thread(engine, task, args, kwargs, True)
     if scope.cancelled_caught:
         raise TaskTimeout(
-            f"task {task.name!r} timed out after {timeout:g} s (its `timeout`); raise the "
+            f"task {task.name!r} timed out after {task.timeout:g} s (its `timeout`); raise the "
             "`timeout` option or make the task faster"
         )
     raise AssertionError("unreachable")  # pragma: no cover

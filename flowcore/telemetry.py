@@ -392,9 +392,19 @@ def task_span(rec: TaskRunRecord, trace_id: str, error: BaseException | None = N
         attributes["flowcore.cached_from"] = rec.cached_from
     events: list[tuple[str, int, dict[str, Any]]] = []
     attempt = 0
+    waiting = False
     for entry in rec.history:
         if entry[0] == "Running":
-            attempt += 1
+            if waiting:  # the end of a wait for a limit, not a new attempt
+                events.append(("limit passed", _ns(entry[1]), {}))
+            else:
+                attempt += 1
+            waiting = False
+        elif entry[0] == "Pending" and len(entry) > 2 and attempt:
+            waiting = True
+            note = str(entry[2])
+            limit = note.removeprefix("waiting for limit ")
+            events.append(("waiting for limit", _ns(entry[1]), {"flowcore.limit": limit}))
         elif entry[0] == "Retrying":
             events.append(
                 (

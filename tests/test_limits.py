@@ -256,3 +256,45 @@ async def test_map_without_a_limit_starts_everything() -> None:
 
     async with flowcore.Engine("memory"):
         assert await f() == list(range(50))
+
+
+async def test_timeout_includes_wait_counts_the_wait_only_when_asked() -> None:
+    @flowcore.task(concurrency=1)
+    async def holder() -> None:
+        await anyio.sleep(0.3)
+
+    @flowcore.task(concurrency=1, timeout=0.1)
+    async def patient() -> str:
+        return "ran"
+
+    impatient = patient.with_options(timeout_includes_wait=True)
+    # Same limit for both: a task's concurrency is per task, so share a named limit.
+    holder_tagged = holder.with_options(concurrency=None, tags=["db"])
+    patient_tagged = patient.with_options(concurrency=None, tags=["db"])
+    impatient_tagged = impatient.with_options(concurrency=None, tags=["db"])
+
+    @flowcore.flow
+    async def f() -> list[object]:
+        return list(
+            await asyncio.gather(
+                holder_tagged(), patient_tagged(), impatient_tagged(), return_exceptions=True
+            )
+        )
+
+    async with flowcore.Engine("memory", limits=[flowcore.limit("db", 1)]) as engine:
+        results = await f()
+        await engine.recorder.flush()
+        (run,) = await engine.store.list_runs()
+        counts = await engine.store.count_task_runs(run.id)
+    assert results[0] is None
+    assert results[1] == "ran"  # waited 0.3 s for the slot, its 0.1 s timeout untouched
+    assert isinstance(results[2], flowcore.TaskTimeout)
+    assert "waiting for its limits" in str(results[2])
+    assert counts == {"Completed": 2, "TimedOut": 1}
+
+
+def test_timeout_includes_wait_needs_a_timeout() -> None:
+    with pytest.raises(flowcore.ConfigurationError, match="needs a `timeout`"):
+        flowcore.task(timeout_includes_wait=True)(lambda: None)
+    with pytest.raises(flowcore.ConfigurationError, match="True or False"):
+        flowcore.task(timeout=1, timeout_includes_wait="yes")(lambda: None)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -637,3 +638,53 @@ async def test_an_exporter_that_is_not_one_is_refused_when_the_engine_opens() ->
     with pytest.raises(ConfigurationError, match="SpanExporter"):
         async with flowcore.Engine(store="memory", exporter=42):
             pass
+
+
+@pytest.mark.parametrize("mode", ["own", "sdk"])
+async def test_waiting_for_a_limit_shows_as_span_events_and_does_not_count_as_an_attempt(
+    mode: str,
+) -> None:
+    calls = 0
+
+    @flowcore.task(concurrency=1, retries=1)
+    async def one_at_a_time(i: int) -> int:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.01)
+        if calls == 2:
+            raise ValueError("once")  # the second call retries: two attempts
+        return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        return list(await asyncio.gather(*(one_at_a_time(i) for i in range(3))))
+
+    provider, exporter = sdk_provider()
+    options: dict[str, Any] = {"tracer_provider": provider} if mode == "sdk" else {}
+    async with flowcore.Engine(store="memory", **options) as engine:
+        assert await f() == [0, 1, 2]
+        run_id = last_run(engine)
+        if mode == "own":
+            spans = [view_record(s) for s in await read_trace(engine.store, run_id)]
+    if mode == "sdk":
+        spans = [view_sdk(s) for s in exporter.get_finished_spans()]
+    tasks = [s for s in spans if s.name == "task one_at_a_time"]
+    assert len(tasks) == 3
+    waits = [
+        [name for name, _ in s.events if name in ("waiting for limit", "limit passed")]
+        for s in tasks
+    ]
+    # The first never waited; the others did, each wait followed by its pass (the
+    # retried one may wait again: its slot is given back during the backoff).
+    assert sorted(map(len, waits))[:2] == [0, 2]
+    for names in waits:
+        assert names == ["waiting for limit", "limit passed"] * (len(names) // 2)
+    for s in tasks:
+        for name, attrs in s.events:
+            if name == "waiting for limit":
+                assert attrs["flowcore.limit"] == "one_at_a_time (concurrency=1)"
+    retried = [s for s in tasks if any(name == "retry" for name, _ in s.events)]
+    assert len(retried) == 1
+    # Waits are not attempts: the retry is attempt 1 of the task that failed once.
+    (retry,) = [attrs for name, attrs in retried[0].events if name == "retry"]
+    assert retry["flowcore.attempt"] == 1
