@@ -217,14 +217,14 @@ class Tracing:
         record itself is the persisted span (see :func:`task_span`), built into a
         full span only when an exporter needs one.
         """
-        attributes = {
-            "flowcore.task.name": task.name,
-            "flowcore.task_run.id": f"{rec.run_id}.{rec.seq}",
-            "flowcore.run.id": rec.run_id,
-            "code.function": task.code_function,
-            "code.namespace": task.code_namespace,
-        }
         if self.tracer is not None:
+            attributes = {
+                "flowcore.task.name": task.name,
+                "flowcore.task_run.id": f"{rec.run_id}.{rec.seq}",
+                "flowcore.run.id": rec.run_id,
+                "code.function": task.code_function,
+                "code.namespace": task.code_namespace,
+            }
             handle = self.start(f"task {task.name}", attributes, rec.run_id)
             rec.span_id = f"{handle.sdk_span.get_span_context().span_id:016x}"
             rec.parent_span_id = parent_span  # so the span can be rebuilt once its row is pruned

@@ -180,12 +180,18 @@ def test_10k_tasks_in_two_processes_under_a_shared_limit_of_50(tmp_path: Path) -
         )
         for k, log in enumerate(logs)
     ]
-    for child in children:
-        out, err = child.communicate(timeout=300)
-        assert child.returncode == 0, err
-        completed, cancelled, total = map(int, out.split())
-        assert total == 5000 and cancelled == 300
-        assert completed > 4000
+    try:
+        for child in children:
+            out, err = child.communicate(timeout=300)
+            assert child.returncode == 0, err
+            completed, cancelled, total = map(int, out.split())
+            assert total == 5000 and cancelled == 300
+            assert completed > 4000
+    finally:
+        for child in children:
+            if child.poll() is None:  # a failed assertion must not leave them running
+                child.kill()
+                child.wait()
     both = tmp_path / "both.log"
     both.write_text("".join(log.read_text() for log in logs))
     peak = _peak(both)
@@ -297,10 +303,16 @@ def test_a_shared_rate_holds_across_two_processes(tmp_path: Path) -> None:
         )
         for _ in range(2)
     ]
-    for child in children:
-        out, err = child.communicate(timeout=90)
-        assert child.returncode == 0, err
-        assert out.strip() == "30"
+    try:
+        for child in children:
+            out, err = child.communicate(timeout=90)
+            assert child.returncode == 0, err
+            assert out.strip() == "30"
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     starts = sorted(float(line.split()[1]) for line in log.read_text().splitlines())
     assert len(starts) == 60
     # 20 a second with a burst of 4, over both processes together: any 1 s window
