@@ -254,6 +254,17 @@ def limit(
     return Limit(name, concurrency, rate, burst, shared)
 
 
+def task_limit(task: Any) -> Limit:
+    """The per-task limit of ``@task(concurrency=..., rate=..., burst=...)``, named after it."""
+    parts = []
+    if task.concurrency is not None:
+        parts.append(f"concurrency={task.concurrency}")
+    if task.rate is not None:
+        parts.append(f"rate={task.rate:g}/s")
+    name = f"{task.name} ({', '.join(parts)})"
+    return limit(name, task.concurrency, rate=task.rate, burst=task.burst)
+
+
 class _State:
     __slots__ = ("bucket", "leases", "limit", "limiter", "owner")
 
@@ -337,11 +348,11 @@ class Limits:
     def named(self, name: str) -> _State | None:
         return self._named.get(name)
 
-    def for_task(self, key: object, name: str, concurrency: int) -> _State:
-        state = self._tasks.get(key)
+    def for_task(self, task: Any) -> _State:
+        """The limit made from a task's own ``concurrency`` / ``rate`` options."""
+        state = self._tasks.get(task)
         if state is None:
-            spec = Limit(f"{name} (concurrency={concurrency})", concurrency)
-            state = self._tasks[key] = _State(spec, self._clock)
+            state = self._tasks[task] = _State(task_limit(task), self._clock)
         return state
 
     async def acquire(self, spec: Limit) -> None:
@@ -378,8 +389,8 @@ def gates_for(engine: Engine, task: Any, gate: _State | None) -> list[_State]:
     gates = []
     if gate is not None:
         gates.append(gate)
-    if task.concurrency is not None:
-        gates.append(engine.limits.for_task(task, task.name, task.concurrency))
+    if task.concurrency is not None or task.rate is not None:
+        gates.append(engine.limits.for_task(task))
     for tag in sorted(task.tags):
         state = engine.limits.named(tag)
         if state is not None:

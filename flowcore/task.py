@@ -11,6 +11,7 @@ from .cache import CachePolicy, KeyMaker, resolve_policy
 from .context import _run_var
 from .errors import ConfigurationError
 from .futures import TaskFuture, TaskFutureList
+from .limits import limit, task_limit
 from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
 from .serializers import SERIALIZERS, return_type
 from .taskrun import feed_map, prepare, run_into_future, run_task
@@ -50,9 +51,13 @@ class Task(Generic[P, R]):
         persist_result: bool | None = None,
         concurrency: int | None = None,
         timeout_includes_wait: bool = False,
+        rate: float | None = None,
+        burst: int | None = None,
     ) -> None:
         self.fn: Callable[..., Any] = fn
         self.concurrency = concurrency
+        self.rate = rate
+        self.burst = burst
         self.timeout_includes_wait = timeout_includes_wait
         self.name = name or getattr(fn, "__name__", None) or type(fn).__name__
         self.retry = retry
@@ -163,6 +168,8 @@ class Task(Generic[P, R]):
             "persist_result": self.persist_result,
             "concurrency": self.concurrency,
             "timeout_includes_wait": self.timeout_includes_wait,
+            "rate": self.rate,
+            "burst": self.burst,
         }
         retry_parts = {
             k: changes.pop(k) for k in ("retries", "retry_delay", "retry_on") if k in changes
@@ -195,20 +202,25 @@ _UNSET: Any = object()
 _OPTION_NAMES = (
     "name", "retries", "retry_delay", "retry_on", "retry", "timeout", "tags", "record_inputs",
     "cache", "cache_ttl", "serializer", "persist_result", "concurrency", "timeout_includes_wait",
+    "rate", "burst",
 )  # fmt: skip
 
 
 def _map_window(task: Task[Any, Any], ctx: Any) -> int | None:
     """How many calls of a limited ``map`` to keep alive at once (``None``: no limit applies)."""
-    bounds = []
-    if task.concurrency is not None:
-        bounds.append(task.concurrency)
-    if ctx.gate is not None and ctx.gate.limit.concurrency is not None:
-        bounds.append(ctx.gate.limit.concurrency)
+    specs = [task_limit(task)] if task.concurrency is not None or task.rate is not None else []
+    if ctx.gate is not None:
+        specs.append(ctx.gate.limit)
     for tag in task.tags:
         state = ctx.engine.limits.named(tag)
-        if state is not None and state.limit.concurrency is not None:
-            bounds.append(state.limit.concurrency)
+        if state is not None:
+            specs.append(state.limit)
+    bounds = []
+    for spec in specs:
+        if spec.concurrency is not None:
+            bounds.append(spec.concurrency)
+        if spec.rate is not None:  # a second's worth of starts (at least a burst)
+            bounds.append(max(spec.burst or 1, math.ceil(spec.rate)))
     # Twice the tightest limit: the next calls are ready the moment a slot frees up.
     return 2 * min(bounds) if bounds else None
 
@@ -286,6 +298,8 @@ def task(
     persist_result: bool | None = ...,
     concurrency: int | None = ...,
     timeout_includes_wait: bool = ...,
+    rate: float | None = ...,
+    burst: int | None = ...,
 ) -> _TaskDecorator: ...
 def task(
     fn: Callable[..., Any] | None = None,
@@ -305,6 +319,8 @@ def task(
     persist_result: bool | None = None,
     concurrency: int | None = None,
     timeout_includes_wait: bool = False,
+    rate: float | None = None,
+    burst: int | None = None,
 ) -> Task[Any, Any] | _TaskDecorator:
     """Make a function a tracked task: ``@flowcore.task`` or ``@flowcore.task(retries=3, ...)``.
 
@@ -315,6 +331,7 @@ def task(
     earlier call with the same inputs and source; ``cache_ttl``: seconds it stays valid.
     ``serializer``: ``"msgpack"`` (default) or ``"pickle"`` (opt-in: loads run code).
     ``concurrency``: at most this many runs of the task at once (per engine).
+    ``rate``/``burst``: at most ``rate`` starts a second (per engine), bursts of ``burst``.
     ``timeout_includes_wait=True``: the ``timeout`` also counts the wait for limits
     (by default only the attempt itself is timed).
     ``persist_result``: ``None`` stores the result when it can (for resume),
@@ -363,6 +380,11 @@ def task(
         problems.append(f"`timeout_includes_wait` must be True or False, got {given_includes!r}")
     elif timeout_includes_wait and timeout is None:
         problems.append("`timeout_includes_wait=True` needs a `timeout`")
+    if rate is not None or burst is not None:
+        try:
+            limit("task", None, rate=rate, burst=burst)
+        except ConfigurationError as exc:
+            problems.append(str(exc).split(": ", 1)[1])
     if policy_cache is not None and persist_result is False:
         problems.append("`cache` needs stored results; drop persist_result=False")
     if problems:
@@ -384,6 +406,8 @@ def task(
             persist_result=persist_result,
             concurrency=concurrency,
             timeout_includes_wait=timeout_includes_wait,
+            rate=None if rate is None else float(rate),
+            burst=burst if burst is not None or rate is None else max(1, math.ceil(rate)),
         )
 
     if fn is None:

@@ -298,3 +298,38 @@ def test_timeout_includes_wait_needs_a_timeout() -> None:
         flowcore.task(timeout_includes_wait=True)(lambda: None)
     with pytest.raises(flowcore.ConfigurationError, match="True or False"):
         flowcore.task(timeout=1, timeout_includes_wait="yes")(lambda: None)  # type: ignore[arg-type]
+
+
+async def test_a_task_rate_is_held_on_a_fake_clock_and_bounds_a_map() -> None:
+    clock = FakeClock()
+    times: list[float] = []
+    alive_peak = 0
+
+    @flowcore.task(rate=10, burst=5)
+    async def hit(i: int) -> int:
+        times.append(clock.now())
+        return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        nonlocal alive_peak
+        futures = hit.map(range(100))
+        for fut in futures:
+            s = engine.statistics()
+            alive_peak = max(alive_peak, s.tasks_started - s.tasks_completed)
+            await fut.wait()
+        return await flowcore.wait(futures)
+
+    async with flowcore.Engine("memory", clock=clock) as engine:
+        assert await f() == list(range(100))
+    assert times[:5] == [0.0] * 5  # the burst, then 10 a second
+    assert times[-1] == pytest.approx(9.5)
+    # A rate-only limit still bounds a map: a second's worth of calls (x2), not all 100.
+    assert 0 < alive_peak <= 20
+
+
+def test_bad_task_rates_are_refused() -> None:
+    with pytest.raises(flowcore.ConfigurationError, match="`rate` must be"):
+        flowcore.task(rate=0)(lambda: None)
+    with pytest.raises(flowcore.ConfigurationError, match="`burst` needs a `rate`"):
+        flowcore.task(burst=3)(lambda: None)
