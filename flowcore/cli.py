@@ -356,6 +356,10 @@ class _Details:
     "--offset", type=click.IntRange(min=0), default=0, show_default=True,
     help="Task runs to skip (by position, in call order).",
 )  # fmt: skip
+@click.option(
+    "--state", metavar="STATE", callback=_check_state,
+    help="Only task runs in this state (e.g. Failed): paging then counts those only.",
+)  # fmt: skip
 @click.option("--results", "show_results", is_flag=True, help="Show each task run's result.")
 @click.option(
     "--allow-pickle", is_flag=True,
@@ -363,7 +367,13 @@ class _Details:
     "only for stores you trust.",
 )  # fmt: skip
 def runs_show(
-    run_id: str, as_json: bool, limit: int, offset: int, show_results: bool, allow_pickle: bool
+    run_id: str,
+    as_json: bool,
+    limit: int,
+    offset: int,
+    state: str | None,
+    show_results: bool,
+    allow_pickle: bool,
 ) -> None:
     """Show one run (an id prefix is enough) and its tree of task runs."""
     db = _database()
@@ -375,7 +385,7 @@ def runs_show(
         await mark_crashed_runs(store)
         run = await store.get_run(run_id)
         counts = await store.count_task_runs(run.id)
-        task_runs = await store.list_task_runs(run.id, offset=offset, limit=limit)
+        task_runs = await store.list_task_runs(run.id, offset=offset, limit=limit, state=state)
         page = {t.seq for t in task_runs}
         subflows = [
             s
@@ -391,7 +401,7 @@ def runs_show(
         return _Details(run, counts, task_runs, subflows, results)
 
     d = _read(fetch)
-    total = sum(d.counts.values())
+    total = sum(d.counts.values()) if state is None else d.counts.get(state, 0)
     if as_json:
         data = render.run_to_json(d.run, details=True)
         data["counts"] = d.counts
@@ -399,7 +409,7 @@ def runs_show(
         if d.results is not None:
             for t, item in zip(d.task_runs, data["task_runs"], strict=True):
                 item["result"] = render.result_to_json(d.results[t.seq])
-        data["page"] = {"offset": offset, "limit": limit, "total": total}
+        data["page"] = {"offset": offset, "limit": limit, "total": total, "state": state}
         data["subflows"] = [render.run_to_json(s) for s in d.subflows]
         click.echo(render.to_json(data))
         return
@@ -407,13 +417,16 @@ def runs_show(
     console.print(render.run_header(d.run, d.counts))
     console.print(render.task_tree(d.run, d.task_runs, d.subflows, results=d.results))
     shown_end = offset + len(d.task_runs)
-    if not d.task_runs and offset:
-        console.print(f"no task runs from --offset {offset}: the run has {total}")
+    which = "task runs" if state is None else f"{state} task runs"
+    if not d.task_runs and (offset or state is not None):
+        console.print(f"no {which} from --offset {offset}: the run has {total}")
     elif offset or shown_end < total:
         more = total - shown_end
         next_page = f" --offset {shown_end} --limit {limit}"
+        if state is not None:
+            next_page += f" --state {state}"
         console.print(
-            f"showing task runs {offset}–{shown_end - 1} of {total}"
+            f"showing {which} {offset}–{shown_end - 1} of {total}"
             + (f"; {more} more: flowcore runs show {d.run.id[:8]}{next_page}" if more else ""),
             highlight=False,
         )

@@ -67,6 +67,19 @@ async def pipeline(n: int, ratio: float = 1.0, tags: list[str] = [], extra=None)
 async def many(count: int) -> int:
     return sum(await inner.map(range(count)))
 
+@flowcore.task
+async def picky(x: int) -> int:
+    if x % 5 == 0:
+        raise ValueError(f"no {x}")
+    return x
+
+@flowcore.flow
+async def some_fail(count: int) -> int:
+    futures = picky.map(range(count))
+    for future in futures:
+        await future.wait()
+    return sum(future.exception() is None for future in futures)
+
 @flowcore.flow
 async def broken() -> None:
     await inner(1)
@@ -159,7 +172,7 @@ def test_missing_flow_name_lists_the_flows_in_the_file(flows_file: Path) -> None
     result = invoke("run", f"{flows_file}:pipelin")
     assert result.exit_code == 1
     assert "has no flow named 'pipelin'" in result.stderr
-    assert "child, pipeline, many, broken" in result.stderr
+    assert "child, pipeline, many, some_fail, broken" in result.stderr
 
 
 def test_attribute_that_is_not_a_flow_says_to_decorate_it(flows_file: Path) -> None:
@@ -376,7 +389,29 @@ def test_runs_show_pages_big_runs(flows_file: Path) -> None:
         invoke("runs", "show", run_id, "--limit", "5", "--offset", "10", "--json").stdout
     )
     assert [t["seq"] for t in last["task_runs"]] == [10, 11]
-    assert last["page"] == {"offset": 10, "limit": 5, "total": 12}
+    assert last["page"] == {"offset": 10, "limit": 5, "total": 12, "state": None}
+
+
+def test_runs_show_state_filters_and_pages_the_matching_task_runs(flows_file: Path) -> None:
+    result = invoke("run", f"{flows_file}:some_fail", "-p", "count=23")
+    assert result.exit_code == 0, result.output
+    run_id = run_id_from(result)
+    failed = invoke("runs", "show", run_id, "--state", "failed", "--limit", "3")
+    assert failed.exit_code == 0, failed.output
+    assert "23 task runs: 5 Failed · 18 Completed" in failed.stdout  # counts: the whole run
+    for seq in (0, 5, 10):
+        assert f"{run_id}.{seq} " in failed.stdout
+    assert f"{run_id}.1 " not in failed.stdout and f"{run_id}.15 " not in failed.stdout
+    text = " ".join(failed.stdout.split())  # the hint may wrap
+    assert "showing Failed task runs 0–2 of 5; 2 more" in text
+    assert "--offset 3 --limit 3 --state Failed" in text
+    rest = json.loads(
+        invoke("runs", "show", run_id, "--state", "Failed", "--offset", "3", "--json").stdout
+    )
+    assert [t["seq"] for t in rest["task_runs"]] == [15, 20]
+    assert rest["page"] == {"offset": 3, "limit": 200, "total": 5, "state": "Failed"}
+    bad = invoke("runs", "show", run_id, "--state", "sad")
+    assert bad.exit_code == 2 and "is not a run state" in bad.output
 
 
 # -- stores and options ---------------------------------------------------------------------

@@ -57,9 +57,9 @@ class Store(Protocol):
         """The run with this id or unique id prefix; raises ``RunNotFound``."""
 
     async def list_task_runs(
-        self, run_id: str, *, offset: int = 0, limit: int | None = None
+        self, run_id: str, *, offset: int = 0, limit: int | None = None, state: str | None = None
     ) -> list[TaskRunRecord]:
-        """Task runs of one flow run, in call order (``seq``)."""
+        """Task runs of one flow run, in call order (``seq``); only those in ``state``."""
 
     async def count_task_runs(self, run_id: str) -> dict[str, int]:
         """Task runs of one flow run counted by state."""

@@ -93,9 +93,12 @@ class MemoryStore:
         raise RunNotFound(_not_found_message(run_id, self.location, len(matches)))
 
     async def list_task_runs(
-        self, run_id: str, *, offset: int = 0, limit: int | None = None
+        self, run_id: str, *, offset: int = 0, limit: int | None = None, state: str | None = None
     ) -> list[TaskRunRecord]:
-        tasks = sorted(self._tasks.get(run_id, {}).values(), key=lambda t: t.seq)
+        tasks = sorted(
+            (t for t in self._tasks.get(run_id, {}).values() if state in (None, str(t.state))),
+            key=lambda t: t.seq,
+        )
         end = None if limit is None else offset + limit
         return [_copy(t) for t in tasks[offset:end]]
 

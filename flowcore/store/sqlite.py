@@ -639,11 +639,14 @@ class SQLiteStore:
         raise RunNotFound(_not_found_message(run_id, self.location, matches))
 
     async def list_task_runs(
-        self, run_id: str, *, offset: int = 0, limit: int | None = None
+        self, run_id: str, *, offset: int = 0, limit: int | None = None, state: str | None = None
     ) -> list[TaskRunRecord]:
+        where, params = "run_id = ?", [run_id]
+        if state is not None:
+            where, params = "run_id = ? AND state = ?", [run_id, state]
         rows = await self._fetch(
-            f"SELECT {_TASK_COLS} FROM task_runs WHERE run_id = ? ORDER BY seq LIMIT ? OFFSET ?",
-            [run_id, -1 if limit is None else limit, offset],
+            f"SELECT {_TASK_COLS} FROM task_runs WHERE {where} ORDER BY seq LIMIT ? OFFSET ?",
+            [*params, -1 if limit is None else limit, offset],
         )
         return [_task_record(r) for r in rows]
 
