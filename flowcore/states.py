@@ -1,8 +1,11 @@
 """Run states and the one table of transitions allowed between them.
 
 A run moves ``Pending → Running → Completed | Failed | ...``; ``Retrying`` is a
-Running task waiting out its backoff. Terminal states never change: a run that
-reached one is finished, whatever happens to the process afterwards.
+Running task waiting out its backoff, and a Running task back in ``Pending``
+waits for a limit before its attempt. The engine sets states directly on its
+hot path; ``tests/test_states.py`` holds every recorded history to this table.
+Terminal states never change: a run that reached one is finished, whatever
+happens to the process afterwards.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ TERMINAL = frozenset(
 _ALLOWED: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.RUNNING, State.UPSTREAM_FAILED, State.CANCELLED, State.CACHED})
     | frozenset({State.FAILED, State.CRASHED}),
-    State.RUNNING: TERMINAL - {State.UPSTREAM_FAILED} | {State.RETRYING},
+    # Running -> Pending: an attempt waiting for a limit (the wait is before the attempt).
+    State.RUNNING: TERMINAL - {State.UPSTREAM_FAILED} | {State.RETRYING, State.PENDING},
     State.RETRYING: frozenset({State.RUNNING, State.CANCELLED, State.CRASHED, State.FAILED}),
 }
 
