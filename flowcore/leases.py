@@ -81,6 +81,8 @@ class SharedSlots:
                     await self.release(waiter.lease)
             else:
                 self.waiters.remove(waiter)
+                if not self.waiters:
+                    self._kick.set()  # the pump stops asking, and drops the waiting row
             raise
         assert waiter.lease is not None
         return waiter.lease
@@ -128,16 +130,19 @@ class SharedSlots:
             while self.waiters:
                 now = time.time()
                 want = len(self.waiters)
-                leases, others = await store.lease_slots(
-                    self.name,
-                    self.capacity,
-                    owner.holder,
-                    self._waiter_id,
-                    want,
-                    self.waiters[0].since if self.waiters else now,
-                    now,
-                    now + owner.lease_ttl,
-                )
+                # Shielded: if the engine closed while this is in flight, slots granted
+                # in the store would be known to nobody and held until they expire.
+                with anyio.CancelScope(shield=True):
+                    leases, others = await store.lease_slots(
+                        self.name,
+                        self.capacity,
+                        owner.holder,
+                        self._waiter_id,
+                        want,
+                        self.waiters[0].since if self.waiters else now,
+                        now,
+                        now + owner.lease_ttl,
+                    )
                 row = len(leases) < want
                 self._others_waiting = others
                 self._looked_at = time.monotonic()
