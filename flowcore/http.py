@@ -94,8 +94,10 @@ def http_client() -> Any:
 
     One client per run means one connection pool, reused by every task of the
     run (``gather``, ``submit``, ``map``, nested tasks); it is sized from the
-    flow's ``max_concurrency`` (else 100 connections) and closed when the run
-    ends, however it ends. Call it inside a flow or a task::
+    flow's ``max_concurrency``, else from the largest named limit's concurrency
+    (at least 100 connections), so requests never queue in the pool while holding
+    a limit's slot; and it is closed when the run ends, however it ends. Call it
+    inside a flow or a task::
 
         response = await flowcore.http_client().get(url)
     """
@@ -111,8 +113,7 @@ def http_client() -> Any:
             "task, or make your own httpx.AsyncClient outside flows"
         )
     if ctx.http is None:
-        size = ctx.gate.limit.concurrency if ctx.gate is not None else None
-        pool = size or DEFAULT_POOL
+        pool = ctx.engine.limits.pool_size(ctx.gate, DEFAULT_POOL)
         ctx.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             timeout=httpx.Timeout(30.0),

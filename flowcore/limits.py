@@ -355,6 +355,14 @@ class Limits:
             state = self._tasks[task] = _State(task_limit(task), self._clock)
         return state
 
+    def pool_size(self, gate: _State | None, default: int) -> int:
+        """Connections for a flow run's shared HTTP client: its ``max_concurrency`` if
+        it has one, else the largest named concurrency limit (at least ``default``)."""
+        if gate is not None and gate.limit.concurrency is not None:
+            return gate.limit.concurrency
+        sizes = [s.limit.concurrency for s in self._named.values() if s.limit.concurrency]
+        return max([default, *sizes])
+
     async def acquire(self, spec: Limit) -> None:
         await self.register(spec).acquire()
 

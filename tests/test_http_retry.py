@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +60,23 @@ async def test_429_with_retry_after_seconds_waits_what_the_server_asks() -> None
     clock = FakeClock()
     outcome, rec = await fetch_with(client, flowcore.http_retry(retries=3, max_delay=30), clock)
     assert outcome == "ok" and rec.attempts == 2 and len(seen) == 2
-    assert clock.sleeps == [7.0]
+    (slept,) = clock.sleeps
+    assert 7.0 <= slept <= 7.0 * 1.2  # never sooner than asked; jitter spreads a crowd
+
+
+async def test_retry_after_is_exact_without_jitter_and_spread_with_it() -> None:
+    waits = []
+    for seed in range(20):
+        policy = flowcore.http_retry(retries=1, max_delay=60, jitter=0.5)
+        err = httpx.HTTPStatusError(
+            "429",
+            request=httpx.Request("GET", "http://x"),
+            response=httpx.Response(429, headers={"Retry-After": "4"}),
+        )
+        waits.append(policy.delay_for(0, random.Random(seed), err))
+    assert all(4.0 <= w <= 4.8 for w in waits) and len(set(waits)) > 10  # at most 20% later
+    exact = flowcore.http_retry(retries=1, max_delay=60, jitter=0)
+    assert exact.delay_for(0, random.Random(0), err) == 4.0
 
 
 async def test_retry_after_is_capped_by_max_delay() -> None:
@@ -183,3 +200,23 @@ async def test_a_run_shares_one_http_client_and_closes_it() -> None:
     assert pool._max_connections == 4
     with pytest.raises(flowcore.ConfigurationError, match="outside a flow run"):
         flowcore.http_client()
+
+
+async def test_the_shared_client_pool_covers_the_largest_named_limit() -> None:
+    sizes: list[int] = []
+
+    @flowcore.task(tags=["api"])
+    async def call() -> None:
+        sizes.append(flowcore.http_client()._transport._pool._max_connections)
+
+    @flowcore.flow
+    async def f() -> None:
+        await call()
+
+    # 300 calls may hold the "api" limit at once: a pool of 100 would make them queue
+    # inside httpx while holding their slots.
+    async with flowcore.Engine("memory", limits=[flowcore.limit("api", 300)]):
+        await f()
+    async with flowcore.Engine("memory", limits=[flowcore.limit("api", 10)]):
+        await f()
+    assert sizes == [300, 100]
