@@ -491,7 +491,10 @@ async def _wait_for_retry(
                 "flowcore.retry.delay_s": delay,
             },
         )
-    await engine.clock.sleep(delay)
+    if delay > 0:
+        await engine.clock.sleep(delay)
+    # No wait asked for: retry at once. Yielding to the loop would put the retry
+    # behind every other ready task (thousands of them in a big gather).
     now = time.time()
     rec.attempts += 1
     rec.state = _RUNNING
