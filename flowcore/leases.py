@@ -89,12 +89,10 @@ class SharedSlots:
 
     async def release(self, lease: str) -> None:
         """Give a slot back: to the next waiter here, or to the store for the others."""
-        fresh = time.monotonic() - self._looked_at < FRESH
-        if self.waiters and fresh and not self._others_waiting:
-            self.borrowed -= 1
-            self._hand(lease)
-            return
         self.borrowed -= 1
+        fresh = time.monotonic() - self._looked_at < FRESH
+        if fresh and not self._others_waiting and self._hand(lease):
+            return
         self.owner.leases_held -= 1
         store: Any = self.owner._engine.store
         with anyio.CancelScope(shield=True):
@@ -104,13 +102,14 @@ class SharedSlots:
             self._start_pump()
 
     def _hand(self, lease: str) -> bool:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            waiter.lease = lease
-            self.borrowed += 1
-            waiter.event.set()
-            return True
-        return False
+        """Give ``lease`` to the oldest waiter here; False when nobody waits."""
+        if not self.waiters:
+            return False
+        waiter = self.waiters.popleft()
+        waiter.lease = lease
+        self.borrowed += 1
+        waiter.event.set()
+        return True
 
     def _start_pump(self) -> None:
         if self._pumping:

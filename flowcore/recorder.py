@@ -51,7 +51,7 @@ class Recorder:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         #: Task runs changed and not yet written past which new task runs wait for a
-        #: flush (:meth:`drain`): memory stays bounded when work outpaces the disk.
+        #: flush (:meth:`admit`): memory stays bounded when work outpaces the disk.
         self.max_backlog = max_backlog
         self.heartbeat_interval = heartbeat_interval
         self._flows: dict[int, FlowRunRecord] = {}
