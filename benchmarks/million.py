@@ -128,10 +128,20 @@ def time_cli(home: Path, *args: str) -> tuple[float, str]:
     return time.perf_counter() - started, out
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--concurrency", type=int, default=1_000)
+    parser.add_argument("--tasks", type=_positive, default=1_000_000)
+    parser.add_argument("--concurrency", type=_positive, default=1_000)
     args = parser.parse_args()
     n, c = args.tasks, args.concurrency
     console = Console()

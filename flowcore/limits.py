@@ -249,8 +249,14 @@ def limit(
     its engine renews it, so a process that dies does not keep its slots, and
     each use of the rate reserves its turn in the store.
     """
-    if burst is None and rate is not None:
-        burst = max(1, math.ceil(rate))
+    if (
+        burst is None
+        and isinstance(rate, int | float)
+        and not isinstance(rate, bool)
+        and math.isfinite(rate)
+        and rate > 0
+    ):
+        burst = max(1, math.ceil(rate))  # a bad rate is left for Limit to explain
     return Limit(name, concurrency, rate, burst, shared)
 
 

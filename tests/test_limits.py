@@ -333,3 +333,8 @@ def test_bad_task_rates_are_refused() -> None:
         flowcore.task(rate=0)(lambda: None)
     with pytest.raises(flowcore.ConfigurationError, match="`burst` needs a `rate`"):
         flowcore.task(burst=3)(lambda: None)
+    for bad in ("fast", float("inf"), True):
+        with pytest.raises(flowcore.ConfigurationError, match="`rate` must be"):
+            flowcore.task(rate=bad)(lambda: None)  # type: ignore[arg-type]
+        with pytest.raises(flowcore.ConfigurationError, match="`rate` must be"):
+            flowcore.limit("api", rate=bad)  # type: ignore[arg-type]
