@@ -137,8 +137,8 @@ async def _drive(
     recorder = engine.recorder
     engine.flows_running += 1
     run_token = _run_var.set(ctx)
+    span = _start_span(engine, ctx)  # under the calling task run's span, if any
     task_token = _task_var.set(None)
-    span = _start_span(engine, ctx)
     recorder.flow_changed(record)
     top_level = record.parent_run_id is None
     if top_level:

@@ -26,6 +26,7 @@ import random
 import time
 import weakref
 from collections import deque
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -35,7 +36,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
-from .context import _run_var
+from .context import _run_var, _task_var
 from .records import TaskRunRecord
 from .states import State
 
@@ -73,12 +74,63 @@ class SpanRecord(msgspec.Struct, gc=False, omit_defaults=True):
     scope: str = "flowcore"
 
 
+def _span_lookup() -> Any:
+    """The fastest way to read the current span: OpenTelemetry's own context variable.
+
+    ``trace.get_current_span()`` costs half a microsecond (a generic context
+    lookup and an ``isinstance`` against an ABC); reading the variable that its
+    default runtime context keeps costs a tenth of that. Any other runtime
+    context (``OTEL_PYTHON_CONTEXT``) goes through the public function.
+    """
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        runtime = otel_context._RUNTIME_CONTEXT
+        var = getattr(runtime, "_current_context", None)
+    except (ImportError, AttributeError):  # pragma: no cover - another OpenTelemetry
+        return trace.get_current_span
+    if type(runtime) is not ContextVarsRuntimeContext or not isinstance(var, ContextVar):
+        return trace.get_current_span  # pragma: no cover
+
+    def current_span() -> Any:
+        return var.get().get(_SPAN_KEY)
+
+    return current_span
+
+
+_current_span = _span_lookup()
+
+
+class _RunSpan(NonRecordingSpan):
+    """The current span throughout a run with flowcore's own spans.
+
+    Its span context is the run's span, or, while one of the run's task runs is
+    the current task run, that task run's span. So the trace context inside task
+    code is the task run's (spans that user code makes nest under it, and
+    propagated headers name it), yet starting a task run switches no
+    OpenTelemetry context: that switch (a context copy, an attach and a detach)
+    was most of the cost of tracing a task run.
+    """
+
+    def __init__(self, trace_id: int, span_id: int, run_id: str) -> None:
+        super().__init__(SpanContext(trace_id, span_id, False, _SAMPLED))
+        self.trace_id = trace_id
+        self.run_id = run_id
+
+    def get_span_context(self) -> SpanContext:
+        rec = _task_var.get()
+        if rec is not None and rec.run_id == self.run_id and rec.span_id is not None:
+            return SpanContext(self.trace_id, int(rec.span_id, 16), False, _SAMPLED)
+        return self._context
+
+
 class _TaskHandle:
     """A task run's span with flowcore's own spans: just the context token."""
 
     __slots__ = ("token", "trace_id", "tracing")
 
-    def __init__(self, tracing: Tracing, token: object, trace_id: int) -> None:
+    def __init__(self, tracing: Tracing, token: object | None, trace_id: int) -> None:
         self.tracing = tracing
         self.token = token
         self.trace_id = trace_id
@@ -87,7 +139,8 @@ class _TaskHandle:
         pass  # the task run's history holds its retries; task_span turns them into events
 
     def finish_task(self, rec: TaskRunRecord, error: BaseException | None) -> None:
-        otel_context.detach(self.token)  # type: ignore[arg-type]
+        if self.token is not None:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
         export = self.tracing.export
         if export is not None:
             if export.accepting():
@@ -206,16 +259,18 @@ class Tracing:
             attributes=attributes,
             links=list(links or ()),
         )
-        current = NonRecordingSpan(SpanContext(trace_id, span_id, False, _SAMPLED))
+        current = _RunSpan(trace_id, span_id, run_id)
         token = otel_context.attach(trace.set_span_in_context(current))
         return _Handle(self, record, None, token)
 
     def start_task(self, rec: TaskRunRecord, task: Task[Any, Any], parent_span: str | None) -> Any:
         """Start a task run's span and make it current.
 
-        With flowcore's own spans nothing but two ids is made here: the task run
+        With flowcore's own spans nothing but an id is made here: the task run
         record itself is the persisted span (see :func:`task_span`), built into a
-        full span only when an exporter needs one.
+        full span only when an exporter needs one, and the run's span stands in
+        for it as the current span (see :class:`_RunSpan`). Returns the handle to
+        finish, or ``None`` when there is nothing to finish.
         """
         if self.tracer is not None:
             attributes = {
@@ -229,10 +284,19 @@ class Tracing:
             rec.span_id = f"{handle.sdk_span.get_span_context().span_id:016x}"
             rec.parent_span_id = parent_span  # so the span can be rebuilt once its row is pruned
             return handle
-        current = trace.get_current_span().get_span_context()
         span_id = _rand.getrandbits(64) or 1
         rec.span_id = f"{span_id:016x}"
         rec.parent_span_id = parent_span
+        run_span = _current_span()
+        if type(run_span) is _RunSpan and run_span.run_id == rec.run_id:
+            # The run's span is current and speaks for this task run (see _RunSpan):
+            # nothing to switch, and nothing to finish unless a span is exported.
+            if self.export is None:
+                return None
+            return _TaskHandle(self, None, run_span.trace_id)
+        # Something else is current (a span user code made current in the flow):
+        # make the task run's span current under it, the general way.
+        current = trace.get_current_span().get_span_context()
         trace_id = current.trace_id if current.is_valid else _rand.getrandbits(128) or 1
         token = otel_context.attach(
             trace.set_span_in_context(

@@ -688,3 +688,55 @@ async def test_waiting_for_a_limit_shows_as_span_events_and_does_not_count_as_an
     # Waits are not attempts: the retry is attempt 1 of the task that failed once.
     (retry,) = [attrs for name, attrs in retried[0].events if name == "retry"]
     assert retry["flowcore.attempt"] == 1
+
+
+async def test_own_spans_keep_the_current_span_right_around_user_spans() -> None:
+    """Own spans switch no context per task run (the run's span stands in for it):
+    the current span is still the task run's inside it, the run's again after it,
+    and a span user code made current in the flow body is the parent inside tasks."""
+    user_provider, user_exporter = sdk_provider()
+    tracer = user_provider.get_tracer("user")
+    seen: dict[str, Any] = {}
+
+    def current() -> Any:
+        return trace.get_current_span().get_span_context()
+
+    @flowcore.task
+    async def inner() -> str:
+        seen["inner"] = current()
+        return flowcore.current_run().id
+
+    @flowcore.task
+    async def outer() -> None:
+        seen["outer before"] = current()
+        await inner()
+        seen["outer after"] = current()
+
+    @flowcore.flow
+    async def main() -> None:
+        seen["flow"] = current()
+        await outer()
+        seen["flow after"] = current()
+        with tracer.start_as_current_span("user block"):
+            await inner()
+            seen["in user block"] = current()
+
+    async with flowcore.Engine(store="memory") as engine:
+        await main()
+        runs = await stored_runs(engine, last_run(engine))
+    by_name: dict[str, list[str]] = {}
+    for t in sorted(runs.tasks.values(), key=lambda t: t.seq):
+        by_name.setdefault(t.name, []).append(t.span_id)
+
+    def hex_id(ctx: Any) -> str:
+        return f"{ctx.span_id:016x}"
+
+    assert hex_id(seen["flow"]) == runs.top.span_id == hex_id(seen["flow after"])
+    assert hex_id(seen["outer before"]) == by_name["outer"][0] == hex_id(seen["outer after"])
+    (user_block,) = user_exporter.get_finished_spans()
+    assert user_block.parent is not None and f"{user_block.parent.span_id:016x}" == runs.top.span_id
+    # inside the user's span, the task run's span is current (made current the general way)
+    assert hex_id(seen["inner"]) == by_name["inner"][1]
+    assert hex_id(seen["in user block"]) == f"{user_block.context.span_id:016x}"
+    for ctx in seen.values():
+        assert f"{ctx.trace_id:032x}" == runs.top.trace_id
