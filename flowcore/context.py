@@ -75,23 +75,6 @@ class RunContext:
     def name(self) -> str:
         return self.record.name
 
-    def new_task_run(self, name: str, state: State, now: float) -> TaskRunRecord:
-        # The run's task count doubles as the next seq, so a live run's record
-        # always says how many task runs it has started.
-        record = self.record
-        seq = record.task_count
-        record.task_count = seq + 1
-        parent = _task_var.get()
-        rec = TaskRunRecord(
-            run_id=record.id,
-            seq=seq,
-            name=name,
-            state=state,
-            created=now,
-            parent_seq=None if parent is None else parent.seq,
-        )
-        return rec
-
     def __repr__(self) -> str:
         return f"<RunContext {self.record.name} id={self.record.id} state={self.record.state}>"
 

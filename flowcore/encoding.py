@@ -50,6 +50,7 @@ _decoder = msgspec.msgpack.Decoder()
 
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_SCALARS = frozenset((int, float, bool, type(None)))
 
 
 def _shrink(value: object) -> object:
@@ -70,8 +71,17 @@ def encode_inputs(
     ``names`` are the function's positional parameter names; extra positional
     arguments (``*args``) are recorded under ``"*args"``.
     """
-    recorded: dict[str, object] = {}
     n = len(names)
+    if not kwargs and len(args) <= n:
+        # The common call: positional arguments that are plain scalars or short
+        # strings, recorded as they are, with no per-value shrinking.
+        for value in args:
+            t = type(value)
+            if t not in _SCALARS and not (t is str and len(value) <= MAX_RECORDED_CHARS):  # type: ignore[arg-type]
+                break
+        else:
+            return _encoder.encode(dict(zip(names, args, strict=False)))  # fewer args: defaults
+    recorded: dict[str, object] = {}
     for i, value in enumerate(args):
         if i < n:
             recorded[names[i]] = _shrink(value)

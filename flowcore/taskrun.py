@@ -79,16 +79,41 @@ def _substitute(value: Any) -> Any:
 
 
 def prepare(
-    task: Task[Any, Any], ctx: RunContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    task: Task[Any, Any],
+    ctx: RunContext,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    start: bool = False,
 ) -> tuple[TaskRunRecord, bool]:
-    """Create the task run's record; returns it and whether it waits for futures."""
+    """Create the task run's record; returns it and whether it waits for futures.
+
+    ``start``: the call starts now (``await task(...)``), so a record that waits
+    for nothing is made Running at once, in one allocation, rather than created and
+    then changed.
+    """
     now = time.time()
     waits = _has_futures(args, kwargs)
-    rec = ctx.new_task_run(task.name, State.PENDING if waits else _RUNNING, now)
+    record = ctx.record
+    seq = record.task_count  # the run's task count doubles as the next seq
+    record.task_count = seq + 1
+    parent = _task_var.get()
     if waits:
-        rec.history.append((State.PENDING.value, now))
-    if task.record_inputs:
-        rec.inputs = encode_inputs(task.param_names, args, kwargs)
+        state, history = State.PENDING, [(State.PENDING.value, now)]
+    else:
+        state, history = _RUNNING, [("Running", now)] if start else []
+    rec = TaskRunRecord(
+        run_id=record.id,
+        seq=seq,
+        name=task.name,
+        state=state,
+        created=now,
+        parent_seq=None if parent is None else parent.seq,
+        inputs=encode_inputs(task.param_names, args, kwargs) if task.record_inputs else b"",
+        history=history,
+    )
+    if start and not waits:
+        rec.started = now
+        rec.attempts = 1
     return rec, waits
 
 
@@ -113,7 +138,10 @@ async def run_task(
             from .flow import run_standalone_task  # a task outside any flow gets its own run
 
             return await run_standalone_task(task, args, kwargs)
-        rec, waits = prepare(task, ctx, args, kwargs)
+        rec, waits = prepare(task, ctx, args, kwargs, start=True)
+        running = not waits
+    else:
+        running = False
     assert ctx is not None
     engine = ctx.engine
     recorder = engine.recorder
@@ -127,14 +155,15 @@ async def run_task(
     claimed: InFlight | None = None
     error: BaseException | None = None
     try:
-        if waits:
-            recorder.task_changed(rec)
-            args, kwargs = await _resolve_inputs(rec, ctx, args, kwargs)
-        now = time.time()
-        rec.state = _RUNNING
-        rec.started = now
-        rec.attempts = 1
-        rec.history.append(("Running", now))
+        if not running:  # made by submit or map, or waiting for its input futures
+            if waits:
+                recorder.task_changed(rec)
+                args, kwargs = await _resolve_inputs(rec, ctx, args, kwargs)
+            now = time.time()
+            rec.state = _RUNNING
+            rec.started = now
+            rec.attempts = 1
+            rec.history.append(("Running", now))
         recorder.task_changed(rec)
         engine.tasks_started += 1
         if ctx.replay is not None:
