@@ -71,24 +71,17 @@ def encode_inputs(
     ``names`` are the function's positional parameter names; extra positional
     arguments (``*args``) are recorded under ``"*args"``.
     """
-    n = len(names)
-    if not kwargs and len(args) <= n:
-        # The common call: positional arguments that are plain scalars or short
-        # strings, recorded as they are, with no per-value shrinking.
-        for value in args:
-            t = type(value)
-            if t not in _SCALARS and not (t is str and len(value) <= MAX_RECORDED_CHARS):  # type: ignore[arg-type]
-                break
-        else:
-            return _encoder.encode(dict(zip(names, args, strict=False)))  # fewer args: defaults
     recorded: dict[str, object] = {}
+    n = len(names)
     for i, value in enumerate(args):
+        if type(value) not in _SCALARS:  # numbers are recorded as they are: most inputs
+            value = _shrink(value)
         if i < n:
-            recorded[names[i]] = _shrink(value)
+            recorded[names[i]] = value
         else:
-            recorded.setdefault("*args", []).append(_shrink(value))  # type: ignore[attr-defined]
+            recorded.setdefault("*args", []).append(value)  # type: ignore[attr-defined]
     for key, value in kwargs.items():
-        recorded[key] = _shrink(value)
+        recorded[key] = value if type(value) in _SCALARS else _shrink(value)
     try:
         return _encoder.encode(recorded)
     except Exception as exc:  # e.g. a dict with unhashable-as-key values, or a recursion

@@ -484,3 +484,29 @@ async def test_cancelled_writes_never_leave_the_database_locked(tmp_path: Path) 
                 await store.write([_flow(f"run{i}")], [])
         await other.write([_flow("other")], [])  # StoreUnavailable if a lock was left
         assert "other" in {r.id for r in await other.list_runs(limit=1000)}
+
+
+@pytest.mark.anyio
+async def test_new_rows_are_inserted_and_rows_written_before_are_updated(tmp_path: Path) -> None:
+    # Task runs seen for the first time are plain INSERTs; a row that exists anyway
+    # (another process wrote it, or an ended record changed) falls back to the upsert,
+    # which keeps ended rows as they are, and the whole batch still lands.
+    path = tmp_path / "flowcore.db"
+    running, ended, crashed_elsewhere = _tasks("run1", 3)
+    running.state = State.RUNNING
+    async with SQLiteStore(path) as store, SQLiteStore(path) as other:
+        marked = TaskRunRecord(
+            run_id="run1", seq=crashed_elsewhere.seq, name="step", state=State.CRASHED, created=0.0
+        )
+        await other.write([], [marked])
+        await store.write([_flow("run1")], [running, ended, crashed_elsewhere])
+        assert list(store._unfinished.values()) == [running]
+        running.state = State.COMPLETED
+        running.attempts = 3
+        ended.attempts = 9  # changed after it ended: not written over
+        await store.write([], [running, ended])
+        assert store._unfinished == {}
+        back = {t.seq: t for t in await store.list_task_runs("run1", limit=None)}
+    assert [back[i].state for i in range(3)] == [State.COMPLETED, State.COMPLETED, State.CRASHED]
+    assert back[running.seq].attempts == 3
+    assert back[ended.seq].attempts == 0

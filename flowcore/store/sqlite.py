@@ -211,6 +211,7 @@ ON CONFLICT (run_id, seq) DO UPDATE SET
     state = excluded.state, result_ref = excluded.result_ref, body = excluded.body
 WHERE task_runs.state NOT IN ({_TERMINAL_SQL})
 """
+_INSERT_TASK = f"INSERT INTO task_runs ({_TASK_COLS}) VALUES {{values}}"
 _INSERT_SPAN = (
     "INSERT OR REPLACE INTO spans (trace_id, span_id, run_id, start, body) VALUES {values}"
 )
@@ -379,6 +380,9 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self.lock_timeout = lock_timeout
         self._db: aiosqlite.Connection | None = None
+        #: Task runs written while not yet ended, by id (held, so no id is reused):
+        #: only these need an upsert; every other task run row is new (see write()).
+        self._unfinished: dict[int, TaskRunRecord] = {}
         self._reader: sqlite3.Connection | None = None
         # One connection, so one write transaction at a time on it: the batched writer,
         # lease taking and maintenance must not interleave their BEGIN ... COMMIT.
@@ -413,6 +417,7 @@ class SQLiteStore:
         if reader is not None:
             reader.close()
         db, self._db = self._db, None
+        self._unfinished.clear()
         if db is not None:
             # Closing must finish even if the caller is being cancelled, or the
             # connection's thread stays alive and can hang the interpreter at exit.
@@ -569,17 +574,50 @@ class SQLiteStore:
     ) -> None:
         # Snapshot now, before the first await: the engine keeps mutating these records.
         flow_rows = [_flow_row(r) for r in flow_runs]
-        task_rows = [_task_row(r) for r in task_runs]
+        # Most task runs are written once, already ended: a plain INSERT costs about
+        # two thirds of an upsert (3.5 against 5.1 µs a row). Only a task run written
+        # before (while it ran) needs the upsert, which also keeps ended rows final.
+        unfinished = self._unfinished
+        new_rows, again_rows = [], []
+        started: list[TaskRunRecord] = []  # written unfinished for the first time
+        ended: list[int] = []  # written before, now ended
+        for r in task_runs:
+            if id(r) in unfinished:
+                again_rows.append(_task_row(r))
+                if r.state in TERMINAL:
+                    ended.append(id(r))
+            else:
+                new_rows.append(_task_row(r))
+                if r.state not in TERMINAL:
+                    started.append(r)
         cache_rows = [_cache_row(e) for e in cache_entries]
         span_rows = [(s.trace_id, s.span_id, s.run_id, s.start, _span_enc.encode(s)) for s in spans]
-        await self._transaction(
-            [
-                *_multi_row(_UPSERT_FLOW, flow_rows),
-                *_multi_row(_UPSERT_TASK, task_rows),
-                *_multi_row(_UPSERT_CACHE, cache_rows),
-                *_multi_row(_INSERT_SPAN, span_rows),
-            ]
-        )
+        inserts = _multi_row(_INSERT_TASK, new_rows)
+        batches = [
+            *_multi_row(_UPSERT_FLOW, flow_rows),
+            *_multi_row(_UPSERT_TASK, again_rows),
+            *_multi_row(_UPSERT_CACHE, cache_rows),
+            *_multi_row(_INSERT_SPAN, span_rows),
+        ]
+
+        def run(db: sqlite3.Connection) -> None:
+            try:
+                for sql, params in inserts:
+                    db.executemany(sql, params)
+            except sqlite3.IntegrityError:
+                # A row taken for new exists: another process wrote it (marking a
+                # run crashed), or a record changed after it ended. Upsert them all:
+                # the failed statement was undone, and the upsert leaves ended rows be.
+                for sql, params in _multi_row(_UPSERT_TASK, new_rows):
+                    db.executemany(sql, params)
+            for sql, params in batches:
+                db.executemany(sql, params)
+
+        await self._in_write_transaction(run)
+        for r in started:
+            unfinished[id(r)] = r
+        for key in ended:
+            del unfinished[key]
 
     # -- reads -----------------------------------------------------------------------
 
