@@ -110,6 +110,10 @@ def prepare(
         parent_seq=None if parent is None else parent.seq,
         inputs=encode_inputs(task.param_names, args, kwargs) if task.record_inputs else b"",
         history=history,
+        # The span the task run's span hangs under (None when not tracing): its
+        # parent task run's, else its flow run's. Kept so that the span can be
+        # rebuilt from the record alone.
+        parent_span_id=record.span_id if parent is None else parent.span_id,
     )
     if start and not waits:
         rec.started = now
@@ -150,7 +154,7 @@ async def run_task(
     tracing = engine.tracing
     span = None
     if tracing is not None:
-        span = tracing.start_task(rec, task, _parent_span(ctx, rec))
+        span = tracing.start_task(rec, task)
     token = _task_var.set(rec)
     claimed: InFlight | None = None
     error: BaseException | None = None
@@ -292,15 +296,6 @@ async def _pass_gates_within(
             "timeout_includes_wait to time only the attempt"
         )
     return max(timeout - (time.monotonic() - started), 1e-6)
-
-
-def _parent_span(ctx: RunContext, rec: TaskRunRecord) -> str | None:
-    """The span a task run's span hangs under: its parent task run's, else its flow run's."""
-    if rec.parent_seq is not None:
-        parent = _task_var.get()
-        if parent is not None and parent.seq == rec.parent_seq:
-            return parent.span_id
-    return ctx.record.span_id
 
 
 def _store_result(engine: Engine, task: Task[Any, Any], rec: TaskRunRecord, value: Any) -> None:

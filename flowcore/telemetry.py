@@ -263,7 +263,7 @@ class Tracing:
         token = otel_context.attach(trace.set_span_in_context(current))
         return _Handle(self, record, None, token)
 
-    def start_task(self, rec: TaskRunRecord, task: Task[Any, Any], parent_span: str | None) -> Any:
+    def start_task(self, rec: TaskRunRecord, task: Task[Any, Any]) -> Any:
         """Start a task run's span and make it current.
 
         With flowcore's own spans nothing but an id is made here: the task run
@@ -282,11 +282,9 @@ class Tracing:
             }
             handle = self.start(f"task {task.name}", attributes, rec.run_id)
             rec.span_id = f"{handle.sdk_span.get_span_context().span_id:016x}"
-            rec.parent_span_id = parent_span  # so the span can be rebuilt once its row is pruned
             return handle
         span_id = _rand.getrandbits(64) or 1
         rec.span_id = f"{span_id:016x}"
-        rec.parent_span_id = parent_span
         run_span = _current_span()
         if type(run_span) is _RunSpan and run_span.run_id == rec.run_id:
             # The run's span is current and speaks for this task run (see _RunSpan):
