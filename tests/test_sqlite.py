@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 import pytest
 
 import flowcore
@@ -510,3 +511,32 @@ async def test_new_rows_are_inserted_and_rows_written_before_are_updated(tmp_pat
     assert [back[i].state for i in range(3)] == [State.COMPLETED, State.COMPLETED, State.CRASHED]
     assert back[running.seq].attempts == 3
     assert back[ended.seq].attempts == 0
+
+
+@pytest.mark.anyio
+async def test_cache_lookups_share_a_snapshot_until_the_loops_next_turn(tmp_path: Path) -> None:
+    # Synchronous cache reads share one read transaction for a turn of the event loop;
+    # an entry another process commits meanwhile is seen from the next turn, and one
+    # this store commits is seen at once.
+    from flowcore.records import CacheEntry
+
+    path = tmp_path / "flowcore.db"
+
+    def entry(key: str) -> CacheEntry:
+        return CacheEntry(key=key, task_name="t", created=1.0, result=b"x")
+
+    async with SQLiteStore(path) as store, SQLiteStore(path) as other:
+        assert store.get_cache_nowait("a") is None  # opens the snapshot
+        await other.write([], [], [entry("a")])  # a turn passes while this awaits
+        assert store.get_cache_nowait("a") is not None
+        assert store.get_cache_nowait("b") is None  # a new snapshot, held this turn
+        with closing(sqlite3.connect(path)) as elsewhere:  # committed within this turn
+            elsewhere.execute(
+                "INSERT INTO cache_entries (key, task_name, created) VALUES ('b', 't', 1.0)"
+            )
+            elsewhere.commit()
+        assert store.get_cache_nowait("b") is None  # not yet: the snapshot is older
+        await anyio.lowlevel.checkpoint()  # the loop's next turn
+        assert store.get_cache_nowait("b") is not None
+        await store.write([], [], [entry("c")])
+        assert store.get_cache_nowait("c") is not None  # its own write ends the snapshot

@@ -383,6 +383,7 @@ class SQLiteStore:
         #: Task runs written while not yet ended, by id (held, so no id is reused):
         #: only these need an upsert; every other task run row is new (see write()).
         self._unfinished: dict[int, TaskRunRecord] = {}
+        self._reading = False  # the cache reader holds a read snapshot (get_cache_nowait)
         self._reader: sqlite3.Connection | None = None
         # One connection, so one write transaction at a time on it: the batched writer,
         # lease taking and maintenance must not interleave their BEGIN ... COMMIT.
@@ -413,6 +414,7 @@ class SQLiteStore:
         self._db = db
 
     async def close(self) -> None:
+        self._end_read()
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
@@ -614,6 +616,7 @@ class SQLiteStore:
                 db.executemany(sql, params)
 
         await self._in_write_transaction(run)
+        self._end_read()  # cache lookups from now on see what was just written
         for r in started:
             unfinished[id(r)] = r
         for key in ended:
@@ -735,17 +738,37 @@ class SQLiteStore:
         """
         if self._db is None:
             raise StoreError(f"the store {self.path} is not open; use `async with store:`")
-        if self._reader is None:
-            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._reader.execute("PRAGMA query_only = 1")
-            self._reader.execute("PRAGMA busy_timeout = 1000")
+        reader = self._reader
+        if reader is None:
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA query_only = 1")
+            reader.execute("PRAGMA busy_timeout = 1000")
+            self._reader = reader
         try:
-            row = self._reader.execute(
+            if not self._reading:
+                # One read snapshot for every lookup until the event loop's next turn:
+                # starting a read transaction (file locks, the WAL index) is most of
+                # the cost of a lookup made on its own. Lookups that run together
+                # (a gather of cached calls) share it. It ends at the loop's next turn,
+                # and whenever this store commits a write, so this process's own new
+                # entries are seen; another process's, a turn later at most.
+                reader.execute("BEGIN")
+                self._reading = True
+                asyncio.get_running_loop().call_soon(self._end_read)
+            row = reader.execute(
                 f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", (key,)
             ).fetchone()
         except sqlite3.DatabaseError as exc:
+            self._end_read()
             raise self._translate(exc) from exc
         return _cache_record(row) if row else None
+
+    def _end_read(self) -> None:
+        if self._reading:
+            self._reading = False
+            reader = self._reader
+            if reader is not None and reader.in_transaction:
+                reader.execute("COMMIT")
 
     async def get_cache(self, key: str) -> CacheEntry | None:
         rows = await self._fetch(f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", [key])
