@@ -540,3 +540,8 @@ async def test_cache_lookups_share_a_snapshot_until_the_loops_next_turn(tmp_path
         assert store.get_cache_nowait("b") is not None
         await store.write([], [], [entry("c")])
         assert store.get_cache_nowait("c") is not None  # its own write ends the snapshot
+        # From a thread (no event loop there to end a snapshot): a read of its own.
+        await anyio.lowlevel.checkpoint()
+        found = await anyio.to_thread.run_sync(store.get_cache_nowait, "c")
+        assert found is not None and not store._reading
+        assert store._reader is not None and not store._reader.in_transaction

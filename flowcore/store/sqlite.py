@@ -21,6 +21,7 @@ Settings and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import random
@@ -385,8 +386,6 @@ class SQLiteStore:
         self._unfinished: dict[int, TaskRunRecord] = {}
         self._reading = False  # the cache reader holds a read snapshot (get_cache_nowait)
         self._reader: sqlite3.Connection | None = None
-        # One connection, so one write transaction at a time on it: the batched writer,
-        # lease taking and maintenance must not interleave their BEGIN ... COMMIT.
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -745,7 +744,7 @@ class SQLiteStore:
             reader.execute("PRAGMA busy_timeout = 1000")
             self._reader = reader
         try:
-            if not self._reading:
+            if not self._reading and _loop_running():
                 # One read snapshot for every lookup until the event loop's next turn:
                 # starting a read transaction (file locks, the WAL index) is most of
                 # the cost of a lookup made on its own. Lookups that run together
@@ -768,7 +767,11 @@ class SQLiteStore:
             self._reading = False
             reader = self._reader
             if reader is not None and reader.in_transaction:
-                reader.execute("COMMIT")
+                try:
+                    reader.execute("COMMIT")
+                except sqlite3.Error:  # a read-only transaction: nothing to lose
+                    with contextlib.suppress(sqlite3.Error):
+                        reader.execute("ROLLBACK")
 
     async def get_cache(self, key: str) -> CacheEntry | None:
         rows = await self._fetch(f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", [key])
@@ -939,6 +942,14 @@ async def _on_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any
     """
     result: _T = await db._execute(fn, *args)  # type: ignore[no-untyped-call]
     return result
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # called from a thread: read on its own, nothing to end it
+        return False
+    return True
 
 
 def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
