@@ -545,3 +545,27 @@ async def test_cache_lookups_share_a_snapshot_until_the_loops_next_turn(tmp_path
         found = await anyio.to_thread.run_sync(store.get_cache_nowait, "c")
         assert found is not None and not store._reading
         assert store._reader is not None and not store._reader.in_transaction
+
+
+@pytest.mark.anyio
+async def test_a_write_keeps_nothing_alive_once_it_is_committed(tmp_path: Path) -> None:
+    # The connection's thread holds the last function it ran until it gets the next
+    # one: a write must not keep its rows (and so its batch's data) alive through it.
+    import gc
+    import tracemalloc
+
+    path = tmp_path / "flowcore.db"
+    async with SQLiteStore(path) as store:
+        await store.write([_flow("warm")], _tasks("warm", 10))
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            tasks = _tasks("run1", 4000)  # about 1.5 MB of rows once encoded
+            await store.write([_flow("run1")], tasks)
+            del tasks
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert kept < 256 * 1024, f"{kept} bytes still held after the write"

@@ -940,8 +940,29 @@ async def _on_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any
     connection's thread, so that is what flowcore uses (see ``_in_write_transaction``
     for why it matters).
     """
-    result: _T = await db._execute(fn, *args)  # type: ignore[no-untyped-call]
+    result: _T = await db._execute(_Once(fn, args))  # type: ignore[no-untyped-call]
     return result
+
+
+class _Once:
+    """``fn(*args)``, letting go of both once called.
+
+    aiosqlite's thread keeps the last function it ran until it is handed the next
+    one: holding a write's rows would keep the last batch (thousands of rows, and
+    their records' data) alive while the store sits idle.
+    """
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn: Callable[..., Any] | None = fn
+        self.args: tuple[Any, ...] = args
+
+    def __call__(self) -> Any:
+        fn, args = self.fn, self.args
+        self.fn, self.args = None, ()
+        assert fn is not None, "called twice"
+        return fn(*args)
 
 
 def _loop_running() -> bool:
