@@ -138,7 +138,7 @@ class SharedSlots:
                         owner.holder,
                         self._waiter_id,
                         want,
-                        self.waiters[0].since if self.waiters else now,
+                        self.waiters[0].since,  # the oldest waiter's
                         now,
                         now + owner.lease_ttl,
                     )

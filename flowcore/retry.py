@@ -130,11 +130,14 @@ class RetryPolicy:
 
             asked = retry_after(exc)
             if asked is not None:
-                cap = d.max if isinstance(d, Backoff) else max(delay, asked)
-                if isinstance(d, Backoff) and d.jitter:
-                    # Never sooner than asked, but spread out: callers throttled together
-                    # must not all come back at the same instant and be throttled again.
-                    asked += asked * min(d.jitter, 0.2) * rng.random()  # at most 20% later
+                if isinstance(d, Backoff):
+                    cap = d.max
+                    if d.jitter:
+                        # Never sooner than asked, but spread out: callers throttled together
+                        # must not all come back at the same instant and be throttled again.
+                        asked += asked * min(d.jitter, 0.2) * rng.random()  # at most 20% later
+                else:
+                    cap = max(delay, asked)
                 delay = min(asked, cap)
         return delay
 

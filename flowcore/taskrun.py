@@ -143,9 +143,6 @@ async def run_task(
 
             return await run_standalone_task(task, args, kwargs)
         rec, waits = prepare(task, ctx, args, kwargs, start=True)
-        running = not waits
-    else:
-        running = False
     assert ctx is not None
     engine = ctx.engine
     recorder = engine.recorder
@@ -159,7 +156,7 @@ async def run_task(
     claimed: InFlight | None = None
     error: BaseException | None = None
     try:
-        if not running:  # made by submit or map, or waiting for its input futures
+        if rec.started is None:  # made by submit or map, or waiting for its input futures
             if waits:
                 recorder.task_changed(rec)
                 args, kwargs = await _resolve_inputs(rec, ctx, args, kwargs)

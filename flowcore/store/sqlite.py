@@ -624,12 +624,17 @@ class SQLiteStore:
     # -- reads -----------------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return await self._call(_fetch_all, sql, tuple(params))
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(connection, *args)`` on the connection's thread, in one round trip,
+        retried while another process holds the lock; errors become StoreErrors."""
         db = self._conn()
         deadline = time.monotonic() + self.lock_timeout
         tries = 0
         while True:
             try:
-                return await _on_thread(db, _fetch_all, db._conn, sql, tuple(params))
+                return await _on_thread(db, fn, *args)
             except sqlite3.DatabaseError as exc:
                 if _is_locked(exc) and time.monotonic() < deadline:
                     tries += 1
@@ -744,7 +749,7 @@ class SQLiteStore:
             reader.execute("PRAGMA busy_timeout = 1000")
             self._reader = reader
         try:
-            if not self._reading and _loop_running():
+            if not self._reading and (loop := _running_loop()) is not None:
                 # One read snapshot for every lookup until the event loop's next turn:
                 # starting a read transaction (file locks, the WAL index) is most of
                 # the cost of a lookup made on its own. Lookups that run together
@@ -753,7 +758,7 @@ class SQLiteStore:
                 # entries are seen; another process's, a turn later at most.
                 reader.execute("BEGIN")
                 self._reading = True
-                asyncio.get_running_loop().call_soon(self._end_read)
+                loop.call_soon(self._end_read)
             row = reader.execute(
                 f"SELECT {_CACHE_COLS} FROM cache_entries WHERE key = ?", (key,)
             ).fetchone()
@@ -913,34 +918,20 @@ class SQLiteStore:
         dropped while it waits out a lock. anyio's shields cannot promise this:
         plain asyncio cancellation (a cancelled ``gather``) goes through them.
         """
-        task = asyncio.get_running_loop().create_task(self._write_transaction(body))
+        task = asyncio.get_running_loop().create_task(self._call(_atomically, body))
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
 
-    async def _write_transaction(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
-        db = self._conn()
-        deadline = time.monotonic() + self.lock_timeout
-        tries = 0
-        while True:
-            try:
-                return await _on_thread(db, _atomically, db._conn, body)
-            except sqlite3.DatabaseError as exc:
-                if _is_locked(exc) and time.monotonic() < deadline:
-                    tries += 1
-                    await anyio.sleep(_lock_backoff(tries))
-                    continue
-                raise self._translate(exc) from exc
-
 
 async def _on_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any) -> _T:
-    """Call ``fn(*args)`` on the connection's thread, in one round trip.
+    """Call ``fn(sqlite3_connection, *args)`` on the connection's thread, in one round trip.
 
     aiosqlite has no public way to run several statements in one call; its own
     public methods are built on ``_execute``, which queues a function for the
     connection's thread, so that is what flowcore uses (see ``_in_write_transaction``
     for why it matters).
     """
-    result: _T = await db._execute(_Once(fn, args))  # type: ignore[no-untyped-call]
+    result: _T = await db._execute(_Once(fn, (db._conn, *args)))  # type: ignore[no-untyped-call]
     return result
 
 
@@ -965,12 +956,11 @@ class _Once:
         return fn(*args)
 
 
-def _loop_running() -> bool:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:  # called from a thread: read on its own, nothing to end it
-        return False
-    return True
+        return None
 
 
 def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
