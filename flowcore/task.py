@@ -407,7 +407,7 @@ def task(
             concurrency=concurrency,
             timeout_includes_wait=timeout_includes_wait,
             rate=None if rate is None else float(rate),
-            burst=burst if burst is not None or rate is None else max(1, math.ceil(rate)),
+            burst=burst,  # None: limit() makes it a second's worth of `rate`
         )
 
     if fn is None:

@@ -338,3 +338,17 @@ def test_bad_task_rates_are_refused() -> None:
             flowcore.task(rate=bad)(lambda: None)  # type: ignore[arg-type]
         with pytest.raises(flowcore.ConfigurationError, match="`rate` must be"):
             flowcore.limit("api", rate=bad)  # type: ignore[arg-type]
+
+
+def test_a_task_rate_changed_with_options_gets_its_own_default_burst() -> None:
+    # The default burst is a second's worth of the rate in force, not of the rate the
+    # task was first decorated with.
+    from flowcore.limits import task_limit
+
+    @flowcore.task(rate=10)
+    async def slow() -> None:
+        pass
+
+    assert task_limit(slow).burst == 10
+    assert task_limit(slow.with_options(rate=100)).burst == 100
+    assert task_limit(slow.with_options(rate=100, burst=3)).burst == 3
