@@ -63,13 +63,11 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import datetime
 import gc
 import importlib.util
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import sqlite3
@@ -85,6 +83,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import overhead  # this folder's other benchmark: its environment and loop helpers
 from rich.console import Console
 from rich.table import Table
 
@@ -627,54 +626,9 @@ def profile_table(profiles: list[Profile], pages: int) -> Table:
 # -- reporting --------------------------------------------------------------------------------
 
 
-def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop, "asyncio default loop (uvloop not importable)"
-    return uvloop.new_event_loop, f"asyncio with uvloop {getattr(uvloop, '__version__', '?')}"
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout this script is in, if it is one (best effort)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
-
-
 def environment(loop_name: str) -> dict[str, Any]:
-    return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "flowcore": flowcore.__version__,
-        "httpx": httpx.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "sqlite": sqlite3.sqlite_version,
-        "event_loop": loop_name,
-        "commit": git_commit(),
-        "load_average": os.getloadavg(),
-    }
+    return {**overhead.environment(loop_name), "httpx": httpx.__version__,
+            "load_average": os.getloadavg()}  # fmt: skip
 
 
 def make_table(scenarios: list[Scenario], repeat: int, page_size: int) -> Table:
@@ -804,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:  # piped or redirected: do not squeeze the table
         console = Console(width=200)
-    factory, loop_name = loop_factory()
+    factory, loop_name = overhead.loop_factory()
     env = environment(loop_name)
     write = not args.no_write
     console.print(
