@@ -527,7 +527,9 @@ async def test_cache_lookups_share_a_snapshot_until_the_loops_next_turn(tmp_path
 
     async with SQLiteStore(path) as store, SQLiteStore(path) as other:
         assert store.get_cache_nowait("a") is None  # opens the snapshot
-        await other.write([], [], [entry("a")])  # a turn passes while this awaits
+        await other.write([], [], [entry("a")])  # written at once (a small write)
+        assert store.get_cache_nowait("a") is None  # not yet: the snapshot is older
+        await anyio.lowlevel.checkpoint()  # the loop's next turn
         assert store.get_cache_nowait("a") is not None
         assert store.get_cache_nowait("b") is None  # a new snapshot, held this turn
         with closing(sqlite3.connect(path)) as elsewhere:  # committed within this turn
@@ -569,3 +571,87 @@ async def test_a_write_keeps_nothing_alive_once_it_is_committed(tmp_path: Path) 
         finally:
             tracemalloc.stop()
     assert kept < 256 * 1024, f"{kept} bytes still held after the write"
+
+
+# -- small writes on the event loop's thread --------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_small_write_is_committed_without_a_trip_to_the_connections_thread(
+    tmp_path: Path,
+) -> None:
+    # A flow run's last write is small and its caller waits for it: it is made at once
+    # on the loop's thread (no loop turn passes), and another connection sees it.
+    import asyncio
+
+    from flowcore.store import sqlite as sqlite_store
+
+    path = tmp_path / "flowcore.db"
+    turns: list[str] = []
+    async with SQLiteStore(path) as store:
+        asyncio.get_running_loop().call_soon(turns.append, "turn")
+        await store.write([_flow("small")], _tasks("small", 10))
+        assert turns == []  # committed before the loop ran anything else
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM task_runs").fetchone()[0] == 10
+        # A big batch goes to the connection's thread (the loop is not blocked by it).
+        await anyio.lowlevel.checkpoint()
+        turns.clear()
+        big = _tasks("big", sqlite_store._HERE_MAX_ROWS + 1)
+        asyncio.get_running_loop().call_soon(turns.append, "turn")
+        await store.write([_flow("big")], big)
+        assert turns == ["turn"]
+        assert await store.count_task_runs("big") == {"Completed": len(big)}
+
+
+@pytest.mark.anyio
+async def test_writes_stay_in_order_while_one_waits_for_a_lock_on_the_thread(
+    tmp_path: Path,
+) -> None:
+    # A write that found the database locked waits on the connection's thread; a
+    # later write must not overtake it once the lock is free, or an older value
+    # would be committed last.
+    from flowcore.records import CacheEntry
+
+    def entry(value: bytes) -> CacheEntry:
+        return CacheEntry(key="k", task_name="t", created=1.0, result=value)
+
+    path = tmp_path / "flowcore.db"
+    async with SQLiteStore(path) as store:
+        locked = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(path, locked, 0.3))
+        holder.start()
+        try:
+            assert await anyio.to_thread.run_sync(locked.wait, 5.0)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.write, [], [], [entry(b"first")])
+                await anyio.sleep(0.05)  # the first write now retries on the thread
+                await anyio.to_thread.run_sync(holder.join)  # the lock is free again
+                await store.write([], [], [entry(b"second")])
+        finally:
+            await anyio.to_thread.run_sync(holder.join)
+        found = await store.get_cache("k")
+        assert found is not None and found.result == b"second"
+
+
+@pytest.mark.anyio
+async def test_small_writes_still_get_the_wal_checkpointed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop-thread connection does not checkpoint on its own (a checkpoint
+    # fsyncs); the store asks for checkpoints on the connection's thread, so the
+    # WAL does not grow for as long as the writes stay small.
+    from flowcore.store import sqlite as sqlite_store
+
+    async def wal_size(checkpoint_rows: int, name: str) -> int:
+        monkeypatch.setattr(sqlite_store, "_CHECKPOINT_ROWS", checkpoint_rows)
+        path = tmp_path / name / "flowcore.db"
+        async with SQLiteStore(path) as store:
+            for i in range(60):
+                await store.write([_flow(f"r{i}")], _tasks(f"r{i}", 100))
+                await anyio.sleep(0.005)  # room for a checkpoint to run
+            return (await anyio.Path(f"{path}-wal").stat()).st_size
+
+    never = await wal_size(10**9, "never")
+    checkpointed = await wal_size(500, "checkpointed")
+    assert checkpointed < never / 3, (checkpointed, never)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import random
 import sqlite3
@@ -386,6 +387,13 @@ class SQLiteStore:
         self._unfinished: dict[int, TaskRunRecord] = {}
         self._reading = False  # the cache reader holds a read snapshot (get_cache_nowait)
         self._reader: sqlite3.Connection | None = None
+        #: The connection for small writes made on the event loop's thread (see
+        #: _write_here); None with synchronous=FULL, whose fsync must not block the loop.
+        self._here: sqlite3.Connection | None = None
+        self._thread_writes = 0  # write transactions handed to aiosqlite's thread, not ended
+        self._write_order = asyncio.Lock()
+        self._here_rows = 0  # rows written here since the last checkpoint was asked for
+        self._checkpoint: asyncio.Task[Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -407,16 +415,42 @@ class SQLiteStore:
             # jittered sleeps), not by SQLite's busy handler, whose sleeps grow to
             # 100 ms: under contention a lock changes hands every millisecond or so.
             await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            if self.synchronous == "NORMAL":
+                self._here = self._connect_here()
         except BaseException:
             await db.close()
             raise
         self._db = db
+
+    def _connect_here(self) -> sqlite3.Connection:
+        try:
+            here = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                # Never wait for a lock on the loop's thread: a busy database is
+                # waited out on aiosqlite's thread instead. No automatic checkpoints
+                # either (they fsync): _write_here asks for them on that thread.
+                here.execute("PRAGMA busy_timeout = 0")
+                here.execute("PRAGMA synchronous = NORMAL")
+                here.execute("PRAGMA wal_autocheckpoint = 0")
+            except BaseException:
+                here.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+        return here
 
     async def close(self) -> None:
         self._end_read()
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is not None:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([checkpoint])
+        here, self._here = self._here, None
+        if here is not None:
+            here.close()  # before aiosqlite's: the last connection to close checkpoints
         db, self._db = self._db, None
         self._unfinished.clear()
         if db is not None:
@@ -614,7 +648,8 @@ class SQLiteStore:
             for sql, params in batches:
                 db.executemany(sql, params)
 
-        await self._in_write_transaction(run)
+        rows = len(flow_rows) + len(task_runs) + len(cache_rows) + len(span_rows)
+        await self._in_write_transaction(run, rows)
         self._end_read()  # cache lookups from now on see what was just written
         for r in started:
             unfinished[id(r)] = r
@@ -848,7 +883,7 @@ class SQLiteStore:
             )
             return leases, others
 
-        return await self._in_write_transaction(take)
+        return await self._in_write_transaction(take, 1)
 
     async def release_lease(self, lease_id: str) -> None:
         await self._transaction([("DELETE FROM limit_leases WHERE lease_id = ?", [(lease_id,)])])
@@ -891,7 +926,7 @@ class SQLiteStore:
             )
             return max(now, tat - tolerance)
 
-        return await self._in_write_transaction(reserve)
+        return await self._in_write_transaction(reserve, 1)
 
     async def _transaction(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Run ``executemany`` batches in one write transaction, waiting out locks."""
@@ -900,27 +935,88 @@ class SQLiteStore:
             for sql, rows in batches:
                 db.executemany(sql, rows)
 
-        await self._in_write_transaction(run)
+        await self._in_write_transaction(run, sum(len(rows) for _, rows in batches))
 
-    async def _in_write_transaction(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _in_write_transaction(
+        self, body: Callable[[sqlite3.Connection], _T], rows: int
+    ) -> _T:
         """``body`` inside ``BEGIN IMMEDIATE ... COMMIT``, retried while another process
-        holds the lock, rolled back on any error.
+        holds the lock, rolled back on any error. ``rows``: about how many rows it writes.
 
-        The whole transaction is one call on the connection's thread
-        (:func:`_atomically`): each aiosqlite call is a round trip to that thread
-        (120-250 µs on a busy 2-core machine), and BEGIN, the statements and COMMIT
-        as separate calls made an empty flow run's last write cost about 1 ms. Being
-        one call also means no transaction is ever left open half-way: once handed
-        to the thread it commits or rolls back, whatever happens to the caller.
+        A small write is made at once on the event loop's thread (:meth:`_write_here`)
+        when the database is free. Otherwise the whole transaction is one call on
+        aiosqlite's thread (:func:`_atomically`): each aiosqlite call is a round trip
+        to that thread (120-250 µs on a busy 2-core machine), and BEGIN, the
+        statements and COMMIT as separate calls made an empty flow run's last write
+        cost about 1 ms. Being one call also means no transaction is ever left open
+        half-way: once handed to the thread it commits or rolls back, whatever
+        happens to the caller.
 
-        It runs in a task of its own, which the caller's cancellation does not
-        reach, so that a cancelled caller's write (giving back a lease) is not
-        dropped while it waits out a lock. anyio's shields cannot promise this:
+        On the thread it runs in a task of its own, which the caller's cancellation
+        does not reach, so that a cancelled caller's write (giving back a lease) is
+        not dropped while it waits out a lock. anyio's shields cannot promise this:
         plain asyncio cancellation (a cancelled ``gather``) goes through them.
         """
-        task = asyncio.get_running_loop().create_task(self._call(_atomically, body))
-        task.add_done_callback(_retrieve)
+        if rows <= _HERE_MAX_ROWS and self._here is not None and not self._thread_writes:
+            try:
+                return self._write_here(body, rows)
+            except _Locked:
+                pass  # another process is writing: wait for it on the thread
+        self._thread_writes += 1
+        task = asyncio.get_running_loop().create_task(self._write_on_thread(body))
+        task.add_done_callback(self._thread_write_ended)
         return await asyncio.shield(task)
+
+    async def _write_on_thread(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        # In turn (an asyncio lock is first come, first served): a write waiting out
+        # a lock sleeps between tries, and a later write must not commit meanwhile.
+        async with self._write_order:
+            return await self._call(_atomically, body)
+
+    def _write_here(self, body: Callable[[sqlite3.Connection], _T], rows: int) -> _T:
+        """``body`` in a write transaction on this thread; raises ``_Locked`` if the
+        database is locked (the caller then waits for it on aiosqlite's thread).
+
+        Why: a flow run's last write is a durability point its caller waits for, and
+        for a small run the round trip to aiosqlite's thread and back (two thread
+        wake-ups, 120-250 µs) cost more than the write itself (a few µs a row). So
+        writes of up to ``_HERE_MAX_ROWS`` rows are made on the event loop's thread,
+        blocking it about as long as running those task runs did, on a connection
+        that never waits for a lock (``busy_timeout = 0``): a database held by another
+        process sends the write to the thread at once. Only while no write of ours
+        is on that thread, so writes are committed in the order they were made.
+        """
+        here = self._here
+        assert here is not None
+        try:
+            result = _atomically(here, body)
+        except sqlite3.DatabaseError as exc:
+            if _is_locked(exc):
+                raise _Locked from exc
+            raise self._translate(exc) from exc
+        self._here_rows += rows
+        if self._here_rows >= _CHECKPOINT_ROWS and self._checkpoint is None:
+            # This connection does not checkpoint on its own (a checkpoint fsyncs);
+            # without one the WAL would grow for as long as the writes stay small.
+            self._here_rows = 0
+            self._checkpoint = asyncio.get_running_loop().create_task(self._checkpoint_wal())
+        return result
+
+    async def _checkpoint_wal(self) -> None:
+        try:
+            await self._call(_fetch_all, "PRAGMA wal_checkpoint(PASSIVE)", ())
+        except StoreError as exc:  # the next one will try again; nothing is lost
+            logging.getLogger("flowcore").debug("WAL checkpoint failed: %s", exc)
+        finally:
+            self._checkpoint = None
+
+    def _thread_write_ended(self, task: asyncio.Task[Any]) -> None:
+        self._thread_writes -= 1
+        _retrieve(task)
+
+
+class _Locked(Exception):
+    """The database is locked by another connection (a write on the loop's thread)."""
 
 
 async def _on_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any) -> _T:
@@ -991,6 +1087,12 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 #: SQLite's own wait for a lock once a store is open; longer waits are our retries.
 _BUSY_TIMEOUT_MS = 2
+#: Writes of at most this many rows are made on the event loop's thread (_write_here):
+#: a few µs a row, so the loop is blocked for a millisecond or two at most.
+_HERE_MAX_ROWS = 256
+#: Rows written on the loop's thread after which a WAL checkpoint is asked for (on
+#: aiosqlite's thread): a few MB of WAL at most between checkpoints.
+_CHECKPOINT_ROWS = 5_000
 
 
 def _lock_backoff(tries: int) -> float:
