@@ -9,6 +9,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .cache import CachePolicy, KeyMaker, resolve_policy
 from .context import _run_var
+from .encoding import first_input_prefix
 from .errors import ConfigurationError
 from .futures import TaskFuture, TaskFutureList
 from .limits import limit, task_limit
@@ -76,6 +77,7 @@ class Task(Generic[P, R]):
             for p in self.signature.parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
+        self.first_input = first_input_prefix(self.param_names)
         self.keys = KeyMaker(fn, self.name, cache) if cache is not None else None
         # OpenTelemetry code.* attributes of the task's spans.
         self.code_function = getattr(fn, "__qualname__", self.name)

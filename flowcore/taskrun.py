@@ -108,7 +108,11 @@ def prepare(
         state=state,
         created=now,
         parent_seq=None if parent is None else parent.seq,
-        inputs=encode_inputs(task.param_names, args, kwargs) if task.record_inputs else b"",
+        inputs=(
+            encode_inputs(task.param_names, args, kwargs, task.first_input)
+            if task.record_inputs
+            else b""
+        ),
         history=history,
         # The span the task run's span hangs under (None when not tracing): its
         # parent task run's, else its flow run's. Kept so that the span can be

@@ -55,6 +55,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_rand.seed)
 
 
+_IDS_PER_BLOCK = 512
+_NO_SPAN = "0" * 16
+
+
 class SpanRecord(msgspec.Struct, gc=False, omit_defaults=True):
     """A finished span as flowcore stores it (ids in lowercase hex, times in ns since epoch)."""
 
@@ -221,6 +225,10 @@ class Tracing:
         record_parameters: bool = False,
     ) -> None:
         self._spans = spans  # the recorder's queue of finished spans to persist
+        # Task run span ids, in hex, cut from one block of random bytes: making one
+        # with getrandbits and a format spec cost 0.4 µs, a slice costs 0.08.
+        self._ids = ""
+        self._ids_at = 0
         self.export = export
         self.record_parameters = record_parameters
         self.tracer: Any = None
@@ -283,8 +291,13 @@ class Tracing:
             handle = self.start(f"task {task.name}", attributes, rec.run_id)
             rec.span_id = f"{handle.sdk_span.get_span_context().span_id:016x}"
             return handle
-        span_id = _rand.getrandbits(64) or 1
-        rec.span_id = f"{span_id:016x}"
+        at = self._ids_at
+        if at >= len(self._ids):
+            self._ids, at = os.urandom(_IDS_PER_BLOCK * 8).hex(), 0
+        self._ids_at = at + 16
+        rec.span_id = span_hex = self._ids[at : at + 16]
+        if span_hex == _NO_SPAN:  # the invalid id (a chance in 2**64): draw another
+            return self.start_task(rec, task)
         run_span = _current_span()
         if type(run_span) is _RunSpan and run_span.run_id == rec.run_id:
             # The run's span is current and speaks for this task run (see _RunSpan):
@@ -298,7 +311,7 @@ class Tracing:
         trace_id = current.trace_id if current.is_valid else _rand.getrandbits(128) or 1
         token = otel_context.attach(
             trace.set_span_in_context(
-                NonRecordingSpan(SpanContext(trace_id, span_id, False, _SAMPLED))
+                NonRecordingSpan(SpanContext(trace_id, int(span_hex, 16), False, _SAMPLED))
             )
         )
         return _TaskHandle(self, token, trace_id)  # hex only if a span is exported

@@ -459,6 +459,27 @@ async def test_unencodable_and_huge_inputs_are_placeholders() -> None:
     assert inputs["c"]["__flowcore__"] == "truncated" and inputs["c"]["length"] == 10_000
 
 
+async def test_a_value_msgspec_refuses_is_a_placeholder_and_the_others_are_kept() -> None:
+    # An int beyond 64 bits used to make the whole inputs map "unencodable".
+    @flowcore.task
+    async def take(big: int, name: str, n: int = 0) -> int:
+        return n
+
+    @flowcore.flow
+    async def f() -> int:
+        return await take(2**70, "kept", n=3) + await take(-(2**80), "")
+
+    async with flowcore.Engine("memory") as engine:
+        assert await f() == 3
+        run = await only_run(engine)
+        first, second = await task_runs(engine, run.id)
+    inputs = decode_inputs(first.inputs)
+    assert inputs["name"] == "kept" and inputs["n"] == 3
+    assert inputs["big"]["__flowcore__"] == "unencodable"
+    assert inputs["big"]["repr"] == str(2**70) and "2**64" in inputs["big"]["error"]
+    assert decode_inputs(second.inputs)["big"]["repr"] == str(-(2**80))
+
+
 async def test_record_inputs_false_records_nothing() -> None:
     @flowcore.task(record_inputs=False)
     async def secret(token: str) -> int:

@@ -495,6 +495,7 @@ async def test_new_rows_are_inserted_and_rows_written_before_are_updated(tmp_pat
     path = tmp_path / "flowcore.db"
     running, ended, crashed_elsewhere = _tasks("run1", 3)
     running.state = State.RUNNING
+    ended.result_ref = "ab" * 32  # rows with and without a result file take two statements
     async with SQLiteStore(path) as store, SQLiteStore(path) as other:
         marked = TaskRunRecord(
             run_id="run1", seq=crashed_elsewhere.seq, name="step", state=State.CRASHED, created=0.0
@@ -511,6 +512,7 @@ async def test_new_rows_are_inserted_and_rows_written_before_are_updated(tmp_pat
     assert [back[i].state for i in range(3)] == [State.COMPLETED, State.COMPLETED, State.CRASHED]
     assert back[running.seq].attempts == 3
     assert back[ended.seq].attempts == 0
+    assert back[ended.seq].result_ref == "ab" * 32 and back[running.seq].result_ref is None
 
 
 @pytest.mark.anyio
