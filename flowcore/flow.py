@@ -15,14 +15,13 @@ import math
 import sys
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import anyio
 
-from .context import RunContext, _engine_var, _run_var, _task_var, new_flow_record
+from .context import RunContext, _engine_var, _run_var, _task_var, new_flow_record, new_run_id
 from .encoding import encode_inputs
 from .engine import Engine
 from .entry import run_sync
@@ -58,6 +57,15 @@ class Flow(Generic[P, R]):
         self.name = name or fn.__name__
         self.timeout = timeout
         self.signature = inspect.signature(fn)
+        # The parameter names when every parameter can be passed by position: a call
+        # passing all of them so maps them without Signature.bind (a sixth of an
+        # empty run's Python).
+        self._positional: tuple[str, ...] | None = tuple(self.signature.parameters)
+        if any(
+            p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in self.signature.parameters.values()
+        ):
+            self._positional = None
         self._entrypoint: str | None = None
         functools.update_wrapper(self, fn)
 
@@ -84,19 +92,24 @@ class Flow(Generic[P, R]):
 
 
 async def _call_flow(flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        bound = flow.signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"flow {flow.name!r} called with bad arguments: {exc}; its signature is "
-            f"{flow.name}{flow.signature}"
-        ) from None
-    bound.apply_defaults()
+    names = flow._positional
+    if names is not None and not kwargs and len(args) == len(names):
+        parameters = dict(zip(names, args, strict=True))
+    else:
+        try:
+            bound = flow.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"flow {flow.name!r} called with bad arguments: {exc}; its signature is "
+                f"{flow.name}{flow.signature}"
+            ) from None
+        bound.apply_defaults()
+        parameters = bound.arguments
     engine = _engine_var.get()
     if engine is None:
         async with Engine() as engine:
-            return await _run_flow(engine, flow, args, kwargs, bound.arguments)
-    return await _run_flow(engine, flow, args, kwargs, bound.arguments)
+            return await _run_flow(engine, flow, args, kwargs, parameters)
+    return await _run_flow(engine, flow, args, kwargs, parameters)
 
 
 async def _run_flow(
@@ -109,7 +122,7 @@ async def _run_flow(
 ) -> Any:
     now = time.time()
     record = new_flow_record(
-        uuid.uuid4().hex, flow.name, "flow", encode_inputs((), (), parameters), now
+        new_run_id(), flow.name, "flow", encode_inputs((), (), parameters), now
     )
     record.entrypoint = flow.entrypoint
     ctx = RunContext(engine, record, parameters)
@@ -275,7 +288,7 @@ async def run_standalone_task(
 async def _standalone(
     engine: Engine, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    record = new_flow_record(uuid.uuid4().hex, task.name, "task", b"", time.time())
+    record = new_flow_record(new_run_id(), task.name, "task", b"", time.time())
     ctx = RunContext(engine, record, {})
 
     async def body() -> Any:

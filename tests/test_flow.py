@@ -533,3 +533,25 @@ async def test_old_span_rows_are_pruned_when_an_engine_opens(flowcore_home: Any)
         pass
     async with store:
         assert await store.list_spans(run.trace_id) == []
+
+
+async def test_run_ids_are_random_uuid4_hex_and_parameters_are_recorded_either_way() -> None:
+    import uuid
+
+    @flowcore.flow
+    async def f(a: int, b: str = "x") -> str:
+        return f"{a}{b}"
+
+    async with flowcore.Engine("memory") as engine:
+        assert await f(1, "y") == "1y"  # every parameter by position (no Signature.bind)
+        assert await f(2) == "2x"  # a default filled in
+        assert await f(b="z", a=3) == "3z"
+        runs = sorted(await engine.store.list_runs(), key=lambda r: r.created)
+    assert [decode_inputs(r.parameters) for r in runs] == [
+        {"a": 1, "b": "y"},
+        {"a": 2, "b": "x"},
+        {"a": 3, "b": "z"},
+    ]
+    ids = [uuid.UUID(hex=r.id) for r in runs]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in ids)
+    assert len({r.id for r in runs}) == 3
