@@ -179,32 +179,7 @@ class Limit:
     shared: bool = False
 
     def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.name, str) or not self.name:
-            problems.append(f"`name` must be a non-empty str, got {self.name!r}")
-        if self.concurrency is not None and (
-            not isinstance(self.concurrency, int)
-            or isinstance(self.concurrency, bool)
-            or self.concurrency < 1
-        ):
-            problems.append(f"`concurrency` must be an int >= 1, got {self.concurrency!r}")
-        if self.rate is not None and (
-            not isinstance(self.rate, int | float)
-            or isinstance(self.rate, bool)
-            or not math.isfinite(self.rate)
-            or self.rate <= 0
-        ):
-            problems.append(
-                f"`rate` must be a number of acquisitions per second > 0, got {self.rate!r}"
-            )
-        if self.burst is not None and (
-            not isinstance(self.burst, int) or isinstance(self.burst, bool) or self.burst < 1
-        ):
-            problems.append(f"`burst` must be an int >= 1, got {self.burst!r}")
-        if self.burst is not None and self.rate is None:
-            problems.append("`burst` needs a `rate`")
-        if self.concurrency is None and self.rate is None:
-            problems.append("a limit needs `concurrency`, `rate`, or both")
+        problems = limit_problems(self.name, self.concurrency, self.rate, self.burst)
         if problems:
             raise ConfigurationError(f"invalid limit {self.name!r}: " + "; ".join(problems))
 
@@ -258,6 +233,42 @@ def limit(
     ):
         burst = max(1, math.ceil(rate))  # a bad rate is left for Limit to explain
     return Limit(name, concurrency, rate, burst, shared)
+
+
+def limit_problems(
+    name: object,
+    concurrency: object,
+    rate: object,
+    burst: object,
+    *,
+    needs_one: bool = True,
+) -> list[str]:
+    """What is wrong with these limit options, one phrase each (empty when nothing is).
+
+    ``needs_one``: a limit must have a concurrency or a rate; a task's options may
+    have neither.
+    """
+    problems = []
+    if not isinstance(name, str) or not name:
+        problems.append(f"`name` must be a non-empty str, got {name!r}")
+    if concurrency is not None and (
+        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+    ):
+        problems.append(f"`concurrency` must be an int >= 1, got {concurrency!r}")
+    if rate is not None and (
+        not isinstance(rate, int | float)
+        or isinstance(rate, bool)
+        or not math.isfinite(rate)
+        or rate <= 0
+    ):
+        problems.append(f"`rate` must be a number of acquisitions per second > 0, got {rate!r}")
+    if burst is not None and (not isinstance(burst, int) or isinstance(burst, bool) or burst < 1):
+        problems.append(f"`burst` must be an int >= 1, got {burst!r}")
+    if burst is not None and rate is None:
+        problems.append("`burst` needs a `rate`")
+    if needs_one and concurrency is None and rate is None:
+        problems.append("a limit needs `concurrency`, `rate`, or both")
+    return problems
 
 
 def task_limit(task: Any) -> Limit:
@@ -355,17 +366,17 @@ class Limits:
         return self._named.get(name)
 
     def for_task(self, task: Any) -> _State:
-        """The limit made from a task's own ``concurrency`` / ``rate`` options."""
+        """The state of a task's own limit (its ``concurrency`` / ``rate`` options)."""
         state = self._tasks.get(task)
         if state is None:
-            state = self._tasks[task] = _State(task_limit(task), self._clock)
+            state = self._tasks[task] = _State(task.own_limit, self._clock)
         return state
 
     def pool_size(self, gate: _State | None, default: int) -> int:
         """Connections for a flow run's shared HTTP client: its ``max_concurrency`` if
         it has one, else the largest named concurrency limit (at least ``default``)."""
-        if gate is not None and gate.limit.concurrency is not None:
-            return gate.limit.concurrency
+        if gate is not None:  # a flow run's gate always has a concurrency
+            return gate.limit.concurrency or default
         sizes = [s.limit.concurrency for s in self._named.values() if s.limit.concurrency]
         return max([default, *sizes])
 
@@ -403,7 +414,7 @@ def gates_for(engine: Engine, task: Any, gate: _State | None) -> list[_State]:
     gates = []
     if gate is not None:
         gates.append(gate)
-    if task.concurrency is not None or task.rate is not None:
+    if task.own_limit is not None:
         gates.append(engine.limits.for_task(task))
     for tag in sorted(task.tags):
         state = engine.limits.named(tag)

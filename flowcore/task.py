@@ -12,7 +12,7 @@ from .context import _run_var
 from .encoding import first_input_prefix
 from .errors import ConfigurationError
 from .futures import TaskFuture, TaskFutureList
-from .limits import limit, task_limit
+from .limits import limit_problems, task_limit
 from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
 from .serializers import SERIALIZERS, return_type
 from .taskrun import feed_map, prepare, run_into_future, run_task
@@ -78,6 +78,9 @@ class Task(Generic[P, R]):
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
         self.first_input = first_input_prefix(self.param_names)
+        #: The limit made from ``concurrency`` / ``rate`` (``None`` without them): made
+        #: once here, not at every call or map.
+        self.own_limit = task_limit(self) if concurrency is not None or rate is not None else None
         self.keys = KeyMaker(fn, self.name, cache) if cache is not None else None
         # OpenTelemetry code.* attributes of the task's spans.
         self.code_function = getattr(fn, "__qualname__", self.name)
@@ -210,7 +213,7 @@ _OPTION_NAMES = (
 
 def _map_window(task: Task[Any, Any], ctx: Any) -> int | None:
     """How many calls of a limited ``map`` to keep alive at once (``None``: no limit applies)."""
-    specs = [task_limit(task)] if task.concurrency is not None or task.rate is not None else []
+    specs = [task.own_limit] if task.own_limit is not None else []
     if ctx.gate is not None:
         specs.append(ctx.gate.limit)
     for tag in task.tags:
@@ -382,11 +385,7 @@ def task(
         problems.append(f"`timeout_includes_wait` must be True or False, got {given_includes!r}")
     elif timeout_includes_wait and timeout is None:
         problems.append("`timeout_includes_wait=True` needs a `timeout`")
-    if rate is not None or burst is not None:
-        try:
-            limit("task", None, rate=rate, burst=burst)
-        except ConfigurationError as exc:
-            problems.append(str(exc).split(": ", 1)[1])
+    problems.extend(limit_problems("task", None, rate, burst, needs_one=False))
     if policy_cache is not None and persist_result is False:
         problems.append("`cache` needs stored results; drop persist_result=False")
     if problems:

@@ -183,10 +183,7 @@ async def run_task(
                 return value
         gates = (
             gates_for(engine, task, ctx.gate)
-            if task.concurrency is not None
-            or task.rate is not None
-            or task.tags
-            or ctx.gate is not None
+            if task.own_limit is not None or task.tags or ctx.gate is not None
             else None
         )
         while True:
