@@ -657,3 +657,23 @@ async def test_small_writes_still_get_the_wal_checkpointed(
     never = await wal_size(10**9, "never")
     checkpointed = await wal_size(500, "checkpointed")
     assert checkpointed < never / 3, (checkpointed, never)
+
+
+def _delete_database(folder: Path) -> None:
+    for leftover in folder.glob("flowcore.db*"):
+        leftover.unlink()
+
+
+@pytest.mark.anyio
+async def test_a_cache_lookup_after_the_database_was_deleted_says_so_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    # The lookup opens its reading connection lazily: it must not make a new, empty
+    # database where the deleted one was.
+    path = tmp_path / "flowcore.db"
+    async with SQLiteStore(path) as store:
+        await store.write([_flow("run1")], [])
+        _delete_database(tmp_path)
+        with pytest.raises(flowcore.StoreUnavailable, match="is gone"):
+            store.get_cache_nowait("key")
+        assert not path.exists()

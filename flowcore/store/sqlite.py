@@ -799,12 +799,9 @@ class SQLiteStore:
         if self._db is None:
             raise StoreError(f"the store {self.path} is not open; use `async with store:`")
         reader = self._reader
-        if reader is None:
-            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            reader.execute("PRAGMA query_only = 1")
-            reader.execute("PRAGMA busy_timeout = 1000")
-            self._reader = reader
         try:
+            if reader is None:
+                reader = self._reader = self._connect_reader()
             if not self._reading and (loop := _running_loop()) is not None:
                 # One read snapshot for every lookup until the event loop's next turn:
                 # starting a read transaction (file locks, the WAL index) is most of
@@ -822,6 +819,25 @@ class SQLiteStore:
             self._end_read()
             raise self._translate(exc) from exc
         return _cache_record(row) if row else None
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        # mode=rw: a database deleted while the engine runs is an error here, not a
+        # new empty file made in its place.
+        uri = f"{self.path.resolve().as_uri()}?mode=rw"
+        try:
+            reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            if not self.path.exists():
+                raise StoreUnavailable(
+                    f"the flowcore database {self.path} is gone (deleted or moved while the "
+                    "engine was running); the records of this engine's runs are still being "
+                    "written to the open file, but nothing can read them back: restart the "
+                    "engine to start a new database there"
+                ) from exc
+            raise
+        reader.execute("PRAGMA query_only = 1")
+        reader.execute("PRAGMA busy_timeout = 1000")
+        return reader
 
     def _end_read(self) -> None:
         if self._reading:
