@@ -663,8 +663,8 @@ class SQLiteStore:
                 # A row taken for new exists: another process wrote it (marking a
                 # run crashed), or a record changed after it ended. Upsert them all:
                 # the failed statement was undone, and the upsert leaves ended rows be.
-                rows = [(*row[:4], None, row[4]) for row in new_rows] + new_rows_ref
-                for sql, params in _multi_row(_UPSERT_TASK, rows):
+                all_new = [(*row[:4], None, row[4]) for row in new_rows] + new_rows_ref
+                for sql, params in _multi_row(_UPSERT_TASK, all_new):
                     db.executemany(sql, params)
             for sql, params in batches:
                 db.executemany(sql, params)
