@@ -16,6 +16,7 @@ to the flow run's task group.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -28,17 +29,22 @@ __all__ = ["Spawner"]
 class Spawner:
     """The live submitted task runs of one flow run."""
 
-    __slots__ = ("_error", "_loop", "_tasks", "_tg")
+    __slots__ = ("_error", "_loop", "_tasks", "_tg", "_thread")
 
     def __init__(self, tg: TaskGroup) -> None:
         self._tg = tg
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._error: BaseException | None = None
+        self._thread = threading.get_ident()  # the event loop's: a flow run starts there
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): use the task group
             pass
+
+    def on_loop_thread(self) -> bool:
+        """Whether the caller is on the event loop's thread (not in a sync task's worker)."""
+        return threading.get_ident() == self._thread
 
     def start(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` concurrently (it must not raise an ``Exception``: keep it in a future)."""

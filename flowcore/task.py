@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import anyio.from_thread
 
 from .cache import CachePolicy, KeyMaker, resolve_policy
 from .context import _run_var
@@ -21,6 +24,7 @@ __all__ = ["Task", "task", "unmapped"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_T = TypeVar("_T")
 
 
 class unmapped:
@@ -111,6 +115,8 @@ class Task(Generic[P, R]):
                 f"{self.name}.submit() needs a running flow to own the task; call it inside a "
                 f"@flowcore.flow, or outside flows use `await {self.name}(...)`"
             )
+        if not ctx.spawner.on_loop_thread():
+            return _from_worker_thread(self.submit, args, kwargs)
         rec, waits = prepare(self, ctx, args, kwargs)
         future: TaskFuture[R] = TaskFuture(self.name, rec.seq, ctx)
         ctx.spawner.start(run_into_future(self, ctx, rec, waits, args, kwargs, future))
@@ -143,6 +149,8 @@ class Task(Generic[P, R]):
         except ValueError as exc:
             raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
         ctx = _run_var.get()
+        if ctx is not None and ctx.spawner is not None and not ctx.spawner.on_loop_thread():
+            return _from_worker_thread(self.map, iterables, kwargs)
         window = _map_window(self, ctx) if ctx is not None else None
         if window is None or ctx is None or ctx.task_group is None or ctx.spawner is None:
             return TaskFutureList(self.submit(*row, **kwargs) for row in rows)
@@ -209,6 +217,39 @@ _OPTION_NAMES = (
     "cache", "cache_ttl", "serializer", "persist_result", "concurrency", "timeout_includes_wait",
     "rate", "burst",
 )  # fmt: skip
+
+
+def _from_worker_thread(
+    method: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _T:
+    """``method(*args, **kwargs)`` made on the event loop's thread, from a worker thread.
+
+    A sync task runs in a worker thread, and may submit or map from there. The flow
+    run's records (a task run's seq is the next of its run's count) and its tasks
+    belong to the event loop's thread: a task made from another thread would not even
+    wake the loop. So the call is handed to the loop, in this thread's context (the
+    current task run stays the parent), and this thread waits the moment it takes.
+    """
+    context = contextvars.copy_context()
+    reached = False
+
+    def on_loop() -> _T:
+        nonlocal reached
+        reached = True
+        return context.run(method, *args, **kwargs)
+
+    try:
+        return anyio.from_thread.run_sync(on_loop)
+    except RuntimeError:
+        if reached:
+            raise
+        # anyio could not reach the loop: not one of its worker threads.
+        raise ConfigurationError(
+            f"{getattr(method, '__qualname__', 'submit')}() was called from a thread flowcore "
+            "did not start (one a task started itself): only the thread a sync task runs in "
+            "can hand calls to the event loop; submit from the task's own thread, or make "
+            "the task async and await there"
+        ) from None
 
 
 def _map_window(task: Task[Any, Any], ctx: Any) -> int | None:

@@ -161,3 +161,67 @@ async def test_a_cancelled_waiter_passes_on_a_slot_it_was_handed() -> None:
     third.cancel()
     await asyncio.sleep(0)
     assert third.cancelled() and slots.borrowed == 1 and not slots.waiters
+
+
+@flowcore.task
+async def triple(x: int) -> int:
+    return 3 * x
+
+
+@flowcore.task
+def submits_from_its_thread(n: int) -> list[int]:
+    # A sync task runs in a worker thread; what it submits must start on the event
+    # loop's thread (a task made from another thread would not wake the loop: this
+    # would spin for ever), with a seq of its own and this task run as its parent.
+    futures = [triple.submit(i) for i in range(n)]
+    mapped = triple.map(range(n))
+    deadline = time.monotonic() + 3
+    while not all(f.done() for f in [*futures, *mapped]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the submitted task runs never ran")
+        time.sleep(0.005)
+    return [f.result() for f in futures] + [f.result() for f in mapped]
+
+
+async def test_a_sync_task_can_submit_from_its_thread() -> None:
+    @flowcore.flow
+    async def f() -> list[int]:
+        return await submits_from_its_thread(20)
+
+    # No periodic flush to wake the loop meanwhile: only a proper hand-over does.
+    async with flowcore.Engine("memory", flush_interval=60) as engine:
+        with anyio.fail_after(20):
+            assert await f() == [3 * i for i in range(20)] * 2
+        (run,) = await engine.store.list_runs()
+        tasks = await engine.store.list_task_runs(run.id, limit=None)
+    assert len(tasks) == 41 and len({t.seq for t in tasks}) == 41
+    parent = next(t for t in tasks if t.name == "submits_from_its_thread")
+    assert all(t.parent_seq == parent.seq for t in tasks if t.name == "triple")
+    assert {t.state for t in tasks} == {State.COMPLETED}
+
+
+async def test_submit_from_a_thread_a_task_started_itself_is_a_clear_error() -> None:
+    import contextvars
+    import threading
+
+    seen: list[str] = []
+
+    @flowcore.task
+    def starts_a_thread() -> None:
+        def inner() -> None:
+            try:
+                triple.submit(1)
+            except flowcore.ConfigurationError as exc:
+                seen.append(str(exc))
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(inner,))
+        thread.start()
+        thread.join()
+
+    @flowcore.flow
+    async def f() -> None:
+        await starts_a_thread()
+
+    async with flowcore.Engine("memory"):
+        await f()
+    assert len(seen) == 1 and "thread flowcore did not start" in seen[0]
