@@ -130,6 +130,10 @@ class Task(Generic[P, R]):
         are passed unchanged to every call. ``await task.map(...)`` gives the
         list of results.
         """
+        ctx = _run_var.get()
+        if ctx is not None and ctx.spawner is not None and not ctx.spawner.on_loop_thread():
+            # Before anything reads the iterables: a generator can be read only once.
+            return _from_worker_thread(self.map, iterables, kwargs)
         if not iterables:
             raise ConfigurationError(f"{self.name}.map() needs at least one iterable to map over")
         for i, it in enumerate(iterables):
@@ -148,9 +152,6 @@ class Task(Generic[P, R]):
             rows = list(_zip_mapped(iterables))
         except ValueError as exc:
             raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
-        ctx = _run_var.get()
-        if ctx is not None and ctx.spawner is not None and not ctx.spawner.on_loop_thread():
-            return _from_worker_thread(self.map, iterables, kwargs)
         window = _map_window(self, ctx) if ctx is not None else None
         if window is None or ctx is None or ctx.task_group is None or ctx.spawner is None:
             return TaskFutureList(self.submit(*row, **kwargs) for row in rows)

@@ -174,7 +174,7 @@ def submits_from_its_thread(n: int) -> list[int]:
     # loop's thread (a task made from another thread would not wake the loop: this
     # would spin for ever), with a seq of its own and this task run as its parent.
     futures = [triple.submit(i) for i in range(n)]
-    mapped = triple.map(range(n))
+    mapped = triple.map(i for i in range(n))  # a generator: it can be read only once
     deadline = time.monotonic() + 3
     while not all(f.done() for f in [*futures, *mapped]):
         if time.monotonic() > deadline:
