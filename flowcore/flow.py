@@ -60,12 +60,12 @@ class Flow(Generic[P, R]):
         # The parameter names when every parameter can be passed by position: a call
         # passing all of them so maps them without Signature.bind (a sixth of an
         # empty run's Python).
-        self._positional: tuple[str, ...] | None = tuple(self.signature.parameters)
-        if any(
-            p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            for p in self.signature.parameters.values()
-        ):
-            self._positional = None
+        params = self.signature.parameters
+        self._positional: tuple[str, ...] | None = (
+            tuple(params)
+            if all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params.values())
+            else None
+        )
         self._entrypoint: str | None = None
         functools.update_wrapper(self, fn)
 

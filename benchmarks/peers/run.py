@@ -530,12 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     if min(repeat_small, repeat, repeat_big, rounds) < 1:
         parser.error("--repeat-small, --repeat, --repeat-big and --rounds must be >= 1")
-    repeats = Repeats(repeat_small, repeat, repeat_big)
+    repeats = Repeats(repeat_small, repeat, repeat_big, rounds)
     if args.from_json is not None:
         console = Console(width=200)
         results, env = load_results(args.from_json)
         LOGS.mkdir(exist_ok=True)
-        publish(console, results, env, repeats, rounds, args.output)
+        publish(console, results, env, repeats, args.output)
         return 0
 
     commit_at_start, digest_at_start = git_commit(), source_digest()
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "total wall time": fmt_duration(total),
     }
-    publish(console, results, env, repeats, rounds, args.output)
+    publish(console, results, env, repeats, args.output)
     return 0
 
 
@@ -627,20 +627,19 @@ def publish(
     results: list[Measurement],
     env: dict[str, str],
     repeats: Repeats,
-    rounds: int,
     output: Path,
 ) -> None:
     """Print the table and the targets; write the report and results.json."""
     title = (
         f"flowcore vs Prefect 3, DBOS and raw asyncio (best of {repeats.described()}; "
-        f"raw and flowcore: best of {rounds} rounds)"
+        f"raw and flowcore: best of {repeats.rounds} rounds)"
     )
     console.print(make_table(results, title))
     goals = targets(results)
     for line in goals:
         console.print("target: " + line, markup=False, highlight=False)
     console.print(f"total wall time {env['total wall time']}")
-    output.write_text(report(env, results, goals, repeats, rounds))
+    output.write_text(report(env, results, goals, repeats))
     (LOGS / "results.json").write_text(
         json.dumps(
             {
@@ -675,12 +674,11 @@ def load_results(path: Path) -> tuple[list[Measurement], dict[str, str]]:
         saved = json.loads(path.read_text())
         env: dict[str, str] = saved["environment"]
         results = []
+        keys = {label.lower(): key for key, label in LABELS.items()}  # older files: labels
         for row in saved["results"]:
             data = dict(row)
             engine = data.pop("engine")
-            engine = {label.lower(): key for key, label in LABELS.items()}.get(
-                engine.lower(), engine
-            )
+            engine = keys.get(engine.lower(), engine)
             m = Measurement(engine, data.pop("workload"), int(data.pop("n")))
             m.error = data.pop("error", None)
             m.wall_s = float(data.pop("worker_wall_s", 0.0))
@@ -753,23 +751,25 @@ def keep_best(kept: Measurement | None, new: Measurement) -> Measurement:
     """The better of two rounds of one row; a round that failed makes the row an error
     (a failure is news, not noise), and every round's µs/task is kept."""
     history = [*(kept.rounds if kept is not None else []), new.us]
-    if kept is None or kept.error is not None:
-        chosen = kept if kept is not None else new
-    elif new.error is not None or (new.us or 0.0) < (kept.us or 0.0):
+    if kept is None or (new.error is not None and kept.error is None):
         chosen = new
-    else:
+    elif kept.error is not None:
         chosen = kept
+    else:
+        chosen = new if (new.us or 0.0) < (kept.us or 0.0) else kept
     chosen.rounds = history
     return chosen
 
 
 @dataclass(frozen=True)
 class Repeats:
-    """Timed runs per worker, by N: short runs get more tries (their best is noise-bound)."""
+    """Timed runs per worker, by N: short runs get more tries (their best is noise-bound);
+    and passes over the raw asyncio and flowcore rows (``rounds``)."""
 
     small: int
     normal: int
     big: int
+    rounds: int
 
     def at(self, n: int) -> int:
         return self.small if n < SMALL else self.big if n >= BIG else self.normal
@@ -786,7 +786,6 @@ def report(
     results: list[Measurement],
     goals: list[str],
     repeats: Repeats,
-    rounds: int,
 ) -> str:
     header = "\n".join(f"| {key} | {value} |" for key, value in env.items())
     goal_lines = "\n".join(f"- {line}" for line in goals) or "- (not enough engines run)"
@@ -804,7 +803,7 @@ the caveats, are in `benchmarks/README.md` (section "peers").
 Wall: the best of {repeats.described()} timed runs, each
 after a warm-up run of the same workload (100 tasks) in the same process; one fresh worker
 process per engine, workload and N. Raw asyncio and flowcore take turns at every row in
-{rounds} round(s) spread over the run (between the peers), each in fresh processes, and each
+{repeats.rounds} round(s) spread over the run (between the peers), each in fresh processes, and each
 row keeps its best round; the notes list every round's µs/task. µs/task = wall / N.
 "÷ flowcore": this engine's µs/task divided by flowcore's at the same workload and N.
 "flowcore ÷ raw": flowcore's µs/task divided by raw asyncio's. Peak RSS growth: the

@@ -315,6 +315,11 @@ def _task_row(r: TaskRunRecord) -> tuple[Any, ...]:
     return (r.run_id, r.seq, r.name, r.state.value, r.result_ref, _blob(_task_enc, r))
 
 
+def _task_row_no_ref(r: TaskRunRecord) -> tuple[Any, ...]:
+    """:func:`_task_row` without ``result_ref`` (None), for ``_INSERT_TASK_NO_REF``."""
+    return (r.run_id, r.seq, r.name, r.state.value, _blob(_task_enc, r))
+
+
 def _blob(encoder: msgspec.msgpack.Encoder, value: Any) -> bytearray:
     """``value`` encoded as a bytearray, which binds as a BLOB at half the cost of bytes.
 
@@ -637,7 +642,7 @@ class SQLiteStore:
                     ended.append(id(r))
             else:
                 if r.result_ref is None:
-                    new_rows.append((r.run_id, r.seq, r.name, r.state.value, _blob(_task_enc, r)))
+                    new_rows.append(_task_row_no_ref(r))
                 else:
                     new_rows_ref.append(_task_row(r))
                 if r.state not in TERMINAL:
@@ -1041,7 +1046,7 @@ class SQLiteStore:
 
     async def _checkpoint_wal(self) -> None:
         try:
-            await self._call(_fetch_all, "PRAGMA wal_checkpoint(PASSIVE)", ())
+            await self._fetch("PRAGMA wal_checkpoint(PASSIVE)")
         except StoreError as exc:  # the next one will try again; nothing is lost
             logging.getLogger("flowcore").debug("WAL checkpoint failed: %s", exc)
         finally:
@@ -1101,7 +1106,8 @@ def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> lis
 
 
 def _atomically(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
-    """On the connection's thread: ``body`` in a write transaction, committed or rolled back."""
+    """``body`` in a write transaction on ``db``, committed or rolled back (on whichever
+    thread owns ``db``: aiosqlite's, or the event loop's for small writes)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         result = body(db)
