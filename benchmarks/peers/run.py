@@ -671,7 +671,14 @@ def publish(
 def load_results(path: Path) -> tuple[list[Measurement], dict[str, str]]:
     """The measurements and environment of a results.json written by :func:`publish`."""
     try:
-        saved = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as exc:
+        raise SystemExit(
+            f"--from-json {path}: cannot read it ({exc.strerror}); a run writes "
+            "benchmarks/peers/.logs/results.json"
+        ) from exc
+    try:
+        saved = json.loads(text)
         env: dict[str, str] = saved["environment"]
         results = []
         keys = {label.lower(): key for key, label in LABELS.items()}  # older files: labels
@@ -686,8 +693,12 @@ def load_results(path: Path) -> tuple[list[Measurement], dict[str, str]]:
             m.rounds = data.pop("rounds_us_per_task", None) or []
             m.data = data
             results.append(m)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"--from-json {path}: not a results.json of this script ({exc})") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(
+            f"--from-json {path}: not a results.json of this script (no {exc})"
+            if isinstance(exc, KeyError)
+            else f"--from-json {path}: not a results.json of this script ({exc})"
+        ) from exc
     return results, env
 
 
