@@ -31,7 +31,7 @@ both sides (``--no-write`` skips the write on both sides). The sides:
   ``flowcore.Engine(limits=[...])``; requests through the run's shared client
   ``flowcore.http_client()``; the write in a sync ``@flowcore.task``.
 - ``flowcore (max_concurrency)``: the same flow made with
-  ``@flowcore.flow(max_concurrency=concurrency)`` instead of a named limit (which
+  ``@flowcore.flow(concurrency=concurrency)`` instead of a named limit (which
   also sizes ``flowcore.http_client()``'s pool to the concurrency, as raw's is).
 
 flowcore persists every run, task run, input, result and span to SQLite in a
@@ -298,7 +298,7 @@ fetch_page = flowcore.task(name="fetch_page", tags=[API_LIMIT])(_get_page)
 fetch_page_retrying = flowcore.task(
     name="fetch_page_retrying",
     tags=[API_LIMIT],
-    retry=flowcore.http_retry(retries=RETRIES, base=RETRY_BASE, max_delay=RETRY_MAX_DELAY),
+    retry=flowcore.http_retry(retries=RETRIES, base=RETRY_BASE, max=RETRY_MAX_DELAY),
 )(_get_page)
 #: No limit of its own: the flow's max_concurrency bounds it.
 fetch_page_unlimited = flowcore.task(name="fetch_page_unlimited")(_get_page)
@@ -330,9 +330,9 @@ ingest = flowcore.flow(name="ingest")(_ingest)
 
 
 def ingest_max_concurrency(concurrency: int) -> flowcore.Flow[Any, dict[str, int]]:
-    """The flow with ``@flowcore.flow(max_concurrency=concurrency)``."""
+    """The flow with ``@flowcore.flow(concurrency=concurrency)``."""
     made: flowcore.Flow[Any, dict[str, int]] = flowcore.flow(
-        name="ingest_max_concurrency", max_concurrency=concurrency
+        name="ingest_max_concurrency", concurrency=concurrency
     )(_ingest)
     return made
 

@@ -270,7 +270,9 @@ async def measure(
     exporter = _dead_collector_exporter()
     dead_s = float("nan")
     if exporter is not None:
-        async with flowcore.Engine(store=folder / f"dead-{db.name}", exporter=exporter) as engine:
+        async with flowcore.Engine(
+            store=folder / f"dead-{db.name}", tracing=flowcore.Tracing(exporter=exporter)
+        ) as engine:
             await flow_body(min(n, WARMUP_TASKS))
             dead_s = await best_time(_tracked(engine, flow_body, n), repeat)
     return Result(

@@ -49,7 +49,7 @@ STORE_BATCH = 500  # records per store_records call
 API_LIMIT = "records-api"  # the named limit every fetch runs under
 
 
-@flowcore.task(tags=[API_LIMIT], retry=flowcore.http_retry(retries=8, base=0.05, max_delay=2.0))
+@flowcore.task(tags=[API_LIMIT], retry=flowcore.http_retry(retries=8, base=0.05, max=2.0))
 async def fetch_page(api_url: str, page: int) -> list[Record]:
     """Fetch one page; 429 (honouring Retry-After), 503 and connection errors are retried."""
     response = await flowcore.http_client().get(f"{api_url}/records", params={"page": page})

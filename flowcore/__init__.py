@@ -3,16 +3,44 @@
 Decorate async functions with :func:`flow` and :func:`task`; every task call
 inside a flow becomes a tracked, persisted task run. Importing flowcore only
 defines names: no files, threads or network until a flow runs.
+
+The package is layered; each layer imports only the ones below it:
+
+- vocabulary: :mod:`.errors`, :mod:`.states`, :mod:`.records`, :mod:`.ids`,
+  :mod:`.encoding`, :mod:`.serializers`, :mod:`.clock`;
+- policies (values): :mod:`.retry`, :mod:`.cache`, :mod:`.limits`, :mod:`.options`;
+- persistence: :mod:`.store` (the store contract, SQLite, memory);
+- telemetry: :mod:`.telemetry` (spans, export);
+- runtime: :mod:`.engine` (the engine, runs, task runs, limits, executors);
+- what users decorate and call: :mod:`.task`, :mod:`.flow`, :mod:`.resume`,
+  :mod:`.http`, :mod:`.testing`;
+- readers and front ends: :mod:`.views` (shared), :mod:`.cli`.
 """
 
-from .cache import CacheKeyError, CachePolicy
-from .context import RunContext, current_run
-from .engine import Engine, EngineStatistics
+from .cache import CachePolicy
+from .engine import (
+    Engine,
+    EngineStatistics,
+    Executor,
+    LocalExecutor,
+    RunContext,
+    TaskFuture,
+    TaskFutureList,
+    current_run,
+    wait,
+)
 from .errors import (
+    CacheKeyError,
     ConfigurationError,
+    FlowcoreDeprecationWarning,
     FlowcoreError,
+    FlowLoadError,
     FlowTimeout,
     NonRetryable,
+    PickleNotAllowed,
+    ResultNotSerializable,
+    ResultNotStored,
+    ResultUnreadable,
     RunNotFound,
     SchemaTooNew,
     StoreCorrupted,
@@ -22,17 +50,17 @@ from .errors import (
     UnsupportedBackend,
     UpstreamFailed,
 )
-from .flow import Flow, flow, resume, resume_async, run
-from .futures import TaskFuture, TaskFutureList, wait
+from .flow import Flow, flow, run
 from .http import http_client, http_retry
-from .inspection import read_task_result, task_result
 from .limits import Limit, limit
+from .options import TaskOptions, Tracing
 from .records import FlowRunRecord, TaskRunRecord
+from .resume import resume, resume_async
 from .retry import Backoff, RetryPolicy, backoff
-from .serializers import ResultNotSerializable
 from .states import State
 from .store import MemoryStore, SQLiteStore, Store
 from .task import Task, task, unmapped
+from .views.results import read_task_result, task_result
 
 __version__ = "0.1.0"
 
@@ -43,14 +71,21 @@ __all__ = [
     "ConfigurationError",
     "Engine",
     "EngineStatistics",
+    "Executor",
     "Flow",
+    "FlowLoadError",
     "FlowRunRecord",
     "FlowTimeout",
+    "FlowcoreDeprecationWarning",
     "FlowcoreError",
     "Limit",
+    "LocalExecutor",
     "MemoryStore",
     "NonRetryable",
+    "PickleNotAllowed",
     "ResultNotSerializable",
+    "ResultNotStored",
+    "ResultUnreadable",
     "RetryPolicy",
     "RunContext",
     "RunNotFound",
@@ -64,8 +99,10 @@ __all__ = [
     "Task",
     "TaskFuture",
     "TaskFutureList",
+    "TaskOptions",
     "TaskRunRecord",
     "TaskTimeout",
+    "Tracing",
     "UnsupportedBackend",
     "UpstreamFailed",
     "__version__",

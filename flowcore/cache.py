@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from .errors import ConfigurationError, FlowcoreError
+from ._validate import seconds
+from .errors import CacheKeyError, ConfigurationError
 
-__all__ = ["CacheKeyError", "CachePolicy"]
-
-
-class CacheKeyError(FlowcoreError, TypeError):
-    """A cache key cannot be computed for a call (an argument cannot be encoded)."""
+__all__ = ["CacheKeyError", "CachePolicy", "KeyMaker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +37,14 @@ class CachePolicy:
     """What makes two calls of a task "the same" for caching, and for how long.
 
     ``CachePolicy()`` (or ``cache=True``) keys on inputs and source code.
-    Policies compose with ``+``: ``CachePolicy.inputs(exclude=["client"]) +
-    CachePolicy.source()``. ``ttl``: seconds an entry stays valid (``None``:
-    forever). ``refresh=True``: always recompute and overwrite the entry.
+    Policies compose with ``+``. ``ttl``: seconds an entry stays valid
+    (``None``: forever). ``refresh=True``: always recompute and overwrite the entry.
+
+    >>> policy = CachePolicy.from_inputs(exclude=["client"]) + CachePolicy.from_source()
+    >>> policy.inputs, policy.source, sorted(policy.exclude)
+    (True, True, ['client'])
+    >>> CachePolicy(ttl=3600).ttl
+    3600
     """
 
     inputs: bool = True
@@ -63,13 +64,8 @@ class CachePolicy:
         key: object = self.key
         if key is not None and not callable(key):
             problems.append(f"`key` must be a function (arguments) -> str, got {self.key!r}")
-        if self.ttl is not None and (
-            not isinstance(self.ttl, int | float)
-            or isinstance(self.ttl, bool)
-            or not math.isfinite(self.ttl)
-            or self.ttl <= 0
-        ):
-            problems.append(f"`ttl` must be seconds > 0 or None, got {self.ttl!r}")
+        if problem := seconds("ttl", self.ttl):
+            problems.append(problem)
         if not (self.inputs or self.source or self.key):
             problems.append("a cache policy needs at least one of inputs, source or key")
         if problems:

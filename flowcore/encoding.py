@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from .ids import type_name
+
 __all__ = ["decode_inputs", "encode_inputs", "placeholder"]
 
 #: Containers longer than this are recorded as a summary (type and length).
@@ -23,14 +25,9 @@ MAX_RECORDED_CHARS = 2048
 
 def placeholder(kind: str, value: object, **extra: Any) -> dict[str, Any]:
     """A recorded stand-in for a value that is not recorded as itself."""
-    out: dict[str, Any] = {"__flowcore__": kind, "type": _type_name(value)}
+    out: dict[str, Any] = {"__flowcore__": kind, "type": type_name(value)}
     out.update(extra)
     return out
-
-
-def _type_name(value: object) -> str:
-    t = type(value)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 def _enc_hook(value: object) -> object:

@@ -10,21 +10,39 @@ The tree::
     ├── UpstreamFailed                        a task was not run because an input future failed
     ├── RunNotFound (LookupError)             no run with that id in the store
     ├── UnsupportedBackend (RuntimeError)     e.g. the SQLite store on trio
-    └── StoreError (RuntimeError)
-        ├── StoreCorrupted                    the database file is not a readable flowcore database
-        ├── SchemaTooNew                      the database was written by a newer flowcore
-        └── StoreUnavailable                  cannot open or write the database (permissions, disk)
+    ├── CacheKeyError (TypeError)             a cache key cannot be computed for a call
+    ├── ResultNotSerializable (TypeError)     a task's result cannot be stored by its serializer
+    ├── ResultUnreadable                      a stored result is corrupt, unknown or refused
+    │   ├── ResultNotStored                   the task run has no stored result
+    │   └── PickleNotAllowed                  a pickled result, and allow_pickle was not given
+    ├── StoreError (RuntimeError)
+    │   ├── StoreCorrupted                    the database file is not a readable flowcore database
+    │   ├── SchemaTooNew                      the database was written by a newer flowcore
+    │   └── StoreUnavailable                  cannot open or write the database (permissions, disk)
+    └── (ConfigurationError)
+        └── FlowLoadError                     a flow named by FILE.py:FLOW could not be loaded
 
-Messages say what was wrong, what was given, and the fix.
+Messages say what was wrong, what was given, and the fix. A spelling that was
+renamed keeps working for one release with a :class:`FlowcoreDeprecationWarning`
+naming the new one.
 """
 
 from __future__ import annotations
 
+import warnings
+
 __all__ = [
+    "CacheKeyError",
     "ConfigurationError",
+    "FlowLoadError",
     "FlowTimeout",
+    "FlowcoreDeprecationWarning",
     "FlowcoreError",
     "NonRetryable",
+    "PickleNotAllowed",
+    "ResultNotSerializable",
+    "ResultNotStored",
+    "ResultUnreadable",
     "RunNotFound",
     "SchemaTooNew",
     "StoreCorrupted",
@@ -33,6 +51,7 @@ __all__ = [
     "TaskTimeout",
     "UnsupportedBackend",
     "UpstreamFailed",
+    "deprecated",
 ]
 
 
@@ -42,6 +61,18 @@ class FlowcoreError(Exception):
 
 class ConfigurationError(FlowcoreError, ValueError):
     """An option, setting or call is invalid; the message names it and the fix."""
+
+
+class FlowLoadError(ConfigurationError):
+    """The flow named by ``FILE.py:FLOW`` could not be loaded; the message says why.
+
+    ``cause`` is the exception the user's module raised while being imported,
+    if that was the problem (the CLI shows its traceback on request).
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class NonRetryable(FlowcoreError):
@@ -87,3 +118,55 @@ class SchemaTooNew(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be opened or written (a permission, path or disk problem)."""
+
+
+class CacheKeyError(FlowcoreError, TypeError):
+    """A cache key cannot be computed for a call (an argument cannot be encoded)."""
+
+
+class ResultNotSerializable(FlowcoreError, TypeError):
+    """A task's result cannot be stored with the task's serializer."""
+
+
+class ResultUnreadable(FlowcoreError):
+    """A stored result is corrupt, truncated, of an unknown format, or not allowed to load.
+
+    The engine treats it as a cache miss (with a warning): it never fails a flow.
+    """
+
+
+class ResultNotStored(ResultUnreadable):
+    """The task run has no stored result: it did not complete, or its value was not kept.
+
+    A subclass of :class:`ResultUnreadable`, so code that only wants "the value,
+    or why not" catches that one class.
+    """
+
+
+class PickleNotAllowed(ResultUnreadable):
+    """The stored result is a pickle and the reader did not pass ``allow_pickle=True``."""
+
+
+class FlowcoreDeprecationWarning(FutureWarning):
+    """A spelling that still works but will be removed; the message names the new one.
+
+    A ``FutureWarning`` (shown by default), because the people who must act on it
+    are the ones writing flows, not only the authors of libraries.
+    """
+
+
+def deprecated(old: str, new: str, *, stacklevel: int) -> None:
+    """Warn that ``old`` is deprecated in favour of ``new`` (``stacklevel`` as for ``warn``)."""
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; write {new}",
+        FlowcoreDeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+# The public spelling in tracebacks, pickles and recorded error types: `flowcore.X`.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "flowcore"
+del _name, _obj

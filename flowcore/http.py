@@ -8,7 +8,7 @@ call HTTP APIs (with httpx, or anything raising ``httpx.HTTPStatusError``):
 - never retried: other ``4xx`` (a bad request stays bad), unless listed in
   ``also_retry`` (e.g. ``{408, 409}``);
 - waits: the server's ``Retry-After`` (seconds, or an HTTP date) when it sends
-  one, capped at ``max_delay``; otherwise exponential backoff with jitter.
+  one, capped at ``max``; otherwise exponential backoff with jitter.
 
 Usable by any task: ``@flowcore.task(retry=flowcore.http_retry(retries=5))``.
 """
@@ -18,9 +18,14 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .engine.core import _run_var
+from .errors import ConfigurationError, deprecated
 from .retry import Backoff, RetryPolicy
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["http_client", "http_retry", "is_retryable_http_error", "retry_after"]
 
@@ -35,11 +40,9 @@ def _status(exc: BaseException) -> int | None:
 
 def is_retryable_http_error(exc: BaseException, also_retry: Iterable[int] = ()) -> bool:
     """Whether another attempt may succeed: 429, 5xx, transport errors; not other 4xx."""
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - httpx is a dependency
-        httpx = None  # type: ignore[assignment]
-    if httpx is not None and isinstance(exc, httpx.TransportError):
+    import httpx  # imported when first needed: `import flowcore` stays light
+
+    if isinstance(exc, httpx.TransportError):
         return True
     status = _status(exc)
     if status is None:
@@ -71,17 +74,30 @@ def http_retry(
     retries: int = 5,
     base: float = 0.5,
     factor: float = 2.0,
-    max_delay: float = 60.0,
+    max: float = 60.0,
     jitter: float = 1.0,
     also_retry: Iterable[int] = (),
+    max_delay: float | None = None,
 ) -> RetryPolicy:
-    """A retry policy for HTTP calls (see the module docstring)."""
+    """A retry policy for HTTP calls (see the module docstring).
+
+    ``base``, ``factor``, ``max`` and ``jitter`` are the :class:`~flowcore.Backoff`
+    between attempts; ``max`` also caps a ``Retry-After``. (``max_delay`` is the
+    deprecated spelling of ``max``.)
+
+    >>> policy = flowcore.http_retry(retries=3, max=30)
+    >>> policy.retries, policy.delay.max
+    (3, 30)
+    """
+    if max_delay is not None:
+        deprecated("http_retry(max_delay=...)", "http_retry(max=...)", stacklevel=2)
+        max = max_delay
     codes = frozenset(also_retry)
     return RetryPolicy(
         retries=retries,
-        delay=Backoff(base=base, factor=factor, max=max_delay, jitter=jitter),
+        delay=Backoff(base=base, factor=factor, max=max, jitter=jitter),
         retry_on=lambda exc: is_retryable_http_error(exc, codes),
-        honor_retry_after=True,
+        delay_hint=retry_after,
     )
 
 
@@ -89,7 +105,7 @@ def http_retry(
 DEFAULT_POOL = 100
 
 
-def http_client() -> Any:
+def http_client() -> httpx.AsyncClient:
     """The current flow run's shared ``httpx.AsyncClient``, made on first use.
 
     One client per run means one connection pool, reused by every task of the
@@ -101,21 +117,24 @@ def http_client() -> Any:
 
         response = await flowcore.http_client().get(url)
     """
-    import httpx
-
-    from .context import _run_var
-    from .errors import ConfigurationError
-
     ctx = _run_var.get()
     if ctx is None:
         raise ConfigurationError(
             "flowcore.http_client() was called outside a flow run; call it in a flow or a "
             "task, or make your own httpx.AsyncClient outside flows"
         )
-    if ctx.http is None:
-        pool = ctx.engine.limits.pool_size(ctx.gate, DEFAULT_POOL)
-        ctx.http = httpx.AsyncClient(
+    pool = ctx.engine.limits.pool_size(ctx.gate, DEFAULT_POOL)
+
+    def make() -> httpx.AsyncClient:
+        import httpx  # imported when first needed: `import flowcore` stays light
+
+        return httpx.AsyncClient(
             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             timeout=httpx.Timeout(30.0),
         )
-    return ctx.http
+
+    return ctx.resource("http", make, _close_client)
+
+
+async def _close_client(client: httpx.AsyncClient) -> None:
+    await client.aclose()

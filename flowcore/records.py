@@ -11,17 +11,31 @@ attempt retry).
 
 Schema evolution rule (shared with the store): new fields get defaults, field
 types never change, and readers ignore fields they do not know.
+
+Every state change of a run goes through :func:`transition`, which holds it to
+the table in :mod:`flowcore.states`: the engine, crash detection and resume
+cannot record a history the table forbids.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from .states import State
+from .states import NEXT, TERMINAL, State
 
-__all__ = ["CacheEntry", "FlowRunRecord", "TaskRunRecord", "task_run_label"]
+__all__ = [
+    "CacheEntry",
+    "FlowRunRecord",
+    "SpanRecord",
+    "TaskRunRecord",
+    "WriteBatch",
+    "task_run_label",
+    "transition",
+]
 
 
 class FlowRunRecord(msgspec.Struct, gc=False):
@@ -114,3 +128,69 @@ class CacheEntry(msgspec.Struct, gc=False):
 def task_run_label(run_id: str, seq: int) -> str:
     """The short id people see for a task run: ``<run id prefix>.<seq>``."""
     return f"{run_id[:8]}.{seq}"
+
+
+class SpanRecord(msgspec.Struct, gc=False, omit_defaults=True):
+    """A finished span as flowcore stores it (ids in lowercase hex, times in ns since epoch)."""
+
+    trace_id: str
+    span_id: str
+    name: str
+    start: int
+    end: int = 0
+    parent_id: str | None = None
+    run_id: str | None = None
+    kind: str = "INTERNAL"
+    status: str = "UNSET"  # UNSET | OK | ERROR
+    status_message: str | None = None
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    events: list[tuple[str, int, dict[str, Any]]] = msgspec.field(default_factory=list)
+    links: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    scope: str = "flowcore"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """Everything one flush writes, in one transaction (see ``Store.write``).
+
+    Every field defaults to empty, so a new kind of record is a new field here:
+    stores that do not know it yet are not touched by its arrival, and callers
+    name only what they write (``WriteBatch(flow_runs=[run])``).
+    """
+
+    flow_runs: Sequence[FlowRunRecord] = ()
+    task_runs: Sequence[TaskRunRecord] = ()
+    cache_entries: Sequence[CacheEntry] = ()
+    spans: Sequence[SpanRecord] = ()
+
+    @property
+    def rows(self) -> int:
+        """How many records the batch holds."""
+        return len(self.flow_runs) + len(self.task_runs) + len(self.cache_entries) + len(self.spans)
+
+
+_VALUE = {state: state.value for state in State}  # a dict lookup beats Enum.value's property
+
+
+def transition(
+    record: FlowRunRecord | TaskRunRecord, state: State, now: float, note: str | None = None
+) -> None:
+    """Move ``record`` to ``state`` at ``now`` (unix seconds), with an optional ``note``.
+
+    The one way a recorded state changes: checks the move against the table of
+    :mod:`flowcore.states` (a refusal is a bug in flowcore, raised loudly rather
+    than recorded), appends the history entry, and sets ``ended`` on reaching a
+    terminal state. Cheap enough for the hot path (a set lookup and an append).
+    """
+    if state not in NEXT[record.state]:
+        raise RuntimeError(
+            f"flowcore bug: illegal state transition {record.state} -> {state} "
+            f"of {type(record).__name__} {getattr(record, 'name', '?')!r}"
+        )
+    record.state = state
+    if note is None:
+        record.history.append((_VALUE[state], now))
+    else:
+        record.history.append((_VALUE[state], now, note))
+    if state in TERMINAL:
+        record.ended = now

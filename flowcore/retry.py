@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from ._validate import is_number as _is_number
 from .errors import ConfigurationError, NonRetryable
 
 __all__ = ["Backoff", "RetryPolicy", "backoff"]
@@ -20,11 +21,9 @@ __all__ = ["Backoff", "RetryPolicy", "backoff"]
 RetryOn: TypeAlias = (
     type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 )
+#: Seconds an error itself asks to wait before the next attempt (``None``: no opinion).
+DelayHint: TypeAlias = Callable[[BaseException], "float | None"]
 Delay: TypeAlias = "float | int | Sequence[float | int] | Backoff"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +36,10 @@ class Backoff:
     0 and the capped delay), which spreads retries of many tasks that failed
     together so they do not hit a recovering service all at once.
 
-    >>> flowcore.backoff(base=0.2, factor=2, max=5, jitter=0.2)
+    >>> import random
+    >>> wait = flowcore.Backoff(base=0.2, factor=2, max=5)
+    >>> [wait.delay(n, random.Random(0)) for n in range(6)]
+    [0.2, 0.4, 0.8, 1.6, 3.2, 5]
     """
 
     base: float = 1.0
@@ -92,18 +94,29 @@ class RetryPolicy:
     ``retry_on``: an exception type, a tuple of them, or a predicate
     ``(exc) -> bool``; other errors fail the task at once. A
     :class:`~flowcore.NonRetryable` raised by the task is never retried.
+    ``delay_hint``: ``(exc) -> seconds | None``, what the error itself asks to
+    wait (an HTTP ``Retry-After``: see :func:`flowcore.http_retry`); when it
+    answers, that wait replaces the computed one, capped by the backoff's ``max``.
+
+    >>> import random
+    >>> policy = flowcore.RetryPolicy(retries=3, delay=[1, 5])
+    >>> [policy.delay_for(n, random.Random(0)) for n in range(3)]
+    [1.0, 5.0, 5.0]
     """
 
     retries: int = 0
     delay: float | Sequence[float] | Backoff = 0.0
     retry_on: RetryOn | None = None
-    #: Wait what the error's HTTP response asks for in ``Retry-After`` (capped by
-    #: the backoff's ``max``), instead of the computed delay.
-    honor_retry_after: bool = False
+    delay_hint: DelayHint | None = None
     _predicate: Callable[[BaseException], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = validate_retry_options(self.retries, self.delay, self.retry_on)
+        hint: object = self.delay_hint
+        if hint is not None and not callable(hint):
+            problems.append(
+                f"`delay_hint` must be a function (exc) -> seconds or None, got {hint!r}"
+            )
         if problems:
             raise ConfigurationError("invalid retry policy: " + "; ".join(problems))
         if isinstance(self.delay, list):
@@ -125,15 +138,13 @@ class RetryPolicy:
             delay = float(d[min(retry, len(d) - 1)]) if d else 0.0
         else:
             delay = float(d)  # type: ignore[arg-type]
-        if self.honor_retry_after and exc is not None:
-            from .http import retry_after
-
-            asked = retry_after(exc)
+        if self.delay_hint is not None and exc is not None:
+            asked = self.delay_hint(exc)
             if asked is not None:
                 if isinstance(d, Backoff):
                     cap = d.max
                     if d.jitter:
-                        # Never sooner than asked, but spread out: callers throttled together
+                        # Never sooner than asked, but spread out: callers held back together
                         # must not all come back at the same instant and be throttled again.
                         asked += asked * min(d.jitter, 0.2) * rng.random()  # at most 20% later
                 else:

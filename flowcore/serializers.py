@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .errors import FlowcoreError
+from .errors import ResultNotSerializable, ResultUnreadable
 
 __all__ = [
     "SERIALIZERS",
@@ -40,17 +40,6 @@ _NAMES: Final = {code: name for name, code in SERIALIZERS.items()}
 _HEADERS: Final = {
     name: MAGIC + bytes((FORMAT_VERSION,)) + code for name, code in SERIALIZERS.items()
 }
-
-
-class ResultNotSerializable(FlowcoreError, TypeError):
-    """A task's result cannot be stored with the task's serializer."""
-
-
-class ResultUnreadable(FlowcoreError):
-    """A stored result is corrupt, truncated, of an unknown format, or not allowed to load.
-
-    The engine treats it as a cache miss (with a warning): it never fails a flow.
-    """
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -2,8 +2,8 @@
 
 A run moves ``Pending → Running → Completed | Failed | ...``; ``Retrying`` is a
 Running task waiting out its backoff, and a Running task back in ``Pending``
-waits for a limit before its attempt. The engine sets states directly on its
-hot path; ``tests/test_states.py`` holds every recorded history to this table.
+waits for a limit before its attempt. Every change goes through
+:func:`flowcore.records.transition`, which checks it against :data:`NEXT`.
 Terminal states never change: a run that reached one is finished, whatever
 happens to the process afterwards.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["TERMINAL", "State", "check_transition"]
+__all__ = ["NEXT", "TERMINAL", "State", "check_transition"]
 
 
 class State(enum.StrEnum):
@@ -48,12 +48,15 @@ TERMINAL = frozenset(
     }
 )
 
-_ALLOWED: dict[State, frozenset[State]] = {
+#: The states each state may move to (terminal states move nowhere).
+NEXT: dict[State, frozenset[State]] = {
+    # Pending -> TimedOut: a wait for a limit counted in the timeout (timeout_includes_wait).
     State.PENDING: frozenset({State.RUNNING, State.UPSTREAM_FAILED, State.CANCELLED, State.CACHED})
-    | frozenset({State.FAILED, State.CRASHED}),
+    | frozenset({State.FAILED, State.TIMED_OUT, State.CRASHED}),
     # Running -> Pending: an attempt waiting for a limit (the wait is before the attempt).
     State.RUNNING: TERMINAL - {State.UPSTREAM_FAILED} | {State.RETRYING, State.PENDING},
     State.RETRYING: frozenset({State.RUNNING, State.CANCELLED, State.CRASHED, State.FAILED}),
+    **{state: frozenset() for state in TERMINAL},
 }
 
 
@@ -63,5 +66,5 @@ def check_transition(current: State, new: State) -> None:
     Only the engine moves states, so a refusal here is a bug in flowcore, not in
     user code; it is raised loudly rather than recording an impossible history.
     """
-    if new not in _ALLOWED.get(current, frozenset()):
+    if new not in NEXT[current]:
         raise RuntimeError(f"flowcore bug: illegal state transition {current} -> {new}")

@@ -19,10 +19,12 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import flowcore
-from flowcore.cli import _execute, cli
-from flowcore.context import HOST
-from flowcore.loader import load_flow
-from flowcore.results import ResultFiles
+from flowcore.cli import cli
+from flowcore.cli.run import _execute
+from flowcore.entrypoints import load_flow
+from flowcore.ids import HOST
+from flowcore.records import WriteBatch
+from flowcore.store.files import FileBlobs
 
 # One file of flows shared by most tests: a retried task, a task called inside a
 # task, a submitted future passed to another task, a subflow, a failure.
@@ -500,7 +502,7 @@ class Point:
 async def square(x: int) -> int:
     return x * x
 
-@flowcore.task(cache=True, cache_ttl=0.01)
+@flowcore.task(cache=flowcore.CachePolicy(ttl=0.01))
 async def brief(x: int) -> int:
     return x + 100
 
@@ -657,9 +659,9 @@ def test_cache_clear_removes_unreferenced_files_and_keeps_used_ones(
     assert entry["stored"] == "file" and entry["size"] == used[0].stat().st_size
     # A file no record refers to, as a crash between writing it and committing leaves.
     orphan_blob = b"FCR\x01m" + b"\x00" * 20_000
-    files = ResultFiles(results_dir)
-    files.write(ResultFiles.ref(orphan_blob), orphan_blob)
-    orphan = files.path(ResultFiles.ref(orphan_blob))
+    files = FileBlobs(results_dir)
+    files.write(FileBlobs.ref(orphan_blob), orphan_blob)
+    orphan = files.path(FileBlobs.ref(orphan_blob))
     assert orphan.exists()
     # Files younger than the grace period may be about to be referenced: age this one.
     old = time.time() - 3600
@@ -779,7 +781,7 @@ def write_records(
 
     async def write() -> None:
         async with flowcore.SQLiteStore(home / "flowcore.db") as store:
-            await store.write(runs, task_runs)
+            await store.write(WriteBatch(runs, task_runs))
 
     anyio.run(write)
 

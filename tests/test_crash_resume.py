@@ -27,17 +27,20 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import anyio
+import psutil
 import pytest
 
 import flowcore
 from flowcore import FlowRunRecord, State, TaskRunRecord
-from flowcore.context import HOST
-from flowcore.crash import mark_crashed_runs
 from flowcore.encoding import decode_inputs
+from flowcore.ids import HOST
+from flowcore.records import WriteBatch
+from flowcore.store.crash import mark_crashed_runs
 
 pytestmark = pytest.mark.anyio
 
@@ -223,13 +226,16 @@ def dead_pid() -> int:
     return child.pid
 
 
-def running_record(run_id: str, *, host: str, pid: int, heartbeat: float) -> FlowRunRecord:
+def running_record(
+    run_id: str, *, host: str, pid: int, heartbeat: float, started: float | None = None
+) -> FlowRunRecord:
+    started = heartbeat - 1 if started is None else started
     return FlowRunRecord(
         id=run_id,
         name="f",
         state=State.RUNNING,
-        created=heartbeat - 1,
-        started=heartbeat - 1,
+        created=started,
+        started=started,
         heartbeat=heartbeat,
         history=[("Running", heartbeat - 1)],
         host=host,
@@ -243,15 +249,30 @@ def task_record(run_id: str, seq: int, state: State) -> TaskRunRecord:
     )
 
 
-async def test_mark_crashed_runs(flowcore_home: Path) -> None:
+@pytest.fixture
+def sleeper() -> Iterator[int]:
+    """A process of this host that lives through the test; its pid."""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as proc:
+        try:
+            yield proc.pid
+        finally:
+            proc.kill()
+
+
+async def test_mark_crashed_runs(flowcore_home: Path, sleeper: int) -> None:
     now = time.time()
     gone = dead_pid()
+    born = psutil.Process(sleeper).create_time()
     runs = {
         "dead-pid": running_record("dead-pid", host=HOST, pid=gone, heartbeat=now - 1),
         "this-process": running_record("this-process", host=HOST, pid=os.getpid(), heartbeat=1),
-        "alive-pid": running_record("alive-pid", host=HOST, pid=os.getppid(), heartbeat=now - 60),
+        # Its process was there when it started, and still is: running, however quiet.
+        "alive-pid": running_record(
+            "alive-pid", host=HOST, pid=sleeper, heartbeat=now - 60, started=born + 0.5
+        ),
+        # Its pid now belongs to a process started long after the run did: reused.
         "reused-pid": running_record(
-            "reused-pid", host=HOST, pid=os.getppid(), heartbeat=now - 900
+            "reused-pid", host=HOST, pid=sleeper, heartbeat=now - 1, started=born - 900
         ),
         "remote-fresh": running_record("remote-fresh", host="elsewhere", pid=1, heartbeat=now - 10),
         "remote-stale": running_record("remote-stale", host="elsewhere", pid=1, heartbeat=now - 40),
@@ -266,7 +287,7 @@ async def test_mark_crashed_runs(flowcore_home: Path) -> None:
         task_record("dead-pid", 4, State.FAILED),
     ]
     async with flowcore.SQLiteStore(flowcore_home / "flowcore.db") as store:
-        await store.write([*runs.values(), finished], tasks)
+        await store.write(WriteBatch([*runs.values(), finished], tasks))
         crashed = await mark_crashed_runs(store, now=now)
         assert await mark_crashed_runs(store, now=now) == []  # marking is done once
         states = {r.id: r.state for r in await store.list_runs(limit=100)}
@@ -297,7 +318,7 @@ async def test_mark_crashed_runs(flowcore_home: Path) -> None:
 async def test_an_engine_opening_marks_crashed_runs(flowcore_home: Path) -> None:
     record = running_record("gone", host=HOST, pid=dead_pid(), heartbeat=time.time())
     async with flowcore.SQLiteStore(flowcore_home / "flowcore.db") as store:
-        await store.write([record], [task_record("gone", 0, State.RUNNING)])
+        await store.write(WriteBatch([record], [task_record("gone", 0, State.RUNNING)]))
     async with flowcore.Engine() as engine:
         run = await engine.store.get_run("gone")
         [task] = await engine.store.list_task_runs("gone")
@@ -307,7 +328,7 @@ async def test_an_engine_opening_marks_crashed_runs(flowcore_home: Path) -> None
 async def test_resume_of_a_running_run_is_refused(flowcore_home: Path) -> None:
     record = running_record("live", host=HOST, pid=os.getppid(), heartbeat=time.time())
     async with flowcore.SQLiteStore(flowcore_home / "flowcore.db") as store:
-        await store.write([record], [])
+        await store.write(WriteBatch([record], []))
     async with flowcore.Engine():
         with pytest.raises(flowcore.ConfigurationError, match="still running"):
             await flowcore.resume_async("live")

@@ -136,8 +136,8 @@ def test_engine_options_are_validated() -> None:
 
 
 def test_trace_retention_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(flowcore.ConfigurationError, match="trace_retention_days"):
-        flowcore.Engine("memory", trace_retention_days=-1)
+    with pytest.raises(flowcore.ConfigurationError, match="retention_days"):
+        flowcore.Engine("memory", tracing=flowcore.Tracing(retention_days=-1))
     monkeypatch.setenv("FLOWCORE_TRACE_RETENTION_DAYS", "a week")
     with pytest.raises(flowcore.ConfigurationError, match="FLOWCORE_TRACE_RETENTION_DAYS"):
         flowcore.Engine("memory")

@@ -3,7 +3,7 @@
 Collectors here are real loopback servers — down (a closed port: connection
 refused), hanging (accepts, never answers), slow (answers after 1 s), failing
 (500, 503) and working — spoken to by OpenTelemetry's real OTLP/HTTP exporter,
-given explicitly (``Engine(exporter=OTLPSpanExporter(...))``) or through the
+given explicitly (``Engine(tracing=Tracing(exporter=OTLPSpanExporter(...)))``) or through the
 standard environment variables. Bounds on time are generous on purpose: the
 benchmark (benchmarks/overhead.py) measures the ratios.
 """
@@ -29,10 +29,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 import flowcore
-import flowcore.engine
+import flowcore.engine.core
 from flowcore import ConfigurationError
-from flowcore.export import SpanExport, from_environment
-from flowcore.telemetry import SpanRecord, read_trace
+from flowcore.records import SpanRecord
+from flowcore.telemetry.export import SpanExport, from_environment
+from flowcore.views.trace import read_trace
 
 pytestmark = pytest.mark.anyio
 
@@ -262,7 +263,7 @@ async def test_an_explicit_otlp_exporter_never_slows_or_fails_the_flow(
     # The exporter's own timeout (retries with back-off included) is longer than the
     # engine waits at close: the close is capped by SpanExport, not by the exporter.
     exporter = OTLPSpanExporter(endpoint=collector.endpoint, timeout=8)
-    outcome = await run_with(exporter=exporter)
+    outcome = await run_with(tracing=flowcore.Tracing(exporter=exporter))
     assert outcome.export is not None
     collector.exports.append(outcome.export)
     check_flow_unaffected(outcome)
@@ -312,7 +313,7 @@ async def test_memory_stays_bounded_with_a_hanging_collector(
 ) -> None:
     max_queue, batch_size = 16, 8
     monkeypatch.setattr(
-        flowcore.engine,
+        flowcore.engine.core,
         "SpanExport",
         functools.partial(SpanExport, max_queue=max_queue, batch_size=batch_size),
     )
@@ -332,7 +333,7 @@ async def test_memory_stays_bounded_with_a_hanging_collector(
             await step(i)
 
     exporter = OTLPSpanExporter(endpoint=collector.endpoint, timeout=30)
-    engine = flowcore.Engine(store="memory", exporter=exporter)
+    engine = flowcore.Engine(store="memory", tracing=flowcore.Tracing(exporter=exporter))
     async with engine:
         await steps(N_TASKS)
         export = engine.tracing.export if engine.tracing else None

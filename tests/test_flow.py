@@ -529,7 +529,7 @@ async def test_old_span_rows_are_pruned_when_an_engine_opens(flowcore_home: Any)
         assert len(await store.list_spans(run.trace_id)) == 1  # the flow span's row
     # A retention shorter than the span's age removes it at the next open.
     await anyio.sleep(0.01)
-    async with flowcore.Engine(trace_retention_days=0.01 / 86400):
+    async with flowcore.Engine(tracing=flowcore.Tracing(retention_days=0.01 / 86400)):
         pass
     async with store:
         assert await store.list_spans(run.trace_id) == []

@@ -58,7 +58,7 @@ async def test_429_with_retry_after_seconds_waits_what_the_server_asks() -> None
         [httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(200, text="ok")]
     )
     clock = FakeClock()
-    outcome, rec = await fetch_with(client, flowcore.http_retry(retries=3, max_delay=30), clock)
+    outcome, rec = await fetch_with(client, flowcore.http_retry(retries=3, max=30), clock)
     assert outcome == "ok" and rec.attempts == 2 and len(seen) == 2
     (slept,) = clock.sleeps
     assert 7.0 <= slept <= 7.0 * 1.2  # never sooner than asked; jitter spreads a crowd
@@ -67,7 +67,7 @@ async def test_429_with_retry_after_seconds_waits_what_the_server_asks() -> None
 async def test_retry_after_is_exact_without_jitter_and_spread_with_it() -> None:
     waits = []
     for seed in range(20):
-        policy = flowcore.http_retry(retries=1, max_delay=60, jitter=0.5)
+        policy = flowcore.http_retry(retries=1, max=60, jitter=0.5)
         err = httpx.HTTPStatusError(
             "429",
             request=httpx.Request("GET", "http://x"),
@@ -75,23 +75,23 @@ async def test_retry_after_is_exact_without_jitter_and_spread_with_it() -> None:
         )
         waits.append(policy.delay_for(0, random.Random(seed), err))
     assert all(4.0 <= w <= 4.8 for w in waits) and len(set(waits)) > 10  # at most 20% later
-    exact = flowcore.http_retry(retries=1, max_delay=60, jitter=0)
+    exact = flowcore.http_retry(retries=1, max=60, jitter=0)
     assert exact.delay_for(0, random.Random(0), err) == 4.0
 
 
-async def test_retry_after_is_capped_by_max_delay() -> None:
+async def test_retry_after_is_capped_by_max() -> None:
     client, _ = api(
         [httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(200, text="ok")]
     )
     clock = FakeClock()
-    await fetch_with(client, flowcore.http_retry(retries=3, max_delay=10), clock)
+    await fetch_with(client, flowcore.http_retry(retries=3, max=10), clock)
     assert clock.sleeps == [10.0]
 
 
 async def test_5xx_is_retried_with_backoff_and_gives_up() -> None:
     client, seen = api([httpx.Response(503)])
     clock = FakeClock()
-    policy = flowcore.http_retry(retries=2, base=1, factor=2, max_delay=60, jitter=0)
+    policy = flowcore.http_retry(retries=2, base=1, factor=2, max=60, jitter=0)
     outcome, rec = await fetch_with(client, policy, clock)
     assert isinstance(outcome, httpx.HTTPStatusError) and outcome.response.status_code == 503
     assert clock.sleeps == [1.0, 2.0] and len(seen) == 3
@@ -185,7 +185,7 @@ async def test_a_run_shares_one_http_client_and_closes_it() -> None:
         response.raise_for_status()
         return len(response.json()["records"])
 
-    @flowcore.flow(max_concurrency=4)
+    @flowcore.flow(concurrency=4)
     async def pages(url: str) -> int:
         gathered = await asyncio.gather(*(page(url, n) for n in range(3)))
         submitted = await page.submit(url, 3)
@@ -196,7 +196,7 @@ async def test_a_run_shares_one_http_client_and_closes_it() -> None:
             assert await pages(api.url) == 400
     assert len(clients) == 4 and len({id(c) for c in clients}) == 1
     assert clients[0].is_closed
-    pool = clients[0]._transport._pool  # the pool is sized from max_concurrency
+    pool = clients[0]._transport._pool  # the pool is sized from the flow's concurrency
     assert pool._max_connections == 4
     with pytest.raises(flowcore.ConfigurationError, match="outside a flow run"):
         flowcore.http_client()

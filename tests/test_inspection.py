@@ -10,8 +10,7 @@ import anyio
 import pytest
 
 import flowcore
-from flowcore.inspection import PickleNotAllowed, ResultNotStored
-from flowcore.serializers import ResultUnreadable
+from flowcore.errors import PickleNotAllowed, ResultNotStored, ResultUnreadable
 
 
 @dataclasses.dataclass

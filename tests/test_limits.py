@@ -127,7 +127,7 @@ async def test_waiting_for_a_limit_is_visible_and_not_counted_in_the_timeout() -
     assert "waiting for limit one_at_a_time (concurrency=1)" in waited[0].history[1][2]
 
 
-async def test_flow_max_concurrency() -> None:
+async def test_flow_concurrency() -> None:
     gauge = Gauge()
 
     @flowcore.task
@@ -136,7 +136,7 @@ async def test_flow_max_concurrency() -> None:
             await anyio.sleep(0.002)
             return i
 
-    @flowcore.flow(max_concurrency=7)
+    @flowcore.flow(concurrency=7)
     async def f() -> int:
         return len(await work.map(range(200)))
 
@@ -202,8 +202,8 @@ def test_invalid_limits(kwargs: dict[str, float], message: str) -> None:
 def test_invalid_task_and_flow_limits() -> None:
     with pytest.raises(flowcore.ConfigurationError, match="`concurrency` must be an int >= 1"):
         flowcore.task(concurrency=0)
-    with pytest.raises(flowcore.ConfigurationError, match="`max_concurrency`"):
-        flowcore.flow(max_concurrency="many")  # type: ignore[arg-type]
+    with pytest.raises(flowcore.ConfigurationError, match="`concurrency`"):
+        flowcore.flow(concurrency="many")  # type: ignore[arg-type]
     with pytest.raises(flowcore.ConfigurationError, match="one name, one limit"):
         flowcore.Engine("memory", limits=[flowcore.limit("a", 1), flowcore.limit("a", 2)])
 
@@ -343,12 +343,14 @@ def test_bad_task_rates_are_refused() -> None:
 def test_a_task_rate_changed_with_options_gets_its_own_default_burst() -> None:
     # The default burst is a second's worth of the rate in force, not of the rate the
     # task was first decorated with.
-    from flowcore.limits import task_limit
-
     @flowcore.task(rate=10)
     async def slow() -> None:
         pass
 
-    assert task_limit(slow).burst == 10
-    assert task_limit(slow.with_options(rate=100)).burst == 100
-    assert task_limit(slow.with_options(rate=100, burst=3)).burst == 3
+    def burst(task: flowcore.Task[[], None]) -> int | None:
+        assert task.own_limit is not None
+        return task.own_limit.burst
+
+    assert burst(slow) == 10
+    assert burst(slow.with_options(rate=100)) == 100
+    assert burst(slow.with_options(rate=100, burst=3)) == 3

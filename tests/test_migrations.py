@@ -13,10 +13,10 @@ import msgspec
 import pytest
 
 import flowcore
-import flowcore.store.sqlite as sqlite_store
+import flowcore.store.sqlite.schema as sqlite_store
 from flowcore import SQLiteStore, State
 from flowcore.encoding import decode_inputs
-from flowcore.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from flowcore.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 

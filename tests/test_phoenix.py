@@ -30,7 +30,8 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 import flowcore
-from flowcore.telemetry import SpanRecord, read_trace
+from flowcore.records import SpanRecord
+from flowcore.views.trace import read_trace
 
 pytestmark = [pytest.mark.phoenix, pytest.mark.slow]
 
@@ -217,7 +218,9 @@ async def _run_flow(
     endpoint: str,
 ) -> tuple[flowcore.FlowRunRecord, list[SpanRecord], flowcore.EngineStatistics]:
     exporter = OTLPSpanExporter(endpoint=endpoint, timeout=10)
-    async with flowcore.Engine(store="memory", exporter=exporter) as engine:
+    async with flowcore.Engine(
+        store="memory", tracing=flowcore.Tracing(exporter=exporter)
+    ) as engine:
         assert await ingest(4) == 12 + 4 + 6
         assert engine.last_run is not None
         run = engine.last_run

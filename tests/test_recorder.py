@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
 import flowcore
-from flowcore import FlowRunRecord, MemoryStore, State, TaskRunRecord
+from flowcore import MemoryStore, State
+from flowcore.records import WriteBatch
 
 
 @flowcore.task
@@ -40,19 +39,14 @@ class RecordingStore(MemoryStore):
         self.batches: list[tuple[list[tuple[str, str]], list[tuple[int, str]]]] = []
         self.closed = False
 
-    async def write(
-        self,
-        flow_runs: Sequence[FlowRunRecord],
-        task_runs: Sequence[TaskRunRecord],
-        *more: Sequence[Any],  # cache entries, spans: passed through
-    ) -> None:
+    async def write(self, batch: WriteBatch) -> None:
         self.batches.append(
             (
-                [(fr.id, str(fr.state)) for fr in flow_runs],
-                [(tr.seq, str(tr.state)) for tr in task_runs],
+                [(fr.id, str(fr.state)) for fr in batch.flow_runs],
+                [(tr.seq, str(tr.state)) for tr in batch.task_runs],
             )
         )
-        await super().write(flow_runs, task_runs, *more)
+        await super().write(batch)
 
     async def close(self) -> None:
         self.closed = True
@@ -71,12 +65,7 @@ class FlakyStore(RecordingStore):
         self.failed = 0
         self.failures_used_up = anyio.Event()
 
-    async def write(
-        self,
-        flow_runs: Sequence[FlowRunRecord],
-        task_runs: Sequence[TaskRunRecord],
-        *more: Sequence[Any],  # cache entries, spans: passed through
-    ) -> None:
+    async def write(self, batch: WriteBatch) -> None:
         await anyio.lowlevel.checkpoint()
         if self.failures_left is None or self.failures_left > 0:
             if self.failures_left is not None:
@@ -85,7 +74,7 @@ class FlakyStore(RecordingStore):
                     self.failures_used_up.set()
             self.failed += 1
             raise flowcore.StoreError("disk full (simulated)")
-        await super().write(flow_runs, task_runs, *more)
+        await super().write(batch)
 
 
 async def _assert_all_completed(store: MemoryStore, tasks: int, runs: int = 1) -> None:
@@ -268,14 +257,9 @@ async def test_closing_the_engine_raises_when_the_store_keeps_failing() -> None:
 class SlowStore(RecordingStore):
     """Writes take a while, as a busy disk or a database another process locks."""
 
-    async def write(
-        self,
-        flow_runs: Sequence[FlowRunRecord],
-        task_runs: Sequence[TaskRunRecord],
-        *more: Sequence[Any],
-    ) -> None:
+    async def write(self, batch: WriteBatch) -> None:
         await anyio.sleep(0.01)
-        await super().write(flow_runs, task_runs, *more)
+        await super().write(batch)
 
 
 @pytest.mark.anyio

@@ -13,7 +13,6 @@ import pytest
 
 import flowcore
 from flowcore import State
-from flowcore.results import INLINE_LIMIT, ResultFiles
 from flowcore.serializers import (
     FORMAT_VERSION,
     MAGIC,
@@ -22,6 +21,7 @@ from flowcore.serializers import (
     decode_result,
     encode_result,
 )
+from flowcore.store.files import INLINE_LIMIT, FileBlobs
 
 
 async def task_runs(engine: flowcore.Engine) -> list[flowcore.TaskRunRecord]:
@@ -154,7 +154,7 @@ async def test_persist_result_true_requires_a_storable_result() -> None:
             await f()
         [tr] = await task_runs(engine)
     assert tr.state is State.FAILED
-    assert tr.error_type == "flowcore.serializers.ResultNotSerializable"
+    assert tr.error_type == "flowcore.ResultNotSerializable"
     assert tr.result is None
 
 
@@ -297,7 +297,7 @@ async def test_memory_store_keeps_large_results_inline() -> None:
 
 
 def test_write_then_read_verifies(tmp_path: Path) -> None:
-    files = ResultFiles(tmp_path / "results")
+    files = FileBlobs(tmp_path / "results")
     data = b"content" * 1000
     ref = files.ref(data)
     files.write(ref, data)
@@ -317,7 +317,7 @@ def test_write_then_read_verifies(tmp_path: Path) -> None:
     "ref", ["", "abc", "../" * 20 + "etc/passwd", "A" * 64, "g" * 64, "0" * 63 + "/"]
 )
 def test_invalid_references_are_refused(tmp_path: Path, ref: str) -> None:
-    files = ResultFiles(tmp_path / "results")
+    files = FileBlobs(tmp_path / "results")
     with pytest.raises(ResultUnreadable, match="invalid result reference"):
         files.read(ref)
     with pytest.raises(ResultUnreadable):
@@ -327,7 +327,7 @@ def test_invalid_references_are_refused(tmp_path: Path, ref: str) -> None:
 
 @pytest.mark.parametrize("failing", ["fsync", "replace", "write"])
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
-    files = ResultFiles(tmp_path / "results")
+    files = FileBlobs(tmp_path / "results")
     data = b"x" * 100_000
     ref = files.ref(data)
 
@@ -352,9 +352,9 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failin
                 self.f.flush()
                 raise OSError(28, "No space left on device")  # ...then the disk is full
 
-        monkeypatch.setattr("flowcore.results.os.fdopen", HalfWriter)
+        monkeypatch.setattr("flowcore.store.files.os.fdopen", HalfWriter)
     else:
-        monkeypatch.setattr(f"flowcore.results.os.{failing}", fail)
+        monkeypatch.setattr(f"flowcore.store.files.os.{failing}", fail)
     with pytest.raises(OSError, match="No space"):
         files.write(ref, data)
     monkeypatch.undo()
@@ -367,7 +367,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failin
 
 
 def test_remove_unreferenced_keeps_referenced_and_young_files(tmp_path: Path) -> None:
-    files = ResultFiles(tmp_path / "results")
+    files = FileBlobs(tmp_path / "results")
     blobs = [bytes([i]) * 5000 for i in range(5)]
     refs = [files.ref(b) for b in blobs]
     for ref, b in zip(refs, blobs, strict=True):
@@ -394,7 +394,7 @@ def test_remove_unreferenced_keeps_referenced_and_young_files(tmp_path: Path) ->
     assert (files.folder / "stray-file-at-top").exists()
     assert files.remove_unreferenced({refs[0], refs[2]}, grace=0) == 2  # refs[4], young tmp
     assert files.read(refs[0]) == blobs[0] and files.read(refs[2]) == blobs[2]
-    assert ResultFiles(tmp_path / "nowhere").remove_unreferenced(set()) == 0
+    assert FileBlobs(tmp_path / "nowhere").remove_unreferenced(set()) == 0
 
 
 @pytest_anyio
@@ -407,8 +407,8 @@ async def test_remove_unreferenced_with_the_refs_of_the_store(flowcore_home: Pat
         await f()
         await engine.recorder.flush()
         refs = await engine.store.result_refs()
-        files = engine.recorder.files
-        assert files is not None
+        files = engine.recorder.blobs
+        assert isinstance(files, FileBlobs)
         orphan = b"orphan" * 10_000
         files.write(files.ref(orphan), orphan)
         assert files.remove_unreferenced(refs) == 0  # too young to tell

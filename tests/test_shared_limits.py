@@ -43,7 +43,7 @@ CHILD = textwrap.dedent(
     async def main() -> None:
         limits = [flowcore.limit("shared-api", 3, shared=True)]
         async with flowcore.Engine(limits=limits) as engine:
-            engine.limits.lease_ttl = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+            engine.limits.leases.ttl = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
             print(await f(n), flush=True)
 
     anyio.run(main)
@@ -379,7 +379,7 @@ def test_limits_ls_shows_holders_and_waiters(
     monkeypatch.setenv("FLOWCORE_HOME", str(home))
     runner = CliRunner()
     assert "no shared limits" in runner.invoke(cli, ["limits", "ls"]).output
-    me = f"{flowcore.context.HOST}:{os.getpid()}"
+    me = f"{flowcore.ids.HOST}:{os.getpid()}"
 
     async def hold() -> None:
         limit = flowcore.limit("api", 1, shared=True)
@@ -439,4 +439,4 @@ async def test_gathered_holders_cancelled_give_shared_slots_back_at_once(tmp_pat
         with anyio.fail_after(5):  # the pump drops its waiting row once nobody waits
             while not await refresh():  # noqa: ASYNC110 (rows in the store, not an event)
                 await anyio.sleep(0.01)
-        assert engine.limits.leases_held == 0
+        assert engine.limits.leases.held == 0

@@ -16,7 +16,7 @@ import pytest
 
 import flowcore
 from flowcore import State
-from flowcore.limits import Slots
+from flowcore.engine.gates import Slots
 
 pytestmark = pytest.mark.anyio
 

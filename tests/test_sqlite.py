@@ -19,6 +19,7 @@ import pytest
 
 import flowcore
 from flowcore import FlowRunRecord, State, TaskRunRecord
+from flowcore.records import WriteBatch
 from flowcore.store import SCHEMA_VERSION, MemoryStore, SQLiteStore, resolve_store
 
 
@@ -49,7 +50,7 @@ def _pragma(path: Path, name: str) -> object:
 
 async def _make_real_db(path: Path, tasks: int = 10) -> None:
     async with SQLiteStore(path) as store:
-        await store.write([_flow("run1")], _tasks("run1", tasks))
+        await store.write(WriteBatch([_flow("run1")], _tasks("run1", tasks)))
 
 
 # -- schema -----------------------------------------------------------------------------
@@ -61,7 +62,7 @@ async def test_a_new_database_gets_the_schema_version_and_wal(tmp_path: Path) ->
     store = SQLiteStore(path)
     await store.open()
     try:
-        await store.write([_flow("run1")], [])
+        await store.write(WriteBatch([_flow("run1")], []))
     finally:
         await store.close()
     assert SCHEMA_VERSION >= 1
@@ -78,7 +79,7 @@ async def test_a_new_database_gets_the_schema_version_and_wal(tmp_path: Path) ->
 async def test_opening_creates_missing_folders(tmp_path: Path) -> None:
     path = tmp_path / "home" / "nested" / "flowcore.db"
     async with SQLiteStore(path) as store:
-        await store.write([_flow("run1")], [])
+        await store.write(WriteBatch([_flow("run1")], []))
     assert path.is_file()
 
 
@@ -86,11 +87,13 @@ async def test_opening_creates_missing_folders(tmp_path: Path) -> None:
 async def test_reopening_keeps_the_data(tmp_path: Path) -> None:
     path = tmp_path / "f.db"
     async with SQLiteStore(path) as store:
-        await store.write([_flow("run1", created=1.0, state=State.RUNNING)], _tasks("run1", 5))
+        await store.write(
+            WriteBatch([_flow("run1", created=1.0, state=State.RUNNING)], _tasks("run1", 5))
+        )
     async with SQLiteStore(path) as store:
         assert (await store.get_run("run1")).state is State.RUNNING
         assert await store.list_task_runs("run1") == _tasks("run1", 5)
-        await store.write([_flow("run2", created=2.0)], [])
+        await store.write(WriteBatch([_flow("run2", created=2.0)], []))
     async with SQLiteStore(str(path)) as store:
         assert [r.id for r in await store.list_runs()] == ["run2", "run1"]
         assert await store.count_task_runs("run1") == {"Completed": 5}
@@ -196,7 +199,9 @@ async def test_another_apps_sqlite_database_is_refused_and_left_alone(tmp_path: 
 
 
 @pytest.mark.anyio
-async def test_concurrent_first_opens_of_a_new_database_both_succeed(tmp_path: Path) -> None:
+async def test_concurrent_first_opens_of_a_new_database_both_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Two processes start on a fresh FLOWCORE_HOME at once. This store reads
     # user_version 0; before it looks at the tables, the other process creates the
     # schema. (The hook makes that interleaving happen every time; without it the
@@ -204,18 +209,22 @@ async def test_concurrent_first_opens_of_a_new_database_both_succeed(tmp_path: P
     path = tmp_path / "f.db"
     interleaved: list[bool] = []
 
-    class OtherProcessMigratesMeanwhile(SQLiteStore):
-        async def _refuse_foreign(self, db: aiosqlite.Connection) -> None:
-            if not interleaved:  # once: the first look, before this store takes the write lock
-                async with SQLiteStore(self.path) as other:
-                    await other.write([_flow("other")], [])
-                interleaved.append(True)
-            await super()._refuse_foreign(db)
+    from flowcore.store.sqlite import schema
 
-    store = OtherProcessMigratesMeanwhile(path)
+    refuse_foreign = schema.refuse_foreign
+
+    async def other_process_migrates_meanwhile(db: aiosqlite.Connection, at: Path) -> None:
+        if not interleaved:  # once: the first look, before this store takes the write lock
+            interleaved.append(True)
+            async with SQLiteStore(at) as other:
+                await other.write(WriteBatch([_flow("other")], []))
+        await refuse_foreign(db, at)
+
+    monkeypatch.setattr(schema, "refuse_foreign", other_process_migrates_meanwhile)
+    store = SQLiteStore(path)
     try:
         await store.open()
-        await store.write([_flow("mine", created=2.0)], [])
+        await store.write(WriteBatch([_flow("mine", created=2.0)], []))
         assert [r.id for r in await store.list_runs()] == ["mine", "other"]
     finally:
         await store.close()
@@ -286,7 +295,7 @@ async def test_a_write_waits_for_a_lock_held_by_another_connection(tmp_path: Pat
         try:
             assert await anyio.to_thread.run_sync(locked.wait, 5.0)
             started = time.monotonic()
-            await store.write([_flow("run1")], _tasks("run1", 100))
+            await store.write(WriteBatch([_flow("run1")], _tasks("run1", 100)))
             waited = time.monotonic() - started
         finally:
             await anyio.to_thread.run_sync(holder.join)
@@ -307,11 +316,11 @@ async def test_a_lock_held_past_lock_timeout_is_store_unavailable(tmp_path: Path
         try:
             assert await anyio.to_thread.run_sync(locked.wait, 5.0)
             with pytest.raises(flowcore.StoreUnavailable, match="locked"):
-                await store.write([_flow("run1")], [])
+                await store.write(WriteBatch([_flow("run1")], []))
         finally:
             await anyio.to_thread.run_sync(holder.join)
         # Once the lock is released, the store works again.
-        await store.write([_flow("run1")], [])
+        await store.write(WriteBatch([_flow("run1")], []))
         assert (await store.get_run("run1")).id == "run1"
 
 
@@ -343,7 +352,7 @@ async def test_close_without_open_and_after_failed_open_is_fine(tmp_path: Path) 
 async def test_using_a_store_that_is_not_open_is_a_store_error(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "f.db")
     with pytest.raises(flowcore.StoreError, match="not open"):
-        await store.write([_flow("run1")], [])
+        await store.write(WriteBatch([_flow("run1")], []))
     with pytest.raises(flowcore.StoreError, match="not open"):
         await store.list_runs()
 
@@ -438,7 +447,7 @@ async def test_resolved_sqlite_url_store_works(tmp_path: Path) -> None:
     store = resolve_store(f"sqlite:///{tmp_path}/url.db")
     await store.open()
     try:
-        await store.write([_flow("run1")], [])
+        await store.write(WriteBatch([_flow("run1")], []))
     finally:
         await store.close()
     assert (tmp_path / "url.db").is_file()
@@ -457,12 +466,12 @@ async def test_a_batch_is_written_whole_whatever_its_size(tmp_path: Path, n: int
     for t in tasks[::3]:
         t.state = State.RUNNING
     async with SQLiteStore(path) as store:
-        await store.write([_flow("run1")], tasks)
+        await store.write(WriteBatch([_flow("run1")], tasks))
         for t in tasks[::3]:
             t.state = State.COMPLETED
             t.attempts = 2
-        await store.write([], tasks[::3])
-        await store.write([], tasks[1:2])  # a terminal row is not overwritten
+        await store.write(WriteBatch([], tasks[::3]))
+        await store.write(WriteBatch([], tasks[1:2]))  # a terminal row is not overwritten
         back = await store.list_task_runs("run1", limit=None)
         counts = await store.count_task_runs("run1")
     assert counts == {"Completed": n}
@@ -482,8 +491,8 @@ async def test_cancelled_writes_never_leave_the_database_locked(tmp_path: Path) 
             with anyio.move_on_after(rng.random() * 0.002):
                 await store.lease_slots("x", 5, "me", f"wait{i}", 9, 0.0, 0.0, 1e12)
             with anyio.move_on_after(rng.random() * 0.002):
-                await store.write([_flow(f"run{i}")], [])
-        await other.write([_flow("other")], [])  # StoreUnavailable if a lock was left
+                await store.write(WriteBatch([_flow(f"run{i}")], []))
+        await other.write(WriteBatch([_flow("other")], []))  # StoreUnavailable if a lock was left
         assert "other" in {r.id for r in await other.list_runs(limit=1000)}
 
 
@@ -500,13 +509,13 @@ async def test_new_rows_are_inserted_and_rows_written_before_are_updated(tmp_pat
         marked = TaskRunRecord(
             run_id="run1", seq=crashed_elsewhere.seq, name="step", state=State.CRASHED, created=0.0
         )
-        await other.write([], [marked])
-        await store.write([_flow("run1")], [running, ended, crashed_elsewhere])
+        await other.write(WriteBatch([], [marked]))
+        await store.write(WriteBatch([_flow("run1")], [running, ended, crashed_elsewhere]))
         assert list(store._unfinished.values()) == [running]
         running.state = State.COMPLETED
         running.attempts = 3
         ended.attempts = 9  # changed after it ended: not written over
-        await store.write([], [running, ended])
+        await store.write(WriteBatch([], [running, ended]))
         assert store._unfinished == {}
         back = {t.seq: t for t in await store.list_task_runs("run1", limit=None)}
     assert [back[i].state for i in range(3)] == [State.COMPLETED, State.COMPLETED, State.CRASHED]
@@ -529,7 +538,7 @@ async def test_cache_lookups_share_a_snapshot_until_the_loops_next_turn(tmp_path
 
     async with SQLiteStore(path) as store, SQLiteStore(path) as other:
         assert store.get_cache_nowait("a") is None  # opens the snapshot
-        await other.write([], [], [entry("a")])  # written at once (a small write)
+        await other.write(WriteBatch([], [], [entry("a")]))  # written at once (a small write)
         assert store.get_cache_nowait("a") is None  # not yet: the snapshot is older
         await anyio.lowlevel.checkpoint()  # the loop's next turn
         assert store.get_cache_nowait("a") is not None
@@ -542,13 +551,13 @@ async def test_cache_lookups_share_a_snapshot_until_the_loops_next_turn(tmp_path
         assert store.get_cache_nowait("b") is None  # not yet: the snapshot is older
         await anyio.lowlevel.checkpoint()  # the loop's next turn
         assert store.get_cache_nowait("b") is not None
-        await store.write([], [], [entry("c")])
+        await store.write(WriteBatch([], [], [entry("c")]))
         assert store.get_cache_nowait("c") is not None  # its own write ends the snapshot
         # From a thread (no event loop there to end a snapshot): a read of its own.
         await anyio.lowlevel.checkpoint()
         found = await anyio.to_thread.run_sync(store.get_cache_nowait, "c")
-        assert found is not None and not store._reading
-        assert store._reader is not None and not store._reader.in_transaction
+        assert found is not None and not store._io._reading
+        assert store._io._reader is not None and not store._io._reader.in_transaction
 
 
 @pytest.mark.anyio
@@ -560,13 +569,13 @@ async def test_a_write_keeps_nothing_alive_once_it_is_committed(tmp_path: Path) 
 
     path = tmp_path / "flowcore.db"
     async with SQLiteStore(path) as store:
-        await store.write([_flow("warm")], _tasks("warm", 10))
+        await store.write(WriteBatch([_flow("warm")], _tasks("warm", 10)))
         gc.collect()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             tasks = _tasks("run1", 4000)  # about 1.5 MB of rows once encoded
-            await store.write([_flow("run1")], tasks)
+            await store.write(WriteBatch([_flow("run1")], tasks))
             del tasks
             gc.collect()
             kept = tracemalloc.get_traced_memory()[0] - before
@@ -586,13 +595,13 @@ async def test_a_small_write_is_committed_without_a_trip_to_the_connections_thre
     # on the loop's thread (no loop turn passes), and another connection sees it.
     import asyncio
 
-    from flowcore.store import sqlite as sqlite_store
+    from flowcore.store.sqlite import connection as sqlite_store
 
     path = tmp_path / "flowcore.db"
     turns: list[str] = []
     async with SQLiteStore(path) as store:
         asyncio.get_running_loop().call_soon(turns.append, "turn")
-        await store.write([_flow("small")], _tasks("small", 10))
+        await store.write(WriteBatch([_flow("small")], _tasks("small", 10)))
         assert turns == []  # committed before the loop ran anything else
         with closing(sqlite3.connect(path)) as conn:
             assert conn.execute("SELECT COUNT(*) FROM task_runs").fetchone()[0] == 10
@@ -601,7 +610,7 @@ async def test_a_small_write_is_committed_without_a_trip_to_the_connections_thre
         turns.clear()
         big = _tasks("big", sqlite_store._HERE_MAX_ROWS + 1)
         asyncio.get_running_loop().call_soon(turns.append, "turn")
-        await store.write([_flow("big")], big)
+        await store.write(WriteBatch([_flow("big")], big))
         assert turns == ["turn"]
         assert await store.count_task_runs("big") == {"Completed": len(big)}
 
@@ -626,10 +635,10 @@ async def test_writes_stay_in_order_while_one_waits_for_a_lock_on_the_thread(
         try:
             assert await anyio.to_thread.run_sync(locked.wait, 5.0)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(store.write, [], [], [entry(b"first")])
+                tg.start_soon(store.write, WriteBatch([], [], [entry(b"first")]))
                 await anyio.sleep(0.05)  # the first write now retries on the thread
                 await anyio.to_thread.run_sync(holder.join)  # the lock is free again
-                await store.write([], [], [entry(b"second")])
+                await store.write(WriteBatch([], [], [entry(b"second")]))
         finally:
             await anyio.to_thread.run_sync(holder.join)
         found = await store.get_cache("k")
@@ -643,14 +652,14 @@ async def test_small_writes_still_get_the_wal_checkpointed(
     # The loop-thread connection does not checkpoint on its own (a checkpoint
     # fsyncs); the store asks for checkpoints on the connection's thread, so the
     # WAL does not grow for as long as the writes stay small.
-    from flowcore.store import sqlite as sqlite_store
+    from flowcore.store.sqlite import connection as sqlite_store
 
     async def wal_size(checkpoint_rows: int, name: str) -> int:
         monkeypatch.setattr(sqlite_store, "_CHECKPOINT_ROWS", checkpoint_rows)
         path = tmp_path / name / "flowcore.db"
         async with SQLiteStore(path) as store:
             for i in range(60):
-                await store.write([_flow(f"r{i}")], _tasks(f"r{i}", 100))
+                await store.write(WriteBatch([_flow(f"r{i}")], _tasks(f"r{i}", 100)))
                 await anyio.sleep(0.005)  # room for a checkpoint to run
             return (await anyio.Path(f"{path}-wal").stat()).st_size
 
@@ -672,7 +681,7 @@ async def test_a_cache_lookup_after_the_database_was_deleted_says_so_and_creates
     # database where the deleted one was.
     path = tmp_path / "flowcore.db"
     async with SQLiteStore(path) as store:
-        await store.write([_flow("run1")], [])
+        await store.write(WriteBatch([_flow("run1")], []))
         _delete_database(tmp_path)
         with pytest.raises(flowcore.StoreUnavailable, match="is gone"):
             store.get_cache_nowait("key")

@@ -20,6 +20,7 @@ import pytest
 
 import flowcore
 from flowcore import FlowRunRecord, State, Store, TaskRunRecord
+from flowcore.records import WriteBatch
 from flowcore.states import TERMINAL
 
 STORE_FACTORIES: dict[str, Callable[[Path], Store]] = {
@@ -112,7 +113,7 @@ def full_task_run() -> TaskRunRecord:
 @pytest.mark.anyio
 async def test_flow_run_round_trip_keeps_every_field(store: Store) -> None:
     record = full_flow_run()
-    await store.write([record], [])
+    await store.write(WriteBatch([record], []))
     assert await store.get_run(record.id) == full_flow_run()
     assert await store.list_runs() == [full_flow_run()]
 
@@ -120,7 +121,7 @@ async def test_flow_run_round_trip_keeps_every_field(store: Store) -> None:
 @pytest.mark.anyio
 async def test_flow_run_round_trip_with_defaults_and_none_values(store: Store) -> None:
     record = FlowRunRecord(id="minimal", name="f", state=State.RUNNING, created=5.0)
-    await store.write([record], [])
+    await store.write(WriteBatch([record], []))
     got = await store.get_run("minimal")
     assert got == FlowRunRecord(id="minimal", name="f", state=State.RUNNING, created=5.0)
     assert got.parent_run_id is None
@@ -139,7 +140,7 @@ async def test_flow_run_round_trip_with_defaults_and_none_values(store: Store) -
 
 @pytest.mark.anyio
 async def test_task_run_round_trip_keeps_every_field(store: Store) -> None:
-    await store.write([full_flow_run()], [full_task_run()])
+    await store.write(WriteBatch([full_flow_run()], [full_task_run()]))
     got = await store.list_task_runs(full_task_run().run_id)
     assert got == [full_task_run()]
     assert got[0].history[1] == (
@@ -161,7 +162,7 @@ async def test_task_run_round_trip_with_none_and_empty_values(store: Store) -> N
             run_id="r", seq=1, name="b", state=State.RUNNING, created=2.0, upstream=[], inputs=b""
         ),
     ]
-    await store.write([flow_run("r", state=State.RUNNING)], records)
+    await store.write(WriteBatch([flow_run("r", state=State.RUNNING)], records))
     got = await store.list_task_runs("r")
     assert got == [
         TaskRunRecord(run_id="r", seq=0, name="a", state=State.PENDING, created=1.0),
@@ -179,7 +180,7 @@ async def test_task_run_round_trip_with_none_and_empty_values(store: Store) -> N
 
 @pytest.mark.anyio
 async def test_an_empty_write_is_fine(store: Store) -> None:
-    await store.write([], [])
+    await store.write(WriteBatch([], []))
     assert await store.list_runs() == []
 
 
@@ -189,10 +190,10 @@ async def test_an_empty_write_is_fine(store: Store) -> None:
 @pytest.mark.anyio
 async def test_upsert_updates_a_non_terminal_flow_run(store: Store) -> None:
     record = flow_run("run1", state=State.RUNNING, started=10.0, history=[("Running", 10.0)])
-    await store.write([record], [])
+    await store.write(WriteBatch([record], []))
     record.heartbeat = 15.0
     record.task_count = 7
-    await store.write([record], [])
+    await store.write(WriteBatch([record], []))
     got = await store.get_run("run1")
     assert got.heartbeat == 15.0
     assert got.task_count == 7
@@ -205,7 +206,7 @@ async def test_upsert_updates_a_non_terminal_flow_run(store: Store) -> None:
     record.traceback = "Traceback\nValueError: bad\n"
     record.history.append(("Failed", 20.0))
     record.task_count = 9
-    await store.write([record], [])
+    await store.write(WriteBatch([record], []))
     got = await store.get_run("run1")
     assert got == flow_run(
         "run1",
@@ -223,9 +224,9 @@ async def test_upsert_updates_a_non_terminal_flow_run(store: Store) -> None:
 
 @pytest.mark.anyio
 async def test_upsert_updates_a_non_terminal_task_run(store: Store) -> None:
-    await store.write([flow_run("run1", state=State.RUNNING)], [])
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING)], []))
     pending = task_run("run1", 3, state=State.PENDING, history=[("Pending", 1.0)])
-    await store.write([], [pending])
+    await store.write(WriteBatch([], [pending]))
     assert (await store.list_task_runs("run1"))[0].state is State.PENDING
 
     pending.upstream = [0, 1]
@@ -233,12 +234,12 @@ async def test_upsert_updates_a_non_terminal_task_run(store: Store) -> None:
     pending.started = 2.0
     pending.attempts = 1
     pending.history.append(("Running", 2.0))
-    await store.write([], [pending])
+    await store.write(WriteBatch([], [pending]))
     pending.state = State.RETRYING
     pending.error_type = "OSError"
     pending.error_message = "reset"
     pending.history.append(("Retrying", 3.0, "OSError: reset (retry in 1 s)"))
-    await store.write([], [pending])
+    await store.write(WriteBatch([], [pending]))
     got = (await store.list_task_runs("run1"))[0]
     assert got.state is State.RETRYING
     assert got.upstream == [0, 1]
@@ -254,7 +255,7 @@ async def test_upsert_updates_a_non_terminal_task_run(store: Store) -> None:
     pending.attempts = 2
     pending.ended = 5.0
     pending.history += [("Running", 4.0), ("Completed", 5.0)]
-    await store.write([], [pending])
+    await store.write(WriteBatch([], [pending]))
     got = (await store.list_task_runs("run1"))[0]
     assert got == task_run(
         "run1",
@@ -281,11 +282,11 @@ async def test_upsert_updates_a_non_terminal_task_run(store: Store) -> None:
 @pytest.mark.parametrize("terminal", sorted(TERMINAL))
 async def test_a_terminal_flow_run_is_never_overwritten(store: Store, terminal: State) -> None:
     done = flow_run("run1", state=terminal, ended=9.0, history=[(terminal.value, 9.0)])
-    await store.write([done], [])
+    await store.write(WriteBatch([done], []))
     stale = flow_run("run1", state=State.RUNNING, heartbeat=99.0, history=[("Running", 1.0)])
-    await store.write([stale], [])
+    await store.write(WriteBatch([stale], []))
     other = State.CRASHED if terminal != State.CRASHED else State.FAILED
-    await store.write([flow_run("run1", state=other)], [])
+    await store.write(WriteBatch([flow_run("run1", state=other)], []))
     assert await store.get_run("run1") == flow_run(
         "run1", state=terminal, ended=9.0, history=[(terminal.value, 9.0)]
     )
@@ -294,13 +295,13 @@ async def test_a_terminal_flow_run_is_never_overwritten(store: Store, terminal: 
 @pytest.mark.anyio
 @pytest.mark.parametrize("terminal", sorted(TERMINAL))
 async def test_a_terminal_task_run_is_never_overwritten(store: Store, terminal: State) -> None:
-    await store.write([flow_run("run1", state=State.RUNNING)], [])
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING)], []))
     done = task_run("run1", 0, state=terminal, attempts=1, history=[(terminal.value, 9.0)])
-    await store.write([], [done])
+    await store.write(WriteBatch([], [done]))
     stale = task_run("run1", 0, state=State.RUNNING, attempts=5, history=[("Running", 1.0)])
-    await store.write([], [stale])
+    await store.write(WriteBatch([], [stale]))
     other = State.FAILED if terminal != State.FAILED else State.COMPLETED
-    await store.write([], [task_run("run1", 0, state=other, attempts=6)])
+    await store.write(WriteBatch([], [task_run("run1", 0, state=other, attempts=6)]))
     assert await store.list_task_runs("run1") == [
         task_run("run1", 0, state=terminal, attempts=1, history=[(terminal.value, 9.0)])
     ]
@@ -309,10 +310,9 @@ async def test_a_terminal_task_run_is_never_overwritten(store: Store, terminal: 
 
 @pytest.mark.anyio
 async def test_terminal_protection_is_per_record_within_one_batch(store: Store) -> None:
-    await store.write([flow_run("a"), flow_run("b", state=State.RUNNING)], [])
+    await store.write(WriteBatch([flow_run("a"), flow_run("b", state=State.RUNNING)], []))
     await store.write(
-        [flow_run("a", state=State.RUNNING), flow_run("b", state=State.CANCELLED)],
-        [],
+        WriteBatch([flow_run("a", state=State.RUNNING), flow_run("b", state=State.CANCELLED)], []),
     )
     assert (await store.get_run("a")).state is State.COMPLETED
     assert (await store.get_run("b")).state is State.CANCELLED
@@ -325,7 +325,7 @@ async def test_terminal_protection_is_per_record_within_one_batch(store: Store) 
 async def test_a_write_stores_a_snapshot_not_the_live_records(store: Store) -> None:
     fr = flow_run("run1", state=State.RUNNING, history=[("Running", 1.0)], task_count=1)
     tr = task_run("run1", 0, state=State.RUNNING, upstream=[5], history=[("Running", 1.0)])
-    await store.write([fr], [tr])
+    await store.write(WriteBatch([fr], [tr]))
 
     fr.state = State.COMPLETED
     fr.task_count = 99
@@ -348,7 +348,7 @@ async def test_a_write_stores_a_snapshot_not_the_live_records(store: Store) -> N
 async def test_a_write_snapshots_list_fields_mutated_in_place(store: Store) -> None:
     # Every list in a record is copied, not only ``history``: ``upstream`` too.
     tr = task_run("run1", 0, state=State.PENDING, upstream=[5], history=[("Pending", 1.0)])
-    await store.write([flow_run("run1", state=State.RUNNING)], [tr])
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING)], [tr]))
     assert tr.upstream is not None
     tr.upstream.append(6)
     tr.history.append(("Running", 2.0))
@@ -363,7 +363,7 @@ async def test_a_write_snapshots_its_records_before_its_first_await(store: Store
     fr = flow_run("run1", state=State.RUNNING, history=[("Running", 1.0)])
     tr = task_run("run1", 0, state=State.RUNNING, history=[("Running", 1.0)])
     async with anyio.create_task_group() as tg:
-        tg.start_soon(store.write, [fr], [tr])
+        tg.start_soon(store.write, WriteBatch([fr], [tr]))
         await anyio.lowlevel.checkpoint()  # the write starts and runs up to its first await
         fr.state = State.COMPLETED
         fr.history.append(("Completed", 2.0))
@@ -388,8 +388,8 @@ async def _write_listing_runs(store: Store) -> None:
         flow_run("r5", created=400.0, name="report", state=State.COMPLETED),
     ]
     random.Random(3).shuffle(runs)
-    await store.write(runs[:2], [])
-    await store.write(runs[2:], [])
+    await store.write(WriteBatch(runs[:2], []))
+    await store.write(WriteBatch(runs[2:], []))
 
 
 @pytest.mark.anyio
@@ -419,7 +419,9 @@ async def test_list_runs_limit(store: Store) -> None:
 
 @pytest.mark.anyio
 async def test_list_runs_default_limit_is_50(store: Store) -> None:
-    await store.write([flow_run(f"run{i:03d}", created=float(i)) for i in range(60)], [])
+    await store.write(
+        WriteBatch([flow_run(f"run{i:03d}", created=float(i)) for i in range(60)], [])
+    )
     runs = await store.list_runs()
     assert [r.id for r in runs] == [f"run{i:03d}" for i in range(59, 9, -1)]
 
@@ -436,7 +438,9 @@ async def test_list_runs_limit_below_one_is_a_configuration_error(store: Store, 
 
 
 async def _write_ids(store: Store, *ids: str) -> None:
-    await store.write([flow_run(run_id, created=float(n)) for n, run_id in enumerate(ids)], [])
+    await store.write(
+        WriteBatch([flow_run(run_id, created=float(n)) for n, run_id in enumerate(ids)], [])
+    )
 
 
 @pytest.mark.anyio
@@ -519,10 +523,12 @@ async def test_get_run_prefix_treats_wildcard_characters_literally(store: Store)
 async def _write_task_runs(store: Store, run_id: str, seqs: list[int]) -> None:
     shuffled = list(seqs)
     random.Random(7).shuffle(shuffled)
-    await store.write([flow_run(run_id, state=State.RUNNING)], [])
+    await store.write(WriteBatch([flow_run(run_id, state=State.RUNNING)], []))
     # Several batches, out of seq order, as the recorder writes them.
     for start in range(0, len(shuffled), 4):
-        await store.write([], [task_run(run_id, s) for s in shuffled[start : start + 4]])
+        await store.write(
+            WriteBatch([], [task_run(run_id, s) for s in shuffled[start : start + 4]])
+        )
 
 
 @pytest.mark.anyio
@@ -566,10 +572,10 @@ async def test_list_task_runs_offset_counts_rows_when_seqs_have_gaps(store: Stor
 
 @pytest.mark.anyio
 async def test_count_task_runs_counts_by_state(store: Store) -> None:
-    await store.write([flow_run("run1", state=State.RUNNING), flow_run("run2")], [])
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING), flow_run("run2")], []))
     states = [State.COMPLETED] * 3 + [State.FAILED, State.RUNNING, State.RUNNING, State.PENDING]
-    await store.write([], [task_run("run1", n, state=s) for n, s in enumerate(states)])
-    await store.write([], [task_run("run2", 0, state=State.CANCELLED)])
+    await store.write(WriteBatch([], [task_run("run1", n, state=s) for n, s in enumerate(states)]))
+    await store.write(WriteBatch([], [task_run("run2", 0, state=State.CANCELLED)]))
     counts = await store.count_task_runs("run1")
     assert counts == {"Completed": 3, "Failed": 1, "Running": 2, "Pending": 1}
     assert counts[State.COMPLETED] == 3  # State is a str enum: both spellings work
@@ -579,13 +585,13 @@ async def test_count_task_runs_counts_by_state(store: Store) -> None:
 
 @pytest.mark.anyio
 async def test_count_task_runs_follows_upserts(store: Store) -> None:
-    await store.write([flow_run("run1", state=State.RUNNING)], [])
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING)], []))
     records = [task_run("run1", n, state=State.RUNNING) for n in range(4)]
-    await store.write([], records)
+    await store.write(WriteBatch([], records))
     assert await store.count_task_runs("run1") == {"Running": 4}
     for record in records[:3]:
         record.state = State.COMPLETED
-    await store.write([], records)
+    await store.write(WriteBatch([], records))
     assert await store.count_task_runs("run1") == {"Completed": 3, "Running": 1}
 
 
@@ -595,14 +601,16 @@ async def test_count_task_runs_follows_upserts(store: Store) -> None:
 @pytest.mark.anyio
 async def test_child_runs(store: Store) -> None:
     await store.write(
-        [
-            flow_run("parent", created=1.0),
-            flow_run("late-child", created=5.0, parent_run_id="parent", parent_task_seq=2),
-            flow_run("early-child", created=3.0, parent_run_id="parent", parent_task_seq=0),
-            flow_run("grandchild", created=4.0, parent_run_id="early-child"),
-            flow_run("unrelated", created=2.0, parent_run_id="other"),
-        ],
-        [],
+        WriteBatch(
+            [
+                flow_run("parent", created=1.0),
+                flow_run("late-child", created=5.0, parent_run_id="parent", parent_task_seq=2),
+                flow_run("early-child", created=3.0, parent_run_id="parent", parent_task_seq=0),
+                flow_run("grandchild", created=4.0, parent_run_id="early-child"),
+                flow_run("unrelated", created=2.0, parent_run_id="other"),
+            ],
+            [],
+        ),
     )
     children = await store.child_runs("parent")
     assert [r.id for r in children] == ["early-child", "late-child"]

@@ -15,9 +15,11 @@ from rich.console import Console
 
 import flowcore
 from flowcore.cli import cli
-from flowcore.loader import load_flow
-from flowcore.telemetry import SpanRecord
-from flowcore.waterfall import Row, format_ns, iso_ns, span_to_json, tree_order, waterfall
+from flowcore.cli.waterfall import waterfall
+from flowcore.entrypoints import load_flow
+from flowcore.records import SpanRecord
+from flowcore.views.format import format_ns, iso_ns
+from flowcore.views.trace import Row, span_to_json, tree_order
 
 # Gathered tasks, a task called inside a task, a task retried once, a submitted task
 # that fails and whose failure is awaited and handled, and a subflow.

@@ -3,7 +3,7 @@
 Two modes are checked against the same flow: an application SDK ``TracerProvider``
 passed to the engine (real SDK spans, recorded by an in-memory exporter; the
 provider is never set globally), and flowcore's own light spans (read back from
-the store with ``read_trace``, or exported with ``Engine(exporter=...)``).
+the store with ``read_trace``, or exported with ``Engine(tracing=Tracing(exporter=...))``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import flowcore
 from flowcore import ConfigurationError, State
-from flowcore.telemetry import SpanRecord, read_trace
+from flowcore.records import SpanRecord
+from flowcore.views.trace import read_trace
 
 pytestmark = pytest.mark.anyio
 
@@ -304,7 +305,9 @@ def build(tracer: trace.Tracer | None = None) -> SimpleNamespace:
 async def test_sdk_spans_mirror_the_runs() -> None:
     provider, exporter = sdk_provider()
     flows = build()
-    async with flowcore.Engine(store="memory", tracer_provider=provider) as engine:
+    async with flowcore.Engine(
+        store="memory", tracing=flowcore.Tracing(provider=provider)
+    ) as engine:
         assert await flows.main() == flows.expected
         runs = await stored_runs(engine, last_run(engine))
     spans = [view_sdk(s) for s in exporter.get_finished_spans()]
@@ -351,7 +354,9 @@ async def test_sdk_spans_mirror_the_runs() -> None:
     assert by_id[hit.span_id or ""].status == "OK"
 
     # The spans are persisted too, with their run ids: the same spans read_trace gives.
-    async with flowcore.Engine(store=engine.store, tracer_provider=provider) as engine2:
+    async with flowcore.Engine(
+        store=engine.store, tracing=flowcore.Tracing(provider=provider)
+    ) as engine2:
         stored = await read_trace(engine2.store, runs.top.id)
     assert {s.span_id for s in stored} == {s.span_id for s in spans}
     for s in stored:
@@ -371,7 +376,7 @@ async def test_a_failed_flow_span_records_the_error() -> None:
     async def broken() -> None:
         raise KeyError("missing")
 
-    async with flowcore.Engine(store="memory", tracer_provider=provider):
+    async with flowcore.Engine(store="memory", tracing=flowcore.Tracing(provider=provider)):
         with pytest.raises(KeyError):
             await broken()
     (span,) = [view_sdk(s) for s in exporter.get_finished_spans()]
@@ -386,10 +391,10 @@ async def test_parameters_are_on_flow_spans_only_when_asked(mode: str) -> None:
     for trace_parameters in (False, True):
         provider, exporter = sdk_provider()
         flows = build()
-        options: dict[str, Any] = {"trace_parameters": trace_parameters}
-        if mode == "sdk":
-            options["tracer_provider"] = provider
-        async with flowcore.Engine(store="memory", **options) as engine:
+        tracing = flowcore.Tracing(
+            parameters=trace_parameters, provider=provider if mode == "sdk" else None
+        )
+        async with flowcore.Engine(store="memory", tracing=tracing) as engine:
             await flows.main(n=3, secret="s3cr3t")
             if mode == "sdk":
                 spans = [view_sdk(s) for s in exporter.get_finished_spans()]
@@ -410,7 +415,9 @@ async def test_parameters_are_on_flow_spans_only_when_asked(mode: str) -> None:
 async def test_user_spans_nest_under_task_spans_with_an_sdk_provider() -> None:
     provider, exporter = sdk_provider()
     flows = build(provider.get_tracer("user"))
-    async with flowcore.Engine(store="memory", tracer_provider=provider) as engine:
+    async with flowcore.Engine(
+        store="memory", tracing=flowcore.Tracing(provider=provider)
+    ) as engine:
         assert await flows.main() == flows.expected
         runs = await stored_runs(engine, last_run(engine))
         stored = [view_record(s) for s in await read_trace(engine.store, runs.top.id)]
@@ -472,7 +479,7 @@ async def test_own_spans_read_back_as_the_same_tree() -> None:
     # The same structure as with an SDK provider.
     provider, exporter = sdk_provider()
     flows = build()
-    async with flowcore.Engine(store="memory", tracer_provider=provider):
+    async with flowcore.Engine(store="memory", tracing=flowcore.Tracing(provider=provider)):
         await flows.main()
     sdk_spans = [view_sdk(s) for s in exporter.get_finished_spans()]
     assert tree_shape(spans) == tree_shape(sdk_spans)
@@ -495,7 +502,9 @@ async def test_own_spans_are_persisted_in_sqlite_and_read_by_another_engine(
 async def test_own_spans_are_exported_with_an_exporter() -> None:
     exporter = InMemorySpanExporter()
     flows = build()
-    async with flowcore.Engine(store="memory", exporter=exporter) as engine:
+    async with flowcore.Engine(
+        store="memory", tracing=flowcore.Tracing(exporter=exporter)
+    ) as engine:
         await flows.main()
         run_id = last_run(engine)
         runs = await stored_runs(engine, run_id)
@@ -521,7 +530,7 @@ async def test_the_current_span_in_task_code_is_the_task_span(mode: str) -> None
     # spans under the task: the context is current, whoever makes the span.
     user_provider, user_exporter = sdk_provider() if mode == "own" else (provider, exporter)
     flows = build(user_provider.get_tracer("user"))
-    options = {"tracer_provider": provider} if mode == "sdk" else {}
+    options = {"tracing": flowcore.Tracing(provider=provider)} if mode == "sdk" else {}
     async with flowcore.Engine(store="memory", **options) as engine:
         await flows.main()
         runs = await stored_runs(engine, last_run(engine))
@@ -542,14 +551,14 @@ async def test_the_current_span_in_task_code_is_the_task_span(mode: str) -> None
 
 
 def _child_ids(conn: Any) -> None:
-    from flowcore.telemetry import _rand
+    from flowcore.telemetry.tracing import _rand
 
     conn.send([_rand.getrandbits(64) for _ in range(4)])
     conn.close()
 
 
 def test_forked_processes_make_their_own_span_ids() -> None:
-    from flowcore.telemetry import _rand
+    from flowcore.telemetry.tracing import _rand
 
     ctx = multiprocessing.get_context("fork")
     results = []
@@ -583,7 +592,7 @@ async def test_a_resumed_run_links_to_the_run_it_resumes(mode: str, tmp_path: Pa
     async def steps(n: int) -> int:
         return sum([await step(i) for i in range(n)])
 
-    options = {"tracer_provider": provider} if mode == "sdk" else {}
+    options = {"tracing": flowcore.Tracing(provider=provider)} if mode == "sdk" else {}
     async with flowcore.Engine(tmp_path / "runs.db", **options) as engine:
         with pytest.raises(RuntimeError):
             await steps(4)
@@ -610,7 +619,15 @@ async def test_tracing_off_makes_no_spans() -> None:
     provider, exporter = sdk_provider()
     flows = build(provider.get_tracer("user"))
     for options in ({}, {"tracer_provider": provider}):
-        async with flowcore.Engine(store="memory", tracing=False, **options) as engine:
+        # tracing=False wins over everything, the deprecated provider spelling included.
+        warns = (
+            pytest.warns(flowcore.FlowcoreDeprecationWarning)
+            if options
+            else contextlib.nullcontext()
+        )
+        with warns:
+            engine = flowcore.Engine(store="memory", tracing=False, **options)
+        async with engine:
             assert await flows.main() == flows.expected
             runs = await stored_runs(engine, last_run(engine))
             assert await read_trace(engine.store, runs.top.id) == []
@@ -628,16 +645,34 @@ async def test_tracing_off_makes_no_spans() -> None:
 
 def test_bad_tracing_options_are_refused() -> None:
     provider, _ = sdk_provider()
-    with pytest.raises(ConfigurationError, match="tracer_provider"):
-        flowcore.Engine(store="memory", tracer_provider=42)
+    with pytest.raises(ConfigurationError, match="`provider` must be a TracerProvider"):
+        flowcore.Tracing(provider=42)
     with pytest.raises(ConfigurationError, match="exporter"):
-        flowcore.Engine(store="memory", tracer_provider=provider, exporter=InMemorySpanExporter())
+        flowcore.Tracing(provider=provider, exporter=InMemorySpanExporter())
+    with pytest.raises(ConfigurationError, match="`tracing` must be True, False or"):
+        flowcore.Engine(store="memory", tracing="yes")  # type: ignore[arg-type]
 
 
-async def test_an_exporter_that_is_not_one_is_refused_when_the_engine_opens() -> None:
+def test_an_exporter_that_is_not_one_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="SpanExporter"):
-        async with flowcore.Engine(store="memory", exporter=42):
-            pass
+        flowcore.Tracing(exporter=42)
+
+
+def test_the_old_tracing_options_still_work_and_say_the_new_spelling() -> None:
+    provider, _ = sdk_provider()
+    with pytest.warns(flowcore.FlowcoreDeprecationWarning) as seen:
+        engine = flowcore.Engine(store="memory", tracer_provider=provider, trace_parameters=True)
+    messages = [str(w.message) for w in seen]
+    assert any("Tracing(provider=...)" in m for m in messages), messages
+    assert any("Tracing(parameters=...)" in m for m in messages), messages
+    assert {w.filename for w in seen} == {__file__}  # the warnings point at the caller's line
+    options = engine._tracing_options
+    assert isinstance(options, flowcore.Tracing)
+    assert options.provider is provider and options.parameters is True
+    with pytest.warns(flowcore.FlowcoreDeprecationWarning, match="retention_days"):
+        flowcore.Engine(store="memory", trace_retention_days=3)
+    with pytest.warns(flowcore.FlowcoreDeprecationWarning, match="sync_threads"):
+        assert flowcore.Engine(store="memory", thread_limit=3).sync_threads == 3
 
 
 @pytest.mark.parametrize("mode", ["own", "sdk"])
@@ -660,7 +695,9 @@ async def test_waiting_for_a_limit_shows_as_span_events_and_does_not_count_as_an
         return list(await asyncio.gather(*(one_at_a_time(i) for i in range(3))))
 
     provider, exporter = sdk_provider()
-    options: dict[str, Any] = {"tracer_provider": provider} if mode == "sdk" else {}
+    options: dict[str, Any] = (
+        {"tracing": flowcore.Tracing(provider=provider)} if mode == "sdk" else {}
+    )
     async with flowcore.Engine(store="memory", **options) as engine:
         assert await f() == [0, 1, 2]
         run_id = last_run(engine)

@@ -3,7 +3,8 @@
 ``resolve_store`` turns what a user gives (nothing, a path, a URL, a store
 object) into a store. Stores of other databases come from plugins registered
 under the ``flowcore.stores`` entry-point group, keyed by URL scheme, and are
-loaded only when such a URL is used.
+loaded only when such a URL is used. The contract a store meets is in
+:mod:`flowcore.store.base`; ``flowcore.testing.check_store`` checks it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import Store
+from .base import BlobStore, CacheStore, LeaseStore, RunStore, SpanStore, Store
+from .files import FileBlobs
 from .memory import MemoryStore
 from .sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BlobStore",
+    "CacheStore",
+    "FileBlobs",
+    "LeaseStore",
     "MemoryStore",
+    "RunStore",
     "SQLiteStore",
+    "SpanStore",
     "Store",
     "flowcore_home",
     "resolve_store",

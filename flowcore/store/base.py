@@ -1,25 +1,41 @@
-"""The store protocol: what the engine and the readers need from a database.
+"""The store contract: what the engine and the readers need from a database, by role.
 
-The engine only ever calls :meth:`Store.write`, from one writer task, with
-batches; readers (CLI, resume, UI) call the ``list``/``get`` methods. Any store
-that passes ``tests/test_store.py`` can back flowcore.
+A store is one object that plays every role below; :class:`Store` is their sum.
+The split says who calls what:
+
+- :class:`RunStore`: the engine's one writer calls :meth:`~RunStore.write` with
+  batches; readers (CLI, resume, views) call the ``list``/``get`` methods.
+- :class:`CacheStore`: cache lookups on the hot path (``get_cache_nowait`` when
+  the store can answer without waiting), and the CLI's ``cache`` commands.
+- :class:`SpanStore`: persisted spans, read by ``flowcore trace`` and pruned.
+- :class:`LeaseStore`: slots and rates of limits shared by several processes;
+  each call is one atomic claim (a write transaction, or its equivalent).
+- :class:`BlobStore` (``store.blobs``): large results, kept beside the records.
+
+``flowcore.testing.check_store(factory)`` is the executable form of this
+contract: a store that passes it can back flowcore.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
-from ..telemetry import SpanRecord
+from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
 
-__all__ = ["Store"]
+__all__ = [
+    "BlobStore",
+    "CacheStore",
+    "LeaseStore",
+    "RunStore",
+    "SpanStore",
+    "Store",
+    "not_found_message",
+]
 
 
-@runtime_checkable
-class Store(Protocol):
-    """A place where run records live.
+class RunStore(Protocol):
+    """Flow runs and task runs.
 
     ``write`` must take everything it needs from the records *before its first
     await*: the engine keeps mutating the same record objects while a write is
@@ -30,8 +46,6 @@ class Store(Protocol):
 
     #: Where the data lives, for messages (a path or a URL without password).
     location: str
-    #: A folder for large results kept as files, or ``None`` to keep them in the store.
-    results_dir: Path | None
 
     async def open(self) -> None:
         """Connect, create or migrate the schema. Raises a ``StoreError`` subclass on failure."""
@@ -39,14 +53,8 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release every connection; safe to call twice and after a failed ``open``."""
 
-    async def write(
-        self,
-        flow_runs: Sequence[FlowRunRecord],
-        task_runs: Sequence[TaskRunRecord],
-        cache_entries: Sequence[CacheEntry] = (),
-        spans: Sequence[SpanRecord] = (),
-    ) -> None:
-        """Upsert a batch of records (and replace cache entries, add spans) in one transaction."""
+    async def write(self, batch: WriteBatch) -> None:
+        """Write a batch in one transaction: upsert runs, replace cache entries, add spans."""
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
@@ -65,10 +73,18 @@ class Store(Protocol):
         """Task runs of one flow run counted by state."""
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
-        """Subflow runs started from this run."""
+        """Subflow runs started from this run, oldest first."""
+
+
+class CacheStore(Protocol):
+    """Cache entries, shared by every run and process using the store."""
 
     async def get_cache(self, key: str) -> CacheEntry | None:
         """The cache entry with this key, expired or not."""
+
+    def get_cache_nowait(self, key: str) -> CacheEntry | None:
+        """:meth:`get_cache` without waiting, for the hot path; raises ``anyio.WouldBlock``
+        when the store cannot answer at once (the engine then awaits ``get_cache``)."""
 
     async def list_cache(self, *, task_name: str | None = None) -> list[CacheEntry]:
         """Cache entries, newest first, optionally of one task."""
@@ -77,7 +93,11 @@ class Store(Protocol):
         """Remove these cache entries."""
 
     async def result_refs(self) -> set[str]:
-        """Every result file still referenced (by a task run or a cache entry)."""
+        """Every result blob still referenced (by a task run or a cache entry)."""
+
+
+class SpanStore(Protocol):
+    """OpenTelemetry spans persisted with the runs."""
 
     async def list_spans(self, trace_id: str) -> list[SpanRecord]:
         """The persisted spans of one trace, by start time."""
@@ -85,4 +105,101 @@ class Store(Protocol):
     async def prune_spans(
         self, *, before: float | None = None, keep_runs: int | None = None
     ) -> int:
-        """Delete old spans (started before ``before``, or not of the newest ``keep_runs`` runs)."""
+        """Delete old spans (started before ``before``, or not of the newest ``keep_runs``
+        top-level runs); returns how many were deleted."""
+
+
+class LeaseStore(Protocol):
+    """Limits shared by several processes: leased slots, waiters and rates.
+
+    Times are wall-clock unix seconds given by the caller, so a store never
+    reads a clock of its own (tests drive them with a fake one).
+    """
+
+    async def lease_slots(
+        self,
+        name: str,
+        capacity: int,
+        holder: str,
+        waiter_id: str,
+        want: int,
+        since: float,
+        now: float,
+        expires: float,
+    ) -> tuple[list[str], int]:
+        """Lease up to ``want`` of the ``capacity`` slots of limit ``name``, atomically.
+
+        Expired leases go first. Slots are free when the held leases plus the
+        waiters of other engines that have waited longer (``since``) leave room, so
+        slots go to the oldest waiter of any process. What cannot be granted is
+        recorded as this engine's waiting row (``waiter_id``: how many, since when),
+        refreshed by every call and removed once nothing is missing. Returns the new
+        lease ids, and how many slots other holders wait for.
+        """
+
+    async def release_lease(self, lease_id: str) -> None:
+        """Give a lease (or a waiting row) back; unknown ids are ignored."""
+
+    async def renew_leases(self, holder: str, expires: float) -> None:
+        """Push the expiry of every lease and waiting row of ``holder`` to ``expires``."""
+
+    async def list_leases(self) -> list[tuple[str, str, str, int, float, int]]:
+        """``(name, holder, host, pid, expires, waiting)`` of every lease (``waiting`` 0)
+        and waiting row (``waiting``: slots asked for), expired ones included."""
+
+    async def reserve_rate(self, name: str, interval: float, tolerance: float, now: float) -> float:
+        """Reserve the next use of shared rate limit ``name``; returns when it may start.
+
+        GCRA: the store keeps ``tat`` per limit, the time the bucket would next be
+        empty at the full rate. A use conforms at ``max(tat, now) - tolerance`` and
+        pushes ``tat`` to ``max(tat, now) + interval``, atomically.
+        """
+
+    async def list_rates(self) -> list[tuple[str, float]]:
+        """``(name, tat)`` of every shared rate limit."""
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Large results, by reference (the SHA-256 of their content).
+
+    Put before the records that refer to them are written, so a record never
+    names a blob that is not there; a blob whose content does not match its
+    reference is refused when read.
+    """
+
+    #: Where the blobs live, for messages.
+    location: str
+
+    async def put(self, blobs: Mapping[str, bytes]) -> None:
+        """Store each blob under its reference (idempotent: the content decides the name)."""
+
+    async def get(self, ref: str) -> bytes:
+        """The verified content of ``ref``; raises ``ResultUnreadable`` if missing or altered."""
+
+    async def size(self, ref: str) -> int | None:
+        """The size of ``ref`` in bytes, or ``None`` when it is missing."""
+
+    async def prune(self, keep: set[str], *, grace: float = 120.0) -> int:
+        """Delete blobs not in ``keep`` and older than ``grace`` seconds; returns how many."""
+
+
+@runtime_checkable
+class Store(RunStore, CacheStore, SpanStore, LeaseStore, Protocol):
+    """Every role: what ``Engine(store=...)`` takes."""
+
+    #: Where large results go (``None``: they stay inline in the records).
+    blobs: BlobStore | None
+
+
+def not_found_message(run_id: str, location: str, matches: int) -> str:
+    """Why no run matched ``run_id`` in the store at ``location``, and what to do."""
+    if matches > 1:
+        return (
+            f"run id prefix {run_id!r} matches {matches} runs in {location}; "
+            "give more characters of the id (see `flowcore runs ls`)"
+        )
+    return (
+        f"no run with id {run_id!r} in {location}; list runs with `flowcore runs ls`, "
+        "or point FLOWCORE_HOME at the folder whose database holds it"
+    )

@@ -5,15 +5,14 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
 from ..errors import ConfigurationError, RunNotFound
-from ..records import CacheEntry, FlowRunRecord, TaskRunRecord
+from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
 from ..states import TERMINAL
-from ..telemetry import SpanRecord
+from .base import BlobStore, not_found_message
 
 __all__ = ["MemoryStore"]
 
@@ -36,7 +35,7 @@ class MemoryStore:
         self._spans: dict[tuple[str, str], SpanRecord] = {}
         self._leases: dict[str, tuple[str, str, str, int, float, int, float]] = {}
         self._rates: dict[str, float] = {}  # shared rate limits: name -> tat (see SQLiteStore)
-        self.results_dir: Path | None = None  # results stay inline, in memory
+        self.blobs: BlobStore | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
 
     async def open(self) -> None:
@@ -45,23 +44,17 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
-    async def write(
-        self,
-        flow_runs: Sequence[FlowRunRecord],
-        task_runs: Sequence[TaskRunRecord],
-        cache_entries: Sequence[CacheEntry] = (),
-        spans: Sequence[SpanRecord] = (),
-    ) -> None:
+    async def write(self, batch: WriteBatch) -> None:
         self.writes += 1
-        for span in spans:
+        for span in batch.spans:
             self._spans[(span.trace_id, span.span_id)] = msgspec.structs.replace(span)
-        for entry in cache_entries:
+        for entry in batch.cache_entries:
             self._cache[entry.key] = msgspec.structs.replace(entry)
-        for fr in flow_runs:
+        for fr in batch.flow_runs:
             old = self._runs.get(fr.id)
             if old is None or old.state not in TERMINAL:
                 self._runs[fr.id] = msgspec.structs.replace(fr, history=list(fr.history))
-        for tr in task_runs:
+        for tr in batch.task_runs:
             by_seq = self._tasks.setdefault(tr.run_id, {})
             old_t = by_seq.get(tr.seq)
             if old_t is None or old_t.state not in TERMINAL:
@@ -90,7 +83,7 @@ class MemoryStore:
         matches = [r for key, r in self._runs.items() if key.startswith(run_id)] if run_id else []
         if len(matches) == 1:
             return _copy(matches[0])
-        raise RunNotFound(_not_found_message(run_id, self.location, len(matches)))
+        raise RunNotFound(not_found_message(run_id, self.location, len(matches)))
 
     async def list_task_runs(
         self, run_id: str, *, offset: int = 0, limit: int | None = None, state: str | None = None
@@ -216,15 +209,3 @@ def _copy(record: _R) -> _R:
     if isinstance(copy, TaskRunRecord) and copy.upstream is not None:
         copy.upstream = list(copy.upstream)
     return copy
-
-
-def _not_found_message(run_id: str, location: str, matches: int) -> str:
-    if matches > 1:
-        return (
-            f"run id prefix {run_id!r} matches {matches} runs in {location}; "
-            "give more characters of the id (see `flowcore runs ls`)"
-        )
-    return (
-        f"no run with id {run_id!r} in {location}; list runs with `flowcore runs ls`, "
-        "or point FLOWCORE_HOME at the folder whose database holds it"
-    )

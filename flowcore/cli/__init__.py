@@ -1,0 +1,65 @@
+"""The ``flowcore`` command: run or resume a flow, list runs, show one run's tree of
+task runs and their results, draw a run's trace, list and clear cache entries.
+
+Every flowcore error ends the command with ``error: <message>`` on stderr and
+exit code 1, never a traceback: its message already says what went wrong and
+the fix. Read-only commands open the store, read, and close it; those that show
+runs first mark runs whose process died as Crashed, so a killed run does not
+show as Running forever. What they read comes from :mod:`flowcore.views`, the
+same views the web UI uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from .cache import cache
+from .limits import limits
+from .run import resume_command, run_command
+from .runs import runs
+from .support import Group
+from .trace import trace
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the run database (overrides $FLOWCORE_HOME; default ~/.flowcore).",
+)
+@click.version_option(package_name="flowcore")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """flowcore: run flows and inspect their recorded runs."""
+    if home is not None:
+        # For this invocation only: restored on exit, which matters when embedded (tests).
+        previous = os.environ.get("FLOWCORE_HOME")
+        os.environ["FLOWCORE_HOME"] = str(home)
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop("FLOWCORE_HOME", None)
+            else:
+                os.environ["FLOWCORE_HOME"] = previous
+
+        ctx.call_on_close(restore)
+
+
+cli.add_command(run_command)
+cli.add_command(resume_command)
+cli.add_command(runs)
+cli.add_command(cache)
+cli.add_command(trace)
+cli.add_command(limits)
+
+
+def main() -> NoReturn:
+    """The ``flowcore`` console script."""
+    cli.main(prog_name="flowcore")
+    raise AssertionError("unreachable: click exits")  # pragma: no cover

@@ -1,0 +1,197 @@
+"""``flowcore run`` and ``flowcore resume``: drive a flow in this process, with progress."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ..engine import Engine
+from ..entrypoints import load_flow
+from ..errors import FlowcoreError, FlowLoadError
+from ..records import FlowRunRecord
+from ..resume import resume_async
+from ..views.format import format_duration, to_json
+from .params import flow_kwargs
+from .support import CliError, database
+
+__all__ = ["resume_command", "run_command"]
+
+
+@dataclass
+class _Outcome:
+    result: Any = None
+    error: Exception | None = None
+    run: FlowRunRecord | None = None
+
+
+async def _poll_progress(engine: Engine, progress: Progress, name: str) -> None:
+    """Redraw the counters every 0.1 s until cancelled."""
+    bar = progress.add_task(name, total=None, counts="starting")
+    while True:
+        s = engine.statistics()
+        progress.update(
+            bar,
+            total=max(s.tasks_started, 1),
+            completed=s.tasks_completed,
+            counts=(
+                f"{s.tasks_started} started · {s.tasks_completed} completed · "
+                f"{s.tasks_failed} failed · {s.tasks_retried} retried"
+            ),
+        )
+        progress.refresh()
+        await anyio.sleep(0.1)
+
+
+async def _execute(
+    name: str, call: Callable[[], Awaitable[Any]], console: Console | None
+) -> _Outcome:
+    """Await ``call()`` (a flow run, or a resume) in an engine of its own, with the
+    progress bar on ``console`` when given; its error is kept, not raised."""
+    outcome = _Outcome()
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        auto_refresh=False,  # redrawn by the poller task, not by a thread of its own
+        disable=console is None,
+    )
+    async with Engine() as engine:
+        try:
+            async with anyio.create_task_group() as tg:
+                if console is not None:
+                    progress.start()
+                    tg.start_soon(_poll_progress, engine, progress, name)
+                try:
+                    outcome.result = await call()
+                except Exception as exc:
+                    outcome.error = exc
+                finally:
+                    tg.cancel_scope.cancel()
+                    progress.stop()
+        finally:
+            outcome.run = engine.last_run
+    return outcome
+
+
+def _run_line(run: FlowRunRecord | None) -> str:
+    if run is None:
+        return "(no run was recorded)"
+    resumed = f" (resumed from {run.resumed_from[:8]})" if run.resumed_from else ""
+    return (
+        f"run {run.id[:8]}{resumed} {run.state} in {format_duration(run.duration)}; "
+        f"inspect it: flowcore runs show {run.id[:8]}"
+    )
+
+
+def _drive_and_report(
+    name: str,
+    call: Callable[[], Awaitable[Any]],
+    *,
+    as_json: bool,
+    no_progress: bool,
+    show_traceback: bool,
+) -> None:
+    """What ``run`` and ``resume`` share: run ``call`` with progress, print its result
+    and the run line, or the error and exit 1."""
+    err_console = Console(stderr=True)
+    show_progress = not no_progress and err_console.is_terminal
+    outcome = anyio.run(_execute, name, call, err_console if show_progress else None)
+    error = outcome.error
+    if error is not None:
+        if outcome.run is None and isinstance(error, FlowcoreError):
+            # Refused before any run started (bad arguments, nothing to resume, a flow
+            # that cannot be imported): the message is the whole story.
+            cause = getattr(error, "cause", None)
+            if show_traceback and isinstance(cause, BaseException):
+                click.echo("".join(traceback.format_exception(cause)).rstrip(), err=True)
+            raise CliError(str(error)) from error
+        if show_traceback:
+            click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+        flow_name = outcome.run.name if outcome.run is not None else name
+        click.echo(f"error: flow {flow_name!r} failed: {type(error).__name__}: {error}", err=True)
+        if not show_traceback:  # notes explain flowcore's part (an unobserved task failure)
+            for note in getattr(error, "__notes__", ()):
+                click.echo(f"  {note}", err=True)
+        click.echo(_run_line(outcome.run), err=True)
+        if not show_traceback:
+            click.echo("(add --traceback for the full traceback)", err=True)
+        sys.exit(1)
+    click.echo(to_json(outcome.result) if as_json else repr(outcome.result))
+    click.echo(_run_line(outcome.run), err=True)
+
+
+@click.command("run")
+@click.argument("target", metavar="FILE.py:FLOW")
+@click.option(
+    "--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+    help="A flow parameter, converted by the flow's annotation (repeatable).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback.")
+def run_command(
+    target: str, params: tuple[str, ...], as_json: bool, no_progress: bool, show_traceback: bool
+) -> None:
+    """Run the flow FLOW defined in FILE.py and print its result (:FLOW is optional
+    when the file defines one flow).
+
+    \b
+    flowcore run flows.py:ingest --param pages=20
+    flowcore run flows.py:report -p ids='[1, 2, 3]' --json
+    """
+    try:
+        flow = load_flow(target)
+    except FlowLoadError as exc:
+        if show_traceback and exc.cause is not None:
+            click.echo("".join(traceback.format_exception(exc.cause)).rstrip(), err=True)
+        raise
+    kwargs = flow_kwargs(flow, params)
+    _drive_and_report(
+        flow.name,
+        lambda: flow(**kwargs),
+        as_json=as_json,
+        no_progress=no_progress,
+        show_traceback=show_traceback,
+    )
+
+
+# -- flowcore resume -------------------------------------------------------------------------
+
+
+@click.command("resume")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback.")
+def resume_command(run_id: str, as_json: bool, no_progress: bool, show_traceback: bool) -> None:
+    """Re-drive a failed, crashed or cancelled run (an id prefix is enough) as a new run.
+
+    Task calls that completed in that run return their stored results without
+    running again; the others run. The flow is imported from where the run
+    recorded it (run from the same folder as the original run when it was a module).
+
+    \b
+    flowcore resume 3f2a9c1b
+    """
+    db = database()
+    if not db.exists():
+        raise CliError(f"no run with id {run_id!r}: there are no runs yet in {db}")
+    _drive_and_report(
+        f"resuming {run_id}",
+        lambda: resume_async(run_id),
+        as_json=as_json,
+        no_progress=no_progress,
+        show_traceback=show_traceback,
+    )

@@ -1,0 +1,130 @@
+"""``flowcore trace``: draw a run's trace as a waterfall, and prune stored spans."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.console import Console
+
+from ..records import FlowRunRecord, SpanRecord
+from ..store import Store
+from ..store.crash import mark_crashed_runs
+from ..views.format import to_json
+from ..views.trace import load_trace, span_to_json, tree_order
+from . import waterfall
+from .support import CliError, Group, database, read
+
+# -- flowcore trace --------------------------------------------------------------------------
+
+
+class _TraceGroup(Group):
+    """``flowcore trace RUN_ID ...`` is short for ``flowcore trace show RUN_ID ...``: any
+    first word that is not a subcommand (run ids are hex: never one) goes to ``show``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "RUN_ID [--json] [--width N] [--limit N]")
+        formatter.write_usage(
+            ctx.command_path, "prune [--older-than DAYS] [--keep-runs N] [--yes]", prefix="   or: "
+        )
+
+
+@click.group(cls=_TraceGroup)
+def trace() -> None:
+    """Draw a run's trace as a waterfall, or prune stored spans.
+
+    \b
+    flowcore trace 3f2a9c1b              (short for: flowcore trace show 3f2a9c1b)
+    flowcore trace 3f2a9c1b --json
+    flowcore trace prune --older-than 30
+    """
+
+
+@trace.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the spans as a JSON list (all).")
+@click.option(
+    "--width", type=click.IntRange(min=40), metavar="N",
+    help="Width of the drawing in columns (default: the terminal's).",
+)  # fmt: skip
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=500, show_default=True, metavar="N",
+    help="Spans to draw (in tree order).",
+)  # fmt: skip
+def trace_show(run_id: str, as_json: bool, width: int | None, limit: int) -> None:
+    """Draw the trace of a run (an id prefix is enough) as a waterfall: one row per
+    span, children under their parent, bars scaled to the trace's time.
+
+    ↻ on a bar marks a failed attempt that was retried, ✗ a failure.
+    """
+    db = database()
+    if not db.exists():
+        raise CliError(f"no run with id {run_id!r}: there are no runs yet in {db}")
+
+    async def fetch(store: Store) -> tuple[FlowRunRecord, list[SpanRecord]]:
+        await mark_crashed_runs(store)
+        return await load_trace(store, run_id)
+
+    run, spans = read(fetch)
+    if run.trace_id is None:
+        raise CliError(f"run {run.id[:8]} has no trace (it ran with tracing off)")
+    if not spans:
+        raise CliError(f"run {run.id[:8]} has no stored spans: its trace {run.trace_id} was pruned")
+    rows = tree_order(spans)
+    if as_json:
+        click.echo(to_json([span_to_json(r.span) for r in rows]))
+        return
+    now = time.time_ns()
+    console = Console(width=width) if width is not None else Console()
+    console.print(waterfall.trace_header(run, spans, now=now), highlight=False)
+    console.print()
+    drawing = waterfall.waterfall(rows, width=console.width, limit=limit, spans=spans, now=now)
+    console.print(drawing, highlight=False)
+
+
+@trace.command("prune")
+@click.option(
+    "--older-than", type=click.FloatRange(min=0), metavar="DAYS",
+    help="Delete spans that started more than DAYS days ago (0: all).",
+)  # fmt: skip
+@click.option(
+    "--keep-runs", type=click.IntRange(min=0), metavar="N",
+    help="Delete the spans of all but the newest N runs (a subflow's go with its run's).",
+)  # fmt: skip
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def trace_prune(older_than: float | None, keep_runs: int | None, yes: bool) -> None:
+    """Delete stored span rows: those older than DAYS, those not of the newest N runs,
+    or with both options, those matching both.
+
+    Task spans stay: a task run's span is kept as part of its task run record
+    (it goes when the run is deleted), so `flowcore trace` still shows the task
+    runs of a pruned trace. Prune acts on flow spans, and on spans made through an
+    application's tracer provider (such as spans of user code inside tasks).
+
+    \b
+    flowcore trace prune --older-than 30
+    flowcore trace prune --keep-runs 100 --yes
+    """
+    if older_than is None and keep_runs is None:
+        raise CliError(
+            "say which spans to delete: --older-than DAYS, --keep-runs N, or both "
+            "(`flowcore trace prune --older-than 30`)"
+        )
+    parts = [] if older_than is None else [f"started more than {older_than:g} days ago"]
+    parts += [] if keep_runs is None else [f"not of the newest {keep_runs} runs"]
+    what = " and ".join(parts)
+    db = database()
+    if not db.exists():
+        click.echo(f"no spans in {db}; nothing to prune")
+        return
+    if not yes:
+        click.confirm(f"delete the span rows {what} from {db}?", abort=True)
+    before = None if older_than is None else time.time() - older_than * 86400
+    deleted = read(lambda store: store.prune_spans(before=before, keep_runs=keep_runs))
+    plural = "" if deleted == 1 else "s"
+    click.echo(f"deleted {deleted} span row{plural} {what} (task spans stay with their task runs)")

@@ -1,0 +1,492 @@
+"""The engine and the run context: what every run needs that is not the user's code.
+
+An engine holds a store, a clock, limits, executors and the writer; the current
+engine and the current flow run live in context variables, never in globals.
+``flowcore.run`` and a flow awaited with no engine around open one for the call;
+a service that runs many flows opens one for its lifetime::
+
+    async with flowcore.Engine() as engine:      # SQLite in $FLOWCORE_HOME
+        await my_flow(x=1)
+        print(engine.statistics())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import anyio
+import anyio.abc
+
+from .. import _validate
+from .._current import current_limits
+from ..clock import Clock, SystemClock
+from ..errors import ConfigurationError, UnsupportedBackend, deprecated
+from ..limits import Limit
+from ..options import Tracing
+from ..records import FlowRunRecord
+from ..store import SQLiteStore, Store, resolve_store
+from ..store.crash import mark_crashed_runs
+from ..telemetry import SpanExport, SpanMaker, configured_provider, from_environment
+from .executor import Executor, LocalExecutor, load_executor
+from .gates import Limits, RunGate
+from .inflight import InFlight
+from .recorder import Recorder
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from .futures import TaskFuture
+    from .replay import Replay
+    from .spawner import Spawner
+
+__all__ = ["Engine", "EngineStatistics", "RunContext", "current_run", "in_engine"]
+
+T = TypeVar("T")
+
+_engine_var: ContextVar[Engine | None] = ContextVar("flowcore_engine", default=None)
+_run_var: ContextVar[RunContext | None] = ContextVar("flowcore_run", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """Counters since the engine opened, for progress displays and tests."""
+
+    tasks_started: int
+    tasks_completed: int
+    tasks_failed: int
+    tasks_retried: int
+    flows_running: int
+    records_pending: int
+    rows_written: int
+    flushes: int
+    spans_written: int = 0
+    spans_exported: int = 0
+    spans_dropped: int = 0  # will not reach the collector: queue full, or export failed
+    spans_failed: int = 0  # the part of spans_dropped whose export was tried and failed
+
+
+class Engine:
+    """Runs flows and tasks, and records them in a store.
+
+    ``store``: a path, ``"memory"``, a URL or a store object (default: SQLite at
+    ``$FLOWCORE_HOME/flowcore.db``). ``clock``: wall and monotonic time and
+    sleeps for retry waits, rate limits, cache expiry, heartbeats and lease
+    expiry (tests pass :class:`flowcore.testing.FakeClock`). ``seed``: seeds the
+    jitter of retry backoff, for reproducible schedules. ``flush_interval``: the
+    longest a state change waits before it is written (seconds).
+
+    ``durability``: ``"batched"`` (default) commits state changes every
+    ``flush_interval`` and at the end of each run, so a crash may lose the last
+    window and those tasks run again on resume; ``"strict"`` commits a task's
+    completion before its result is returned (tasks finishing together share
+    one commit), so a completed task never runs again.
+    ``cache=False`` turns caching off for every task; ``refresh_cache=True``
+    recomputes every cached task and overwrites its entry.
+    ``persist_results=False`` stores no results (resume then re-runs every task).
+
+    ``tracing``: ``True`` (default), ``False`` (no spans), or a
+    :class:`flowcore.Tracing` with a provider, an exporter, parameters on spans,
+    retention. ``limits``: named limits (``flowcore.limit("api", 50, rate=100)``)
+    that apply to tasks tagged with their name.
+
+    ``executor``: the name of the executor tasks run on unless their flow or
+    they say otherwise (default ``"local"``: the event loop, and worker threads
+    for sync tasks). ``executors``: instances by name (a configured Dask
+    executor, say); other names are loaded from the ``flowcore.executors``
+    entry points. ``sync_threads``: worker threads of the local executor.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str] | None = None,
+        *,
+        clock: Clock | None = None,
+        seed: int | None = None,
+        flush_interval: float = 0.02,
+        durability: Literal["batched", "strict"] = "batched",
+        cache: bool = True,
+        refresh_cache: bool = False,
+        persist_results: bool = True,
+        tracing: bool | Tracing = True,
+        limits: list[Limit] | tuple[Limit, ...] = (),
+        executor: str = "local",
+        executors: Mapping[str, Executor] | None = None,
+        sync_threads: int = 40,
+        # Deprecated spellings, kept for one release:
+        thread_limit: int | None = None,
+        tracer_provider: Any = None,
+        exporter: Any = None,
+        trace_parameters: bool | None = None,
+        trace_retention_days: float | None = None,
+    ) -> None:
+        if thread_limit is not None:
+            deprecated("Engine(thread_limit=...)", "Engine(sync_threads=...)", stacklevel=2)
+            sync_threads = thread_limit
+        tracing = _tracing_option(
+            tracing, tracer_provider, exporter, trace_parameters, trace_retention_days
+        )
+        problems = []
+        if not _validate.is_number(flush_interval) or not 0 < flush_interval <= 60:
+            problems.append(f"`flush_interval` must be seconds in (0, 60], got {flush_interval!r}")
+        if problem := _validate.count("sync_threads", sync_threads, optional=False):
+            problems.append(problem)
+        if durability not in ("batched", "strict"):
+            problems.append(f'`durability` must be "batched" or "strict", got {durability!r}')
+        for option, flag in (
+            ("cache", cache),
+            ("refresh_cache", refresh_cache),
+            ("persist_results", persist_results),
+        ):
+            if problem := _validate.flag(option, flag):
+                problems.append(problem)
+        if problem := _validate.name("executor", executor, optional=False):
+            problems.append(problem)
+        bad = [e for e in (executors or {}).values() if not isinstance(e, Executor)]
+        if bad:
+            problems.append(
+                f"`executors` maps names to executors (open, close, call), got {bad[0]!r}"
+            )
+        bad_limits = [spec for spec in limits if not isinstance(spec, Limit)]
+        if bad_limits:
+            problems.append(f"`limits` takes flowcore.limit(...) objects, got {bad_limits[0]!r}")
+        retention = tracing.retention_days if isinstance(tracing, Tracing) else None
+        if retention is None and os.environ.get("FLOWCORE_TRACE_RETENTION_DAYS"):
+            raw = os.environ["FLOWCORE_TRACE_RETENTION_DAYS"]
+            try:
+                retention = float(raw)
+                if not retention > 0:
+                    raise ValueError(raw)
+            except ValueError:
+                problems.append(
+                    f"FLOWCORE_TRACE_RETENTION_DAYS must be a number of days > 0, got {raw!r}"
+                )
+        if problems:
+            raise ConfigurationError("invalid Engine options: " + "; ".join(problems))
+        self.trace_retention_days = retention
+        self._tracing_options = tracing
+        #: Makes the spans of runs; ``None`` when tracing is off.
+        self.tracing: SpanMaker | None = None
+        self.strict = durability == "strict"
+        self.cache_enabled = cache
+        self.refresh_cache = refresh_cache
+        self.persist_results = persist_results
+        #: Cache keys being computed now, so equal calls wait instead of computing twice.
+        self.inflight: dict[str, InFlight] = {}
+        self.store: Store = resolve_store(store)
+        self.clock: Clock = clock or SystemClock()
+        #: Concurrency and rate limits (named ones from ``limits``, per-task ones on use).
+        self.limits = Limits(self.store, self.clock, self._start_soon, limits)
+        self.rng = random.Random(seed)
+        self.recorder = Recorder(
+            self.store, flush_interval=flush_interval, wall_time=self.clock.time
+        )
+        self.sync_threads = sync_threads
+        #: The executors by name; "local" is always there.
+        self.executors: dict[str, Executor] = {"local": LocalExecutor(sync_threads)}
+        self.executors.update(executors or {})
+        self.default_executor = executor
+        self._opened_executors: list[Executor] = []
+        self._executor_lock: anyio.Lock | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._tokens: tuple[Token[Any], ...] = ()
+        self._opened = False
+        # Counters, bumped on the hot path (plain ints: no locks needed on one loop).
+        self.tasks_started = 0
+        self.tasks_completed = 0
+        self.tasks_failed = 0
+        self.tasks_retried = 0
+        self.flows_running = 0
+        #: The record of the newest top-level flow run started by this engine (live: its
+        #: state changes as the run goes on). With one flow per engine, that run's.
+        self.last_run: FlowRunRecord | None = None
+
+    async def __aenter__(self) -> Engine:
+        if self._opened:
+            raise ConfigurationError("this Engine is already open; an engine is entered once")
+        if isinstance(self.store, SQLiteStore) and not _on_asyncio():
+            raise UnsupportedBackend(
+                "the SQLite store needs asyncio (it uses aiosqlite, which is asyncio-only); "
+                "run flows with asyncio (the default of flowcore.run), or use "
+                "Engine(store='memory') on trio"
+            )
+        self._executor_lock = anyio.Lock()
+        await self.store.open()
+        try:
+            await mark_crashed_runs(self.store, now=self.clock.time())
+            if self.trace_retention_days is not None:
+                await self.store.prune_spans(
+                    before=self.clock.time() - self.trace_retention_days * 86400
+                )
+            # The default executor is opened now: a bad name fails here, not mid-run.
+            await self.executor(self.default_executor)
+            # Last: it may start the export thread, which must not outlive a failed open.
+            self.tracing = self._make_tracing()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close_executors()
+                await self.store.close()
+            raise
+        tg = anyio.create_task_group()
+        try:
+            await tg.__aenter__()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close_executors()
+                await self.store.close()
+            raise
+        self._task_group = tg
+        tg.start_soon(self.recorder.run)
+        tg.start_soon(self.limits.leases.keep)
+        self._tokens = (_engine_var.set(self), current_limits.set(self.limits))
+        self._opened = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tokens, self._tokens = self._tokens, ()
+        if tokens:
+            try:
+                current_limits.reset(tokens[1])
+                _engine_var.reset(tokens[0])
+            except ValueError:  # exited from another context; nothing to restore there
+                pass
+        tg, self._task_group = self._task_group, None
+        try:
+            # Shielded: the last records must reach the store even when we are
+            # leaving because of a cancellation or Ctrl-C.
+            with anyio.CancelScope(shield=True):
+                await self.recorder.flush()
+        finally:
+            try:
+                if tg is not None:
+                    tg.cancel_scope.cancel()
+                    await tg.__aexit__(None, None, None)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._close_executors()
+                        await self.store.close()
+                    finally:
+                        export = self.tracing.export if self.tracing is not None else None
+                        if export is not None:
+                            # Bounded (export.shutdown_timeout), off the loop: a hung
+                            # collector delays the exit by at most that, and fails nothing.
+                            await anyio.to_thread.run_sync(export.shutdown)
+
+    async def executor(self, name: str) -> Executor:
+        """The open executor called ``name`` (opened, or loaded and opened, on first use)."""
+        found = self.executors.get(name)
+        if found is not None and found in self._opened_executors:
+            return found
+        lock = self._executor_lock
+        if lock is None:
+            raise ConfigurationError("the engine is not open; use `async with Engine():`")
+        async with lock:
+            found = self.executors.get(name)
+            if found is None:
+                found = self.executors[name] = load_executor(name)
+            if found not in self._opened_executors:
+                await found.open()
+                self._opened_executors.append(found)
+        return found
+
+    async def _close_executors(self) -> None:
+        opened, self._opened_executors = self._opened_executors, []
+        for executor in reversed(opened):
+            await executor.close()
+
+    def _start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        tg = self._task_group
+        if tg is None:
+            raise ConfigurationError("the engine is not open; use `async with Engine():`")
+        tg.start_soon(fn)
+
+    def _make_tracing(self) -> SpanMaker | None:
+        options = self._tracing_options
+        if options is False:
+            return None
+        if options is True:
+            options = Tracing()
+        provider = options.provider or configured_provider()
+        export = None
+        if provider is None:  # flowcore's own light spans, exported if asked
+            if options.exporter is not None:
+                export = SpanExport(options.exporter, shutdown_timeout=options.export_timeout)
+            else:
+                export = from_environment(shutdown_timeout=options.export_timeout)
+        return SpanMaker(self.recorder.spans, provider, export, options.parameters)
+
+    def statistics(self) -> EngineStatistics:
+        r = self.recorder
+        export = self.tracing.export if self.tracing is not None else None
+        return EngineStatistics(
+            tasks_started=self.tasks_started,
+            tasks_completed=self.tasks_completed,
+            tasks_failed=self.tasks_failed,
+            tasks_retried=self.tasks_retried,
+            flows_running=self.flows_running,
+            records_pending=r.pending,
+            rows_written=r.rows_written,
+            flushes=r.flushes,
+            spans_written=r.spans_written,
+            spans_exported=export.exported if export is not None else 0,
+            spans_dropped=export.dropped if export is not None else 0,
+            spans_failed=export.failed if export is not None else 0,
+        )
+
+    def __repr__(self) -> str:
+        return f"<flowcore.Engine store={self.store.location!r}>"
+
+
+def _tracing_option(
+    tracing: object,
+    provider: Any,
+    exporter: Any,
+    parameters: bool | None,
+    retention_days: float | None,
+) -> bool | Tracing:
+    """``tracing=``, with the deprecated ``tracer_provider``, ``exporter`` and ``trace_*``
+    options folded in."""
+    old = {
+        "tracer_provider": ("provider", provider),
+        "exporter": ("exporter", exporter),
+        "trace_parameters": ("parameters", parameters),
+        "trace_retention_days": ("retention_days", retention_days),
+    }
+    given = {field: value for _, (field, value) in old.items() if value is not None}
+    for name, (field, value) in old.items():
+        if value is not None:
+            deprecated(
+                f"Engine({name}=...)",
+                f"Engine(tracing=flowcore.Tracing({field}=...))",
+                stacklevel=3,
+            )
+    if tracing is not True and tracing is not False and not isinstance(tracing, Tracing):
+        raise ConfigurationError(
+            f"invalid Engine options: `tracing` must be True, False or a flowcore.Tracing, "
+            f"got {tracing!r}"
+        )
+    if not given:
+        return tracing
+    if tracing is False:
+        return False
+    base = tracing if isinstance(tracing, Tracing) else Tracing()
+    try:
+        return Tracing(
+            provider=given.get("provider", base.provider),
+            exporter=given.get("exporter", base.exporter),
+            parameters=given.get("parameters", base.parameters),
+            retention_days=given.get("retention_days", base.retention_days),
+            export_timeout=base.export_timeout,
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"invalid Engine options: {exc}") from None
+
+
+class RunContext:
+    """The flow run in progress: ``flowcore.current_run()`` inside a flow or its tasks.
+
+    ``id`` is the run id people pass to ``flowcore runs show``; ``parameters``
+    the flow's bound arguments.
+    """
+
+    __slots__ = (
+        "_closers", "engine", "executor", "failed", "gate", "parameters", "record", "replay",
+        "resources", "spawner", "task_group",
+    )  # fmt: skip
+
+    def __init__(
+        self, engine: Engine, record: FlowRunRecord, parameters: Mapping[str, Any]
+    ) -> None:
+        self.engine = engine
+        self.record = record
+        self.parameters = parameters
+        self.task_group: TaskGroup | None = None
+        #: Starts the run's submitted task runs (set with ``task_group``).
+        self.spawner: Spawner | None = None
+        #: When re-driving a crashed or failed run: the earlier run's task results.
+        self.replay: Replay | None = None
+        #: The flow's ``concurrency`` gate, if it has one.
+        self.gate: RunGate | None = None
+        #: Where the run's tasks run unless a task names another executor.
+        self.executor: Executor | None = None
+        #: Failed futures nobody has looked at yet, in failure order; a flow that
+        #: ends with any left fails with the first, so no failure is silent.
+        self.failed: dict[TaskFuture[Any], None] = {}
+        #: Things made once per run and shared by its tasks (the HTTP client), by key.
+        self.resources: dict[str, Any] | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def resource(self, key: str, make: Callable[[], T], close: Callable[[T], Awaitable[None]]) -> T:
+        """The run's ``key`` resource, made by ``make()`` on first use and closed by
+        ``close(it)`` when the run ends, however it ends (in reverse order of making)."""
+        resources = self.resources
+        if resources is None:
+            resources = self.resources = {}
+        elif key in resources:
+            value: T = resources[key]
+            return value
+        made = resources[key] = make()
+        if self._closers is None:
+            self._closers = []
+        self._closers.append(lambda: close(made))
+        return made
+
+    async def close_resources(self) -> None:
+        """Close what :meth:`resource` made (shielded: a cancelled run still closes them)."""
+        closers, self._closers = self._closers, None
+        self.resources = None
+        if closers:
+            with anyio.CancelScope(shield=True):
+                for closer in reversed(closers):
+                    await closer()
+
+    def __repr__(self) -> str:
+        return f"<RunContext {self.record.name} id={self.record.id} state={self.record.state}>"
+
+
+def current_run() -> RunContext:
+    """The flow run the caller is running in (inside a flow or any of its tasks)."""
+    ctx = _run_var.get()
+    if ctx is None:
+        raise ConfigurationError(
+            "flowcore.current_run() was called outside a flow run; call it from a "
+            "@flowcore.flow function or a task it calls"
+        )
+    return ctx
+
+
+async def in_engine(call: Callable[[Engine], Awaitable[T]]) -> T:
+    """``await call(engine)`` with the current engine, or in one opened for the call."""
+    engine = _engine_var.get()
+    if engine is None:
+        async with Engine() as engine:
+            return await call(engine)
+    return await call(engine)
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

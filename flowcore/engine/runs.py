@@ -1,0 +1,251 @@
+"""The life of a run: a flow run owns its tasks, and ends in a terminal state.
+
+A flow run opens one anyio task group; every task it submits belongs to it, so
+leaving the flow waits for them, and a failure or cancellation of the flow
+cancels them. No task outlives its flow. A task awaited outside any flow is a
+run of its own (``kind="task"``) with the same lifecycle.
+
+How a run ends, in order of precedence: the body's error; else its timeout
+(``FlowTimeout``); else the first failure of a submitted task nobody looked at;
+else it completed. A cancellation (Ctrl-C, an outer scope) ends it Cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import anyio
+
+from .._current import current_task_run
+from ..encoding import encode_inputs
+from ..errors import FlowTimeout
+from ..ids import HOST, error_name, new_run_id, traceback_text
+from ..records import FlowRunRecord, transition
+from ..states import State
+from .attempt import run_task
+from .core import Engine, RunContext, _run_var, in_engine
+from .gates import RunGate
+from .inputs import prepare
+from .replay import Replay
+from .spawner import Spawner
+from .spec import TaskSpec
+
+__all__ = ["new_flow_record", "run_flow", "run_standalone_task"]
+
+
+def new_flow_record(
+    run_id: str, name: str, kind: str, parameters: bytes, now: float
+) -> FlowRunRecord:
+    """A flow run's record, Running from ``now``, linked to the run and task run it is in."""
+    parent_ctx = _run_var.get()
+    parent_task = current_task_run.get()
+    return FlowRunRecord(
+        id=run_id,
+        name=name,
+        kind=kind,
+        state=State.RUNNING,
+        created=now,
+        started=now,
+        parameters=parameters,
+        parent_run_id=None if parent_ctx is None else parent_ctx.record.id,
+        parent_task_seq=None if parent_task is None else parent_task.seq,
+        history=[(State.RUNNING.value, now)],
+        host=HOST,
+        pid=os.getpid(),
+    )
+
+
+async def run_flow(
+    engine: Engine,
+    name: str,
+    fn: Callable[..., Coroutine[Any, Any, Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parameters: Mapping[str, Any],
+    *,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    executor: str | None = None,
+    entrypoint: str | None = None,
+    replay: Replay | None = None,
+) -> Any:
+    """Run ``fn(*args, **kwargs)`` as a flow run called ``name``; return its result.
+
+    ``parameters``: the bound arguments, as recorded. ``replay``: the earlier run
+    this one re-drives (resume).
+    """
+    now = time.time()
+    record = new_flow_record(new_run_id(), name, "flow", encode_inputs((), (), parameters), now)
+    record.entrypoint = entrypoint
+    ctx = RunContext(engine, record, parameters)
+    if concurrency is not None:
+        ctx.gate = RunGate(concurrency, engine.clock)
+    if executor is not None:
+        ctx.executor = await engine.executor(executor)
+    if replay is not None:
+        record.resumed_from = replay.run_id
+        record.history[-1] = (State.RUNNING.value, now, f"resuming run {replay.run_id}")
+        ctx.replay = replay
+
+    async def body() -> Any:
+        return await fn(*args, **kwargs)
+
+    return await _drive(engine, ctx, body, timeout)
+
+
+async def run_standalone_task(task: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A task awaited outside any flow: tracked as a run of its own (``kind="task"``)."""
+    return await in_engine(lambda engine: _standalone(engine, task, args, kwargs))
+
+
+async def _standalone(
+    engine: Engine, task: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    record = new_flow_record(new_run_id(), task.name, "task", b"", time.time())
+    ctx = RunContext(engine, record, {})
+
+    async def body() -> Any:
+        rec, waits = prepare(task, ctx, args, kwargs)
+        record.parameters = rec.inputs
+        return await run_task(task, args, kwargs, ctx, rec, waits)
+
+    return await _drive(engine, ctx, body, None)
+
+
+async def _drive(
+    engine: Engine,
+    ctx: RunContext,
+    body: Callable[[], Coroutine[Any, Any, Any]],
+    timeout: float | None,
+) -> Any:
+    """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it terminal."""
+    record = ctx.record
+    recorder = engine.recorder
+    engine.flows_running += 1
+    run_token = _run_var.set(ctx)
+    span = _start_span(engine, ctx)  # under the calling task run's span, if any
+    task_token = current_task_run.set(None)
+    recorder.flow_changed(record)
+    top_level = record.parent_run_id is None
+    if top_level:
+        engine.last_run = record
+    error: BaseException | None = None
+    result: Any = None
+    try:
+        spawner: Spawner | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                # The timeout is the task group's own deadline (one cancel scope fewer:
+                # entering and leaving one is a tenth of an empty run's cost).
+                if timeout is not None:
+                    tg.cancel_scope.deadline = anyio.current_time() + timeout
+                ctx.task_group = tg
+                ctx.spawner = spawner = Spawner(tg)
+                try:
+                    result = await body()
+                    await spawner.join()  # submitted tasks nobody awaited still finish
+                except Exception as exc:
+                    # Keep the error for the flow (not an ExceptionGroup) and stop the
+                    # flow's other tasks: the run has failed.
+                    error = exc
+                    tg.cancel_scope.cancel()
+        finally:
+            if spawner is not None:
+                await spawner.cancel()  # whatever is left when the run ends another way
+        if tg.cancel_scope.cancelled_caught and error is None:
+            error = FlowTimeout(
+                f"flow {record.name!r} timed out after {timeout:g} s (its `timeout`); its "
+                "unfinished tasks were cancelled. Raise the flow's `timeout` to give it longer"
+            )
+        if error is None and ctx.failed:
+            error = _unobserved_failure(ctx)
+        if error is not None:
+            state = State.TIMED_OUT if isinstance(error, FlowTimeout) else State.FAILED
+            _finish(record, state, error)
+            recorder.flow_changed(record)
+            raise error
+        _finish(record, State.COMPLETED, None)
+        recorder.flow_changed(record)
+        return result
+    except BaseException as exc:
+        if not record.state.is_terminal:
+            _finish(record, State.CANCELLED, exc if isinstance(exc, Exception) else None)
+            recorder.flow_changed(record)
+        error = exc
+        raise
+    finally:
+        # Run-scoped resources (the shared HTTP client) close before the span ends.
+        await ctx.close_resources()
+        if span is not None:
+            span.finish(
+                {"flowcore.state": record.state.value, "flowcore.task_count": record.task_count},
+                error if record.state is not State.CANCELLED else None,
+            )
+        engine.flows_running -= 1
+        current_task_run.reset(task_token)
+        _run_var.reset(run_token)
+        ctx.task_group = None
+        ctx.spawner = None
+        ctx.failed.clear()
+        if top_level:
+            # The end of a run is a durability point: its records are committed
+            # before the caller sees its result.
+            with anyio.CancelScope(shield=True):
+                await recorder.flush()
+
+
+def _start_span(engine: Engine, ctx: RunContext) -> Any:
+    tracing = engine.tracing
+    if tracing is None:
+        return None
+    record = ctx.record
+    attributes: dict[str, Any] = {
+        "flowcore.flow.name": record.name,
+        "flowcore.run.id": record.id,
+        "flowcore.run.kind": record.kind,
+    }
+    if tracing.record_parameters:
+        for name, value in ctx.parameters.items():
+            attributes[f"flowcore.parameter.{name}"] = _repr(value)[:1000]
+    links = None
+    replay = ctx.replay
+    if replay is not None and replay.trace is not None:
+        links = [replay.trace]  # a resumed run links to the trace of the run it re-drives
+        attributes["flowcore.run.resumed_from"] = replay.run_id
+    span = tracing.start(f"{record.kind} {record.name}", attributes, record.id, links)
+    record.trace_id, record.span_id = tracing.ids_of(span)
+    return span
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__ must not fail the run
+        return f"<{type(value).__qualname__}: repr failed>"
+
+
+def _unobserved_failure(ctx: RunContext) -> BaseException:
+    futures = list(ctx.failed)
+    first = futures[0]
+    exc = first._exc
+    assert exc is not None
+    others = (
+        f"; {len(futures) - 1} more submitted tasks failed unobserved" if len(futures) > 1 else ""
+    )
+    exc.add_note(
+        f"flowcore: task {first.task_name!r} (seq {first.seq}) was submitted but its failure was "
+        f"never awaited, so the flow run fails with it{others}. Await futures (or "
+        "flowcore.wait(...)) to handle their errors"
+    )
+    return exc
+
+
+def _finish(record: FlowRunRecord, state: State, error: BaseException | None) -> None:
+    transition(record, state, time.time())
+    if error is not None:
+        record.error_type = error_name(error)
+        record.error_message = str(error)[:2000]
+        record.traceback = traceback_text(error)

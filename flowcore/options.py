@@ -1,0 +1,249 @@
+"""Options as values: what ``@flowcore.task`` and ``Engine(tracing=...)`` are given.
+
+A task's options are one frozen :class:`TaskOptions`. ``@flowcore.task(...)``
+builds it, ``task.with_options(...)`` derives a new one from it, and both go
+through :func:`task_options`, so every option is named, checked and converted
+in one place, and a change keeps whatever it does not touch (a retry policy's
+``delay_hint`` survives ``with_options(retries=10)``).
+
+The decorator takes a few shortcuts besides the fields: ``retries``,
+``retry_delay`` and ``retry_on`` build (or change) the :class:`RetryPolicy`,
+and ``cache=True`` is ``cache=CachePolicy()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypedDict
+
+from . import _validate
+from .cache import CachePolicy
+from .errors import ConfigurationError, deprecated
+from .limits import limit_problems
+from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
+from .serializers import SERIALIZERS
+
+__all__ = ["TaskArgs", "TaskOptions", "Tracing", "task_options"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Every option of a task (see :func:`flowcore.task` for what each one means)."""
+
+    name: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    timeout_includes_wait: bool = False
+    tags: frozenset[str] = frozenset()
+    record_inputs: bool = True
+    cache: CachePolicy | None = None
+    serializer: str = "msgpack"
+    persist_result: bool | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    burst: int | None = None
+    #: The name of the executor that calls the function (``None``: the flow's, or the engine's).
+    executor: str | None = None
+
+
+class TaskArgs(TypedDict, total=False):
+    """The keyword arguments of ``@flowcore.task(...)`` and ``with_options(...)``."""
+
+    name: str | None
+    retries: int
+    retry_delay: float | Sequence[float] | Backoff
+    retry_on: RetryOn | None
+    retry: RetryPolicy | None
+    timeout: float | None
+    timeout_includes_wait: bool
+    tags: Iterable[str]
+    record_inputs: bool
+    cache: bool | CachePolicy | None
+    cache_ttl: float | None  # deprecated: cache=CachePolicy(ttl=...)
+    serializer: str
+    persist_result: bool | None
+    concurrency: int | None
+    rate: float | None
+    burst: int | None
+    executor: str | None
+
+
+#: The retry shortcuts and the RetryPolicy field each one sets.
+_RETRY_SHORTCUTS: Final = {"retries": "retries", "retry_delay": "delay", "retry_on": "retry_on"}
+#: Every keyword ``task()`` and ``with_options()`` take.
+OPTION_NAMES: Final = tuple(TaskArgs.__annotations__)
+
+
+def task_options(
+    label: str, base: TaskOptions | None = None, *, stacklevel: int = 1, **given: Any
+) -> TaskOptions:
+    """``base`` (default: all defaults) with the options ``given`` changed, checked.
+
+    Every problem is collected and reported at once in one ``ConfigurationError``
+    naming the task (``label``) and, for each option, what was given and the fix.
+    """
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"invalid options for task {label!r}: unknown options {unknown}; "
+            f"the options are: {', '.join(OPTION_NAMES)}"
+        )
+    old = base or TaskOptions()
+    problems: list[str] = []
+    changes: dict[str, Any] = {}
+
+    # Retry: a whole policy, or shortcuts that change the current one.
+    shortcuts = {key: given.pop(key) for key in _RETRY_SHORTCUTS if key in given}
+    explicit = given.get("retry") is not None
+    policy: object = given.pop("retry", None) or old.retry
+    if not isinstance(policy, RetryPolicy):
+        problems.append(f"`retry` must be a flowcore.RetryPolicy, got {type(policy).__name__}")
+    elif explicit and shortcuts:
+        problems.append(
+            "give either `retry=RetryPolicy(...)` or `retries`/`retry_delay`/`retry_on`, not both"
+        )
+    elif shortcuts:
+        problems.extend(
+            validate_retry_options(
+                shortcuts.get("retries", policy.retries),
+                shortcuts.get("retry_delay", policy.delay),
+                shortcuts.get("retry_on", policy.retry_on),
+            )
+        )
+        if not problems:
+            changes["retry"] = dataclasses.replace(
+                policy, **{_RETRY_SHORTCUTS[k]: v for k, v in shortcuts.items()}
+            )
+    else:
+        changes["retry"] = policy
+
+    if "name" in given:
+        changes["name"] = given.pop("name")
+        if problem := _validate.name("name", changes["name"]):
+            problems.append(problem)
+    if "timeout" in given:
+        timeout = given.pop("timeout")
+        if problem := _validate.seconds("timeout", timeout):
+            problems.append(problem)
+        else:
+            changes["timeout"] = None if timeout is None else float(timeout)
+    if "tags" in given:
+        tags = given.pop("tags")
+        if isinstance(tags, str) or not isinstance(tags, Iterable):
+            problems.append(f"`tags` must be an iterable of str, got {tags!r}")
+        else:
+            tags = frozenset(tags)
+            if not all(isinstance(tag, str) for tag in tags):
+                problems.append(f"`tags` must be an iterable of str, got {sorted(map(repr, tags))}")
+            changes["tags"] = tags
+    for option in ("timeout_includes_wait", "record_inputs"):
+        if option in given:
+            changes[option] = given.pop(option)
+            if problem := _validate.flag(option, changes[option]):
+                problems.append(problem)
+
+    # Caching: True, False/None, or a policy; cache_ttl is the deprecated shortcut.
+    cache: object = given.pop("cache", old.cache)
+    ttl = given.pop("cache_ttl", None)
+    if ttl is not None:
+        deprecated(
+            "`cache_ttl=`", "`cache=flowcore.CachePolicy(ttl=...)`", stacklevel=stacklevel + 1
+        )
+    if cache is True:
+        cache = CachePolicy()
+    if cache is False:
+        cache = None
+    if cache is not None and not isinstance(cache, CachePolicy):
+        problems.append(f"`cache` must be True, False or a flowcore.CachePolicy, got {cache!r}")
+    elif ttl is not None:
+        if cache is None:
+            problems.append("`cache_ttl` was given without `cache`; add cache=True")
+        elif problem := _validate.seconds("cache_ttl", ttl, optional=False):
+            problems.append(problem)
+        else:
+            cache = cache.with_ttl(ttl)
+    if not problems:
+        changes["cache"] = cache
+
+    if "serializer" in given:
+        changes["serializer"] = serializer = given.pop("serializer")
+        if serializer not in SERIALIZERS:
+            problems.append(
+                f"`serializer` must be one of {', '.join(map(repr, SERIALIZERS))}, "
+                f"got {serializer!r}"
+            )
+    if "persist_result" in given:
+        changes["persist_result"] = persist = given.pop("persist_result")
+        if persist is not None and persist is not True and persist is not False:
+            problems.append(f"`persist_result` must be True, False or None, got {persist!r}")
+    for option in ("concurrency", "rate", "burst"):
+        if option in given:
+            changes[option] = given.pop(option)
+    if "executor" in given:
+        changes["executor"] = executor = given.pop("executor")
+        if problem := _validate.name("executor", executor):
+            problems.append(problem)
+    assert not given, given  # every option is handled above
+
+    if problems:
+        raise ConfigurationError(f"invalid options for task {label!r}: " + "; ".join(problems))
+    new = dataclasses.replace(old, **changes)
+    # Checks across options, on the result (a change may break a pair that was fine).
+    problems.extend(limit_problems("task", new.concurrency, new.rate, new.burst, needs_one=False))
+    if new.timeout_includes_wait and new.timeout is None:
+        problems.append("`timeout_includes_wait=True` needs a `timeout`")
+    if new.cache is not None and new.persist_result is False:
+        problems.append("`cache` needs stored results; drop persist_result=False")
+    if problems:
+        raise ConfigurationError(f"invalid options for task {label!r}: " + "; ".join(problems))
+    rate: object = new.rate
+    if type(rate) is int:  # typed float; an int is accepted and stored as a float
+        new = dataclasses.replace(new, rate=float(rate))
+    return new
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """How an engine makes and ships spans: ``Engine(tracing=flowcore.Tracing(...))``.
+
+    ``provider``: an OpenTelemetry SDK ``TracerProvider`` to make spans with
+    (default: the application's global one if it set one, else flowcore's own
+    light spans). ``exporter``: an SDK ``SpanExporter`` for flowcore's own spans
+    (default: OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). ``parameters``:
+    put parameter values on flow spans (off by default: they can be secrets).
+    ``retention_days`` (or ``$FLOWCORE_TRACE_RETENTION_DAYS``): span rows older
+    than this are deleted when an engine opens (default: kept).
+    ``export_timeout``: the longest closing the engine waits for the exporter.
+
+    ``Engine(tracing=True)`` is ``Tracing()``; ``tracing=False`` makes no spans.
+    """
+
+    provider: Any = None
+    exporter: Any = None
+    parameters: bool = False
+    retention_days: float | None = None
+    export_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.provider is not None and self.exporter is not None:
+            problems.append(
+                "`exporter` is for flowcore's own spans; with `provider`, add the exporter "
+                "to your provider (provider.add_span_processor(BatchSpanProcessor(exporter)))"
+            )
+        if self.provider is not None and not hasattr(self.provider, "get_tracer"):
+            problems.append(f"`provider` must be a TracerProvider, got {self.provider!r}")
+        if self.exporter is not None and not hasattr(self.exporter, "export"):
+            problems.append(
+                f"`exporter` must be an OpenTelemetry SpanExporter, got {self.exporter!r}"
+            )
+        if problem := _validate.flag("parameters", self.parameters):
+            problems.append(problem)
+        if problem := _validate.seconds("retention_days", self.retention_days):
+            problems.append(problem.replace("seconds", "days"))
+        if problem := _validate.seconds("export_timeout", self.export_timeout, zero=True):
+            problems.append(problem)
+        if problems:
+            raise ConfigurationError("invalid tracing options: " + "; ".join(problems))

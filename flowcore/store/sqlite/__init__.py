@@ -1,0 +1,12 @@
+"""The embedded default store: one SQLite file, shared safely by several processes.
+
+- :mod:`.store`: :class:`SQLiteStore`, its writes and its queries;
+- :mod:`.schema`: the numbered migrations and their runner;
+- :mod:`.rows`: how records become rows and back;
+- :mod:`.connection`: the connections, write transactions and lock waits.
+"""
+
+from .schema import MIGRATIONS, SCHEMA_VERSION
+from .store import SQLiteStore
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]

@@ -1,0 +1,94 @@
+"""A task run's span, rebuilt from its record.
+
+With flowcore's own spans, a task run's record *is* its persisted span: no span
+row is written per task. :func:`task_span` builds the full span when an exporter
+or a reader needs one: attempts become ``retry`` events, waits for limits
+``waiting for limit`` / ``limit passed`` events, a failure an ``exception`` event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..records import SpanRecord, TaskRunRecord
+from ..states import State
+
+__all__ = ["task_end_attributes", "task_span"]
+
+
+def task_end_attributes(rec: TaskRunRecord) -> dict[str, Any]:
+    return {
+        "flowcore.state": rec.state.value,
+        "flowcore.attempts": rec.attempts,
+        "flowcore.cache_hit": rec.state is State.CACHED,
+    }
+
+
+def _ns(seconds: float | None) -> int:
+    return int(seconds * 1e9) if seconds is not None else 0
+
+
+def task_span(rec: TaskRunRecord, trace_id: str, error: BaseException | None = None) -> SpanRecord:
+    """The span of a task run, rebuilt from its record (flowcore's own spans)."""
+    attributes: dict[str, Any] = {
+        "flowcore.task.name": rec.name,
+        "flowcore.task_run.id": f"{rec.run_id}.{rec.seq}",
+        "flowcore.run.id": rec.run_id,
+        **task_end_attributes(rec),
+    }
+    if rec.cached_from:
+        attributes["flowcore.cached_from"] = rec.cached_from
+    events: list[tuple[str, int, dict[str, Any]]] = []
+    attempt = 0
+    waiting = False
+    for entry in rec.history:
+        if entry[0] == "Running":
+            if waiting:  # the end of a wait for a limit, not a new attempt
+                events.append(("limit passed", _ns(entry[1]), {}))
+            else:
+                attempt += 1
+            waiting = False
+        elif entry[0] == "Pending" and len(entry) > 2 and attempt:
+            waiting = True
+            note = str(entry[2])
+            limit = note.removeprefix("waiting for limit ")
+            events.append(("waiting for limit", _ns(entry[1]), {"flowcore.limit": limit}))
+        elif entry[0] == "Retrying":
+            events.append(
+                (
+                    "retry",
+                    _ns(entry[1]),
+                    {
+                        "flowcore.attempt": attempt,
+                        "flowcore.note": entry[2] if len(entry) > 2 else "",
+                    },
+                )
+            )
+    status = "OK" if rec.state.is_success else "UNSET"
+    message = None
+    if rec.state in (State.FAILED, State.TIMED_OUT, State.UPSTREAM_FAILED, State.CRASHED):
+        status = "ERROR"
+        message = f"{rec.error_type}: {rec.error_message}" if rec.error_type else rec.state.value
+        events.append(
+            (
+                "exception",
+                _ns(rec.ended),
+                {
+                    "exception.type": rec.error_type or "",
+                    "exception.message": rec.error_message or "",
+                },
+            )
+        )
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=rec.span_id or "",
+        name=f"task {rec.name}",
+        start=_ns(rec.started or rec.created),
+        end=_ns(rec.ended),
+        parent_id=rec.parent_span_id,
+        run_id=rec.run_id,
+        status=status,
+        status_message=message,
+        attributes=attributes,
+        events=events,
+    )

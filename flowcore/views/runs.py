@@ -1,0 +1,154 @@
+"""Runs and task runs, as the CLI's ``--json`` and the web UI show them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..records import FlowRunRecord, TaskRunRecord
+from ..store.base import Store
+from ..store.crash import mark_crashed_runs
+from .format import decode_recorded, iso_utc
+from .results import StoredResult, inspect_result, result_to_json
+
+__all__ = [
+    "RunDetails",
+    "list_runs",
+    "run_details",
+    "run_details_to_json",
+    "run_to_json",
+    "task_run_to_json",
+]
+
+
+async def list_runs(
+    store: Store, *, flow: str | None = None, state: str | None = None, limit: int = 20
+) -> list[FlowRunRecord]:
+    """Runs, newest first; runs whose process died are marked Crashed first."""
+    await mark_crashed_runs(store)
+    return await store.list_runs(name=flow, state=state, limit=limit)
+
+
+@dataclass
+class RunDetails:
+    """One run, its task runs counted by state, one page of them, and its subflows."""
+
+    run: FlowRunRecord
+    counts: dict[str, int]
+    task_runs: list[TaskRunRecord]
+    subflows: list[FlowRunRecord]
+    results: dict[int, StoredResult] | None
+    offset: int
+    limit: int
+    state: str | None
+
+    @property
+    def total(self) -> int:
+        """Task runs in the paged set (of ``state`` only, when given)."""
+        if self.state is None:
+            return sum(self.counts.values())
+        return self.counts.get(self.state, 0)
+
+
+async def run_details(
+    store: Store,
+    run_id: str,
+    *,
+    offset: int = 0,
+    limit: int = 200,
+    state: str | None = None,
+    results: bool = False,
+    allow_pickle: bool = False,
+) -> RunDetails:
+    """The run with this id (or prefix) and the page ``offset``/``limit`` of its task runs
+    (only those in ``state``, when given), with their results when ``results``."""
+    await mark_crashed_runs(store)
+    run = await store.get_run(run_id)
+    counts = await store.count_task_runs(run.id)
+    task_runs = await store.list_task_runs(run.id, offset=offset, limit=limit, state=state)
+    page = {t.seq for t in task_runs}
+    subflows = [
+        s
+        for s in await store.child_runs(run.id)
+        if s.parent_task_seq in page or (offset == 0 and s.parent_task_seq is None)
+    ]
+    stored = None
+    if results:
+        stored = {
+            t.seq: await inspect_result(t, store.blobs, allow_pickle=allow_pickle)
+            for t in task_runs
+        }
+    return RunDetails(run, counts, task_runs, subflows, stored, offset, limit, state)
+
+
+def run_details_to_json(d: RunDetails) -> dict[str, Any]:
+    """A :class:`RunDetails` as JSON-ready data (what ``runs show --json`` prints)."""
+    data = run_to_json(d.run, details=True)
+    data["counts"] = d.counts
+    data["task_runs"] = [task_run_to_json(t) for t in d.task_runs]
+    if d.results is not None:
+        for t, item in zip(d.task_runs, data["task_runs"], strict=True):
+            item["result"] = result_to_json(d.results[t.seq])
+    data["page"] = {"offset": d.offset, "limit": d.limit, "total": d.total, "state": d.state}
+    data["subflows"] = [run_to_json(s) for s in d.subflows]
+    return data
+
+
+def _history(history: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    return [[h[0], iso_utc(h[1]), *h[2:]] for h in history]
+
+
+def run_to_json(run: FlowRunRecord, *, details: bool = False) -> dict[str, Any]:
+    """A flow run as JSON-ready data; ``details`` adds the traceback and history."""
+    out: dict[str, Any] = {
+        "id": run.id,
+        "name": run.name,
+        "kind": run.kind,
+        "state": str(run.state),
+        "created": iso_utc(run.created),
+        "started": iso_utc(run.started),
+        "ended": iso_utc(run.ended),
+        "duration": run.duration,
+        "task_count": run.task_count,
+        "parent_run_id": run.parent_run_id,
+        "parent_task_seq": run.parent_task_seq,
+        "parameters": decode_recorded(run.parameters),
+        "error_type": run.error_type,
+        "error_message": run.error_message,
+        "host": run.host,
+        "pid": run.pid,
+        "heartbeat": iso_utc(run.heartbeat),
+        "entrypoint": run.entrypoint,
+        "resumed_from": run.resumed_from,
+    }
+    if details:
+        out["traceback"] = run.traceback
+        out["history"] = _history(run.history)
+    return out
+
+
+def task_run_to_json(tr: TaskRunRecord) -> dict[str, Any]:
+    """A task run as JSON-ready data, inputs decoded."""
+    return {
+        "name": tr.name,
+        "seq": tr.seq,
+        "label": tr.label,
+        "state": str(tr.state),
+        "attempts": tr.attempts,
+        "created": iso_utc(tr.created),
+        "started": iso_utc(tr.started),
+        "ended": iso_utc(tr.ended),
+        "duration": tr.duration,
+        "parent_seq": tr.parent_seq,
+        "upstream": tr.upstream,
+        "inputs": decode_recorded(tr.inputs),
+        "error_type": tr.error_type,
+        "error_message": tr.error_message,
+        "traceback": tr.traceback,
+        "history": _history(tr.history),
+        "cache_key": tr.cache_key,
+        "cached_from": tr.cached_from,
+        "result_ref": tr.result_ref,
+        "has_result": tr.result is not None or tr.result_ref is not None,
+    }
