@@ -1,13 +1,18 @@
-"""The engine's clock, used for retry backoff waits.
+"""The engine's clock: wall time, monotonic time, and sleeps.
 
-Backoff goes through a clock object rather than ``anyio.sleep`` so tests can
+Retry backoff waits, rate limits, cache expiry, heartbeats and lease expiry go
+through a clock object rather than ``time`` and ``anyio.sleep``, so tests can
 swap in :class:`flowcore.testing.FakeClock` and check a retry schedule of
-minutes in microseconds, without sleeping.
+minutes, or an entry that expires in an hour, in microseconds, without sleeping.
+(Timeouts are anyio's cancel scopes, on the event loop's clock: tests move it
+with trio's ``MockClock``.)
 """
 
 from __future__ import annotations
 
 import time
+from time import monotonic as _monotonic
+from time import time as _wall
 
 import anyio
 
@@ -29,10 +34,14 @@ class Clock:
 
 
 class SystemClock(Clock):
-    """Real time: ``time.monotonic`` and ``anyio.sleep``."""
+    """Real time: ``time.time``, ``time.monotonic`` and ``anyio.sleep``.
 
-    def now(self) -> float:
-        return time.monotonic()
+    ``time`` and ``now`` are the builtins themselves: the hot path reads the clock
+    without a Python call.
+    """
+
+    now = staticmethod(_monotonic)
+    time = staticmethod(_wall)
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)

@@ -26,10 +26,11 @@ import anyio
 from .._current import current_task_run
 from ..errors import ConfigurationError, TaskTimeout
 from ..ids import error_name
-from ..records import TaskRunRecord
+from ..records import TaskRunRecord, transition
 from ..states import State
 from .cached import cache_lookup
 from .core import Engine, RunContext
+from .executor import LocalExecutor
 from .gates import Gate, enter, gates_for, leave
 from .inflight import InFlight
 from .inputs import prepare, resolve_inputs
@@ -40,6 +41,7 @@ from .spec import TaskSpec
 __all__ = ["run_task"]
 
 _RUNNING = State.RUNNING
+_COMPLETED = State.COMPLETED
 
 
 async def run_task(
@@ -60,7 +62,7 @@ async def run_task(
         rec, waits = prepare(task, ctx, args, kwargs, start=True)
     engine = ctx.engine
     recorder = engine.recorder
-    if recorder.behind():
+    if recorder.behind:
         await recorder.admit()  # the writer is behind: let it catch up before more work
     tracing = engine.tracing
     span = None
@@ -75,10 +77,10 @@ async def run_task(
             if waits:
                 recorder.task_changed(rec)
                 args, kwargs = await resolve_inputs(rec, ctx, args, kwargs)
-            rec.started = move(recorder, rec, _RUNNING)
+            rec.started = now = time.time()
             rec.attempts = 1
-        else:
-            recorder.task_changed(rec)
+            transition(rec, _RUNNING, now)
+        recorder.task_changed(rec)
         engine.tasks_started += 1
         # 3. replay, 4. cache.
         if ctx.replay is not None:
@@ -97,17 +99,20 @@ async def run_task(
             if task.own_limit is not None or task.tags or ctx.gate is not None
             else None
         )
-        executor = ctx.executor
-        if task.executor is not None or executor is None:
-            executor = await engine.executor(task.executor or engine.default_executor)
+        executor = ctx.executor if task.executor is None else await engine.executor(task.executor)
+        # The local executor's call of an async function is the function's own coroutine:
+        # made here, it saves a Python call per attempt (3% of a no-op task run).
+        inline = task.is_async and type(executor) is LocalExecutor
         while True:
             timeout = task.timeout
             if gates:
                 timeout = await _pass_gates(gates, rec, engine, task, span)
             try:
                 try:
-                    call = executor.call(
-                        task.fn, args, kwargs, is_async=task.is_async, abandon=timeout is not None
+                    call = (
+                        task.fn(*args, **kwargs)
+                        if inline
+                        else executor.call(task.fn, args, kwargs, task.is_async, timeout is not None)
                     )
                     if timeout is None:
                         result = await call
@@ -134,8 +139,9 @@ async def run_task(
         # 6. result, completion.
         if task.cache is not None or (task.persist_result is not False and engine.persist_results):
             # A cached task always stores its result.
-            store_result(recorder, task, rec, result, engine.clock.time())
-        move(recorder, rec, State.COMPLETED)
+            store_result(recorder, task, rec, result, engine.clock)
+        transition(rec, _COMPLETED, time.time())
+        recorder.task_changed(rec)
         engine.tasks_completed += 1
         if claimed is not None:
             claimed.succeed(rec)

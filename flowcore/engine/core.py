@@ -419,8 +419,9 @@ class RunContext:
         self.replay: Replay | None = None
         #: The flow's ``concurrency`` gate, if it has one.
         self.gate: RunGate | None = None
-        #: Where the run's tasks run unless a task names another executor.
-        self.executor: Executor | None = None
+        #: Where the run's tasks run unless a task names another executor (the flow's
+        #: executor, else the engine's default, opened when the engine opened).
+        self.executor: Executor = engine.executors[engine.default_executor]
         #: Failed futures nobody has looked at yet, in failure order; a flow that
         #: ends with any left fails with the first, so no failure is silent.
         self.failed: dict[TaskFuture[Any], None] = {}

@@ -41,11 +41,13 @@ class Executor(Protocol):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
         is_async: bool,
         abandon: bool,
+        /,
     ) -> Awaitable[Any]:
         """An awaitable of ``fn(*args, **kwargs)``'s result (or error).
+
+        Called once per attempt, positionally (the hot path).
 
         ``is_async``: ``fn`` is a coroutine function. ``abandon``: when the await is
         cancelled (a timeout), stop waiting at once even if the call cannot be
@@ -79,9 +81,9 @@ class LocalExecutor:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
         is_async: bool,
         abandon: bool,
+        /,
     ) -> Awaitable[Any]:
         if is_async:
             result: Awaitable[Any] = fn(*args, **kwargs)

@@ -24,6 +24,7 @@ from .spec import TaskSpec
 __all__ = ["has_futures", "prepare", "resolve_inputs"]
 
 _RUNNING_NOW = State.RUNNING.value
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
 
 
 def has_futures(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -82,7 +83,12 @@ def prepare(
     yet, or one waiting for its inputs; only the latter is written as such).
     """
     now = time.time()
-    waits = has_futures(args, kwargs)
+    # One plain argument (the commonest call) cannot hold a future: no need to look.
+    waits = (
+        False
+        if not kwargs and len(args) == 1 and type(args[0]) in _PLAIN
+        else has_futures(args, kwargs)
+    )
     record = ctx.record
     seq = record.task_count  # the run's task count doubles as the next seq
     record.task_count = seq + 1

@@ -69,6 +69,9 @@ class Recorder:
         self._started = 0
         self._completed = 0
         self._admission: deque[anyio.Event] = deque()  # task runs waiting for room
+        #: Whether a task run about to start must first wait for the writer (:meth:`admit`):
+        #: ``max_backlog`` task runs wait to be written, or others already wait to start.
+        self.behind = False
         self._flushed = anyio.Event()
         self._wakeup = anyio.Event()
         self._wake_requested = False
@@ -84,13 +87,12 @@ class Recorder:
     def task_changed(self, record: TaskRunRecord) -> None:
         tasks = self._tasks
         tasks[id(record)] = record
-        if len(tasks) >= self.max_batch and not self._wake_requested:
+        n = len(tasks)
+        if n >= self.max_batch and not self._wake_requested:
             self._wake_requested = True  # setting an Event costs more than this check
             self._wakeup.set()
-
-    def behind(self) -> bool:
-        """Whether a task run about to start must first wait for the writer (:meth:`admit`)."""
-        return len(self._tasks) >= self.max_backlog or bool(self._admission)
+        if n >= self.max_backlog:
+            self.behind = True
 
     def flow_changed(self, record: FlowRunRecord) -> None:
         self._flows[id(record)] = record
@@ -129,6 +131,7 @@ class Recorder:
         """
         event = anyio.Event()
         self._admission.append(event)
+        self.behind = True
         self._wake_requested = True
         self._wakeup.set()
         try:
@@ -144,6 +147,7 @@ class Recorder:
         while waiting and room > 0:
             waiting.popleft().set()
             room -= 1
+        self.behind = bool(waiting) or len(self._tasks) >= self.max_backlog
         if waiting:
             self._wake_requested = True  # more to write before the rest can start
             self._wakeup.set()
@@ -208,6 +212,7 @@ class Recorder:
         generation = self._started
         flows, self._flows = self._flows, {}
         tasks, self._tasks = self._tasks, {}
+        self.behind = bool(self._admission)  # the backlog is being written
         cache, self._cache = self._cache, {}
         files, self._files = self._files, {}
         spans = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..clock import Clock
 from ..errors import ResultNotSerializable, ResultUnreadable
 from ..records import CacheEntry, TaskRunRecord
 from ..serializers import decode_result, encode_result
@@ -15,13 +16,13 @@ __all__ = ["load_result", "store_result"]
 
 
 def store_result(
-    recorder: Recorder, task: TaskSpec, rec: TaskRunRecord, value: Any, now: float
+    recorder: Recorder, task: TaskSpec, rec: TaskRunRecord, value: Any, clock: Clock
 ) -> None:
     """Keep the result on the record (inline, or as a blob reference when large).
 
     Best effort unless the task needs it (``persist_result=True`` or caching): a
     result that cannot be stored then simply is not, and resume runs that task again.
-    A cached task's entry expires ``ttl`` seconds after ``now`` (the engine clock's).
+    A cached task's entry expires ``ttl`` seconds after now, by the engine's ``clock``.
     """
     try:
         blob = encode_result(value, task.serializer, task.name)
@@ -37,6 +38,7 @@ def store_result(
         rec.result = blob
     if task.cache is not None and rec.cache_key is not None:
         ttl = task.cache.ttl
+        now = clock.time()
         recorder.cache_changed(
             CacheEntry(
                 key=rec.cache_key,

@@ -178,7 +178,8 @@ async def _drive(
         raise
     finally:
         # Run-scoped resources (the shared HTTP client) close before the span ends.
-        await ctx.close_resources()
+        if ctx.resources is not None:
+            await ctx.close_resources()
         if span is not None:
             span.finish(
                 {"flowcore.state": record.state.value, "flowcore.task_count": record.task_count},
