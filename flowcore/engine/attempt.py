@@ -112,7 +112,9 @@ async def run_task(
                     call = (
                         task.fn(*args, **kwargs)
                         if inline
-                        else executor.call(task.fn, args, kwargs, task.is_async, timeout is not None)
+                        else executor.call(
+                            task.fn, args, kwargs, task.is_async, timeout is not None
+                        )
                     )
                     if timeout is None:
                         result = await call

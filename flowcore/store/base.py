@@ -105,8 +105,9 @@ class SpanStore(Protocol):
     async def prune_spans(
         self, *, before: float | None = None, keep_runs: int | None = None
     ) -> int:
-        """Delete old spans (started before ``before``, or not of the newest ``keep_runs``
-        top-level runs); returns how many were deleted."""
+        """Delete old spans: those started before ``before`` (unix seconds), those not of
+        the newest ``keep_runs`` top-level runs, or with both, those matching both;
+        returns how many were deleted."""
 
 
 class LeaseStore(Protocol):

@@ -47,7 +47,7 @@ class MemoryStore:
     async def write(self, batch: WriteBatch) -> None:
         self.writes += 1
         for span in batch.spans:
-            self._spans[(span.trace_id, span.span_id)] = msgspec.structs.replace(span)
+            self._spans[(span.trace_id, span.span_id)] = _copy_span(span)
         for entry in batch.cache_entries:
             self._cache[entry.key] = msgspec.structs.replace(entry)
         for fr in batch.flow_runs:
@@ -104,7 +104,7 @@ class MemoryStore:
         return [_copy(k) for k in kids]
 
     async def list_spans(self, trace_id: str) -> list[SpanRecord]:
-        spans = [s for (t, _), s in self._spans.items() if t == trace_id]
+        spans = [_copy_span(s) for (t, _), s in self._spans.items() if t == trace_id]
         return sorted(spans, key=lambda s: s.start)
 
     async def prune_spans(
@@ -182,15 +182,16 @@ class MemoryStore:
         return max(now, tat - tolerance)
 
     async def get_cache(self, key: str) -> CacheEntry | None:
-        return self._cache.get(key)
+        return self.get_cache_nowait(key)
 
     def get_cache_nowait(self, key: str) -> CacheEntry | None:
-        return self._cache.get(key)
+        entry = self._cache.get(key)
+        return None if entry is None else msgspec.structs.replace(entry)
 
     async def list_cache(self, *, task_name: str | None = None) -> list[CacheEntry]:
         entries = [e for e in self._cache.values() if task_name in (None, e.task_name)]
         entries.sort(key=lambda e: e.created, reverse=True)
-        return entries
+        return [msgspec.structs.replace(e) for e in entries]
 
     async def delete_cache(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -201,6 +202,15 @@ class MemoryStore:
         for tasks in self._tasks.values():
             refs.update(t.result_ref for t in tasks.values() if t.result_ref)
         return refs
+
+
+_span_enc = msgspec.msgpack.Encoder()
+_span_dec = msgspec.msgpack.Decoder(SpanRecord)
+
+
+def _copy_span(span: SpanRecord) -> SpanRecord:
+    """A deep copy: a span's attributes, events and links are containers of their own."""
+    return _span_dec.decode(_span_enc.encode(span))
 
 
 def _copy(record: _R) -> _R:

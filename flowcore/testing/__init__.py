@@ -13,8 +13,9 @@ from __future__ import annotations
 import anyio.lowlevel
 
 from ..clock import Clock
+from .store_suite import STORE_CASES, check_store
 
-__all__ = ["FakeClock"]
+__all__ = ["STORE_CASES", "FakeClock", "check_store"]
 
 
 class FakeClock(Clock):
