@@ -1,7 +1,10 @@
 """Run the whole test suite: ``python3 tests/run.py [pytest options]``.
 
 On a fresh machine it first creates ``.venv`` and installs flowcore with its
-test tools (see ``.ci/bootstrap.py``); extra arguments go to pytest.
+test tools (see ``.ci/bootstrap.py``); extra arguments go to pytest. Tests run
+in 4 worker processes (pytest-xdist: most of a test's time is waiting, so more
+workers than cores pays); ``-n 0`` runs them in this process (for ``--pdb``),
+and ``-m "not slow"`` leaves out those that start other processes.
 """
 
 import pathlib
@@ -14,4 +17,8 @@ bootstrap.ensure_venv(extras="dev")
 
 import pytest  # noqa: E402
 
-sys.exit(pytest.main(["-p", "no:cacheprovider", str(bootstrap.ROOT / "tests"), *sys.argv[1:]]))
+args = sys.argv[1:]
+workers = (
+    [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args) else ["-n", "4"]
+)
+sys.exit(pytest.main(["-p", "no:cacheprovider", *workers, str(bootstrap.ROOT / "tests"), *args]))

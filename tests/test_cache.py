@@ -335,6 +335,7 @@ def _run_child(script: Path, *args: str, hashseed: str) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.slow
 async def test_hit_across_processes_sharing_a_home(tmp_path: Path) -> None:
     script = tmp_path / "cache_child.py"
     script.write_text(CROSS_PROCESS)
@@ -390,6 +391,7 @@ KEY_MODULE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_keys_are_identical_across_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

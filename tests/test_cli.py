@@ -456,6 +456,7 @@ def _subprocess_env(home: Path) -> dict[str, str]:
     return {**os.environ, "FLOWCORE_HOME": str(home), "NO_COLOR": "1"}
 
 
+@pytest.mark.slow
 def test_python_dash_m_flowcore_help(flowcore_home: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "flowcore", "--help"],
@@ -466,6 +467,7 @@ def test_python_dash_m_flowcore_help(flowcore_home: Path) -> None:
     assert "run" in proc.stdout and "runs" in proc.stdout
 
 
+@pytest.mark.slow
 def test_flowcore_run_in_a_subprocess(flowcore_home: Path, flows_file: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "flowcore", "run", f"{flows_file}:pipeline", "-p", "n=2", "--json"],

@@ -138,6 +138,7 @@ def integrity(db: Path) -> list[tuple[str]]:
         return conn.execute("PRAGMA integrity_check").fetchall()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("durability", ["batched", "strict"])
 @pytest.mark.parametrize("kill_at", [50, 425, 910])
 async def test_kill_then_resume(

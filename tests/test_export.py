@@ -1,7 +1,7 @@
 """Span export never slows or fails a flow, whatever the collector does.
 
 Collectors here are real loopback servers — down (a closed port: connection
-refused), hanging (accepts, never answers), slow (answers after 1 s), failing
+refused), hanging (accepts, never answers), slow (answers after 0.15 s), failing
 (500, 503) and working — spoken to by OpenTelemetry's real OTLP/HTTP exporter,
 given explicitly (``Engine(tracing=Tracing(exporter=OTLPSpanExporter(...)))``) or through the
 standard environment variables. Bounds on time are generous on purpose: the
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.anyio
 N_TASKS = 200
 N_SPANS = N_TASKS + 1  # the tasks' and the flow's
 FLOW_BOUND_S = 2.0  # a flow of 200 no-op tasks takes well under 0.2 s here
-SHUTDOWN_TIMEOUT = 2.0  # SpanExport's default, which the engine uses
+SHUTDOWN_TIMEOUT = 0.5  # Tracing(export_timeout=...): how long closing waits for export
 CLOSE_SLACK_S = 1.5
 
 
@@ -101,7 +101,7 @@ def _http_collector(kind: str) -> Iterator[Collector]:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             collector.requests.append((self.path, body))
             if kind == "slow":
-                time.sleep(1.0)
+                time.sleep(0.15)
             self.send_response(status)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", "0")
@@ -113,7 +113,7 @@ def _http_collector(kind: str) -> Iterator[Collector]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     collector.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield collector
@@ -206,9 +206,10 @@ class Outcome:
     spans: list[SpanRecord]
 
 
-async def run_with(**options: Any) -> Outcome:
+async def run_with(exporter: Any = None) -> Outcome:
     """Run the flow of N_TASKS tasks; time the flow and the engine's close."""
-    engine = flowcore.Engine(store="memory", **options)
+    tracing = flowcore.Tracing(exporter=exporter, export_timeout=SHUTDOWN_TIMEOUT)
+    engine = flowcore.Engine(store="memory", tracing=tracing)
     await engine.__aenter__()
     try:
         t0 = time.perf_counter()
@@ -263,7 +264,7 @@ async def test_an_explicit_otlp_exporter_never_slows_or_fails_the_flow(
     # The exporter's own timeout (retries with back-off included) is longer than the
     # engine waits at close: the close is capped by SpanExport, not by the exporter.
     exporter = OTLPSpanExporter(endpoint=collector.endpoint, timeout=8)
-    outcome = await run_with(tracing=flowcore.Tracing(exporter=exporter))
+    outcome = await run_with(exporter)
     assert outcome.export is not None
     collector.exports.append(outcome.export)
     check_flow_unaffected(outcome)
@@ -333,7 +334,9 @@ async def test_memory_stays_bounded_with_a_hanging_collector(
             await step(i)
 
     exporter = OTLPSpanExporter(endpoint=collector.endpoint, timeout=30)
-    engine = flowcore.Engine(store="memory", tracing=flowcore.Tracing(exporter=exporter))
+    engine = flowcore.Engine(
+        store="memory", tracing=flowcore.Tracing(exporter=exporter, export_timeout=SHUTDOWN_TIMEOUT)
+    )
     async with engine:
         await steps(N_TASKS)
         export = engine.tracing.export if engine.tracing else None

@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 
 import anyio
+import pytest
 
 import flowcore
 from flowcore import State
@@ -51,6 +52,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_database(tmp_path: Path) -> None:
     home = tmp_path / "home"  # does not exist yet: the children race to create it
     script = tmp_path / "child.py"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 DEMO_ARGS = ["--records", "600", "--page-size", "50", "--latency", "0.001", "--failure-rate", "0.2"]
 
@@ -21,6 +23,7 @@ def _demo_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_first_example_runs_and_prints_what_the_readme_says(tmp_path: Path) -> None:
     text = README.read_text()
     example = re.search(r"```python\n(.*?)```", text, re.S)
@@ -42,6 +45,7 @@ def test_first_example_runs_and_prints_what_the_readme_says(tmp_path: Path) -> N
     assert (tmp_path / "home" / "flowcore.db").exists()
 
 
+@pytest.mark.slow
 def test_the_demo_ingests_every_record_despite_transient_failures(tmp_path: Path) -> None:
     demo = README.parent / "examples" / "ingest.py"
     out = subprocess.run(

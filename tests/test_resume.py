@@ -524,6 +524,7 @@ async def _only_run() -> flowcore.FlowRunRecord:
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_flow_in_a_module_is_resumed_from_its_entrypoint(tmp_path: Path) -> None:
     name = "flowcore_test_resume_module"
@@ -580,6 +581,7 @@ async def test_a_flow_in_an_imported_module_is_resumed_in_process(
     assert log.read_text().split() == ["0", "1", "2", "2", "3"]
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_flow_in_a_main_script_is_resumed_from_its_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

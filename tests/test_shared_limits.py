@@ -143,6 +143,7 @@ def _peak(log: Path) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_two_processes_never_exceed_a_shared_limit(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -166,6 +167,7 @@ def test_two_processes_never_exceed_a_shared_limit(tmp_path: Path) -> None:
     assert _peak(log) == 3  # both processes together, never more
 
 
+@pytest.mark.slow
 def test_10k_tasks_in_two_processes_under_a_shared_limit_of_50(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(LOAD_CHILD)
@@ -206,6 +208,7 @@ def test_10k_tasks_in_two_processes_under_a_shared_limit_of_50(tmp_path: Path) -
     assert anyio.run(leases) == []  # every slot given back, no waiter left behind
 
 
+@pytest.mark.slow
 def test_a_killed_holders_slots_come_back_when_their_leases_expire(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -289,6 +292,7 @@ async def test_a_shared_rate_alone_holds_across_engines(tmp_path: Path) -> None:
     assert times[2:] == pytest.approx([1_000.0 + 0.2 * k for k in range(1, 11)])
 
 
+@pytest.mark.slow
 def test_a_shared_rate_holds_across_two_processes(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(RATE_CHILD)
