@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import typing
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -33,25 +33,35 @@ __all__ = ["resume", "resume_async"]
 R = TypeVar("R")
 
 
-async def resume_async(run_id: str, *, flow: Flow[Any, R] | None = None) -> R:
+@overload
+async def resume_async(run_id: str) -> Any: ...
+@overload
+async def resume_async(run_id: str, *, flow: Flow[Any, R]) -> R: ...
+async def resume_async(run_id: str, *, flow: Flow[Any, Any] | None = None) -> Any:
     """Re-drive a crashed, failed or cancelled run; return the flow's result.
 
     Task calls that completed in that run return their stored results without
     running again; the rest run, continuing their attempt counts. The new run
     is linked to the old one (``resumed_from``).
     """
-    result: R = await in_engine(lambda engine: _resume(engine, run_id, flow))
-    return result
+    return await in_engine(lambda engine: _resume(engine, run_id, flow))
 
 
-def resume(run_id: str, *, flow: Flow[Any, R] | None = None) -> R:
+@overload
+def resume(run_id: str) -> Any: ...
+@overload
+def resume(run_id: str, *, flow: Flow[Any, R]) -> R: ...
+def resume(run_id: str, *, flow: Flow[Any, Any] | None = None) -> Any:
     """The sync form of :func:`resume_async`: ``flowcore.resume("3f2a9c1b")``."""
-    result: R = run_sync(
-        functools.partial(resume_async, run_id, flow=flow),
+    return run_sync(
+        functools.partial(_resume_async, run_id, flow),
         name="flowcore.resume",
         instead="await flowcore.resume_async(...)",
     )
-    return result
+
+
+async def _resume_async(run_id: str, flow: Flow[Any, Any] | None) -> Any:
+    return await in_engine(lambda engine: _resume(engine, run_id, flow))
 
 
 async def _resume(engine: Engine, run_id: str, flow: Flow[Any, Any] | None) -> Any:

@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / ".ci"))
-import bootstrap
+import bootstrap  # type: ignore[import-not-found]  # .ci/ is on sys.path at run time only
 
 bootstrap.ensure_venv(extras="dev")
 

@@ -553,7 +553,8 @@ async def test_editing_the_source_invalidates_entries(
 
         @flowcore.flow
         async def f() -> int:
-            return await mod.edited(1)
+            result: int = await mod.edited(1)  # mod is imported by name: its types are unknown
+            return result
 
         async with flowcore.Engine() as engine:
             assert await f() == 2

@@ -185,7 +185,7 @@ async def test_kill_then_resume(
     monkeypatch.syspath_prepend(str(tmp_path))  # undo the loader's sys.path insert
     started = time.monotonic()
     async with flowcore.Engine() as engine:
-        result = await flowcore.resume_async(run.id)
+        result: int = await flowcore.resume_async(run.id)
         assert engine.last_run is not None
         resumed = engine.last_run.id
         await engine.recorder.flush()

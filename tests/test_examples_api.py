@@ -149,7 +149,7 @@ def test_latency_is_injected() -> None:
 )
 def test_bad_arguments_raise_naming_the_parameter(kwargs: dict[str, float], name: str) -> None:
     with pytest.raises(ValueError, match=f"`{name}`"):
-        FakeRecordsAPI(**kwargs)  # type: ignore[arg-type]
+        FakeRecordsAPI(**kwargs)
 
 
 def test_failure_rate_message() -> None:

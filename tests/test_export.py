@@ -26,6 +26,8 @@ import anyio.lowlevel
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 import flowcore
@@ -81,8 +83,8 @@ class Collector:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def spans(self) -> list[Any]:
-        found = []
+    def spans(self) -> list[tuple[Resource, Span]]:
+        found: list[tuple[Resource, Span]] = []
         for _, body in self.requests:
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)

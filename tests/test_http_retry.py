@@ -171,6 +171,13 @@ def _api_server_module() -> Any:
     return module
 
 
+def _pool_size(client: httpx.AsyncClient) -> int:
+    """The size of the client's connection pool (httpx has no public way to read it)."""
+    transport = client._transport
+    assert isinstance(transport, httpx.AsyncHTTPTransport), transport
+    return transport._pool._max_connections
+
+
 async def test_a_run_shares_one_http_client_and_closes_it() -> None:
     import asyncio
 
@@ -196,8 +203,7 @@ async def test_a_run_shares_one_http_client_and_closes_it() -> None:
             assert await pages(api.url) == 400
     assert len(clients) == 4 and len({id(c) for c in clients}) == 1
     assert clients[0].is_closed
-    pool = clients[0]._transport._pool  # the pool is sized from the flow's concurrency
-    assert pool._max_connections == 4
+    assert _pool_size(clients[0]) == 4  # the pool is sized from the flow's concurrency
     with pytest.raises(flowcore.ConfigurationError, match="outside a flow run"):
         flowcore.http_client()
 
@@ -207,7 +213,7 @@ async def test_the_shared_client_pool_covers_the_largest_named_limit() -> None:
 
     @flowcore.task(tags=["api"])
     async def call() -> None:
-        sizes.append(flowcore.http_client()._transport._pool._max_connections)
+        sizes.append(_pool_size(flowcore.http_client()))
 
     @flowcore.flow
     async def f() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import TypeGuard
 
 import flowcore
 
@@ -20,7 +21,7 @@ def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-def _imports_flowcore(node: ast.AST) -> bool:
+def _imports_flowcore(node: ast.AST) -> TypeGuard[ast.Import | ast.ImportFrom]:
     if isinstance(node, ast.ImportFrom):
         return node.level > 0 or (node.module or "").startswith("flowcore")
     if isinstance(node, ast.Import):

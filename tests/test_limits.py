@@ -203,7 +203,7 @@ def test_invalid_task_and_flow_limits() -> None:
     with pytest.raises(flowcore.ConfigurationError, match="`concurrency` must be an int >= 1"):
         flowcore.task(concurrency=0)
     with pytest.raises(flowcore.ConfigurationError, match="`concurrency`"):
-        flowcore.flow(concurrency="many")  # type: ignore[arg-type]
+        flowcore.flow(concurrency="many")  # type: ignore[call-overload]
     with pytest.raises(flowcore.ConfigurationError, match="one name, one limit"):
         flowcore.Engine("memory", limits=[flowcore.limit("a", 1), flowcore.limit("a", 2)])
 
@@ -297,7 +297,7 @@ def test_timeout_includes_wait_needs_a_timeout() -> None:
     with pytest.raises(flowcore.ConfigurationError, match="needs a `timeout`"):
         flowcore.task(timeout_includes_wait=True)(lambda: None)
     with pytest.raises(flowcore.ConfigurationError, match="True or False"):
-        flowcore.task(timeout=1, timeout_includes_wait="yes")(lambda: None)  # type: ignore[arg-type]
+        flowcore.task(timeout=1, timeout_includes_wait="yes")(lambda: None)  # type: ignore[call-overload]
 
 
 async def test_a_task_rate_is_held_on_a_fake_clock_and_bounds_a_map() -> None:

@@ -93,7 +93,7 @@ def test_options_are_checked_when_changed_and_all_problems_are_reported() -> Non
     with pytest.raises(flowcore.ConfigurationError, match="unknown options"):
         step.with_options(retrys=3)  # type: ignore[call-arg]
     with pytest.raises(flowcore.ConfigurationError, match="`record_inputs` must be True or False"):
-        flowcore.task(record_inputs="no")  # type: ignore[arg-type]
+        flowcore.task(record_inputs="no")  # type: ignore[call-overload]
     with pytest.raises(flowcore.ConfigurationError, match="either `retry=RetryPolicy"):
         flowcore.task(retry=flowcore.RetryPolicy(retries=1), retries=2)
 
@@ -110,7 +110,7 @@ def test_a_change_can_break_a_pair_of_options_and_is_refused() -> None:
 # -- one spelling per concept --------------------------------------------------------------
 
 
-def test_limit_and_Limit_are_the_same_limit() -> None:  # noqa: N802 - the names under test
+def test_limit_and_Limit_are_the_same_limit() -> None:
     # Regression: the class left burst=None (a burst of 1 at run time) while the
     # function filled a second's worth, and registering one then the other failed.
     assert flowcore.Limit("api", rate=10) == flowcore.limit("api", rate=10)
@@ -119,10 +119,10 @@ def test_limit_and_Limit_are_the_same_limit() -> None:  # noqa: N802 - the names
     assert flowcore.Limit("api", 3).burst is None  # no rate, no burst
 
 
-async def test_a_Limit_and_a_limit_of_one_name_register_together() -> None:  # noqa: N802
-    async with flowcore.Engine("memory", limits=[flowcore.Limit("api", rate=1000)]):
-        async with flowcore.limit("api", rate=1000):
-            pass
+async def test_a_Limit_and_a_limit_of_one_name_register_together() -> None:
+    engine = flowcore.Engine("memory", limits=[flowcore.Limit("api", rate=1000)])
+    async with engine, flowcore.limit("api", rate=1000):
+        assert engine.limits.named("api") is not None
 
 
 def test_every_exception_is_in_errors_and_importable_from_flowcore() -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -72,7 +72,7 @@ async def test_resume_replays_completed_calls_and_runs_the_rest(tmp_path: Path) 
         marker.touch()
         CALLS.clear()
 
-        result = await flowcore.resume_async(failed)
+        result: int = await flowcore.resume_async(failed)
 
         resumed = last_run_id(engine)
         old = await task_runs(engine, failed)
@@ -307,7 +307,7 @@ async def test_recorded_parameters_are_converted_to_the_annotated_types(tmp_path
             await typed_params(window, when, [1, 2], str(marker))
         marker.touch()
         CALLS.clear()
-        result = await flowcore.resume_async(last_run_id(engine))
+        result: str = await flowcore.resume_async(last_run_id(engine))
     assert result == f"10:7@{when.isoformat()}"
     assert CALLS == ["Window"]  # step(1) replayed: the recorded inputs matched
 
@@ -346,7 +346,7 @@ async def test_repeated_equal_calls_are_matched_by_position(tmp_path: Path) -> N
         assert CALLS == [("tick", 7), ("tick", 7), "gate"]
         marker.touch()
         CALLS.clear()
-        result = await flowcore.resume_async(last_run_id(engine))
+        result: list[int] = await flowcore.resume_async(last_run_id(engine))
         tasks = await task_runs(engine, last_run_id(engine))
     # The first two calls replay their own values (1 and 2); the third never ran before.
     assert result == [1, 2, 2]
@@ -369,7 +369,8 @@ async def add(a: int, b: int) -> int:
 @flowcore.flow
 async def fan_out(n: int, marker: str) -> int:
     parts = step.map(range(n), flowcore.unmapped(marker))
-    sums = [add.submit(part, 1) for part in parts]
+    # a future stands for its result (cast: the signature can't say so)
+    sums = [add.submit(cast(int, part), 1) for part in parts]
     return sum(await flowcore.wait(sums))
 
 
@@ -383,7 +384,7 @@ async def test_resume_of_concurrent_calls_with_future_inputs(tmp_path: Path) -> 
         old = await task_runs(engine, failed)
         marker.touch()
         CALLS.clear()
-        result = await flowcore.resume_async(failed)
+        result: int = await flowcore.resume_async(failed)
         new = await task_runs(engine, last_run_id(engine))
     assert result == sum(i * 10 + 1 for i in range(8))
     assert [t.state for t in old if t.name == "add"].count(State.UPSTREAM_FAILED) == 1

@@ -530,8 +530,8 @@ async def test_the_current_span_in_task_code_is_the_task_span(mode: str) -> None
     # spans under the task: the context is current, whoever makes the span.
     user_provider, user_exporter = sdk_provider() if mode == "own" else (provider, exporter)
     flows = build(user_provider.get_tracer("user"))
-    options = {"tracing": flowcore.Tracing(provider=provider)} if mode == "sdk" else {}
-    async with flowcore.Engine(store="memory", **options) as engine:
+    tracing = flowcore.Tracing(provider=provider) if mode == "sdk" else True  # True: the default
+    async with flowcore.Engine(store="memory", tracing=tracing) as engine:
         await flows.main()
         runs = await stored_runs(engine, last_run(engine))
     task_spans = {t.span_id: t for t in runs.tasks.values()}
@@ -592,8 +592,8 @@ async def test_a_resumed_run_links_to_the_run_it_resumes(mode: str, tmp_path: Pa
     async def steps(n: int) -> int:
         return sum([await step(i) for i in range(n)])
 
-    options = {"tracing": flowcore.Tracing(provider=provider)} if mode == "sdk" else {}
-    async with flowcore.Engine(tmp_path / "runs.db", **options) as engine:
+    tracing = flowcore.Tracing(provider=provider) if mode == "sdk" else True  # True: the default
+    async with flowcore.Engine(tmp_path / "runs.db", tracing=tracing) as engine:
         with pytest.raises(RuntimeError):
             await steps(4)
         failed = await engine.store.get_run(last_run(engine))
@@ -618,15 +618,15 @@ async def test_a_resumed_run_links_to_the_run_it_resumes(mode: str, tmp_path: Pa
 async def test_tracing_off_makes_no_spans() -> None:
     provider, exporter = sdk_provider()
     flows = build(provider.get_tracer("user"))
-    for options in ({}, {"tracer_provider": provider}):
+    for old_provider in (None, provider):  # None: the deprecated option not given
         # tracing=False wins over everything, the deprecated provider spelling included.
         warns = (
             pytest.warns(flowcore.FlowcoreDeprecationWarning)
-            if options
+            if old_provider is not None
             else contextlib.nullcontext()
         )
         with warns:
-            engine = flowcore.Engine(store="memory", tracing=False, **options)
+            engine = flowcore.Engine(store="memory", tracing=False, tracer_provider=old_provider)
         async with engine:
             assert await flows.main() == flows.expected
             runs = await stored_runs(engine, last_run(engine))
@@ -636,7 +636,8 @@ async def test_tracing_off_makes_no_spans() -> None:
         assert all(t.span_id is None for t in runs.tasks.values())
         flows.flaky_calls = 0
     # User code's own spans are still made (they are the application's), but no flowcore span.
-    assert {s.instrumentation_scope.name for s in exporter.get_finished_spans()} <= {"user"}
+    scopes = [s.instrumentation_scope for s in exporter.get_finished_spans()]
+    assert {scope.name if scope is not None else None for scope in scopes} <= {"user"}
     for span in exporter.get_finished_spans():
         assert span.parent is None or span.parent.span_id in {
             s.context.span_id for s in exporter.get_finished_spans()
@@ -761,7 +762,7 @@ async def test_own_spans_keep_the_current_span_right_around_user_spans() -> None
     async with flowcore.Engine(store="memory") as engine:
         await main()
         runs = await stored_runs(engine, last_run(engine))
-    by_name: dict[str, list[str]] = {}
+    by_name: dict[str, list[str | None]] = {}
     for t in sorted(runs.tasks.values(), key=lambda t: t.seq):
         by_name.setdefault(t.name, []).append(t.span_id)
 

@@ -19,6 +19,7 @@ are not awaited are plain functions, and the ones that are only run when needed.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -109,30 +110,16 @@ async def run_task(
                 timeout = await _pass_gates(gates, rec, engine, task, span)
             try:
                 try:
-                    call = (
-                        task.fn(*args, **kwargs)
-                        if inline
-                        else executor.call(
-                            task.fn, args, kwargs, task.is_async, timeout is not None
-                        )
-                    )
-                    if timeout is None:
-                        result = await call
+                    if inline:
+                        call = task.fn(*args, **kwargs)
                     else:
-                        with anyio.move_on_after(timeout) as scope:
-                            result = await call
-                        if scope.cancelled_caught:
-                            raise TaskTimeout(
-                                f"task {task.name!r} timed out after {task.timeout:g} s (its "
-                                "`timeout`); raise the `timeout` option or make the task faster"
-                            )
+                        call = executor.call(task.fn, args, kwargs, task.is_async, bool(timeout))
+                    result = await (call if timeout is None else _within(call, timeout, task))
                 finally:
                     if gates:
                         await leave(gates)  # per attempt: not held during a backoff
             except Exception as exc:
-                if rec.attempts == 1 and isinstance(exc, TypeError):
-                    _raise_if_bad_call(task, args, kwargs, exc)
-                if task.retry.should_retry(exc, rec.attempts - 1):
+                if _retries(task, rec, args, kwargs, exc):
                     await _wait_for_retry(engine, task, rec, exc, span)
                     continue
                 _fail(engine, rec, exc)
@@ -158,10 +145,7 @@ async def run_task(
         # leave the record Running.
         error = exc
         if not rec.state.is_terminal:
-            if isinstance(exc, Exception):
-                _fail(engine, rec, exc)
-            else:
-                move(recorder, rec, State.CANCELLED)
+            _end_unfinished(engine, rec, exc)
         raise
     finally:
         if span is not None:
@@ -174,6 +158,44 @@ async def run_task(
 def _fail(engine: Engine, rec: TaskRunRecord, exc: BaseException) -> None:
     finish_failed(engine.recorder, rec, exc)
     engine.tasks_failed += 1
+
+
+def _end_unfinished(engine: Engine, rec: TaskRunRecord, exc: BaseException) -> None:
+    """End a task run that an error or a cancellation left unfinished: Failed (or
+    TimedOut, UpstreamFailed) for an error, Cancelled for a cancellation."""
+    if isinstance(exc, Exception):
+        _fail(engine, rec, exc)
+    else:
+        move(engine.recorder, rec, State.CANCELLED)
+
+
+async def _within(call: Awaitable[Any], timeout: float, task: TaskSpec) -> Any:
+    """``await call``, cancelled after ``timeout`` seconds with :class:`TaskTimeout`."""
+    with anyio.move_on_after(timeout) as scope:
+        return await call
+    if scope.cancelled_caught:
+        raise TaskTimeout(
+            f"task {task.name!r} timed out after {task.timeout:g} s (its "
+            "`timeout`); raise the `timeout` option or make the task faster"
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retries(
+    task: TaskSpec,
+    rec: TaskRunRecord,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    exc: Exception,
+) -> bool:
+    """Whether the attempt that raised ``exc`` gets another try (its retry policy says).
+
+    A call whose arguments do not fit the function is a bug, not a flaky failure:
+    that raises a ConfigurationError at once.
+    """
+    if rec.attempts == 1 and isinstance(exc, TypeError):
+        _raise_if_bad_call(task, args, kwargs, exc)
+    return task.retry.should_retry(exc, rec.attempts - 1)
 
 
 async def _pass_gates(
