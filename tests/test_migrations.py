@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from contextlib import closing
@@ -390,3 +391,23 @@ async def test_a_database_from_a_newer_flowcore_is_refused_untouched(tmp_path: P
     with pytest.raises(flowcore.SchemaTooNew):
         await SQLiteStore(path).open()
     assert snapshot(path) == before
+
+
+# Released migrations never change: a database migrated by them must mean the same to
+# every later flowcore. A new change is a new numbered migration, with its checksum here.
+RELEASED = {
+    1: "cbf2042c5a0986d5d350af92081a26d91872ec1f9ef4fa19a411153a1c3004ff",
+    2: "7daa1f2549e0ad44ea999a0a9757e839a3e4239f467b44cb52e7ca199e670d91",
+    3: "dc896bbbc97812833f9f4e381d501ea5187cb254325e68ab9910056f3d10f7ca",
+    4: "b7b40bce135797ef2ce7f50d5c379c302011d89c395d3256d13e6e647fee409d",
+    5: "ff8b9477aed75a3a6c5b2c36a8ba85e12a62e0ae759aadd6de5ea622e4f3ba08",
+}
+
+
+def test_released_migrations_are_never_edited() -> None:
+    for number, checksum in RELEASED.items():
+        text = "\0".join(MIGRATIONS[number])
+        assert hashlib.sha256(text.encode()).hexdigest() == checksum, (
+            f"migration {number} was edited; add a new migration instead"
+        )
+    assert set(MIGRATIONS) - set(RELEASED) == set(range(max(RELEASED) + 1, SCHEMA_VERSION + 1))

@@ -52,8 +52,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                host TEXT,
                pid INTEGER,
                task_count INTEGER NOT NULL DEFAULT 0,
-               CHECK (state IN ('Cached', 'Cancelled', 'Completed', 'Crashed', 'Failed',
-                                'TimedOut', 'UpstreamFailed', 'Pending', 'Running', 'Retrying'))
+               CHECK (state IN ('Cached', 'Cancelled', 'Completed', 'Crashed', 'Failed', 'TimedOut', 'UpstreamFailed', 'Pending', 'Running', 'Retrying'))
            )""",
         "CREATE INDEX flow_runs_created ON flow_runs (created)",
         "CREATE INDEX flow_runs_name_created ON flow_runs (name, created)",
