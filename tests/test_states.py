@@ -1,8 +1,8 @@
 """Every history the engine records follows the transition table in flowcore/states.py.
 
-The engine sets states directly (a check per change would cost on the hot
-path), so this test drives every kind of ending through it and holds each
-recorded history to the table.
+Every state change goes through ``flowcore.records.transition``, which checks it
+against the table at run time; this test also drives every kind of ending
+through the engine and holds each recorded history to the table.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 
 import flowcore
 from flowcore import State
-from flowcore.states import TERMINAL, check_transition
+from flowcore.records import TaskRunRecord, transition
+from flowcore.states import NEXT, TERMINAL, check_transition
 
 pytestmark = pytest.mark.anyio
 
@@ -96,3 +97,21 @@ def test_the_table_refuses_leaving_a_terminal_state() -> None:
     for state in TERMINAL:
         with pytest.raises(RuntimeError, match="illegal state transition"):
             check_transition(state, State.RUNNING)
+
+
+def test_a_move_the_table_forbids_is_refused_and_not_recorded() -> None:
+    rec = TaskRunRecord(run_id="r", seq=0, name="t", state=State.PENDING, created=1.0)
+    transition(rec, State.RUNNING, 2.0)
+    transition(rec, State.COMPLETED, 3.0, "done")
+    assert rec.history == [("Running", 2.0), ("Completed", 3.0, "done")]
+    assert rec.ended == 3.0  # reaching a terminal state ends the record
+    for state in State:
+        with pytest.raises(RuntimeError, match="illegal state transition Completed ->"):
+            transition(rec, state, 4.0)
+    assert rec.state is State.COMPLETED and len(rec.history) == 2  # nothing recorded
+
+
+def test_the_table_has_a_row_for_every_state_and_terminal_ones_lead_nowhere() -> None:
+    assert set(NEXT) == set(State)
+    assert all(not NEXT[state] for state in TERMINAL)
+    assert all(NEXT[state] for state in set(State) - TERMINAL)

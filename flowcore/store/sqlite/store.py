@@ -258,8 +258,9 @@ class SQLiteStore:
     async def prune_spans(
         self, *, before: float | None = None, keep_runs: int | None = None
     ) -> int:
-        """Delete spans that started before ``before`` (unix seconds), or of all but the newest
-        ``keep_runs`` top-level runs; returns how many were deleted."""
+        """Delete spans that started before ``before`` (unix seconds), those of all but the
+        newest ``keep_runs`` top-level runs, or with both, those matching both; returns how
+        many were deleted (counted by the DELETE itself, in its transaction)."""
         where, params = [], []
         if before is not None:
             where.append("start < ?")
@@ -272,11 +273,13 @@ class SQLiteStore:
             params.append(keep_runs)
         if not where:
             return 0
-        rows = await self._io.fetch(
-            f"SELECT COUNT(*) FROM spans WHERE {' AND '.join(where)}", params
-        )
-        await self._io.transaction([(f"DELETE FROM spans WHERE {' AND '.join(where)}", [params])])
-        return int(rows[0][0])
+        sql = f"DELETE FROM spans WHERE {' AND '.join(where)}"
+
+        def delete(db: sqlite3.Connection) -> int:
+            return int(db.execute(sql, params).rowcount)
+
+        # Any number of rows: on the connection's thread, never blocking the event loop.
+        return await self._io.write(delete, rows=1 << 30)
 
     def get_cache_nowait(self, key: str) -> CacheEntry | None:
         """The cache entry with this key, read synchronously on the calling thread.
