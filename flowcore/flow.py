@@ -26,6 +26,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class _Keep:
+    """The default of ``with_options``' options: keep the flow's own value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<keep>"
+
+
+_KEEP = _Keep()
+
+
 class Flow(Generic[P, R]):
     """A flow: ``await my_flow(...)`` in async code, ``flowcore.run(my_flow, ...)`` in sync code.
 
@@ -83,6 +95,33 @@ class Flow(Generic[P, R]):
     def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run from synchronous code: ``my_flow.run(x=1)`` is ``flowcore.run(my_flow, x=1)``."""
         return run(self, *args, **kwargs)
+
+    def with_options(
+        self,
+        *,
+        name: str | None = None,
+        timeout: float | _Keep | None = _KEEP,
+        concurrency: int | _Keep | None = _KEEP,
+        executor: str | _Keep | None = _KEEP,
+    ) -> Flow[P, R]:
+        """A copy of this flow with some options changed; what is not named is kept.
+
+        ``timeout``, ``concurrency`` and ``executor`` may be set to ``None`` to drop them.
+        (A copy under another name is resumed with ``flowcore.resume(run_id, flow=copy)``:
+        its runs record where the original is defined.)
+
+        >>> @flowcore.flow(timeout=60)
+        ... async def etl() -> None: ...
+        >>> etl.with_options(name="etl-nightly", timeout=None).timeout is None
+        True
+        """
+        changed: Flow[P, R] = flow(
+            name=self.name if name is None else name,
+            timeout=self.timeout if isinstance(timeout, _Keep) else timeout,
+            concurrency=self.concurrency if isinstance(concurrency, _Keep) else concurrency,
+            executor=self.executor if isinstance(executor, _Keep) else executor,
+        )(self.fn)
+        return changed
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The parameters a call with ``args`` and ``kwargs`` gives, defaults applied."""
