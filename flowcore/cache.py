@@ -148,13 +148,35 @@ def source_fingerprint(fn: Callable[..., Any]) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-_canonical = msgspec.msgpack.Encoder(order="deterministic")
+def _key_part(value: Any) -> Any:
+    """What a value that msgspec cannot encode contributes to a key, when it says so.
+
+    A value whose type has ``__flowcore_cache_key__`` (``flowcore.Secret``: a digest
+    of the secret, never the secret) is keyed on what that returns; anything else
+    stays an error, so a key is never silently built without an argument.
+    """
+    part = getattr(type(value), "__flowcore_cache_key__", None)
+    if part is None:
+        raise TypeError(f"Encoding objects of type {type(value).__qualname__} is unsupported")
+    return part(value)
+
+
+_canonical = msgspec.msgpack.Encoder(order="deterministic", enc_hook=_key_part)
 
 
 class KeyMaker:
     """Computes cache keys for one task; built once per task, used per call."""
 
-    __slots__ = ("_defaults", "_names", "_policy", "_prefix", "_signature", "_simple", "task_name")
+    __slots__ = (
+        "_defaults",
+        "_names",
+        "_policy",
+        "_positional",
+        "_prefix",
+        "_signature",
+        "_simple",
+        "task_name",
+    )
 
     def __init__(self, fn: Callable[..., Any], task_name: str, policy: CachePolicy) -> None:
         self.task_name = task_name
@@ -174,22 +196,30 @@ class KeyMaker:
         # Calls binding only plain parameters can skip inspect's (slow) bind().
         self._simple = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
         self._names = tuple(p.name for p in params)
+        #: How many parameters can be given positionally (keyword-only ones come last).
+        self._positional = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
         self._defaults = {p.name: p.default for p in params if p.default is not p.empty}
 
     def _arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The bound arguments, defaults applied, in the signature's order (as
+        ``inspect.Signature.bind`` gives them: a key function sees one order however
+        the call was spelled)."""
         names = self._names
-        if self._simple and len(args) <= len(names):
+        n = len(args)
+        if self._simple and n <= self._positional:
             arguments = dict(zip(names, args, strict=False))
-            if kwargs:
-                if any(k in arguments or k not in names for k in kwargs):
-                    return self._bind(args, kwargs)
-                arguments.update(kwargs)
-            if len(arguments) < len(names):
-                for name in names:
-                    if name not in arguments:
-                        if name not in self._defaults:
-                            return self._bind(args, kwargs)  # let bind() raise its error
-                        arguments[name] = self._defaults[name]
+            if n == len(names):
+                return arguments if not kwargs else self._bind(args, kwargs)
+            if kwargs and any(k in arguments or k not in names for k in kwargs):
+                return self._bind(args, kwargs)  # a duplicate or unknown name: bind() says
+            defaults = self._defaults
+            for name in names[n:]:
+                if name in kwargs:
+                    arguments[name] = kwargs[name]
+                elif name in defaults:
+                    arguments[name] = defaults[name]
+                else:
+                    return self._bind(args, kwargs)  # let bind() raise its error
             return arguments
         return self._bind(args, kwargs)
 
@@ -211,10 +241,8 @@ class KeyMaker:
                 )
                 try:
                     h.update(_canonical.encode(keyed))  # sorted keys: order-independent
-                except (TypeError, ValueError, OverflowError):
-                    for name, value in keyed.items():
-                        self._encode(name, value)  # raises, naming the argument
-                    raise
+                except _UNENCODABLE:
+                    h.update(self._encode_each(keyed))
             if policy.key is not None:
                 user_key = policy.key(arguments)
                 if not isinstance(user_key, str):
@@ -222,17 +250,65 @@ class KeyMaker:
                         f"the cache key function of task {self.task_name!r} must return a str, "
                         f"got {type(user_key).__name__}"
                     )
-                h.update(b"\0key=" + user_key.encode())
+                # surrogatepass: the same bytes as UTF-8 for any valid text, and a key
+                # made of a file name that is not UTF-8 (os.fsdecode) is still a key.
+                h.update(b"\0key=" + user_key.encode("utf-8", "surrogatepass"))
         return h.hexdigest()
+
+    def _encode_each(self, keyed: Mapping[str, Any]) -> bytes:
+        """The canonical encoding of arguments msgspec refused as they were: text with
+        lone surrogates (a file name from ``os.fsdecode``) is encoded as an extension
+        type, which no plain string encodes to, so keys stay distinct and stable;
+        anything else that cannot be encoded raises :class:`CacheKeyError` naming it."""
+        stable = {}
+        for name, value in keyed.items():
+            try:
+                _canonical.encode(value)
+            except _UNENCODABLE:
+                value = _with_surrogates(value, 0)
+                self._encode(name, value)  # raises, naming the argument, if still refused
+            stable[name] = value
+        return _canonical.encode(stable)
 
     def _encode(self, name: str, value: Any) -> bytes:
         try:
             return _canonical.encode(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except _UNENCODABLE as exc:
+            reason = (
+                "nested too deeply to encode"
+                if isinstance(exc, RecursionError)
+                else f"which has no stable encoding ({exc})"
+            )
             raise CacheKeyError(
                 f"cannot compute the cache key of task {self.task_name!r}: argument {name!r} "
-                f"is a {type(value).__qualname__}, which has no stable encoding ({exc}). "
+                f"is a {type(value).__qualname__}, {reason}. "
                 f"Leave it out of the key with cache=CachePolicy.from_inputs(exclude=[{name!r}]) "
                 "+ CachePolicy.from_source(), or give a key function: "
                 "CachePolicy.from_key(lambda args: ...)"
             ) from exc
+
+
+#: What msgspec raises for a value it cannot encode: RecursionError for a value nested
+#: deeper than the interpreter's recursion limit.
+_UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError)
+#: The extension type code of text holding lone surrogates, in a cache key.
+_SURROGATE_TEXT = 1
+
+
+def _with_surrogates(value: Any, depth: int) -> Any:
+    """``value`` with each str holding lone surrogates replaced by an extension value of
+    its ``surrogatepass`` bytes (in lists, tuples and dict values); the rest unchanged."""
+    if depth > 64:
+        return value
+    t = type(value)
+    if t is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return msgspec.msgpack.Ext(_SURROGATE_TEXT, value.encode("utf-8", "surrogatepass"))
+        return value
+    if t is list or t is tuple:
+        return [_with_surrogates(v, depth + 1) for v in value]
+    if t is dict:
+        return {k: _with_surrogates(v, depth + 1) for k, v in value.items()}
+    return value

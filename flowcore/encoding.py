@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from .ids import type_name
+from .ids import safe_repr, safe_str, safe_text, type_name
 
 __all__ = ["decode_inputs", "encode_inputs", "placeholder"]
 
@@ -39,10 +39,9 @@ def _enc_hook(value: object) -> object:
 
 
 def _repr(value: object) -> str:
-    try:
-        return repr(value)[:200]
-    except Exception:  # a broken __repr__, an int past the str() digit limit
-        return "<repr failed>"
+    # Never raises (a broken __repr__, an int past the str() digit limit, a value
+    # nested too deep), and always recordable (no lone surrogates).
+    return safe_repr(value, 200)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
@@ -104,20 +103,26 @@ def encode_inputs(
         return _encoder.encode(recorded)
     except Exception:
         pass
-    # A value msgspec refuses (an int beyond 64 bits, a dict keyed by tuples): the
-    # others are recorded as they are, and each such value as a placeholder.
+    # A value msgspec refuses (an int beyond 64 bits, a dict keyed by tuples, a str
+    # with lone surrogates, a list nested 100,000 deep): the others are recorded as
+    # they are, and each such value as a placeholder. Names too may hold surrogates
+    # (``**kwargs``).
     try:
-        return _encoder.encode({k: _encodable(v) for k, v in recorded.items()})
+        return _encoder.encode({safe_text(k): _encodable(v) for k, v in recorded.items()})
     except Exception as exc:  # e.g. a recursion inside a value's own hook
-        return _encoder.encode({"__flowcore__": "unencodable", "error": str(exc)[:200]})
+        return _encoder.encode({"__flowcore__": "unencodable", "error": _error(exc)})
 
 
 def _encodable(value: object) -> object:
     try:
         _encoder.encode(value)
     except Exception as exc:
-        return placeholder("unencodable", value, repr=_repr(value), error=str(exc)[:200])
+        return placeholder("unencodable", value, repr=_repr(value), error=_error(exc))
     return value
+
+
+def _error(exc: Exception) -> str:
+    return safe_str(exc)[:200]
 
 
 def decode_inputs(data: bytes) -> Any:

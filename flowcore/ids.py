@@ -1,22 +1,42 @@
-"""Identities: of runs, of this process, and of errors as they are recorded.
+"""Identities: of runs, of this process, and of errors and values as they are recorded.
 
 Small and dependency-free so that every layer, the store included, can name the
 host a run ran on or record an error the same way.
+
+Recording must never fail because of what it records: an error message read from
+a file name that is not UTF-8 (``os.fsdecode`` turns its bytes into lone
+surrogates, which neither SQLite nor msgpack accept), an exception whose
+``__str__`` raises, a value whose ``repr`` does. The ``safe_*`` helpers and
+:func:`error_message` give text that is always recordable, and cost a type
+check when the text is plain (they run on failures and on cold paths only).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import traceback
 from typing import Final
 
-__all__ = ["HOST", "MAX_TRACEBACK", "error_name", "new_run_id", "traceback_text"]
+__all__ = [
+    "HOST",
+    "MAX_TRACEBACK",
+    "error_message",
+    "error_name",
+    "new_run_id",
+    "safe_repr",
+    "safe_str",
+    "safe_text",
+    "traceback_text",
+]
 
 #: This machine's name, recorded on every run (crash detection asks "was it here?").
 HOST: Final = socket.gethostname()
 #: Characters of a traceback kept on a record: the end, where the error is.
 MAX_TRACEBACK: Final = 20_000
+#: Characters of an error message kept on a record.
+MAX_MESSAGE: Final = 2000
 
 
 def new_run_id() -> str:
@@ -35,9 +55,72 @@ def error_name(exc: BaseException) -> str:
 def type_name(value: object) -> str:
     """A value's type as people write it: builtins bare, others with their module."""
     t = type(value)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    return name if name.isascii() else safe_text(name)
+
+
+def error_message(exc: BaseException, limit: int = MAX_MESSAGE) -> str:
+    """``str(exc)`` as recorded: at most ``limit`` characters, never raising (an
+    exception whose ``__str__`` raises is described instead), always recordable."""
+    return safe_str(exc)[:limit]
 
 
 def traceback_text(exc: BaseException) -> str:
     """The traceback of ``exc`` as recorded: its last :data:`MAX_TRACEBACK` characters."""
-    return "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception as failure:  # e.g. a chain of causes too deep to format
+        text = (
+            f"{error_name(exc)}: {error_message(exc)}\n"
+            f"(the traceback could not be formatted: {error_name(failure)})\n"
+        )
+    return safe_text(text[-MAX_TRACEBACK:])
+
+
+# -- text that can always be recorded -------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte that os.fsdecode (the surrogateescape handler) could not decode:
+        # shown as Python shows bytes, so b"caf\xe9.csv" reads back as caf\xe9.csv.
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def safe_text(text: str) -> str:
+    """``text`` if it is valid Unicode for UTF-8 (almost always: returned as is), else
+    with its lone surrogates escaped (``\\xe9`` for an undecodable byte, else ``\\udXXX``)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(_escape, text)
+    return text
+
+
+def safe_str(value: object) -> str:
+    """``str(value)``, recordable, never raising: a ``__str__`` that raises (or returns
+    something else than a str) gives ``<unprintable TYPE: str() raised ERROR>``."""
+    try:
+        text = str(value)
+    except Exception as exc:
+        return f"<unprintable {type_name(value)}: str() raised {type_name(exc)}>"
+    return safe_text(text)
+
+
+def safe_repr(value: object, limit: int | None = None) -> str:
+    """``repr(value)`` (cut to ``limit`` characters), recordable, never raising: a
+    ``__repr__`` that raises, an int past the digit limit, a value nested too deep give
+    ``<TYPE: repr failed>``."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type_name(value)}: repr failed>"
+    if limit is not None:
+        text = text[:limit]
+    return safe_text(text)

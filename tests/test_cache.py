@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime
 import importlib
+import inspect
 import logging
 import os
 import pickle
@@ -24,7 +25,9 @@ import msgspec
 import pytest
 
 import flowcore
+import flowcore.encoding
 from flowcore import CacheKeyError, CachePolicy, ConfigurationError, State
+from flowcore.cache import KeyMaker
 from flowcore.records import CacheEntry, WriteBatch
 from flowcore.serializers import MAGIC, encode_result
 from flowcore.store.files import FileBlobs
@@ -1304,3 +1307,117 @@ async def test_bad_result_file_is_repaired_by_the_recomputed_value(
     assert not _unusable_warnings(caplog, key), "the damaged result file was never replaced"
     assert tr.state is State.CACHED
     assert CALLS == [("big", 40_000), ("big", 40_000)]
+
+
+# -- keys of odd arguments -------------------------------------------------------------------
+
+
+def _nested(depth: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+async def test_an_argument_nested_too_deeply_raises_cache_key_error() -> None:
+    # Regression: msgspec's RecursionError escaped, where a CacheKeyError naming the
+    # argument and the fix is promised.
+    @flowcore.task(cache=True)
+    async def walks(tree: list[Any]) -> int:
+        CALLS.append("walked")
+        return 1
+
+    @flowcore.flow
+    async def f() -> int:
+        return await walks(_nested(100_000))
+
+    async with flowcore.Engine() as engine:
+        with pytest.raises(CacheKeyError, match="'tree' is a list, nested too deeply") as info:
+            await f()
+        [tr] = await task_runs(engine)
+    assert "exclude=['tree']" in str(info.value)
+    assert CALLS == []
+    assert tr.state is State.FAILED and tr.error_type == "flowcore.CacheKeyError"
+    # Its inputs are recorded as a placeholder, not an error.
+    assert flowcore.encoding.decode_inputs(tr.inputs)["tree"]["__flowcore__"] == "unencodable"
+
+
+async def test_text_that_is_not_utf8_is_a_key_of_its_own() -> None:
+    # A file name that is not UTF-8 (os.fsdecode gives lone surrogates) used to raise
+    # UnicodeEncodeError from the key; it is a key, distinct from the text it resembles.
+    name = os.fsdecode(b"caf\xe9.csv")
+
+    @flowcore.task(cache=True)
+    async def load(path: str, options: dict[str, Any]) -> int:
+        CALLS.append(path)
+        return len(path)
+
+    @flowcore.task(cache=CachePolicy.from_key(lambda args: args["path"]))
+    async def load_by_key(path: str) -> int:
+        CALLS.append(("key", path))
+        return len(path)
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        return [
+            await load(name, {"tags": [name]}),
+            await load(name, {"tags": [name]}),  # a hit
+            await load("caf\\xe9.csv", {"tags": ["caf\\xe9.csv"]}),  # the escaped text: a miss
+            await load_by_key(name),
+            await load_by_key(name),  # a hit
+        ]
+
+    async with flowcore.Engine() as engine:
+        assert await f() == [8, 8, 11, 8, 8]
+        runs = await task_runs(engine)
+    assert [name, "caf\\xe9.csv", ("key", name)] == CALLS
+    assert [t.state for t in runs] == [
+        State.COMPLETED,
+        State.CACHED,
+        State.COMPLETED,
+        State.COMPLETED,
+        State.CACHED,
+    ]
+
+
+def test_a_key_function_sees_the_arguments_in_signature_order() -> None:
+    # Regression: the fast path gave keyword arguments in call order and defaults last;
+    # bind() (the slow path) gives the signature's order. Always the signature's.
+    def fn(a: int, b: int = 2, *, c: int = 3, d: int = 4) -> None: ...
+
+    seen: list[list[str]] = []
+
+    def key(args: Any) -> str:
+        seen.append(list(args))
+        return "k"
+
+    maker = KeyMaker(fn, "fn", CachePolicy.from_key(key))
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1,), {}),
+        ((1,), {"c": 5}),
+        ((1,), {"d": 5, "c": 6}),
+        ((), {"d": 5, "a": 1}),
+        ((1, 2), {"d": 5}),
+        ((1, 2), {}),
+    ]
+    for args, kwargs in calls:
+        maker.key(args, kwargs)
+    assert seen == [["a", "b", "c", "d"]] * len(calls)
+    # And they are the arguments bind() gives, values included.
+    slow = inspect.signature(fn)
+    for args, kwargs in calls:
+        bound = slow.bind(*args, **kwargs)
+        bound.apply_defaults()
+        assert maker._arguments(args, kwargs) == dict(bound.arguments)
+        assert list(maker._arguments(args, kwargs)) == list(bound.arguments)
+
+
+def test_a_keyword_only_parameter_given_positionally_is_refused() -> None:
+    # The fast path bound a keyword-only parameter to a positional argument.
+    def fn(a: int, *, b: int = 2) -> None: ...
+
+    maker = KeyMaker(fn, "fn", CachePolicy())
+    with pytest.raises(TypeError, match="positional"):
+        maker.key((1, 2), {})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 
 import flowcore
@@ -196,6 +198,20 @@ async def test_failed_background_writes_are_retried_without_losing_records() -> 
     await _assert_all_completed(store, 50)
 
 
+async def _assert_end_unwritten(store: MemoryStore, tasks: int) -> None:
+    """The one run's end could not be written when it ended, and its caller got the
+    StoreError: it is recorded Failed with that error, never Completed; its task runs,
+    which did complete (and whose callers saw it), are Completed."""
+    (run,) = await store.list_runs()
+    assert run.state is State.FAILED
+    assert run.error_type == "flowcore.StoreError"
+    assert run.error_message is not None and "disk full" in run.error_message
+    assert run.ended is not None
+    assert [h[0] for h in run.history] == ["Running", "Failed"]
+    assert "it ended Completed, but that could not be recorded" in run.history[-1][2]
+    assert await store.count_task_runs(run.id) == {"Completed": tasks}
+
+
 @pytest.mark.anyio
 async def test_a_failed_write_at_the_end_of_a_run_is_written_when_the_engine_closes() -> None:
     store = FlakyStore(failures=1)
@@ -206,8 +222,10 @@ async def test_a_failed_write_at_the_end_of_a_run_is_written_when_the_engine_clo
             await small(5)
         assert engine.recorder.pending == 6  # kept, not dropped
         assert await store.list_runs() == []
+        assert engine.last_run is not None and engine.last_run.state is State.FAILED
     assert store.failed == 1
-    await _assert_all_completed(store, 5)
+    # Written when the engine closes, as what its caller saw: Failed, not Completed.
+    await _assert_end_unwritten(store, 5)
 
 
 @pytest.mark.anyio
@@ -295,4 +313,178 @@ async def test_backpressure_does_not_hang_a_flow_when_the_store_keeps_failing() 
             await gathered(500)
         assert engine.recorder.pending == 501  # every record kept for a later write
         store.failures_left = 0  # the disk recovers: closing the engine writes them
-    await _assert_all_completed(store, 500)
+    await _assert_end_unwritten(store, 500)
+
+
+# -- strict durability when the store cannot be written ------------------------------------
+
+
+@flowcore.task
+async def one(i: int) -> int:
+    return i
+
+
+@flowcore.flow
+async def strict_flow(n: int = 3) -> int:
+    return sum([await one(i) for i in range(n)])
+
+
+@pytest.mark.anyio
+async def test_strict_commit_fails_at_once_when_the_store_cannot_be_written() -> None:
+    # Regression: a failed flush never woke the tasks waiting in commit(), so under
+    # durability="strict" a full disk hung the flow forever.
+    store = FlakyStore(failures=None)
+    async with flowcore.Engine(store=store, durability="strict", flush_interval=60) as engine:
+        with anyio.fail_after(30), pytest.raises(flowcore.StoreError, match="disk full"):
+            await strict_flow()
+        assert engine.last_run is not None
+        assert engine.last_run.state is State.FAILED  # what the caller saw, not Completed
+        assert engine.last_run.error_type == "flowcore.StoreError"
+        store.failures_left = 0  # the disk recovers: closing the engine writes the records
+    (run,) = await store.list_runs()
+    assert run.state is State.FAILED and run.error_type == "flowcore.StoreError"
+    # The task whose completion could not be committed did complete (its result is
+    # stored; a resume replays it): the error was the store's, and the run carries it.
+    assert await store.count_task_runs(run.id) == {"Completed": 1}
+
+
+@pytest.mark.anyio
+async def test_strict_commit_failure_reaches_the_flow_which_may_go_on() -> None:
+    store = FlakyStore(failures=1)
+    seen: list[str] = []
+
+    @flowcore.flow
+    async def careful() -> int:
+        try:
+            await one(1)
+        except flowcore.StoreError as exc:
+            seen.append(str(exc))
+        return await one(2)  # the disk is back: committed before it returns
+
+    async with flowcore.Engine(store=store, durability="strict", flush_interval=60):
+        with anyio.fail_after(30):
+            assert await careful() == 2
+    assert seen == ["disk full (simulated)"]
+    (run,) = await store.list_runs()
+    assert run.state is State.COMPLETED
+    assert await store.count_task_runs(run.id) == {"Completed": 2}
+
+
+@pytest.mark.anyio
+async def test_waiters_of_a_failed_commit_each_get_their_own_error() -> None:
+    store = FlakyStore(failures=1)
+
+    @flowcore.flow
+    async def together() -> list[object]:
+        # Both completions wait for the same flush (group commit), which fails.
+        return list(await asyncio.gather(one(1), one(2), return_exceptions=True))
+
+    async with flowcore.Engine(store=store, durability="strict", flush_interval=60):
+        with anyio.fail_after(30):
+            results = await together()
+    assert all(isinstance(r, flowcore.StoreError) for r in results), results
+    assert results[0] is not results[1]
+    assert str(results[0]) == str(results[1]) == "disk full (simulated)"
+    assert store.failed == 1
+
+
+# -- errors the writer did not expect ---------------------------------------------------------
+
+
+class BuggyStore(RecordingStore):
+    """Its first ``failures`` writes raise an error that is not a StoreError (a bug in a
+    store plugin, say), before writing anything."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures_left = failures
+        self.failures_used_up = anyio.Event()
+
+    async def write(self, batch: WriteBatch) -> None:
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            if self.failures_left == 0:
+                self.failures_used_up.set()
+            raise KeyError("a bug in the store")
+        await super().write(batch)
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_error_in_the_writer_is_logged_and_the_engine_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Regression: anything but a StoreError raised in the writer's own flushes killed
+    # the writer task (and with it the engine): nothing more was recorded.
+    store = BuggyStore(failures=2)
+
+    @flowcore.flow
+    async def waits_for_the_writer() -> int:
+        first = sum(await flowcore.wait([noop.submit(i) for i in range(10)]))
+        with anyio.fail_after(10):  # the writer's periodic flushes meet both failures
+            await store.failures_used_up.wait()
+        return first + len(await asyncio.gather(*(noop(i) for i in range(10))))
+
+    async with flowcore.Engine(store=store, flush_interval=0.01):
+        assert await waits_for_the_writer() == sum(range(10)) + 10
+        assert await small(5) == 10  # the engine goes on
+    logged = [r for r in caplog.records if "could not write run records" in r.getMessage()]
+    assert len(logged) == 1  # once while it repeats, with the traceback of the bug
+    assert "KeyError" in logged[0].getMessage()
+    assert logged[0].exc_info is not None and logged[0].exc_info[0] is KeyError
+    runs = {r.name: r for r in await store.list_runs()}
+    assert runs["waits_for_the_writer"].state is State.COMPLETED
+    assert await store.count_task_runs(runs["waits_for_the_writer"].id) == {"Completed": 20}
+    assert await store.count_task_runs(runs["small"].id) == {"Completed": 5}
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_error_at_a_runs_end_reaches_its_caller_as_a_store_error() -> None:
+    store = BuggyStore(failures=1)
+    async with flowcore.Engine(store=store, flush_interval=60):
+        with pytest.raises(flowcore.StoreError, match="KeyError: 'a bug in the store'"):
+            await small(3)
+        assert await small(3) == 3
+    runs = sorted(await store.list_runs(), key=lambda r: r.created)
+    assert [r.state for r in runs] == [State.FAILED, State.COMPLETED]
+
+
+class PickyStore(RecordingStore):
+    """Refuses, as SQLite does, a batch holding text that is not valid Unicode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    async def write(self, batch: WriteBatch) -> None:
+        try:
+            msgspec.msgpack.encode([*batch.flow_runs, *batch.task_runs, *batch.spans])
+        except UnicodeEncodeError:
+            self.refused += 1
+            raise
+        await super().write(batch)
+
+
+@pytest.mark.anyio
+async def test_a_batch_refused_for_a_value_is_made_recordable_and_written() -> None:
+    # A task named from a file name that is not UTF-8: nothing on the way escapes a
+    # task's own name, so the store refuses the batch, and the writer makes it
+    # recordable and writes it again instead of dying or dropping it.
+    store = PickyStore()
+    name = os.fsdecode(b"caf\xe9.csv")
+
+    @flowcore.task(name=name)
+    async def opens() -> int:
+        return 1
+
+    @flowcore.flow
+    async def reads() -> int:
+        return await opens()
+
+    async with flowcore.Engine(store=store, flush_interval=60):
+        assert await reads() == 1
+    assert store.refused == 1
+    (run,) = await store.list_runs()
+    assert run.state is State.COMPLETED
+    (task_run,) = await store.list_task_runs(run.id)
+    assert task_run.state is State.COMPLETED
+    assert task_run.name == "caf\\xe9.csv"

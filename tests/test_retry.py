@@ -218,3 +218,28 @@ def test_retry_policy_object_and_validation() -> None:
         flowcore.backoff(jitter=2)
     with pytest.raises(flowcore.ConfigurationError, match="factor"):
         flowcore.backoff(factor=0.5)
+
+
+async def test_a_retried_error_whose_str_raises_reaches_the_flow_unchanged() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text for you")
+
+    raised = Unprintable()
+
+    @flowcore.task(retries=1)
+    async def broken() -> None:
+        raise raised
+
+    @flowcore.flow
+    async def work() -> None:
+        await broken()
+
+    async with flowcore.Engine("memory", clock=FakeClock()) as engine:
+        with pytest.raises(Unprintable) as caught:
+            await work()
+        assert engine.last_run is not None
+        (rec,) = await engine.store.list_task_runs(engine.last_run.id)
+    assert caught.value is raised
+    assert rec.attempts == 2 and rec.state is flowcore.State.FAILED
+    assert "unprintable" in str(rec.history[1][2]).lower()

@@ -26,7 +26,7 @@ import anyio
 
 from .._current import current_task_run
 from ..errors import ConfigurationError, TaskTimeout
-from ..ids import error_name
+from ..ids import error_message, error_name
 from ..records import TaskRunRecord, transition
 from ..states import State
 from .cached import cache_lookup
@@ -77,7 +77,7 @@ async def run_task(
         if rec.started is None:  # made by submit or map, or waiting for its input futures
             if waits:
                 recorder.task_changed(rec)
-                args, kwargs = await resolve_inputs(rec, ctx, args, kwargs)
+                args, kwargs = await resolve_inputs(rec, ctx, args, kwargs, task)
             rec.started = now = time.time()
             rec.attempts = 1
             transition(rec, _RUNNING, now)
@@ -113,7 +113,9 @@ async def run_task(
                     if inline:
                         call = task.fn(*args, **kwargs)
                     else:
-                        call = executor.call(task.fn, args, kwargs, task.is_async, bool(timeout))
+                        call = executor.call(
+                            task.fn, args, kwargs, task.is_async, bool(timeout) or ctx.deadline
+                        )
                     result = await (call if timeout is None else _within(call, timeout, task))
                 finally:
                     if gates:
@@ -242,7 +244,8 @@ async def _wait_for_retry(
 ) -> None:
     retries_done = rec.attempts - 1
     delay = task.retry.delay_for(retries_done, engine.rng, exc)
-    note = f"{type(exc).__name__}: {str(exc)[:300]} (retry in {delay:.3g} s)"
+    message = error_message(exc, 1000)  # never raises, even if the error's __str__ does
+    note = f"{type(exc).__name__}: {message[:300]} (retry in {delay:.3g} s)"
     move(engine.recorder, rec, State.RETRYING, note)
     engine.tasks_retried += 1
     if span is not None:
@@ -251,7 +254,7 @@ async def _wait_for_retry(
             {
                 "flowcore.attempt": rec.attempts,
                 "exception.type": error_name(exc),
-                "exception.message": str(exc)[:1000],
+                "exception.message": message,
                 "flowcore.retry.delay_s": delay,
             },
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from ..errors import TaskTimeout, UpstreamFailed
-from ..ids import error_name, traceback_text
+from ..ids import error_message, error_name, traceback_text
 from ..records import TaskRunRecord, transition
 from ..states import State
 from .recorder import Recorder
@@ -36,9 +36,13 @@ def failed_state(exc: BaseException) -> State:
 
 
 def finish_failed(recorder: Recorder, rec: TaskRunRecord, exc: BaseException) -> None:
-    """End ``rec`` with the error ``exc``: its type, message and traceback are recorded."""
+    """End ``rec`` with the error ``exc``: its type, message and traceback are recorded.
+
+    Never raises because of what ``exc`` holds (a ``__str__`` that raises, a file name
+    that is not UTF-8): the task's own error is what reaches the flow.
+    """
     rec.error_type = error_name(exc)
-    rec.error_message = str(exc)[:2000]
+    rec.error_message = error_message(exc)
     rec.traceback = traceback_text(exc)
     move(recorder, rec, failed_state(exc))
 

@@ -13,19 +13,40 @@ its references: a finished task run is then garbage unless the user holds it.
 A failed write (disk full, database locked for longer than the store's
 timeout) puts the batch back and is retried at the next flush; it never drops
 records. The last flush, when the engine closes, raises the error instead.
+
+Recording never fails because of a value: a record the store refuses (text with
+lone surrogates, an int past 64 bits in a span attribute) is made recordable
+(:func:`_scrub`) and written again; that costs nothing until a write fails. Any
+other error in the writer is logged and kept like a store error: the batch stays
+queued, the writer goes on, and the callers who wait for a commit hear of it.
+Whoever is told a write failed sees it agree with what is finally stored: a run
+whose end could not be written is recorded as failed with that error
+(:meth:`Recorder.end_run`), never as completed.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import anyio
+import msgspec
 
-from ..errors import StoreError
-from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
+from ..errors import StoreError, StoreUnavailable
+from ..ids import error_message, error_name, safe_repr, safe_text, traceback_text
+from ..records import (
+    CacheEntry,
+    FlowRunRecord,
+    SpanRecord,
+    TaskRunRecord,
+    WriteBatch,
+    transition,
+)
+from ..states import State
 from ..store.base import Store
 
 __all__ = ["Recorder"]
@@ -68,6 +89,9 @@ class Recorder:
         # Group commit: flushes are numbered; commit() waits for the next one to finish.
         self._started = 0
         self._completed = 0
+        #: The newest flush that failed, and why: commit() waiters of that flush are told.
+        self._failed = 0
+        self._failure: StoreError | None = None
         self._admission: deque[anyio.Event] = deque()  # task runs waiting for room
         #: Whether a task run about to start must first wait for the writer (:meth:`admit`):
         #: ``max_backlog`` task runs wait to be written, or others already wait to start.
@@ -156,18 +180,65 @@ class Recorder:
         """Wait until everything changed before this call is committed (group commit).
 
         Tasks finishing together share one flush: each waits for the first flush
-        that starts after its change, and asks for it to start now.
+        that starts after its change, and asks for it to start now. If that flush
+        fails (disk full), this raises its :class:`~flowcore.StoreError` at once, as a
+        batched run's end does: the records stay queued, but nothing waits forever.
         """
         target = self._started + 1
         self._wake_requested = True
         self._wakeup.set()
         while self._completed < target:
+            if self._failed >= target and self._failure is not None:
+                raise _copy(self._failure)
             await self._flushed.wait()
+
+    async def end_run(self, record: FlowRunRecord) -> None:
+        """Flush at the end of the top-level run ``record``: a durability point, whose
+        error reaches the run's caller.
+
+        If the run's end could not be written, the caller gets the error, so the run
+        must not be recorded as completed later, when the store recovers: its end is
+        changed, before it is written, to Failed with that error (the history notes
+        the end it had reached). A run that had already failed keeps its own error.
+        If the run's records were committed by an earlier flush and only other
+        records failed, the run's end is durable: nothing is raised here.
+        """
+        try:
+            await self.flush()
+        except StoreError as exc:
+            if id(record) not in self._flows:
+                return  # committed already; the others are retried, and reported at close
+            if record.state is State.COMPLETED:
+                self._end_unwritten(record, exc)
+            raise
+
+    def _end_unwritten(self, record: FlowRunRecord, exc: StoreError) -> None:
+        reached = record.history.pop()  # the end that was never written
+        record.state = State(record.history[-1][0]) if record.history else State.RUNNING
+        record.ended = None
+        note = (
+            f"it ended {reached[0]}, but that could not be recorded: {error_name(exc)}: "
+            f"{error_message(exc, 300)}"
+        )
+        transition(record, State.FAILED, time.time(), note)
+        record.error_type = error_name(exc)
+        record.error_message = error_message(exc)
+        record.traceback = traceback_text(exc)
+        # Its span, if flowcore persists it and it is still queued, says the same.
+        for span in self.spans:
+            if span.span_id == record.span_id and span.run_id == record.id:
+                span.attributes["flowcore.state"] = State.FAILED.value
+                span.status = "ERROR"
+                span.status_message = f"{error_name(exc)}: {error_message(exc, 900)}"
 
     # -- the writer ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Flush periodically until cancelled (the engine runs this in its task group)."""
+        """Flush periodically until cancelled (the engine runs this in its task group).
+
+        No error ends it: records stay queued and are retried, and the error is
+        logged (once while it repeats) and kept for the final flush.
+        """
         while True:
             with anyio.move_on_after(self.flush_interval):
                 await self._wakeup.wait()
@@ -176,11 +247,17 @@ class Recorder:
                 self._wake_requested = False
             try:
                 await self.flush()
-            except StoreError as exc:
-                # Kept for the final flush; records stay queued and are retried.
-                if self.last_error is None or str(exc) != str(self.last_error):
-                    log.warning("flowcore could not write run records yet, will retry: %s", exc)
-                self.last_error = exc
+            except Exception as exc:
+                error = exc if isinstance(exc, StoreError) else _unexpected(exc)
+                if self.last_error is None or str(error) != str(self.last_error):
+                    # The traceback of what nobody expected (not a full disk or a lock).
+                    cause = error.__cause__ if type(error) is StoreError else None
+                    log.warning(
+                        "flowcore could not write run records yet, will retry: %s",
+                        error,
+                        exc_info=None if isinstance(cause, OSError | None) else cause,
+                    )
+                self.last_error = error
                 await anyio.sleep(min(1.0, self.flush_interval * 10))
 
     async def flush(self) -> None:
@@ -207,6 +284,12 @@ class Recorder:
         if not self._tasks and not self._flows and not self._cache and not self.spans:
             if self._admission:
                 self._let_in(everyone=False)
+            # Nothing left to write (and no flush runs meanwhile: this holds the lock),
+            # so every change is committed: commit() waiters may go.
+            self._started += 1
+            self._completed = self._started
+            done, self._flushed = self._flushed, anyio.Event()
+            done.set()
             return
         self._started += 1
         generation = self._started
@@ -222,8 +305,15 @@ class Recorder:
         try:
             if files and self.blobs is not None:
                 # Blobs first: a record never refers to a result not yet stored.
-                await self.blobs.put(files)
-            await self.store.write(
+                try:
+                    await self.blobs.put(files)
+                except OSError as exc:
+                    raise StoreUnavailable(
+                        f"cannot write result files in {self.blobs.location}: {exc}; check "
+                        "the permissions and free space there, or set FLOWCORE_HOME to a "
+                        "writable folder"
+                    ) from exc
+            await self._write(
                 WriteBatch(list(flows.values()), list(tasks.values()), list(cache.values()), spans)
             )
         except BaseException as exc:
@@ -236,11 +326,19 @@ class Recorder:
             self.spans.extendleft(reversed(spans))
             self._writing_cache, self._writing_files = {}, {}
             self._let_in(everyone=True)
-            if isinstance(exc, OSError):
-                raise StoreError(f"cannot write result files: {exc}") from exc
-            raise
+            if not isinstance(exc, Exception):
+                raise  # a cancellation: the batch is written by a later flush
+            error = exc if isinstance(exc, StoreError) else _unexpected(exc)
+            # Whoever waits for this flush to commit (strict durability) is told now.
+            self._failed, self._failure = generation, error
+            done, self._flushed = self._flushed, anyio.Event()
+            done.set()
+            if error is exc:
+                raise
+            raise error from exc
         self._writing_cache, self._writing_files = {}, {}
         self.last_error = None
+        self._failure = None
         self.flushes += 1
         self.rows_written += len(flows) + len(tasks) + len(cache)
         self.spans_written += len(spans)
@@ -249,3 +347,97 @@ class Recorder:
             self._let_in(everyone=False)
         done, self._flushed = self._flushed, anyio.Event()
         done.set()
+
+    async def _write(self, batch: WriteBatch) -> None:
+        """``store.write(batch)``; a batch refused for one of its values (not a store
+        error: a UnicodeEncodeError, an OverflowError) is made recordable and written
+        again, so one odd value never blocks the writer."""
+        try:
+            await self.store.write(batch)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if not _scrub(batch):
+                raise
+            log.debug(
+                "flowcore made records recordable after %s: %s",
+                error_name(exc),
+                error_message(exc, 300),
+            )
+            await self.store.write(batch)
+
+
+def _unexpected(exc: BaseException) -> StoreError:
+    """The StoreError for an error the store did not expect (a bug here or in the store)."""
+    return StoreError(
+        f"flowcore could not write its run records: {error_name(exc)}: {error_message(exc)}. "
+        "They are kept and written again at the next flush; if this goes on, please report "
+        "it with the traceback logged by the `flowcore` logger"
+    )
+
+
+def _copy(error: StoreError) -> StoreError:
+    """A copy of ``error`` to raise in one more waiter (one exception object raised in
+    several tasks would collect all their tracebacks)."""
+    try:
+        twin = copy.copy(error)
+    except Exception:
+        twin = StoreError(str(error))
+    twin.__cause__ = error
+    return twin
+
+
+# -- making records recordable ------------------------------------------------------------
+
+#: Containers deeper than this are recorded as a placeholder string.
+_MAX_DEPTH = 64
+_INT64 = (-(2**63), 2**64 - 1)
+
+
+def _scrub(batch: WriteBatch) -> bool:
+    """Make every record of ``batch`` recordable, in place; returns whether anything
+    changed. Text with lone surrogates is escaped (``flowcore.ids.safe_text``), ints past
+    64 bits and values of other types become their repr, containers nested too deep a
+    placeholder. Only called after a write failed, so it may take its time."""
+    changed = False
+    for records in (batch.flow_runs, batch.task_runs, batch.cache_entries, batch.spans):
+        for record in records:
+            for name in record.__struct_fields__:
+                value = getattr(record, name)
+                clean = _recordable(value, 0)
+                if clean is not value:
+                    setattr(record, name, clean)
+                    changed = True
+    return changed
+
+
+def _recordable(value: Any, depth: int) -> Any:
+    """``value`` itself if it is recordable, else a recordable copy (see :func:`_scrub`)."""
+    t = type(value)
+    if value is None or isinstance(value, bool | float | bytes | bytearray):
+        return value
+    if isinstance(value, str):
+        text = safe_text(value)
+        return value if text is value else text
+    if isinstance(value, int):
+        return value if _INT64[0] <= value <= _INT64[1] else safe_repr(value, 200)
+    if depth >= _MAX_DEPTH and t in (list, tuple, dict):
+        return f"<{t.__name__} nested too deep to record>"
+    if t is list or t is tuple:
+        items = [_recordable(v, depth + 1) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return items if t is list else tuple(items)
+    if t is dict:
+        pairs = [(_recordable(k, depth + 1), _recordable(v, depth + 1)) for k, v in value.items()]
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(pairs, value.items(), strict=True)):
+            return value
+        return dict(pairs)
+    try:
+        _probe.encode(value)  # a type the store may know (a datetime, a Struct)
+    except Exception:
+        return safe_repr(value, 200)
+    return value
+
+
+_probe = msgspec.msgpack.Encoder()

@@ -5,7 +5,9 @@ the name is the SHA-256 of the content, so a file is written once however many
 runs produce the same value, and reading it back verifies it: a file whose
 content does not hash to its name (truncated, corrupted, tampered with) is
 refused. Files are written to a temporary name, flushed to disk, then renamed,
-so a crash never leaves a half-written file under a real name.
+so a crash never leaves a half-written file under a real name. Results are
+data of the runs, so folders are created 0700 and files 0600 (``mkstemp``'s
+mode, kept by the rename); a folder that exists keeps its mode.
 
 Files work for one host; a store shared by several hosts keeps its blobs where
 every host can read them (a table, a shared folder) behind the same
@@ -85,8 +87,10 @@ class FileBlobs:
                 return
         except OSError:
             pass  # missing (or unreadable): write it
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        if not target.parent.is_dir():
+            for folder in (self.folder, target.parent):
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # 0600
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)

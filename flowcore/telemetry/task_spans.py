@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..ids import safe_text
 from ..records import SpanRecord, TaskRunRecord
 from ..states import State
 
@@ -60,7 +61,7 @@ def task_span(rec: TaskRunRecord, trace_id: str, error: BaseException | None = N
                     _ns(entry[1]),
                     {
                         "flowcore.attempt": attempt,
-                        "flowcore.note": entry[2] if len(entry) > 2 else "",
+                        "flowcore.note": safe_text(str(entry[2])) if len(entry) > 2 else "",
                     },
                 )
             )

@@ -33,7 +33,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 from .._current import current_task_run
-from ..ids import error_name
+from ..ids import error_message, error_name, safe_text, traceback_text
 from ..records import SpanRecord, TaskRunRecord
 from .sdk import PersistProcessor, span_route
 from .task_spans import task_end_attributes, task_span
@@ -150,6 +150,7 @@ class _Handle:
         self.route = route  # the span_route set for a run's SDK span, to reset at its end
 
     def event(self, name: str, attributes: dict[str, Any]) -> None:
+        attributes = _recordable(attributes)
         if self.record is not None:
             self.record.events.append((name, time.time_ns(), attributes))
         else:
@@ -165,14 +166,14 @@ class _Handle:
             rec.attributes.update(attributes)
             if error is not None:
                 rec.status = "ERROR"
-                rec.status_message = f"{type(error).__name__}: {error}"[:1000]
+                rec.status_message = _status_message(error)
                 rec.events.append(
                     (
                         "exception",
                         time.time_ns(),
                         {
                             "exception.type": error_name(error),
-                            "exception.message": str(error)[:2000],
+                            "exception.message": error_message(error),
                             "exception.escaped": True,
                         },
                     )
@@ -185,8 +186,8 @@ class _Handle:
             span = self.sdk_span
             span.set_attributes(attributes)
             if error is not None:
-                span.record_exception(error, escaped=True)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1000]))
+                _record_exception(span, error)
+                span.set_status(Status(StatusCode.ERROR, _status_message(error)))
             elif attributes.get("flowcore.state") in ("Completed", "Cached"):
                 span.set_status(Status(StatusCode.OK))
             span.end()
@@ -195,6 +196,48 @@ class _Handle:
                     span_route.reset(self.route)
                 except ValueError:  # finished from another context: nothing to restore there
                     pass
+
+
+def _status_message(error: BaseException) -> str:
+    """A failed span's status message: ``Type: message``, never raising."""
+    return f"{type(error).__name__}: {error_message(error, 1000)}"[:1000]
+
+
+def _record_exception(span: Any, error: BaseException) -> None:
+    """``span.record_exception(error)``, for any error: the SDK's own reads ``str(error)``,
+    which may raise or hold text no exporter can encode; then the event is made here."""
+    message = error_message(error)
+    if message == _plain_str(error):
+        try:
+            span.record_exception(error, escaped=True)
+            return
+        except Exception:
+            pass
+    span.add_event(
+        "exception",
+        {
+            "exception.type": error_name(error),
+            "exception.message": message,
+            "exception.stacktrace": traceback_text(error),
+            "exception.escaped": True,
+        },
+    )
+
+
+def _plain_str(error: BaseException) -> str | None:
+    try:
+        return str(error)[:2000]
+    except Exception:
+        return None
+
+
+def _recordable(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Span event attributes with every string recordable (see ``flowcore.ids.safe_text``):
+    a retry's error message may hold a file name that is not UTF-8."""
+    for value in attributes.values():
+        if type(value) is str and not value.isascii():
+            return {k: safe_text(v) if type(v) is str else v for k, v in attributes.items()}
+    return attributes
 
 
 class SpanMaker:

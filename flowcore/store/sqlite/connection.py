@@ -13,6 +13,16 @@ Three connections to one file, each for a reason:
 Every write is one ``BEGIN IMMEDIATE ... COMMIT`` made in a single call, so no
 transaction is ever left open half-way, and a locked database is waited out
 with short jittered retries for ``lock_timeout`` seconds before an error.
+
+Before each write the file at the path is checked to be the one that was opened
+(same device and inode, one ``stat``: about a microsecond a write): SQLite goes
+on writing to a database file that was deleted or replaced, and every record
+written after that would be lost without a word.
+
+Run records hold parameters and inputs in plain text, so what flowcore creates is
+private to its user: the folder 0700, the database (and so its ``-wal`` and
+``-shm`` files, which SQLite creates with the database's mode) 0600. A folder or
+a database that already exists keeps the mode it has.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import anyio
 
 from ...errors import StoreCorrupted, StoreError, StoreUnavailable
 
-__all__ = ["Connection", "begin", "check_parent", "is_locked", "translate"]
+__all__ = ["Connection", "begin", "check_parent", "is_locked", "make_private_folder", "translate"]
 
 _T = TypeVar("_T")
 
@@ -92,6 +102,9 @@ class Connection:
         self._write_order = asyncio.Lock()
         self._here_rows = 0  # rows written here since the last checkpoint was asked for
         self._checkpoint: asyncio.Task[Any] | None = None
+        #: (device, inode) of the database file opened: each write checks the path still
+        #: names it (_check_file).
+        self._file: tuple[int, int] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -102,6 +115,7 @@ class Connection:
         if self._db is not None:
             return
         check_parent(self.path)
+        _create_private(self.path)
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None, timeout=5.0)
         except sqlite3.OperationalError as exc:
@@ -117,7 +131,11 @@ class Connection:
             await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             if self.synchronous == "NORMAL":
                 self._here = self._connect_here()
+            self._file = _identity(os.stat(self.path))
         except BaseException:
+            here, self._here = self._here, None
+            if here is not None:
+                here.close()
             await db.close()
             raise
         self._db = db
@@ -151,6 +169,7 @@ class Connection:
         here, self._here = self._here, None
         if here is not None:
             here.close()  # before aiosqlite's: the last connection to close checkpoints
+        self._file = None
         db, self._db = self._db, None
         if db is not None:
             # Closing must finish even if the caller is being cancelled, or the
@@ -225,12 +244,7 @@ class Connection:
             reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         except sqlite3.OperationalError as exc:
             if not self.path.exists():
-                raise StoreUnavailable(
-                    f"the flowcore database {self.path} is gone (deleted or moved while the "
-                    "engine was running); the records of this engine's runs are still being "
-                    "written to the open file, but nothing can read them back: restart the "
-                    "engine to start a new database there"
-                ) from exc
+                raise self._gone("is gone (deleted or moved)") from exc
             raise
         reader.execute("PRAGMA query_only = 1")
         reader.execute("PRAGMA busy_timeout = 1000")
@@ -276,6 +290,7 @@ class Connection:
         not dropped while it waits out a lock. anyio's shields cannot promise this:
         plain asyncio cancellation (a cancelled ``gather``) goes through them.
         """
+        self._check_file()
         if rows <= _HERE_MAX_ROWS and self._here is not None and not self._thread_writes:
             try:
                 return self._write_here(body, rows)
@@ -291,6 +306,31 @@ class Connection:
         # a lock sleeps between tries, and a later write must not commit meanwhile.
         async with self._write_order:
             return await self.call(_atomically, body)
+
+    def _check_file(self) -> None:
+        """Raise :class:`StoreUnavailable` if the path no longer names the database file
+        that was opened (deleted, or replaced by another file): SQLite would go on
+        writing to the open file, and every record written would be lost."""
+        opened = self._file
+        if opened is None:
+            return
+        try:
+            now = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            raise self._gone("was deleted") from None
+        except OSError:
+            return  # cannot tell (a permission change): let the write itself report it
+        if now != opened:
+            raise self._gone("was replaced by another file")
+
+    def _gone(self, what: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the flowcore database {self.path} {what} while this engine had it open, so "
+            "nothing more can be recorded in it (what SQLite wrote to the old file would "
+            "be lost). The records not written yet are kept until the engine closes; "
+            "restart the engine (or reopen the store) to start a new database there, or "
+            "point FLOWCORE_HOME at the folder where the database now is"
+        )
 
     def _write_here(self, body: Callable[[sqlite3.Connection], _T], rows: int) -> _T:
         """``body`` in a write transaction on this thread; raises ``_Locked`` if the
@@ -430,10 +470,37 @@ async def begin(db: aiosqlite.Connection) -> None:
         await db.execute("BEGIN IMMEDIATE")
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def make_private_folder(folder: Path) -> None:
+    """Create ``folder`` (and missing parents, as ``mkdir -p`` does) if it is missing:
+    the folder itself readable by its user only (0700), since what flowcore keeps in it
+    holds parameters and inputs. A folder that exists keeps its mode."""
+    if folder.is_dir():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file empty, readable and writable by its user only, if it
+    does not exist: SQLite would create it 0644, and its ``-wal`` and ``-shm`` files
+    take the database's mode. An empty file is a new database to SQLite."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # let SQLite's own open report the problem, in its words
+    os.close(fd)
+
+
 def check_parent(path: Path) -> None:
     folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_folder(folder)
     except OSError as exc:
         raise StoreUnavailable(
             f"cannot create the folder {folder} for the flowcore database: {exc.strerror}; "
