@@ -63,6 +63,9 @@ class FlowRunRecord(msgspec.Struct, gc=False):
     resumed_from: str | None = None  # the run this one re-drives
     trace_id: str | None = None  # OpenTelemetry trace of the run (hex), when traced
     span_id: str | None = None  # the run's own span (hex)
+    # Where ``pid`` means something (kernel boot and PID namespace, see _process.MACHINE):
+    # only a reader with the same identity may ask the operating system about ``pid``.
+    machine: str = ""
 
     @property
     def duration(self) -> float | None:

@@ -37,6 +37,7 @@ import pytest
 
 import flowcore
 from flowcore import FlowRunRecord, State, TaskRunRecord
+from flowcore._process import MACHINE
 from flowcore.encoding import decode_inputs
 from flowcore.ids import HOST
 from flowcore.records import WriteBatch
@@ -228,7 +229,13 @@ def dead_pid() -> int:
 
 
 def running_record(
-    run_id: str, *, host: str, pid: int, heartbeat: float, started: float | None = None
+    run_id: str,
+    *,
+    host: str,
+    pid: int,
+    heartbeat: float,
+    started: float | None = None,
+    machine: str = MACHINE,
 ) -> FlowRunRecord:
     started = heartbeat - 1 if started is None else started
     return FlowRunRecord(
@@ -241,6 +248,7 @@ def running_record(
         history=[("Running", heartbeat - 1)],
         host=host,
         pid=pid,
+        machine=machine,
     )
 
 
@@ -275,8 +283,12 @@ async def test_mark_crashed_runs(flowcore_home: Path, sleeper: int) -> None:
         "reused-pid": running_record(
             "reused-pid", host=HOST, pid=sleeper, heartbeat=now - 1, started=born - 900
         ),
-        "remote-fresh": running_record("remote-fresh", host="elsewhere", pid=1, heartbeat=now - 10),
-        "remote-stale": running_record("remote-stale", host="elsewhere", pid=1, heartbeat=now - 40),
+        "remote-fresh": running_record(
+            "remote-fresh", host="elsewhere", pid=1, heartbeat=now - 10, machine="elsewhere"
+        ),
+        "remote-stale": running_record(
+            "remote-stale", host="elsewhere", pid=1, heartbeat=now - 40, machine="elsewhere"
+        ),
     }
     finished = running_record("finished", host=HOST, pid=gone, heartbeat=now - 1)
     finished.state = State.FAILED
@@ -306,6 +318,7 @@ async def test_mark_crashed_runs(flowcore_home: Path, sleeper: int) -> None:
     }
     assert dead.error_type == "Crashed" and str(gone) in (dead.error_message or "")
     assert dead.ended == dead.heartbeat  # it ended, at the latest, at its last sign of life
+    assert dead.task_count == 5  # the task runs the store has for it
     assert dead.history[-1][0] == "Crashed"
     assert [t.state for t in dead_tasks] == [
         State.COMPLETED,
@@ -314,6 +327,37 @@ async def test_mark_crashed_runs(flowcore_home: Path, sleeper: int) -> None:
         State.CRASHED,
         State.FAILED,
     ]
+
+
+async def test_a_crashed_run_shows_how_long_it_ran_and_how_much_it_did(
+    flowcore_home: Path,
+) -> None:
+    # Its record was last written at its first heartbeat, 26 ms in, with 100 task runs;
+    # it went on for 2 s and 2,800 task runs (their records flushed), then died.
+    t0 = time.time() - 60
+    record = running_record("busy", host=HOST, pid=dead_pid(), heartbeat=t0 + 0.026, started=t0)
+    record.task_count = 100
+    tasks = [
+        TaskRunRecord(
+            run_id="busy", seq=i, name="t", state=State.COMPLETED, created=t0 + i / 1400,
+            started=t0 + i / 1400, ended=t0 + (i + 1) / 1400, history=[("Completed", 0.0)],
+        )
+        for i in range(2799)
+    ]  # fmt: skip
+    tasks.append(
+        TaskRunRecord(
+            run_id="busy", seq=2799, name="t", state=State.RUNNING, created=t0 + 1.9,
+            started=t0 + 1.99, history=[("Running", t0 + 1.99)],
+        )
+    )  # fmt: skip
+    async with flowcore.SQLiteStore(flowcore_home / "flowcore.db") as store:
+        await store.write(WriteBatch([record], tasks))
+        [crashed] = await mark_crashed_runs(store)
+        run = await store.get_run("busy")
+    assert crashed.id == "busy" and run.state is State.CRASHED
+    assert run.ended == pytest.approx(t0 + 2799 / 1400)  # its last task run's end: 2 s in
+    assert run.duration == pytest.approx(2799 / 1400)
+    assert run.task_count == 2800
 
 
 async def test_an_engine_opening_marks_crashed_runs(flowcore_home: Path) -> None:

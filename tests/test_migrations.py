@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import pytest
 
 import flowcore
 import flowcore.store.sqlite.schema as sqlite_store
-from flowcore import SQLiteStore, State
+from flowcore import FlowRunRecord, SQLiteStore, State, TaskRunRecord
 from flowcore.encoding import decode_inputs
+from flowcore.records import WriteBatch, transition
 from flowcore.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
+from flowcore.testing.store_suite.records import full_flow_run
 
 pytestmark = pytest.mark.anyio
 
@@ -393,6 +396,183 @@ async def test_a_database_from_a_newer_flowcore_is_refused_untouched(tmp_path: P
     assert snapshot(path) == before
 
 
+# -- migration 6: flow runs as (query columns, body) ---------------------------------------------
+
+V5_FLOW_COLS = (
+    "id, name, kind, state, created, parameters, parent_run_id, parent_task_seq, started, ended, "
+    "heartbeat, error_type, error_message, traceback, history, host, pid, task_count, "
+    "entrypoint, resumed_from, trace_id, span_id"
+)
+
+
+def v5_flow_row(r: FlowRunRecord) -> tuple[Any, ...]:
+    """A flow run as flowcore wrote it up to schema version 5: a column per field."""
+    return (
+        r.id, r.name, r.kind, r.state.value, r.created, r.parameters, r.parent_run_id,
+        r.parent_task_seq, r.started, r.ended, r.heartbeat, r.error_type, r.error_message,
+        r.traceback, enc.encode(r.history), r.host, r.pid, r.task_count, r.entrypoint,
+        r.resumed_from, r.trace_id, r.span_id,
+    )  # fmt: skip
+
+
+def v5_database(path: Path, runs: list[FlowRunRecord], tasks: Sequence[TaskRunRecord] = ()) -> None:
+    """A database as a flowcore with schema version 5 left it, holding ``runs``."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN")
+        for number in range(1, 6):
+            for statement in MIGRATIONS[number]:
+                if statement not in sqlite_store.DATA_STEPS:  # no rows to convert yet
+                    conn.execute(statement)
+            conn.execute(f"INSERT INTO flowcore_meta VALUES ('migration.{number}', '1.5')")
+        conn.execute("INSERT INTO flowcore_meta VALUES ('schema_version', '5')")
+        conn.execute("PRAGMA user_version = 5")
+        conn.executemany(
+            f"INSERT INTO flow_runs ({V5_FLOW_COLS}) VALUES ({', '.join('?' * 22)})",
+            [v5_flow_row(r) for r in runs],
+        )
+        conn.executemany(
+            "INSERT INTO task_runs (run_id, seq, name, state, result_ref, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(t.run_id, t.seq, t.name, t.state.value, t.result_ref, enc.encode(t)) for t in tasks],
+        )
+        conn.execute("COMMIT")
+
+
+def v5_runs() -> list[FlowRunRecord]:
+    """Flow runs as a version-5 flowcore recorded them: every field it knew, set."""
+    full = full_flow_run()
+    full.machine = ""  # not a field before version 6
+    return [
+        full,
+        FlowRunRecord(id="minimal", name="f", state=State.COMPLETED, created=T0),
+        FlowRunRecord(
+            id="child", name="sub", state=State.COMPLETED, created=T0 + 1, started=T0 + 1,
+            ended=T0 + 2, parent_run_id="minimal", parent_task_seq=3, task_count=4,
+            history=[("Running", T0 + 1), ("Completed", T0 + 2)], host="h", pid=7,
+        ),
+        FlowRunRecord(
+            id="alive", name="f", state=State.RUNNING, created=T0 + 3, started=T0 + 3,
+            heartbeat=T0 + 8, history=[("Running", T0 + 3, "resuming run minimal")],
+            host="h", pid=8, resumed_from="minimal", trace_id="ab" * 16, span_id="cd" * 8,
+            entrypoint="flows.py:f", parameters=enc.encode({"n": 1}), task_count=2,
+        ),
+        FlowRunRecord(
+            id="marked", name="f", state=State.CRASHED, created=T0 + 4, started=T0 + 4,
+            ended=T0 + 5, error_type="Crashed", error_message="the run's process stopped",
+            history=[("Running", T0 + 4), ("Crashed", T0 + 40, "no heartbeat from h for 35 s")],
+            host="h", pid=9,
+        ),
+    ]  # fmt: skip
+
+
+async def test_a_v5_database_is_migrated_and_reads_every_flow_run_back(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v5_database(path, v5_runs())
+    async with SQLiteStore(path) as store:
+        read = {r.id: await store.get_run(r.id) for r in v5_runs()}
+        listed = await store.list_runs(limit=100)
+        running = await store.list_runs(state="Running")
+        named = await store.list_runs(name="sub")
+        children = await store.child_runs("minimal")
+        by_prefix = await store.get_run("alive"[:3])
+    assert read == {r.id: r for r in v5_runs()}  # every field as written, machine ""
+    assert sorted(r.id for r in listed) == sorted(r.id for r in v5_runs())
+    assert [r.id for r in listed] == [r.id for r in sorted(v5_runs(), key=lambda r: -r.created)]
+    assert [r.id for r in running] == ["alive"] and [r.id for r in named] == ["child"]
+    assert [r.id for r in children] == ["child"] and by_prefix.id == "alive"
+    assert snapshot(path)["user_version"] == SCHEMA_VERSION
+    assert "body" in columns(path, "flow_runs")
+    assert "migration.6" in meta(path) and meta(path)["migration.5"] == "1.5"
+
+
+async def test_new_writes_to_a_migrated_database_round_trip_every_field(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    v5_database(path, v5_runs())
+    every_field = full_flow_run()
+    every_field.id = "new"
+    assert every_field.machine  # set, like every other field
+    assert set(FlowRunRecord.__struct_fields__) - {"machine"} <= set(V5_FLOW_COLS.split(", "))
+    async with SQLiteStore(path) as store:
+        await store.write(WriteBatch([every_field], []))
+        # A run written before the migration, written again (its heartbeat, its end).
+        alive = await store.get_run("alive")
+        alive.heartbeat = T0 + 13
+        alive.machine = "linux:boot:pidns:4:1"
+        await store.write(WriteBatch([alive], []))
+        after_heartbeat = await store.get_run("alive")
+        transition(alive, State.COMPLETED, T0 + 14)
+        alive.task_count = 9
+        await store.write(WriteBatch([alive], []))
+        # A Crashed run from before the migration, completed late.
+        late = await store.get_run("marked")
+        late.state, late.ended, late.error_type, late.error_message = (
+            State.COMPLETED, T0 + 50, None, None,
+        )  # fmt: skip
+        late.history = [("Running", T0 + 4), ("Completed", T0 + 50)]
+        await store.write(WriteBatch([late], []))
+    async with SQLiteStore(path) as store:  # read back by another connection, reopened
+        assert await store.get_run("new") == every_field
+        assert after_heartbeat.heartbeat == T0 + 13
+        assert after_heartbeat.machine == "linux:boot:pidns:4:1"
+        assert await store.get_run("alive") == alive
+        assert [r.id for r in await store.list_runs(state="Running")] == []
+        marked = await store.get_run("marked")
+        unchanged = {r.id: r for r in v5_runs()}
+        for run_id in ("minimal", "child", full_flow_run().id):
+            assert await store.get_run(run_id) == unchanged[run_id]
+    assert marked.state is State.COMPLETED and marked.ended == T0 + 50
+    assert [e[:2] for e in marked.history] == [
+        ("Running", T0 + 4),
+        ("Crashed", T0 + 40),
+        ("Completed", T0 + 50),
+    ]
+    assert "crashed by mistake" in marked.history[1][2]
+    assert "no heartbeat from h for 35 s" in marked.history[1][2]
+
+
+async def test_migration_6_keeps_one_running_resumption_of_a_run(tmp_path: Path) -> None:
+    # Two resumptions of one run, both still Running (resumed twice at once): the unique
+    # index of migration 6 allows one. The older is taken for crashed, with its task runs.
+    path = tmp_path / "flowcore.db"
+
+    def resumption(run_id: str, created: float, of: str, state: State) -> FlowRunRecord:
+        return FlowRunRecord(
+            id=run_id, name="f", state=state, created=created, started=created,
+            resumed_from=of, history=[("Running", created)], host="h", pid=1,
+        )  # fmt: skip
+
+    runs = [
+        resumption("older", T0, "x", State.RUNNING),
+        resumption("newer", T0 + 1, "x", State.RUNNING),
+        resumption("done", T0 + 2, "x", State.COMPLETED),
+        resumption("other", T0 + 3, "y", State.RUNNING),
+    ]
+    tasks = [
+        TaskRunRecord(run_id="older", seq=0, name="t", state=State.COMPLETED, created=T0),
+        TaskRunRecord(run_id="older", seq=1, name="t", state=State.RUNNING, created=T0),
+    ]
+    v5_database(path, runs, tasks)
+    async with SQLiteStore(path) as store:
+        states = {r.id: r.state for r in await store.list_runs()}
+        older = await store.get_run("older")
+        older_tasks = await store.list_task_runs("older")
+    assert states == {
+        "older": State.CRASHED,
+        "newer": State.RUNNING,
+        "done": State.COMPLETED,
+        "other": State.RUNNING,
+    }
+    assert older.error_type == "Crashed" and "resumption of run x" in (older.error_message or "")
+    assert older.history[-1][0] == "Crashed" and "schema version 6" in older.history[-1][2]
+    assert [t.state for t in older_tasks] == [State.COMPLETED, State.CRASHED]
+    with closing(sqlite3.connect(path)) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO flow_runs (id, name, state, created, resumed_from) "
+            "VALUES ('third', 'f', 'Running', 1.0, 'x')"
+        )
+
+
 # Released migrations never change: a database migrated by them must mean the same to
 # every later flowcore. A new change is a new numbered migration, with its checksum here.
 RELEASED = {
@@ -401,6 +581,7 @@ RELEASED = {
     3: "dc896bbbc97812833f9f4e381d501ea5187cb254325e68ab9910056f3d10f7ca",
     4: "b7b40bce135797ef2ce7f50d5c379c302011d89c395d3256d13e6e647fee409d",
     5: "ff8b9477aed75a3a6c5b2c36a8ba85e12a62e0ae759aadd6de5ea622e4f3ba08",
+    6: "10c7b6339a1acb74d8417b8c8d8090d063bfef491bca38e0dfa4f8d0d6fc3bf1",
 }
 
 

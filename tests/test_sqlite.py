@@ -518,7 +518,10 @@ async def test_new_rows_are_inserted_and_rows_written_before_are_updated(tmp_pat
         await store.write(WriteBatch([], [running, ended]))
         assert store._unfinished == {}
         back = {t.seq: t for t in await store.list_task_runs("run1", limit=None)}
-    assert [back[i].state for i in range(3)] == [State.COMPLETED, State.COMPLETED, State.CRASHED]
+    # The row another process marked Crashed takes the late completion, keeping the mark.
+    assert [back[i].state for i in range(3)] == [State.COMPLETED] * 3
+    marks = [entry[0] for entry in back[crashed_elsewhere.seq].history]
+    assert marks == ["Running", "Crashed", "Completed"]
     assert back[running.seq].attempts == 3
     assert back[ended.seq].attempts == 0
     assert back[ended.seq].result_ref == "ab" * 32 and back[running.seq].result_ref is None

@@ -19,19 +19,30 @@ contract: a store that passes it can back flowcore.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
+
+import msgspec
 
 from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
+from ..states import TERMINAL, State
 
 __all__ = [
+    "FINISHED",
     "BlobStore",
     "CacheStore",
     "LeaseStore",
     "RunStore",
     "SpanStore",
     "Store",
+    "late_completion",
     "not_found_message",
+    "replaces",
 ]
+
+_R = TypeVar("_R", FlowRunRecord, TaskRunRecord)
+
+#: The terminal states a run reaches by itself, which replace a stored ``Crashed``.
+FINISHED: Final = frozenset({State.COMPLETED, State.FAILED, State.TIMED_OUT, State.CANCELLED})
 
 
 class RunStore(Protocol):
@@ -41,7 +52,15 @@ class RunStore(Protocol):
     await*: the engine keeps mutating the same record objects while a write is
     in flight, and relies on each write being a snapshot taken at call time.
     Writes are upserts keyed by run id (and ``seq`` for task runs); a record
-    already in a terminal state is never overwritten.
+    already in a terminal state is never overwritten, with one exception: a late
+    completion. A run another process marked ``Crashed`` (no heartbeat for a while:
+    a long GC pause, a blocked event loop) may still be alive, and finish. A write
+    of a record in a state the run reached by itself (:data:`FINISHED`: Completed,
+    Failed, TimedOut, Cancelled) over a stored ``Crashed`` one replaces it, as
+    :func:`late_completion` makes it: the written record, its history keeping the
+    Crashed entry with a note saying the run was marked crashed by mistake and
+    finished later (flow runs and task runs alike; see :func:`replaces`). Every
+    other terminal record stays final.
     """
 
     #: Where the data lives, for messages (a path or a URL without password).
@@ -204,3 +223,37 @@ def not_found_message(run_id: str, location: str, matches: int) -> str:
         f"no run with id {run_id!r} in {location}; list runs with `flowcore runs ls`, "
         "or point FLOWCORE_HOME at the folder whose database holds it"
     )
+
+
+def replaces(stored: State, written: State) -> bool:
+    """Whether a write of a record in state ``written`` replaces the stored one, in state
+    ``stored``: always while it is not terminal; over ``Crashed``, when ``written`` is
+    :data:`FINISHED` (a late completion, see :func:`late_completion`); else never."""
+    return stored not in TERMINAL or (stored is State.CRASHED and written in FINISHED)
+
+
+def late_completion(crashed: _R, finished: _R) -> _R:
+    """What a store keeps when ``finished`` is written over the stored ``crashed`` record.
+
+    ``finished`` whole (its state, times, error, result, ...), with the Crashed entry of
+    ``crashed``'s history put back before its final entry, at the time it was marked and
+    with a note saying it was a mistake (and why it was made, when that was recorded):
+    the history shows the run was taken for dead, and went on.
+    """
+    entries = [e for e in crashed.history if e and e[0] == State.CRASHED.value]
+    if entries:
+        marked: Any = entries[-1][1]
+        why = entries[-1][2] if len(entries[-1]) > 2 else None
+    else:
+        marked = crashed.ended if crashed.ended is not None else crashed.created
+        why = None
+    note = "marked crashed by mistake: the run went on, and finished later"
+    if why:
+        note += f" (marked because: {why})"
+    entry = (State.CRASHED.value, marked, note)
+    history = list(finished.history)
+    if history and history[-1] and history[-1][0] == finished.state.value:
+        history.insert(len(history) - 1, entry)
+    else:
+        history.append(entry)
+    return msgspec.structs.replace(finished, history=history)

@@ -12,7 +12,7 @@ import msgspec
 from ..errors import ConfigurationError, RunNotFound
 from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
 from ..states import TERMINAL
-from .base import BlobStore, not_found_message
+from .base import BlobStore, late_completion, not_found_message, replaces
 
 __all__ = ["MemoryStore"]
 
@@ -53,16 +53,16 @@ class MemoryStore:
         for fr in batch.flow_runs:
             old = self._runs.get(fr.id)
             if old is None or old.state not in TERMINAL:
-                self._runs[fr.id] = msgspec.structs.replace(fr, history=list(fr.history))
+                self._runs[fr.id] = _copy(fr)
+            elif replaces(old.state, fr.state):  # a late completion over Crashed
+                self._runs[fr.id] = late_completion(old, _copy(fr))
         for tr in batch.task_runs:
             by_seq = self._tasks.setdefault(tr.run_id, {})
             old_t = by_seq.get(tr.seq)
             if old_t is None or old_t.state not in TERMINAL:
-                by_seq[tr.seq] = msgspec.structs.replace(
-                    tr,
-                    history=list(tr.history),
-                    upstream=None if tr.upstream is None else list(tr.upstream),
-                )
+                by_seq[tr.seq] = _copy(tr)
+            elif replaces(old_t.state, tr.state):
+                by_seq[tr.seq] = late_completion(old_t, _copy(tr))
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50

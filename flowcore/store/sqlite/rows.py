@@ -1,8 +1,9 @@
 """Row codecs: how records become SQLite rows and back, and multi-row statements.
 
 Task runs are stored as ``(keys, state, body)``: the body is the whole record in
-msgpack, so adding a task-run field needs no migration. Flow runs are stored
-column by column (they are few, and readers filter on their columns).
+msgpack, so adding a task-run field needs no migration. Flow runs too, since
+migration 6: the columns queries and indexes use, and the whole record as msgpack
+in ``body``; rows written before it (``body`` NULL) are read from their columns.
 """
 
 from __future__ import annotations
@@ -10,60 +11,80 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from ...records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord
 from ...states import TERMINAL, State
+from ..base import FINISHED
 
 __all__ = [
     "CACHE_COLS",
+    "CRASHED_FLOW",
+    "CRASHED_TASKS",
+    "FINISHED_SQL",
     "FLOW_COLS",
+    "FLOW_WRITE_COLS",
     "INSERT_SPAN",
     "INSERT_TASK",
     "INSERT_TASK_NO_REF",
+    "REPLACE_CRASHED_FLOW",
+    "REPLACE_CRASHED_TASK",
     "TASK_COLS",
     "TERMINAL_SQL",
     "UPSERT_CACHE",
     "UPSERT_FLOW",
     "UPSERT_TASK",
     "V1_TASK_COLS",
+    "V5_FLOW_COLS",
     "blob",
     "cache_record",
     "cache_row",
     "flow_record",
     "flow_row",
     "multi_row",
+    "replace_crashed_flow_params",
+    "replace_crashed_task_params",
     "span_record",
     "span_row",
     "task_record",
     "task_row",
     "task_row_no_ref",
     "v1_task_record",
+    "v5_flow_record",
+    "written_flow_record",
 ]
 
 TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
+#: The states a late completion is written in (see store.base.FINISHED), as stored.
+FINISHED_SQL: Final = frozenset(state.value for state in FINISHED)
 
 V1_TASK_COLS = (
     "run_id, seq, name, state, created, parent_seq, upstream, inputs, attempts, started, ended, "
     "error_type, error_message, traceback, history"
 )
-FLOW_COLS = (
+#: A flow run's columns up to schema version 5, one per field: how rows written before
+#: migration 6 (``body`` NULL) are read.
+V5_FLOW_COLS = (
     "id, name, kind, state, created, parameters, parent_run_id, parent_task_seq, started, ended, "
     "heartbeat, error_type, error_message, traceback, history, host, pid, task_count, "
     "entrypoint, resumed_from, trace_id, span_id"
 )
+#: What reads select: the old columns (for rows from before migration 6) and the body.
+FLOW_COLS = f"{V5_FLOW_COLS}, body"
+#: What a write fills: the columns queries and indexes use, and the whole record in
+#: ``body`` (a new FlowRunRecord field needs no migration).
+FLOW_WRITE_COLS = (
+    "id, name, kind, state, created, parent_run_id, parent_task_seq, trace_id, resumed_from, body"
+)
 TASK_COLS = "run_id, seq, name, state, result_ref, body"
 CACHE_COLS = "key, task_name, created, expires, result, result_ref, run_id, seq"
 UPSERT_FLOW = f"""
-INSERT INTO flow_runs ({FLOW_COLS}) VALUES {{values}}
+INSERT INTO flow_runs ({FLOW_WRITE_COLS}) VALUES {{values}}
 ON CONFLICT (id) DO UPDATE SET
-    state = excluded.state, started = excluded.started, ended = excluded.ended,
-    heartbeat = excluded.heartbeat, error_type = excluded.error_type,
-    error_message = excluded.error_message, traceback = excluded.traceback,
-    history = excluded.history, task_count = excluded.task_count,
-    trace_id = excluded.trace_id, span_id = excluded.span_id
+    state = excluded.state, trace_id = excluded.trace_id,
+    resumed_from = excluded.resumed_from, body = excluded.body
 WHERE flow_runs.state NOT IN ({TERMINAL_SQL})
 """
 UPSERT_TASK = f"""
@@ -71,6 +92,20 @@ INSERT INTO task_runs ({TASK_COLS}) VALUES {{values}}
 ON CONFLICT (run_id, seq) DO UPDATE SET
     state = excluded.state, result_ref = excluded.result_ref, body = excluded.body
 WHERE task_runs.state NOT IN ({TERMINAL_SQL})
+"""
+# A late completion over a Crashed row (see store.base.late_completion): read the
+# Crashed row, then write the merged record over it.
+CRASHED_FLOW = f"SELECT {FLOW_COLS} FROM flow_runs WHERE id = ? AND state = 'Crashed'"
+CRASHED_TASKS = f"SELECT {TASK_COLS} FROM task_runs WHERE run_id = ? AND state = 'Crashed'"
+REPLACE_CRASHED_FLOW = """
+UPDATE flow_runs SET
+    name = ?, kind = ?, state = ?, created = ?, parent_run_id = ?, parent_task_seq = ?,
+    trace_id = ?, resumed_from = ?, body = ?
+WHERE id = ? AND state = 'Crashed'
+"""
+REPLACE_CRASHED_TASK = """
+UPDATE task_runs SET name = ?, state = ?, result_ref = ?, body = ?
+WHERE run_id = ? AND seq = ? AND state = 'Crashed'
 """
 INSERT_TASK = f"INSERT INTO task_runs ({TASK_COLS}) VALUES {{values}}"
 # Most task runs have no result file: leaving the column out binds no None (see _blob).
@@ -125,7 +160,6 @@ def multi_row(template: str, rows: Sequence[Sequence[Any]]) -> list[tuple[str, l
     return out
 
 
-_enc = msgspec.msgpack.Encoder()
 _history_dec = msgspec.msgpack.Decoder(list[tuple[Any, ...]])
 _upstream_dec = msgspec.msgpack.Decoder(list[int])
 
@@ -140,13 +174,26 @@ def v1_task_record(r: sqlite3.Row | tuple[Any, ...]) -> TaskRunRecord:
     )  # fmt: skip
 
 
+_flow_enc = msgspec.msgpack.Encoder()
+_flow_dec = msgspec.msgpack.Decoder(FlowRunRecord)
+
+
 def flow_row(r: FlowRunRecord) -> tuple[Any, ...]:
+    """A flow run as written (``FLOW_WRITE_COLS``): its query columns and its body."""
     return (
-        r.id, r.name, r.kind, r.state, r.created, r.parameters, r.parent_run_id,
-        r.parent_task_seq, r.started, r.ended, r.heartbeat, r.error_type, r.error_message,
-        r.traceback, blob(_enc, r.history), r.host, r.pid, r.task_count, r.entrypoint,
-        r.resumed_from, r.trace_id, r.span_id,
+        r.id, r.name, r.kind, r.state.value, r.created, r.parent_run_id, r.parent_task_seq,
+        r.trace_id, r.resumed_from, blob(_flow_enc, r),
     )  # fmt: skip
+
+
+def written_flow_record(row: Sequence[Any]) -> FlowRunRecord:
+    """The record a :func:`flow_row` holds."""
+    return _flow_dec.decode(row[9])
+
+
+def replace_crashed_flow_params(row: Sequence[Any]) -> tuple[Any, ...]:
+    """``REPLACE_CRASHED_FLOW``'s parameters for a :func:`flow_row`."""
+    return (*row[1:], row[0])
 
 
 _task_enc = msgspec.msgpack.Encoder()
@@ -155,6 +202,11 @@ _task_dec = msgspec.msgpack.Decoder(TaskRunRecord)
 
 def task_row(r: TaskRunRecord) -> tuple[Any, ...]:
     return (r.run_id, r.seq, r.name, r.state.value, r.result_ref, blob(_task_enc, r))
+
+
+def replace_crashed_task_params(row: Sequence[Any]) -> tuple[Any, ...]:
+    """``REPLACE_CRASHED_TASK``'s parameters for a :func:`task_row`."""
+    return (row[2], row[3], row[4], row[5], row[0], row[1])
 
 
 def task_row_no_ref(r: TaskRunRecord) -> tuple[Any, ...]:
@@ -186,6 +238,17 @@ def cache_record(row: tuple[Any, ...]) -> CacheEntry:
 
 
 def flow_record(row: sqlite3.Row | tuple[Any, ...]) -> FlowRunRecord:
+    """A flow run read with ``FLOW_COLS``: its body, or its columns when it has none."""
+    body = row[22]
+    if body is None:
+        return v5_flow_record(row)
+    record = _flow_dec.decode(body)
+    record.id, record.state = row[0], State(row[3])  # the columns queries act on win
+    return record
+
+
+def v5_flow_record(row: sqlite3.Row | tuple[Any, ...]) -> FlowRunRecord:
+    """A flow run from its columns (``V5_FLOW_COLS``), as rows before migration 6 hold it."""
     return FlowRunRecord(
         id=row[0], name=row[1], kind=row[2], state=State(row[3]), created=row[4],
         parameters=row[5] or b"", parent_run_id=row[6], parent_task_seq=row[7], started=row[8],

@@ -21,8 +21,21 @@ import anyio
 import msgspec
 
 from ...errors import SchemaTooNew, StoreCorrupted
+from ...records import transition
+from ...states import State
 from .connection import begin, is_locked, translate
-from .rows import TASK_COLS, V1_TASK_COLS, task_row, v1_task_record
+from .rows import (
+    FLOW_COLS,
+    FLOW_WRITE_COLS,
+    TASK_COLS,
+    TERMINAL_SQL,
+    V1_TASK_COLS,
+    flow_record,
+    flow_row,
+    task_record,
+    task_row,
+    v1_task_record,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "configure", "migrate"]
 
@@ -145,6 +158,15 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                tat REAL NOT NULL
            ) WITHOUT ROWID""",
     ),
+    # 6: flow runs become (query columns, body) as task runs are: the body is the whole
+    #    record in msgpack (NULL in rows written before), so a new field needs no
+    #    migration. At most one Running resumption of a run (resume claims build on it).
+    6: (
+        "ALTER TABLE flow_runs ADD COLUMN body BLOB",
+        "_crash_all_but_the_newest_running_resumption",
+        "CREATE UNIQUE INDEX flow_runs_one_resumption ON flow_runs (resumed_from) "
+        "WHERE resumed_from IS NOT NULL AND state = 'Running'",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(
@@ -166,8 +188,50 @@ async def _copy_task_runs_v1_to_v2(db: aiosqlite.Connection) -> None:
             )
 
 
+async def _crash_all_but_the_newest_running_resumption(db: aiosqlite.Connection) -> None:
+    """Data step of migration 6, before its unique index: a run resumed twice at once
+    may have two resumptions still Running. The newest stays Running; each older one is
+    marked Crashed, its unfinished task runs too, with a note saying why. Had it been
+    alive after all, its completion replaces the Crashed record (a late completion)."""
+    now = time.time()
+    async with db.execute(
+        f"SELECT {FLOW_COLS} FROM flow_runs AS r WHERE state = 'Running' "
+        "AND resumed_from IS NOT NULL AND EXISTS (SELECT 1 FROM flow_runs AS n "
+        "WHERE n.state = 'Running' AND n.resumed_from = r.resumed_from "
+        "AND (n.created > r.created OR (n.created = r.created AND n.id > r.id)))"
+    ) as cur:
+        older = [flow_record(row) for row in await cur.fetchall()]
+    for run in older:
+        note = (
+            f"a newer resumption of run {run.resumed_from} was running too when the database "
+            "was upgraded to schema version 6, which allows one at a time"
+        )
+        transition(run, State.CRASHED, now, note)
+        run.error_type = "Crashed"
+        run.error_message = f"taken for crashed: {note}"
+        await db.execute(
+            f"UPDATE flow_runs SET {', '.join(c + ' = ?' for c in FLOW_WRITE_COLS.split(', '))} "
+            "WHERE id = ?",
+            (*flow_row(run), run.id),
+        )
+        async with db.execute(
+            f"SELECT {TASK_COLS} FROM task_runs WHERE run_id = ? AND state NOT IN ({TERMINAL_SQL})",
+            (run.id,),
+        ) as cur:
+            tasks = [task_record(row) for row in await cur.fetchall()]
+        for task in tasks:
+            transition(task, State.CRASHED, now)
+        await db.executemany(
+            "UPDATE task_runs SET state = ?, body = ? WHERE run_id = ? AND seq = ?",
+            [(row[3], row[5], row[0], row[1]) for row in map(task_row, tasks)],
+        )
+
+
 #: Migration steps that are Python (data conversions), by the name used in MIGRATIONS.
-DATA_STEPS: Final = {"_copy_task_runs_v1_to_v2": _copy_task_runs_v1_to_v2}
+DATA_STEPS: Final = {
+    "_copy_task_runs_v1_to_v2": _copy_task_runs_v1_to_v2,
+    "_crash_all_but_the_newest_running_resumption": _crash_all_but_the_newest_running_resumption,
+}
 
 
 async def configure(

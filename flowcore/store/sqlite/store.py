@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -33,15 +34,20 @@ from ...errors import ConfigurationError, RunNotFound
 from ...ids import HOST
 from ...records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
 from ...states import TERMINAL
-from ..base import BlobStore, not_found_message
+from ..base import BlobStore, late_completion, not_found_message
 from ..files import FileBlobs
 from .connection import Connection
 from .rows import (
     CACHE_COLS,
+    CRASHED_FLOW,
+    CRASHED_TASKS,
+    FINISHED_SQL,
     FLOW_COLS,
     INSERT_SPAN,
     INSERT_TASK,
     INSERT_TASK_NO_REF,
+    REPLACE_CRASHED_FLOW,
+    REPLACE_CRASHED_TASK,
     TASK_COLS,
     UPSERT_CACHE,
     UPSERT_FLOW,
@@ -51,15 +57,54 @@ from .rows import (
     flow_record,
     flow_row,
     multi_row,
+    replace_crashed_flow_params,
+    replace_crashed_task_params,
     span_record,
     span_row,
     task_record,
     task_row,
     task_row_no_ref,
+    written_flow_record,
 )
 from .schema import SCHEMA_VERSION, configure, migrate
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+
+def _unchanged(db: sqlite3.Connection, upserts: list[tuple[str, list[Any]]], rows: int) -> int:
+    """Run the upsert statements; how many of their ``rows`` were left as they were
+    (their stored row is terminal). Counted per statement, not per row: free."""
+    before = db.total_changes
+    for sql, params in upserts:
+        db.executemany(sql, params)
+    return rows - (db.total_changes - before)
+
+
+def _late_flow_runs(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Write the finished runs among ``rows`` (``flow_row``s the upsert left as they
+    were) over their stored record if it is Crashed: a late completion (see
+    ``store.base.late_completion``). Only after an upsert left rows: rare."""
+    for row in rows:
+        if row[3] not in FINISHED_SQL:
+            continue
+        crashed = db.execute(CRASHED_FLOW, (row[0],)).fetchone()
+        if crashed is not None:
+            late = late_completion(flow_record(crashed), written_flow_record(row))
+            db.execute(REPLACE_CRASHED_FLOW, replace_crashed_flow_params(flow_row(late)))
+
+
+def _late_task_runs(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """:func:`_late_flow_runs` for task runs (``task_row``s), one read per flow run."""
+    finished: dict[str, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        if row[3] in FINISHED_SQL:
+            finished.setdefault(row[0], []).append(row)
+    for run_id, written in finished.items():
+        crashed = {r[1]: r for r in db.execute(CRASHED_TASKS, (run_id,))}
+        for row in written:
+            if row[1] in crashed:
+                late = late_completion(task_record(crashed[row[1]]), task_record(row))
+                db.execute(REPLACE_CRASHED_TASK, replace_crashed_task_params(task_row(late)))
 
 
 class SQLiteStore:
@@ -154,24 +199,28 @@ class SQLiteStore:
             *multi_row(INSERT_TASK_NO_REF, new_rows),
             *multi_row(INSERT_TASK, new_rows_ref),
         ]
-        batches = [
-            *multi_row(UPSERT_FLOW, flow_rows),
-            *multi_row(UPSERT_TASK, again_rows),
-            *multi_row(UPSERT_CACHE, cache_rows),
-            *multi_row(INSERT_SPAN, span_rows),
-        ]
+        flow_upserts = multi_row(UPSERT_FLOW, flow_rows)
+        task_upserts = multi_row(UPSERT_TASK, again_rows)
+        batches = [*multi_row(UPSERT_CACHE, cache_rows), *multi_row(INSERT_SPAN, span_rows)]
 
         def run(db: sqlite3.Connection) -> None:
+            upserted = again_rows
             try:
                 for sql, params in inserts:
                     db.executemany(sql, params)
+                kept = 0
             except sqlite3.IntegrityError:
                 # A row taken for new exists: another process wrote it (marking a
                 # run crashed), or a record changed after it ended. Upsert them all:
                 # the failed statement was undone, and the upsert leaves ended rows be.
                 all_new = [(*row[:4], None, row[4]) for row in new_rows] + new_rows_ref
-                for sql, params in multi_row(UPSERT_TASK, all_new):
-                    db.executemany(sql, params)
+                kept = _unchanged(db, multi_row(UPSERT_TASK, all_new), len(all_new))
+                upserted = all_new + again_rows
+            kept += _unchanged(db, task_upserts, len(again_rows))
+            if _unchanged(db, flow_upserts, len(flow_rows)):
+                _late_flow_runs(db, flow_rows)
+            if kept:
+                _late_task_runs(db, upserted)
             for sql, params in batches:
                 db.executemany(sql, params)
 

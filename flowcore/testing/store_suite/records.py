@@ -67,6 +67,7 @@ def full_flow_run() -> FlowRunRecord:
         resumed_from="00112233445566778899aabbccddeeff",
         trace_id="0af7651916cd43dd8448eb211c80319c",
         span_id="b7ad6b7169203331",
+        machine="linux:6f1c2a5e-0b7d-4c1e-9a8f-3d2e1c0b9a87:pidns:4:4026532190",
     )
 
 

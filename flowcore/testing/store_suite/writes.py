@@ -13,7 +13,7 @@ import anyio.lowlevel
 
 from ...records import FlowRunRecord, TaskRunRecord, WriteBatch
 from ...states import TERMINAL, State
-from ...store.base import Store
+from ...store.base import FINISHED, Store, late_completion
 from .assertions import differs
 from .cases import Cases, OpenStore
 from .records import (
@@ -69,6 +69,7 @@ async def _flow_run_round_trip_defaults(store: Store) -> None:
     assert got.history == [], differs("history", got.history, [])
     assert got.parameters == b"", differs("parameters", got.parameters, b"")
     assert got.kind == "flow", differs("kind", got.kind, "flow")
+    assert got.machine == "", differs("machine", got.machine, "")
     assert got.state is State.RUNNING, f"state should read back as a State, got {got.state!r}"
 
 
@@ -223,7 +224,8 @@ async def _terminal_flow_run_kept(store: Store) -> None:
         await store.write(WriteBatch([done], []))
         stale = flow_run(run_id, state=State.RUNNING, heartbeat=99.0, history=[("Running", 1.0)])
         await store.write(WriteBatch([stale], []))
-        other = State.CRASHED if terminal != State.CRASHED else State.FAILED
+        # Crashed gives way to a finished state only (a late completion, cases below).
+        other = State.CRASHED if terminal != State.CRASHED else State.CACHED
         await store.write(WriteBatch([flow_run(run_id, state=other)], []))
         got = await store.get_run(run_id)
         want = flow_run(run_id, state=terminal, ended=9.0, history=[(terminal.value, 9.0)])
@@ -241,7 +243,10 @@ async def _terminal_task_run_kept(store: Store) -> None:
         await store.write(WriteBatch([], [done]))
         stale = task_run(run_id, 0, state=State.RUNNING, attempts=5, history=[("Running", 1.0)])
         await store.write(WriteBatch([], [stale]))
-        other = State.FAILED if terminal != State.FAILED else State.COMPLETED
+        # Crashed gives way to a finished state only (a late completion, cases below).
+        other = {State.FAILED: State.COMPLETED, State.CRASHED: State.UPSTREAM_FAILED}.get(
+            terminal, State.FAILED
+        )
         await store.write(WriteBatch([], [task_run(run_id, 0, state=other, attempts=6)]))
         got = await store.list_task_runs(run_id)
         want = [task_run(run_id, 0, state=terminal, attempts=1, history=[(terminal.value, 9.0)])]
@@ -268,7 +273,8 @@ async def _terminal_per_record(store: Store) -> None:
 
 @CASES.handles_case("runs: a terminal state written by another handle is kept")
 async def _terminal_from_another_handle(store: Store, open_store: OpenStore) -> None:
-    # Another process marks a run crashed while this one still holds the live records.
+    # Another process marks a run crashed while this one still holds the live records,
+    # and goes on writing them unfinished (a heartbeat, an attempt that retries).
     other = await open_store()
     run = flow_run("run1", state=State.RUNNING)
     task = task_run("run1", 0, state=State.RUNNING)
@@ -278,8 +284,9 @@ async def _terminal_from_another_handle(store: Store, open_store: OpenStore) -> 
             [flow_run("run1", state=State.CRASHED)], [task_run("run1", 0, state=State.CRASHED)]
         )
     )
-    run.state = State.COMPLETED
-    task.state = State.COMPLETED
+    run.heartbeat = 50.0
+    task.state = State.RETRYING
+    task.attempts = 2
     await store.write(WriteBatch([run], [task]))
     for handle, which in ((store, "the writing handle"), (other, "the other handle")):
         state = (await handle.get_run("run1")).state
@@ -431,3 +438,185 @@ async def _reads_are_copies(store: Store) -> None:
     assert spans == want_spans, differs(
         "the span after a reader changed its copy", spans, want_spans
     )
+
+
+# -- late completions: a run taken for crashed that finishes after all ------------------
+
+_MARKED = "no heartbeat from worker-3 for 35 s"
+
+
+def _crashed_by_mistake(entry: tuple[object, ...], at: float, why: str | None) -> str | None:
+    """Why a history entry is not the Crashed entry a late completion keeps, or None."""
+    if len(entry) != 3 or entry[0] != State.CRASHED.value or entry[1] != at:
+        return f"expected ('Crashed', {at!r}, <note>), got {entry!r}"
+    note = str(entry[2])
+    if "crashed by mistake" not in note or "finished later" not in note:
+        return f"the note should say it was marked crashed by mistake, finished later: {note!r}"
+    if why is not None and why not in note:
+        return f"the note should keep why it was marked ({why!r}): {note!r}"
+    return None
+
+
+@CASES.case("runs: a late completion replaces Crashed, and its history keeps the crash")
+async def _late_flow_completion(store: Store) -> None:
+    for finished in sorted(FINISHED):
+        run_id = f"run-{finished.value}"
+        running = flow_run(run_id, state=State.RUNNING, started=1.0, history=[("Running", 1.0)])
+        await store.write(WriteBatch([running], []))
+        crashed = flow_run(
+            run_id,
+            state=State.CRASHED,
+            started=1.0,
+            ended=20.0,
+            task_count=3,
+            error_type="Crashed",
+            error_message=f"the run's process stopped without ending it ({_MARKED})",
+            history=[("Running", 1.0), ("Crashed", 40.0, _MARKED)],
+        )
+        await store.write(WriteBatch([crashed], []))
+        late = flow_run(
+            run_id,
+            state=finished,
+            started=1.0,
+            ended=60.0,
+            heartbeat=55.0,
+            task_count=2800,
+            error_type=None if finished is State.COMPLETED else "ValueError",
+            history=[("Running", 1.0), (finished.value, 60.0)],
+        )
+        await store.write(WriteBatch([late], []))
+        got = await store.get_run(run_id)
+        want = late_completion(crashed, late)
+        assert got == want, differs(f"a {finished.value} run written over Crashed", got, want)
+        assert got.state is finished, differs("state", got.state, finished)
+        assert (got.ended, got.task_count) == (60.0, 2800), differs(
+            "ended and task_count: the late record's", (got.ended, got.task_count), (60.0, 2800)
+        )
+        assert got.error_type == late.error_type, differs(
+            "error_type", got.error_type, late.error_type
+        )
+        assert len(got.history) == 3 and got.history[0] == ("Running", 1.0), got.history
+        assert got.history[2] == (finished.value, 60.0), differs(
+            "the last history entry", got.history[2], (finished.value, 60.0)
+        )
+        problem = _crashed_by_mistake(got.history[1], 40.0, _MARKED)
+        assert problem is None, f"the kept Crashed entry of {got.history!r}: {problem}"
+        listed = [r.id for r in await store.list_runs(state=finished.value, limit=10)]
+        assert listed == [run_id], differs(f"list_runs(state={finished.value!r})", listed, [run_id])
+
+
+@CASES.case("task runs: a late completion replaces Crashed, and its history keeps the crash")
+async def _late_task_completion(store: Store) -> None:
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING)], []))
+    for seq, finished in enumerate(sorted(FINISHED)):
+        running = task_run("run1", seq, state=State.RUNNING, history=[("Running", 1.0)])
+        await store.write(WriteBatch([], [running]))
+        crashed = task_run(
+            "run1", seq, state=State.CRASHED, history=[("Running", 1.0), ("Crashed", 40.0)]
+        )
+        await store.write(WriteBatch([], [crashed]))
+        late = task_run(
+            "run1",
+            seq,
+            state=finished,
+            attempts=2,
+            started=1.0,
+            ended=60.0,
+            result=b"\x01" if finished is State.COMPLETED else None,
+            history=[("Running", 1.0), (finished.value, 60.0)],
+        )
+        await store.write(WriteBatch([], [late]))
+        (got,) = await store.list_task_runs("run1", offset=seq, limit=1)
+        want = late_completion(crashed, late)
+        assert got == want, differs(f"a {finished.value} task run written over Crashed", got, want)
+        assert got.history[0] == ("Running", 1.0) and got.history[2] == (finished.value, 60.0)
+        problem = _crashed_by_mistake(got.history[1], 40.0, None)
+        assert problem is None, f"the kept Crashed entry of {got.history!r}: {problem}"
+    counts = await store.count_task_runs("run1")
+    want_counts = {s.value: 1 for s in FINISHED}
+    assert counts == want_counts, differs("count_task_runs", counts, want_counts)
+
+
+@CASES.case("runs: only a finished state replaces Crashed")
+async def _crashed_kept_otherwise(store: Store) -> None:
+    crashed_history = [("Running", 1.0), ("Crashed", 40.0, _MARKED)]
+    await store.write(
+        WriteBatch(
+            [flow_run("run1", state=State.CRASHED, history=crashed_history)],
+            [task_run("run1", 0, state=State.CRASHED, history=crashed_history)],
+        )
+    )
+    for state in (s for s in State if s not in FINISHED):
+        await store.write(
+            WriteBatch(
+                [flow_run("run1", state=state, history=[(state.value, 50.0)])],
+                [task_run("run1", 0, state=state, history=[(state.value, 50.0)])],
+            )
+        )
+        run = await store.get_run("run1")
+        want_run = flow_run("run1", state=State.CRASHED, history=crashed_history)
+        assert run == want_run, differs(
+            f"a Crashed run written over as {state.value}", run, want_run
+        )
+        tasks = await store.list_task_runs("run1")
+        want_tasks = [task_run("run1", 0, state=State.CRASHED, history=crashed_history)]
+        assert tasks == want_tasks, differs(
+            f"a Crashed task run written over as {state.value}", tasks, want_tasks
+        )
+    # A late completion is taken once: the run is then finished, and final.
+    await store.write(WriteBatch([flow_run("run1", state=State.COMPLETED, history=[])], []))
+    await store.write(WriteBatch([flow_run("run1", state=State.FAILED, history=[])], []))
+    state = (await store.get_run("run1")).state
+    assert state is State.COMPLETED, differs(
+        "a late Completed run written over as Failed", state, "Completed"
+    )
+
+
+@CASES.handles_case("runs: a late completion replaces Crashed written by another handle")
+async def _late_completion_from_another_handle(store: Store, open_store: OpenStore) -> None:
+    # Another process took this one for dead (no heartbeat for a while) and marked its
+    # run and unfinished task runs Crashed; this one was alive, and finishes them.
+    other = await open_store()
+    run = flow_run("run1", state=State.RUNNING, history=[("Running", 1.0)])
+    written = task_run("run1", 0, state=State.RUNNING, history=[("Running", 1.0)])
+    await store.write(WriteBatch([run], [written]))
+    marked_history = [("Running", 1.0), ("Crashed", 40.0, _MARKED)]
+    await other.write(
+        WriteBatch(
+            [flow_run("run1", state=State.CRASHED, history=marked_history)],
+            [
+                task_run(
+                    "run1", 0, state=State.CRASHED, history=[("Running", 1.0), ("Crashed", 40.0)]
+                ),
+                # A task run this handle has not written yet, found Crashed when it writes it.
+                task_run("run1", 1, state=State.CRASHED, history=[("Crashed", 40.0)]),
+            ],
+        )
+    )
+    run.state = State.COMPLETED
+    run.history.append(("Completed", 60.0))
+    written.state = State.COMPLETED
+    written.history.append(("Completed", 59.0))
+    fresh = task_run("run1", 1, state=State.FAILED, history=[("Running", 2.0), ("Failed", 58.0)])
+    await store.write(WriteBatch([run], [written, fresh]))
+    for handle, which in ((store, "the writing handle"), (other, "the other handle")):
+        got = await handle.get_run("run1")
+        assert got.state is State.COMPLETED, differs(
+            f"the run's state, read by {which}", got.state, "Completed"
+        )
+        history = [("Running", 1.0), ("Crashed", 40.0), ("Completed", 60.0)]
+        assert [e[:2] for e in got.history] == history, differs(
+            f"the run's history, read by {which}", got.history, history
+        )
+        tasks = await handle.list_task_runs("run1")
+        states = [t.state for t in tasks]
+        assert states == [State.COMPLETED, State.FAILED], differs(
+            f"task run states, read by {which}", states, ["Completed", "Failed"]
+        )
+        for task in tasks:
+            problem = _crashed_by_mistake(task.history[-2], 40.0, None)
+            assert problem is None, f"task run {task.seq}'s history {task.history!r}: {problem}"
+        counts = await handle.count_task_runs("run1")
+        assert counts == {"Completed": 1, "Failed": 1}, differs(
+            f"count_task_runs, read by {which}", counts, {"Completed": 1, "Failed": 1}
+        )
