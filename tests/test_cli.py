@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import flowcore
+from flowcore._process import MACHINE
 from flowcore.cli import cli
 from flowcore.cli.run import _execute
 from flowcore.entrypoints import load_flow
@@ -364,6 +365,52 @@ def test_runs_show_accepts_an_id_prefix(pipeline_run: str) -> None:
     result = invoke("runs", "show", pipeline_run[:6], "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["id"] == pipeline_run
+
+
+#: Numbers past what an option takes: not whole, negative, or past what a store binds.
+BAD_COUNTS = [
+    (["runs", "ls", "--limit", "1e20"], "--limit", "1 to 1000000000", "1e20"),
+    (["runs", "ls", "--limit", "1" + "0" * 20], "--limit", "1 to 1000000000", "1" + "0" * 20),
+    (["runs", "ls", "--limit", "0"], "--limit", "1 to 1000000000", "0"),
+    (["runs", "show", "X", "--limit", "1e20", "--offset", "-1"], "--limit", "1 to ", "1e20"),
+    (["runs", "show", "X", "--offset", "-1"], "--offset", "0 to 1000000000", "-1"),
+    (["runs", "show", "X", "--offset", "1" + "0" * 20], "--offset", "0 to ", "1" + "0" * 20),
+    (["runs", "show", "X", "--limit", "1" + "0" * 5000], "--limit", "1 to ", "1" + "0" * 5000),
+]
+
+
+@pytest.mark.parametrize(("args", "option", "accepted", "given"), BAD_COUNTS)
+def test_bad_numbers_are_usage_errors_naming_the_option_and_the_range(
+    pipeline_run: str, args: list[str], option: str, accepted: str, given: str
+) -> None:
+    # A database is there, so an accepted number would reach the store (and used to
+    # end in an OverflowError traceback from SQLite).
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: {option}: expected a whole number from {accepted}")
+    assert last.endswith(f", got {given!r}")
+    assert "Traceback" not in result.output
+
+
+def test_the_largest_accepted_numbers_work(pipeline_run: str) -> None:
+    listed = invoke("runs", "ls", "--limit", "1000000000")
+    assert listed.exit_code == 0 and pipeline_run[:8] in listed.stdout
+    far = invoke("runs", "show", pipeline_run, "--offset", "1000000000", "--limit", "1000000000")
+    assert far.exit_code == 0, far.output
+    assert "no task runs from --offset 1000000000: the run has 5" in far.stdout
+
+
+def test_usage_errors_end_with_an_error_line(pipeline_run: str) -> None:
+    for args, last in [
+        (["runs", "show"], "error: Missing argument 'RUN_ID'."),
+        (["runs", "ls", "--state", "Done"], "error: --state: 'Done' is not a run state; "),
+        (["--bogus"], "error: No such option '--bogus'."),
+        (["runs", "bogus"], "error: No such command 'bogus'."),
+    ]:
+        result = invoke(*args)
+        assert result.exit_code == 2
+        assert result.stderr.rstrip().splitlines()[-1].startswith(last), result.stderr
 
 
 def test_runs_show_unknown_id_is_a_clean_error(pipeline_run: str) -> None:
@@ -830,7 +877,7 @@ def test_a_run_whose_process_died_is_shown_as_crashed(flowcore_home: Path) -> No
     now = time.time()
     record = flowcore.FlowRunRecord(
         id="c0ffee" + "0" * 26, name="doomed", state=flowcore.State.RUNNING, created=now,
-        started=now, heartbeat=now, host=HOST, pid=_dead_pid(),
+        started=now, heartbeat=now, host=HOST, pid=_dead_pid(), machine=MACHINE,
         history=[(flowcore.State.RUNNING.value, now)], task_count=1,
     )  # fmt: skip
     task_run = flowcore.TaskRunRecord(

@@ -336,6 +336,60 @@ def test_prune_with_no_database_yet_says_nothing_to_prune() -> None:
     assert result.exit_code == 0 and "nothing to prune" in result.stdout
 
 
+DAYS = "--older-than: expected a number of days from 0 to 36500"
+KEEP = "--keep-runs: expected a whole number from 0 to 1000000000"
+WIDTH = "--width: expected a whole number from 40 to 1000"
+LIMIT = "--limit: expected a whole number from 1 to 1000000000"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["prune", "--older-than", "nan"], DAYS),
+        (["prune", "--older-than", "inf"], DAYS),
+        (["prune", "--older-than", "1e400"], DAYS),
+        (["prune", "--older-than", "1e12"], DAYS),
+        (["prune", "--older-than", "-1"], DAYS),
+        (["prune", "--older-than", "soon"], DAYS),
+        (["prune", "--keep-runs", "-3"], KEEP),
+        (["prune", "--keep-runs", "1" + "0" * 20], KEEP),
+        (["show", "X", "--width", "1e9"], WIDTH),
+        (["show", "X", "--width", "1000000000"], WIDTH),
+        (["show", "X", "--width", "39"], WIDTH),
+        (["show", "X", "--limit", "0"], LIMIT),
+        (["X", "--limit", "1" + "0" * 20], LIMIT),
+    ],
+)
+def test_bad_numbers_are_usage_errors_naming_the_option_and_the_range(
+    run_id: str, args: list[str], expected: str
+) -> None:
+    # With spans in the store, an accepted number reaches it: nan and 1e400 used to end
+    # in a ValueError or OverflowError traceback, a width of 1e9 in a drawing that never ends.
+    result = invoke("trace", *args, "--yes" if args[0] == "prune" else "--json")
+    assert result.exit_code == 2, result.output
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: {expected}"), result.stderr
+    assert last.endswith(f", got {args[-1]!r}")
+    assert len(trace_json(run_id)) == len(TREE)  # nothing was pruned
+
+
+def test_the_limits_of_the_numeric_options_are_accepted(run_id: str) -> None:
+    assert invoke("trace", "prune", "--older-than", "36500", "--yes").exit_code == 0
+    assert invoke("trace", "prune", "--keep-runs", "1000000000", "--yes").exit_code == 0
+    assert len(trace_json(run_id)) == len(TREE)  # none as old, none past the newest runs
+    wide = invoke("trace", run_id, "--width", "1000", "--limit", "1000000000")
+    assert wide.exit_code == 0 and max(map(len, wide.stdout.splitlines())) <= 1000
+
+
+def test_a_huge_terminal_width_is_drawn_at_the_widest_width(
+    run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "5000")
+    result = invoke("trace", run_id)
+    assert result.exit_code == 0
+    assert 900 < max(map(len, result.stdout.splitlines())) <= 1000
+
+
 # -- the drawing, from records ---------------------------------------------------------------
 
 MS = 1_000_000

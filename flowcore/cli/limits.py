@@ -11,6 +11,7 @@ from rich.table import Table
 from ..store import Store
 from ..views.format import to_json
 from ..views.limits import shared_limits
+from .render import plain
 from .support import Group, database, read
 
 
@@ -49,11 +50,11 @@ def limits_ls(as_json: bool) -> None:
     for row in listed:
         booked = row["rate_booked_s"]
         table.add_row(
-            str(row["name"]),
+            plain(str(row["name"])),
             str(row["held"]),
-            ", ".join(row["holders"]) or "-",
+            plain(", ".join(row["holders"]) or "-"),
             str(row["waiting"]),
-            ", ".join(row["waiters"]) or "-",
+            plain(", ".join(row["waiters"]) or "-"),
             f"{booked:.2f} s" if booked else "-",
             str(row["expired"]),
         )

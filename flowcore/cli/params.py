@@ -2,7 +2,9 @@
 
 Values are converted by the flow function's annotations with msgspec, so
 ``pages: int`` gets ``20``, not ``"20"``; lists, dicts and structs are given as
-JSON (``--param ids='[1, 2]'``); unannotated values are JSON, else the text.
+JSON (``--param ids='[1, 2]'``); unannotated values are JSON, else the text. A
+parameter annotated ``flowcore.Secret[T]`` gets its value converted to ``T`` and
+wrapped, so it is not recorded with the run's parameters.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import msgspec
 
 from ..errors import ConfigurationError
 from ..flow import Flow
+from ..secret import Secret
 
 __all__ = ["convert_param", "flow_kwargs"]
 
@@ -40,6 +43,16 @@ def _type_name(annotation: Any) -> str:
 
 def convert_param(name: str, raw: str, annotation: Any) -> Any:
     """A ``--param`` value as the flow's annotation asks; JSON (or the string) when unannotated."""
+    if annotation is Secret or typing.get_origin(annotation) is Secret:
+        inner = typing.get_args(annotation)
+        kind = inner[0] if inner else str
+        try:
+            return Secret(convert_param(name, raw, kind))
+        except ConfigurationError:
+            raise ConfigurationError(  # without the value: it is a secret
+                f"--param {name}: expected {_type_name(kind)} (a secret: the value given is "
+                f"not shown); give a value of type {_type_name(kind)}"
+            ) from None
     if annotation is Any or annotation is inspect.Parameter.empty:
         try:
             return msgspec.json.decode(raw)

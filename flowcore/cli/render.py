@@ -5,6 +5,11 @@ the CLI only fetches and prints, and each view is testable without a store. The
 JSON views and the text formats are shared with the web UI, in :mod:`flowcore.views`.
 Colours are only styles here; rich's Console decides whether to emit them
 (it does not when output is not a terminal, or when ``NO_COLOR`` is set).
+
+What a run recorded is user data: every text from a record goes through
+:func:`~flowcore.views.format.visible` (control characters shown as escapes) into
+a rich ``Text``, never a markup string, so a name like ``[bold]x`` prints as it is
+and an escape sequence in an error message cannot act on the terminal.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..views.format import (
     format_size,
     safe_repr,
     short_value,
+    visible,
 )
 from ..views.results import StoredResult
 
@@ -35,6 +41,7 @@ __all__ = [
     "STATE_STYLES",
     "cache_table",
     "counts_text",
+    "plain",
     "result_text",
     "run_header",
     "runs_table",
@@ -73,13 +80,18 @@ _SUMMARY_ORDER = (
 # -- small pieces ------------------------------------------------------------------------
 
 
+def plain(text: str, style: str = "", *, multiline: bool = False) -> Text:
+    """Recorded text as rich shows it safely: control characters :func:`visible`, no markup."""
+    return Text(visible(text, multiline=multiline), style=style)
+
+
 def state_text(state: str) -> Text:
     """The state's name in its colour (an unknown state, from a newer writer, stays plain)."""
     try:
         style = STATE_STYLES[State(state)]
     except ValueError:
         style = ""
-    return Text(str(state), style=style)
+    return plain(str(state), style)
 
 
 def _live_duration(started: float | None, ended: float | None, now: float) -> str:
@@ -94,7 +106,8 @@ def _live_duration(started: float | None, ended: float | None, now: float) -> st
 def _source_label(cached_from: str) -> str:
     """``"<run id>.<seq>"`` as people see task runs (``3f2a9c1b.4``); odd values as given."""
     run_id, _, seq = cached_from.rpartition(".")
-    return task_run_label(run_id, int(seq)) if run_id and seq.isdigit() else cached_from
+    label = task_run_label(run_id, int(seq)) if run_id and seq.isdecimal() else cached_from
+    return visible(label)
 
 
 def _replayed(tr: TaskRunRecord) -> bool:
@@ -109,7 +122,7 @@ def _parameters_text(data: bytes) -> str:
     params = decode_recorded(data)
     if not isinstance(params, dict) or not params:
         return "-" if params == {} else short_value(params)
-    return ", ".join(f"{k}={short_value(v)}" for k, v in params.items())
+    return ", ".join(f"{visible(str(k))}={short_value(v)}" for k, v in params.items())
 
 
 def counts_text(counts: Mapping[str, int]) -> Text:
@@ -129,12 +142,19 @@ def counts_text(counts: Mapping[str, int]) -> Text:
 
 
 def _run_name(run: FlowRunRecord) -> Text:
-    name = Text(run.name)
+    name = plain(run.name)
     if run.kind != "flow":
-        name.append(f" ({run.kind})", style="dim")
+        name.append(f" ({visible(run.kind)})", style="dim")
     if run.parent_run_id:
-        name.append(f" ← {run.parent_run_id[:8]}", style="dim")
+        name.append(f" ← {visible(run.parent_run_id[:8])}", style="dim")
     return name
+
+
+def _error(error_type: str | None, message: str | None, style: str, indent: int = 0) -> Text:
+    """``Type: message``; a multi-line message stays on its lines, each one safe, and
+    indented by ``indent`` (so none of them passes for a line of the view around it)."""
+    text = visible(f"{error_type}: {message}", multiline=True)
+    return Text(text.replace("\n", "\n" + " " * indent) if indent else text, style=style)
 
 
 def runs_table(runs: Sequence[FlowRunRecord], *, now: float | None = None) -> Table:
@@ -149,7 +169,7 @@ def runs_table(runs: Sequence[FlowRunRecord], *, now: float | None = None) -> Ta
     table.add_column("tasks", justify="right")
     for run in runs:
         table.add_row(
-            run.id[:8],
+            plain(run.id[:8]),
             _run_name(run),
             state_text(run.state),
             format_local_time(run.started or run.created),
@@ -166,7 +186,7 @@ def run_header(
     now = time.time() if now is None else now
     rows: list[tuple[str, str | Text]] = [
         ("flow", _run_name(run)),
-        ("id", run.id),
+        ("id", plain(run.id)),
         ("state", state_text(run.state)),
         ("started", format_local_time(run.started or run.created)),
         ("duration", _live_duration(run.started, run.ended, now)),
@@ -174,25 +194,28 @@ def run_header(
     ]
     if run.parent_run_id:
         seq = "" if run.parent_task_seq is None else f" (inside task #{run.parent_task_seq})"
-        rows.append(("subflow of", f"{run.parent_run_id[:8]}{seq}"))
+        rows.append(("subflow of", plain(f"{run.parent_run_id[:8]}{seq}")))
     if run.resumed_from:
-        rows.append(("resumed", f"from {run.resumed_from[:8]}"))
+        rows.append(("resumed", plain(f"from {run.resumed_from[:8]}")))
     if run.host or run.pid:
-        rows.append(("process", f"{run.host} pid {run.pid}"))
+        rows.append(("process", plain(f"{run.host} pid {run.pid}")))
     if run.error_type:
-        rows.append(("error", Text(f"{run.error_type}: {run.error_message}", style="red")))
+        rows.append(("error", _error(run.error_type, run.error_message, "red", _KEY_WIDTH)))
     # Plain lines rather than a rich grid: no padding spaces at line ends in copied text.
     header = Text()
     for key, value in rows:
-        header.append(f"{key:<12}", style="bold")
+        header.append(f"{key:<{_KEY_WIDTH}}", style="bold")
         header.append_text(value if isinstance(value, Text) else Text(value))
         header.append("\n")
     return Group(header, counts_text(counts))
 
 
+_KEY_WIDTH = 12  # of the run header's keys
+
+
 def _task_label(tr: TaskRunRecord, now: float, result: StoredResult | None) -> Text:
-    label = Text(tr.name, style="bold")
-    label.append(f"  {tr.label}  ", style="dim")
+    label = plain(tr.name, "bold")
+    label.append(f"  {visible(tr.label)}  ", style="dim")
     label.append_text(state_text(tr.state))
     if tr.state is State.CACHED and tr.cached_from:
         label.append(f"  from {_source_label(tr.cached_from)}", style="cyan")
@@ -205,7 +228,8 @@ def _task_label(tr: TaskRunRecord, now: float, result: StoredResult | None) -> T
         label.append(f"  waited for: {', '.join(f'#{u}' for u in tr.upstream)}", style="dim")
     if tr.error_type and not tr.state.is_success:
         style = "red" if tr.state.is_terminal else "yellow"
-        label.append(f"\n{tr.error_type}: {tr.error_message}", style=style)
+        label.append("\n")
+        label.append_text(_error(tr.error_type, tr.error_message, style))
     if result is not None and (result.status != "not_stored" or tr.state.is_success):
         # A failed task run's missing result is no news: its error is shown above.
         label.append("\nresult: ", style="dim")
@@ -216,23 +240,24 @@ def _task_label(tr: TaskRunRecord, now: float, result: StoredResult | None) -> T
 def result_text(result: StoredResult, *, limit: int = 60) -> Text:
     """A stored result on one line: a cut repr, or ``<...>`` saying why there is none."""
     if result.status == "ok":
-        return Text(cut(safe_repr(result.value), limit))
+        return Text(cut(visible(safe_repr(result.value)), limit))
     if result.status == "pickle":
         return Text("<pickle, not loaded; pass --allow-pickle>", style="yellow")
     if result.status == "unreadable":
-        return Text(f"<unreadable: {result.reason}>", style="red")
+        return plain(f"<unreadable: {result.reason}>", "red")
     return Text("<not stored>", style="dim")
 
 
 def _subflow_label(run: FlowRunRecord, now: float) -> Text:
     label = Text("subflow ", style="dim")
-    label.append(run.name, style="bold")
-    label.append(f"  {run.id[:8]}  ", style="dim")
+    label.append(visible(run.name), style="bold")
+    label.append(f"  {visible(run.id[:8])}  ", style="dim")
     label.append_text(state_text(run.state))
     label.append(f"  {_live_duration(run.started, run.ended, now)}", style="dim")
     label.append(f"  {run.task_count} task{'' if run.task_count == 1 else 's'}", style="dim")
     if run.error_type and not run.state.is_success:
-        label.append(f"\n{run.error_type}: {run.error_message}", style="red")
+        label.append("\n")
+        label.append_text(_error(run.error_type, run.error_message, "red"))
     return label
 
 
@@ -251,8 +276,8 @@ def task_tree(
     adds each task run's stored result under it.
     """
     now = time.time() if now is None else now
-    root_label = Text(run.name, style="bold")
-    root_label.append(f"  {run.id[:8]}  ", style="dim")
+    root_label = plain(run.name, "bold")
+    root_label.append(f"  {visible(run.id[:8])}  ", style="dim")
     root_label.append_text(state_text(run.state))
     root = Tree(root_label)
     # Children of each task run (None: the flow body), tasks and subflows in creation order.
@@ -306,11 +331,11 @@ def cache_table(
     for entry in entries:
         size = sizes.get(entry.key)
         table.add_row(
-            entry.key[:12],
-            entry.task_name,
+            plain(entry.key[:12]),
+            plain(entry.task_name),
             format_local_time(entry.created),
             _expires_text(entry, now),
             Text("file missing", style="red") if size is None else format_size(size),
-            produced_by(entry),
+            plain(produced_by(entry)),
         )
     return table

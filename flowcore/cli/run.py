@@ -13,12 +13,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from .._sync import run_in_own_loop
 from ..engine import Engine
 from ..entrypoints import load_flow
 from ..errors import FlowcoreError, FlowLoadError
 from ..records import FlowRunRecord
 from ..resume import resume_async
-from ..views.format import format_duration, to_json
+from ..views.format import format_duration, safe_repr, safe_str, to_json, visible
 from .params import flow_kwargs
 from .support import CliError, database
 
@@ -34,7 +35,7 @@ class _Outcome:
 
 async def _poll_progress(engine: Engine, progress: Progress, name: str) -> None:
     """Redraw the counters every 0.1 s until cancelled."""
-    bar = progress.add_task(name, total=None, counts="starting")
+    bar = progress.add_task(visible(name), total=None, counts="starting")
     while True:
         s = engine.statistics()
         progress.update(
@@ -51,14 +52,19 @@ async def _poll_progress(engine: Engine, progress: Progress, name: str) -> None:
 
 
 async def _execute(
-    name: str, call: Callable[[], Awaitable[Any]], console: Console | None
+    name: str,
+    call: Callable[[], Awaitable[Any]],
+    console: Console | None,
+    outcome: _Outcome | None = None,
 ) -> _Outcome:
     """Await ``call()`` (a flow run, or a resume) in an engine of its own, with the
-    progress bar on ``console`` when given; its error is kept, not raised."""
-    outcome = _Outcome()
+    progress bar on ``console`` when given; its error is kept in ``outcome``, not raised
+    (a cancellation, on SIGTERM, is raised: ``outcome.run`` is set all the same)."""
+    if outcome is None:
+        outcome = _Outcome()
     progress = Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # a name is no markup
         BarColumn(),
         TextColumn("{task.fields[counts]}"),
         TimeElapsedColumn(),
@@ -89,10 +95,15 @@ def _run_line(run: FlowRunRecord | None) -> str:
     if run is None:
         return "(no run was recorded)"
     resumed = f" (resumed from {run.resumed_from[:8]})" if run.resumed_from else ""
-    return (
+    return visible(
         f"run {run.id[:8]}{resumed} {run.state} in {format_duration(run.duration)}; "
         f"inspect it: flowcore runs show {run.id[:8]}"
     )
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback as Python prints it, its user text made visible (newlines kept)."""
+    return visible("".join(traceback.format_exception(exc)).rstrip(), multiline=True)
 
 
 def _drive_and_report(
@@ -107,7 +118,13 @@ def _drive_and_report(
     and the run line, or the error and exit 1."""
     err_console = Console(stderr=True)
     show_progress = not no_progress and err_console.is_terminal
-    outcome = anyio.run(_execute, name, call, err_console if show_progress else None)
+    outcome = _Outcome()
+    console = err_console if show_progress else None
+
+    def terminated() -> None:  # SIGTERM cancelled the run: say so before the process ends
+        click.echo(f"terminated by SIGTERM: {_run_line(outcome.run)}", err=True)
+
+    run_in_own_loop(lambda: _execute(name, call, console, outcome), before_exit=terminated)
     error = outcome.error
     if error is not None:
         if outcome.run is None and isinstance(error, FlowcoreError):
@@ -115,20 +132,24 @@ def _drive_and_report(
             # that cannot be imported): the message is the whole story.
             cause = getattr(error, "cause", None)
             if show_traceback and isinstance(cause, BaseException):
-                click.echo("".join(traceback.format_exception(cause)).rstrip(), err=True)
-            raise CliError(str(error)) from error
+                click.echo(_traceback(cause), err=True)
+            raise CliError(safe_str(error)) from error
         if show_traceback:
-            click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+            click.echo(_traceback(error), err=True)
         flow_name = outcome.run.name if outcome.run is not None else name
-        click.echo(f"error: flow {flow_name!r} failed: {type(error).__name__}: {error}", err=True)
+        failed = f"flow {flow_name!r} failed: {type(error).__name__}: {safe_str(error)}"
+        click.echo(f"error: {visible(failed, multiline=True)}", err=True)
         if not show_traceback:  # notes explain flowcore's part (an unobserved task failure)
             for note in getattr(error, "__notes__", ()):
-                click.echo(f"  {note}", err=True)
+                click.echo(f"  {visible(safe_str(note), multiline=True)}", err=True)
         click.echo(_run_line(outcome.run), err=True)
         if not show_traceback:
             click.echo("(add --traceback for the full traceback)", err=True)
         sys.exit(1)
-    click.echo(to_json(outcome.result) if as_json else repr(outcome.result))
+    if as_json:
+        click.echo(to_json(outcome.result))
+    else:  # a multi-line repr (a table, a data frame) stays on its lines
+        click.echo(visible(safe_repr(outcome.result), multiline=True))
     click.echo(_run_line(outcome.run), err=True)
 
 
@@ -155,7 +176,7 @@ def run_command(
         flow = load_flow(target)
     except FlowLoadError as exc:
         if show_traceback and exc.cause is not None:
-            click.echo("".join(traceback.format_exception(exc.cause)).rstrip(), err=True)
+            click.echo(_traceback(exc.cause), err=True)
         raise
     kwargs = flow_kwargs(flow, params)
     _drive_and_report(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from ..records import FlowRunRecord
 from ..store import Store
 from ..views import runs as views
-from ..views.format import to_json
+from ..views.format import to_json, visible
 from . import render
-from .support import STATES, CliError, Group, check_state, database, read
+from .support import STATES, CliError, Count, Group, check_state, database, read
 
 __all__ = ["runs"]
 
@@ -28,7 +29,9 @@ def runs() -> None:
     callback=check_state,
     help=f"Only runs in this state: {', '.join(STATES)} (any case).",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--limit", type=Count(1), default=20, show_default=True, metavar="N", help="Runs to list."
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def runs_ls(flow_name: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
@@ -47,7 +50,7 @@ def runs_ls(flow_name: str | None, state: str | None, limit: int, as_json: bool)
         filters = " ".join(
             f"{k}={v}" for k, v in (("flow", flow_name), ("state", state)) if v is not None
         )
-        click.echo(f"no runs{' with ' + filters if filters else ''} in {db}")
+        click.echo(visible(f"no runs{' with ' + filters if filters else ''} in {db}"))
     else:
         Console().print(render.runs_table(found))
 
@@ -56,11 +59,11 @@ def runs_ls(flow_name: str | None, state: str | None, limit: int, as_json: bool)
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=200, show_default=True,
+    "--limit", type=Count(1), default=200, show_default=True, metavar="N",
     help="Task runs to show.",
 )  # fmt: skip
 @click.option(
-    "--offset", type=click.IntRange(min=0), default=0, show_default=True,
+    "--offset", type=Count(0), default=0, show_default=True, metavar="N",
     help="Task runs to skip (by position, in call order).",
 )  # fmt: skip
 @click.option(
@@ -110,14 +113,16 @@ def runs_show(
     shown_end = offset + len(d.task_runs)
     which = "task runs" if state is None else f"{state} task runs"
     if not d.task_runs and (offset or state is not None):
-        console.print(f"no {which} from --offset {offset}: the run has {total}")
+        console.print(Text(f"no {which} from --offset {offset}: the run has {total}"))
     elif offset or shown_end < total:
         more = total - shown_end
         next_page = f" --offset {shown_end} --limit {limit}"
         if state is not None:
             next_page += f" --state {state}"
         console.print(
-            f"showing {which} {offset}–{shown_end - 1} of {total}"
-            + (f"; {more} more: flowcore runs show {d.run.id[:8]}{next_page}" if more else ""),
+            render.plain(
+                f"showing {which} {offset}–{shown_end - 1} of {total}"
+                + (f"; {more} more: flowcore runs show {d.run.id[:8]}{next_page}" if more else "")
+            ),
             highlight=False,
         )

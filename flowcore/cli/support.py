@@ -1,15 +1,19 @@
-"""What every ``flowcore`` command shares: its error type, its group class, the store it reads.
+"""What every ``flowcore`` command shares: its error type, its group class, the store it
+reads, and the types of its numeric options.
 
 Every flowcore error ends a command with ``error: <message>`` on stderr and
 exit code 1, never a traceback: its message already says what went wrong and
-the fix.
+the fix. A bad option or argument ends it the same way, after the usage line,
+with exit code 2. Messages are printed with their control characters made
+visible: they quote names and errors a run recorded.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
@@ -17,28 +21,145 @@ import click
 from ..errors import FlowcoreError
 from ..states import State
 from ..store import Store, flowcore_home, resolve_store
+from ..views.format import visible
 
-__all__ = ["STATES", "CliError", "Group", "check_state", "database", "read"]
+__all__ = [
+    "MAX_COUNT",
+    "MAX_DAYS",
+    "STATES",
+    "CliError",
+    "CliUsageError",
+    "Count",
+    "Days",
+    "Group",
+    "check_state",
+    "database",
+    "read",
+]
 
 T = TypeVar("T")
 STATES = [s.value for s in State]
+
+#: The largest count or position an option takes (``--limit``, ``--offset``,
+#: ``--keep-runs``): more than any store holds, and well inside what SQLite binds.
+MAX_COUNT = 1_000_000_000
+#: The largest age in days ``--older-than`` takes: 100 years, so the moment it names
+#: stays a time every store can compare (nanoseconds in 64 bits).
+MAX_DAYS = 36_500
 
 
 class CliError(click.ClickException):
     """An error the user can fix: printed as ``error: <message>``, exit code 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {visible(self.format_message(), multiline=True)}", err=True)
+
+
+class CliUsageError(click.UsageError):
+    """A bad option or argument: the usage line, then ``error: <message>``, exit code 2.
+
+    A bad value is named by its option (``--limit: expected ...``), as the
+    ``--param`` errors are, rather than by click's ``Invalid value for '--limit'``.
+    """
+
+    @classmethod
+    def of(cls, exc: click.UsageError) -> CliUsageError:
+        if isinstance(exc, CliUsageError):
+            return exc
+        message = exc.format_message()
+        if isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter):
+            hint = exc.param_hint
+            if hint is None and exc.param is not None:
+                param = exc.param
+                opts = param.opts if isinstance(param, click.Option) else []
+                hint = " / ".join(opts) or (param.human_readable_name or "").upper()
+            if hint:
+                hint = hint if isinstance(hint, str) else " / ".join(hint)
+                message = f"{hint}: {exc.message}"
+        return cls(message, exc.ctx)
+
+    def show(self, file: Any = None) -> None:
+        ctx = self.ctx
+        if ctx is not None:
+            help_hint = ""
+            if ctx.command.get_help_option(ctx) is not None:
+                helps = ctx.command.get_help_option_names(ctx)
+                help_hint = f"Try '{ctx.command_path} {max(helps, key=len)}' for help.\n"
+            click.echo(f"{ctx.get_usage()}\n{help_hint}", err=True)
+        click.echo(f"error: {visible(self.format_message(), multiline=True)}", err=True)
 
 
 class Group(click.Group):
-    """A group that turns every flowcore error raised by its commands into a ``CliError``."""
+    """A group that turns every flowcore error raised by its commands into a ``CliError``,
+    and every usage error into a ``CliUsageError`` (the same ``error:`` line)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # the group's own options (``flowcore --bogus``)
+            raise CliUsageError.of(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FlowcoreError as exc:
             raise CliError(str(exc)) from exc
+        except click.UsageError as exc:  # a subcommand's options and arguments
+            raise CliUsageError.of(exc) from exc
+
+
+# -- numeric options ------------------------------------------------------------------------
+
+
+class Count(click.types.IntParamType):
+    """A whole number from ``low`` to ``high``; anything else (``1e20``, ``-3``, a number
+    past what a store can bind) is a usage error naming the option and the range."""
+
+    def __init__(self, low: int, high: int = MAX_COUNT) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip(), 10)
+            except ValueError:  # not a whole number, or one of more than 4300 digits
+                self._refuse(value, param, ctx)
+        if not self.low <= number <= self.high:
+            self._refuse(value, param, ctx)
+        return number
+
+    def _refuse(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> NoReturn:
+        self.fail(
+            f"expected a whole number from {self.low} to {self.high}, got {value!r}", param, ctx
+        )
+
+
+class Days(click.types.FloatParamType):
+    """A number of days from 0 to :data:`MAX_DAYS` (fractions allowed); ``nan``, ``inf``,
+    ``1e400`` and negative numbers are usage errors naming the option and the range."""
+
+    name = "days"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            days = math.nan
+        if not (math.isfinite(days) and 0 <= days <= MAX_DAYS):
+            self.fail(f"expected a number of days from 0 to {MAX_DAYS}, got {value!r}", param, ctx)
+        return days + 0.0  # -0.0 reads as 0
 
 
 # -- helpers --------------------------------------------------------------------------------

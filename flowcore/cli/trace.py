@@ -13,9 +13,13 @@ from ..store.crash import mark_crashed_runs
 from ..views.format import to_json
 from ..views.trace import load_trace, span_to_json, tree_order
 from . import waterfall
-from .support import CliError, Group, database, read
+from .support import CliError, Count, Days, Group, database, read
 
 # -- flowcore trace --------------------------------------------------------------------------
+
+#: The widest drawing ``--width`` asks for: wider than any terminal, and still quick to lay
+#: out (rich lays out every column of every row).
+MAX_WIDTH = 1000
 
 
 class _TraceGroup(Group):
@@ -49,11 +53,11 @@ def trace() -> None:
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the spans as a JSON list (all).")
 @click.option(
-    "--width", type=click.IntRange(min=40), metavar="N",
-    help="Width of the drawing in columns (default: the terminal's).",
+    "--width", type=Count(40, MAX_WIDTH), metavar="N",
+    help=f"Width of the drawing in columns, 40 to {MAX_WIDTH} (default: the terminal's).",
 )  # fmt: skip
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=500, show_default=True, metavar="N",
+    "--limit", type=Count(1), default=500, show_default=True, metavar="N",
     help="Spans to draw (in tree order).",
 )  # fmt: skip
 def trace_show(run_id: str, as_json: bool, width: int | None, limit: int) -> None:
@@ -81,6 +85,8 @@ def trace_show(run_id: str, as_json: bool, width: int | None, limit: int) -> Non
         return
     now = time.time_ns()
     console = Console(width=width) if width is not None else Console()
+    if console.width > MAX_WIDTH:  # $COLUMNS says so: drawing a million columns never ends
+        console = Console(width=MAX_WIDTH)
     console.print(waterfall.trace_header(run, spans, now=now), highlight=False)
     console.print()
     drawing = waterfall.waterfall(rows, width=console.width, limit=limit, spans=spans, now=now)
@@ -89,11 +95,11 @@ def trace_show(run_id: str, as_json: bool, width: int | None, limit: int) -> Non
 
 @trace.command("prune")
 @click.option(
-    "--older-than", type=click.FloatRange(min=0), metavar="DAYS",
+    "--older-than", type=Days(), metavar="DAYS",
     help="Delete spans that started more than DAYS days ago (0: all).",
 )  # fmt: skip
 @click.option(
-    "--keep-runs", type=click.IntRange(min=0), metavar="N",
+    "--keep-runs", type=Count(0), metavar="N",
     help="Delete the spans of all but the newest N runs (a subflow's go with its run's).",
 )  # fmt: skip
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

@@ -6,7 +6,9 @@ duration, status, attempts and a bar placed and sized in proportion to the
 trace's whole time. Retries and exceptions show as markers on the bar (``↻``
 where an attempt failed and was retried, ``✗`` where the span failed) and as a
 note line under the row. Pure functions of the records, like :mod:`.render`; the
-spans come from :mod:`flowcore.views.trace`.
+spans come from :mod:`flowcore.views.trace`. Span names, statuses and attributes
+are user data: they are drawn :func:`~flowcore.views.format.visible`, as plain
+``Text``, and measured after their control characters became escapes.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 from rich.text import Text
 
 from ..records import FlowRunRecord, SpanRecord
-from ..views.format import cut, format_local_time, format_ns
+from ..views.format import cut, format_local_time, format_ns, visible
 from ..views.trace import Row
-from .render import state_text
+from .render import plain, state_text
 
 __all__ = ["trace_header", "waterfall"]
 
@@ -51,7 +53,7 @@ def _attempts(span: SpanRecord) -> int:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return visible(" ".join(text.split()))
 
 
 def _retry_reason(attributes: Mapping[str, Any]) -> str:
@@ -117,16 +119,16 @@ def trace_header(
     if retried:
         summary.append(" · ")
         summary.append(f"{retried} retried", style="yellow")
-    flow = Text(run.name)
+    flow = plain(run.name)
     if run.kind != "flow":
-        flow.append(f" ({run.kind})", style="dim")
+        flow.append(f" ({visible(run.kind)})", style="dim")
     if run.parent_run_id:
-        flow.append(f" ← subflow of {run.parent_run_id[:8]}", style="dim")
+        flow.append(f" ← subflow of {visible(run.parent_run_id[:8])}", style="dim")
     rows: list[tuple[str, Text]] = [
         ("flow", flow),
-        ("run", Text(run.id)),
+        ("run", plain(run.id)),
         ("state", _state(run)),
-        ("trace", Text(run.trace_id or spans[0].trace_id)),
+        ("trace", plain(run.trace_id or spans[0].trace_id)),
         ("started", Text(format_local_time(start / 1e9))),
         ("duration", Text(format_ns(end - start) + live)),
         ("spans", summary),
@@ -215,7 +217,7 @@ def waterfall(
     if not shown:
         return Text("no spans")
 
-    names = [("  " * r.depth) + r.span.name for r in shown]
+    names = [("  " * r.depth) + visible(r.span.name) for r in shown]
     starts = [f"+{format_ns(r.span.start - origin)}" for r in shown]
     durations = [format_ns((r.span.end or now) - r.span.start) for r in shown]
     durations = [d if r.span.end else d + "…" for r, d in zip(shown, durations, strict=True)]
@@ -257,7 +259,8 @@ def waterfall(
         out.append("\n")
         out.append(_cut(name, w_name).ljust(w_name), style="bold" if row.depth == 0 else None)
         out.append(_GAP + start.rjust(w_start) + _GAP + duration.rjust(w_dur) + _GAP)
-        out.append(span.status.ljust(w_status), style=STATUS_STYLES.get(span.status))
+        status = _cut(visible(span.status), w_status).ljust(w_status)  # a foreign writer's
+        out.append(status, style=STATUS_STYLES.get(span.status))
         out.append(_GAP)
         out.append(n_tries.rjust(w_tries), style="yellow")
         out.append(_GAP)

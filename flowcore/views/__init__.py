@@ -5,13 +5,14 @@ them, its rich views and the web UI draw from them. Nothing here imports the
 engine's internals or a terminal library; a view reads the store and returns
 plain data.
 
-- :mod:`.format`: times, durations, sizes, recorded values as text;
+- :mod:`.format`: times, durations, sizes, recorded values as text, and
+  :func:`~.format.visible`, which makes user text safe to show on a terminal;
 - :mod:`.runs`: runs and task runs (lists, one run with its page of task runs);
 - :mod:`.results`: stored task results, read back (``flowcore.task_result``);
 - :mod:`.cache`: cache entries; :mod:`.trace`: a run's spans; :mod:`.limits`:
   shared limits.
 """
 
-from .format import json_fallback, to_json
+from .format import json_fallback, to_json, visible
 
-__all__ = ["json_fallback", "to_json"]
+__all__ = ["json_fallback", "to_json", "visible"]

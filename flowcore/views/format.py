@@ -2,10 +2,19 @@
 
 Plain strings, no terminal styling: the CLI's rich views and the web UI format
 the same value the same way.
+
+Every text that comes from a run (task and flow names, parameters, inputs,
+results, error messages, tracebacks, span names and attributes, limit and host
+names) is user data, and may hold characters a terminal acts on instead of
+showing: an OSC 52 clipboard write, a screen clear, a carriage return that
+overwrites the line, a bidi override that reorders it. :func:`visible` is the one
+place that makes such text safe to show, for the CLI and the web UI alike; the
+JSON of :func:`to_json` keeps the exact data, with those characters escaped.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,9 +33,49 @@ __all__ = [
     "iso_utc",
     "json_fallback",
     "safe_repr",
+    "safe_str",
     "short_value",
     "to_json",
+    "visible",
 ]
+
+#: What a terminal acts on instead of showing: C0 controls, DEL, C1 controls (0x9b is
+#: a one-byte CSI), the Arabic letter mark, the bidi marks, embeddings, overrides and
+#: isolates, the line and paragraph separators, and lone surrogates (which cannot be
+#: written out at all). Joiners and other format characters stay: emoji need them.
+_BIDI_AND_SEPARATORS = "\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}\ud800-\udfff]")
+_UNSAFE_BUT_NEWLINE = re.compile(
+    f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}\ud800-\udfff]"
+)
+#: What JSON text may hold raw but a terminal acts on (JSON encoders escape only C0).
+_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str, *, multiline: bool = False) -> str:
+    """``text`` safe to show on a terminal: each control character written as its
+    Python escape (``\\x1b``, ``\\r``, ``\\u202e``), so it shows instead of acting.
+
+    ``multiline``: keep newlines, for a field shown on several lines (a traceback,
+    an error message); elsewhere a newline is shown as ``\\n`` too, so user text
+    never starts a line of its own. Everything else, other scripts and emoji
+    included, is left as it is. Markup is not this function's business: show the
+    result as plain text (a rich ``Text``, not a markup string; escaped HTML).
+    """
+    pattern = _UNSAFE_BUT_NEWLINE if multiline else _UNSAFE
+    if pattern.search(text) is None:  # nearly always: no copy
+        return text
+    return pattern.sub(_escape, text)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -112,6 +161,14 @@ def safe_repr(value: Any) -> str:
         return f"<{type(value).__qualname__}, repr failed>"
 
 
+def safe_str(value: object) -> str:
+    """``str(value)``, or a stand-in when its ``__str__`` fails (an error line must print)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__qualname__}, str() failed>"
+
+
 def decode_recorded(data: bytes) -> Any:
     """Recorded inputs or parameters; a record that does not decode must not stop a view."""
     try:
@@ -121,13 +178,18 @@ def decode_recorded(data: bytes) -> Any:
 
 
 def short_value(value: Any) -> str:
-    """One recorded value for a one-line view: placeholders as ``<...>``, long reprs cut."""
+    """One recorded value for a one-line view: placeholders as ``<...>``, long reprs cut,
+    control characters made :func:`visible`."""
     if isinstance(value, dict) and "__flowcore__" in value:
         kind = value["__flowcore__"]
         if kind == "future":
-            return f"<result of {value.get('task')} #{value.get('seq')}>"
-        return f"<{kind} {value.get('type', '')}>".replace(" >", ">")
-    return cut(safe_repr(value))
+            text = f"<result of {value.get('task')} #{value.get('seq')}>"
+        elif kind == "secret":
+            return "<secret>"
+        else:
+            text = f"<{kind} {value.get('type', '')}>".replace(" >", ">")
+        return cut(visible(text))
+    return cut(visible(safe_repr(value)))
 
 
 def json_fallback(value: Any) -> Any:
@@ -135,6 +197,20 @@ def json_fallback(value: Any) -> Any:
     return placeholder("unencodable", value, repr=safe_repr(value)[:200])
 
 
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def to_json(data: Any) -> str:
-    """Indented JSON text; values JSON cannot hold become ``{"__flowcore__": ...}`` stand-ins."""
-    return msgspec.json.format(msgspec.json.encode(data, enc_hook=json_fallback), indent=2).decode()
+    """Indented JSON text; values JSON cannot hold become ``{"__flowcore__": ...}`` stand-ins.
+
+    The data stays exact; the characters a terminal acts on that JSON may hold raw
+    (DEL, C1 controls, bidi controls, line separators) are written as ``\\uXXXX``
+    escapes, so printing the JSON is as safe as printing a view.
+    """
+    text = msgspec.json.format(msgspec.json.encode(data, enc_hook=json_fallback), indent=2).decode()
+    if _UNSAFE_IN_JSON.search(text) is None:
+        return text
+    # Outside strings JSON holds only ASCII punctuation, digits, letters and whitespace,
+    # so each such character is inside a string, where its escape means the same.
+    return _UNSAFE_IN_JSON.sub(_json_escape, text)
