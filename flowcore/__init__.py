@@ -33,6 +33,7 @@ from .engine import (
     current_task_run,
     wait,
 )
+from .engine.futures import allow_failure
 from .errors import (
     CacheKeyError,
     ConfigurationError,
@@ -61,6 +62,7 @@ from .options import TaskOptions, Tracing
 from .records import FlowRunRecord, TaskRunRecord
 from .resume import resume, resume_async
 from .retry import Backoff, RetryPolicy, backoff
+from .secret import Secret
 from .states import State
 from .store import MemoryStore, SQLiteStore, Store
 from .task import Task, task, unmapped
@@ -96,6 +98,7 @@ __all__ = [
     "RunNotFound",
     "SQLiteStore",
     "SchemaTooNew",
+    "Secret",
     "State",
     "Store",
     "StoreCorrupted",
@@ -112,6 +115,7 @@ __all__ = [
     "UnsupportedBackend",
     "UpstreamFailed",
     "__version__",
+    "allow_failure",
     "backoff",
     "current_flow_run",
     "current_run",

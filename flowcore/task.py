@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sized
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 import anyio.from_thread
 
 from .engine.attempt import run_task
-from .engine.core import _run_var
-from .engine.futures import TaskFuture, TaskFutureList
-from .engine.inputs import prepare
+from .engine.core import RunContext, _run_var
+from .engine.futures import TaskFuture, TaskFutureList, allow_failure
+from .engine.inputs import WAIT_FOR, prepare, wait_for_list
 from .engine.runs import run_standalone_task
 from .engine.spec import TaskSpec
-from .engine.submit import feed_map, map_window, run_into_future
+from .engine.submit import (
+    check_mappable,
+    feed_map,
+    map_window,
+    read_rows,
+    run_into_future,
+    unmapped,
+)
 from .errors import ConfigurationError
 from .options import TaskArgs, TaskOptions, task_options
 
@@ -25,14 +32,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 _T = TypeVar("_T")
 
-
-class unmapped:
-    """Wrap an argument of ``task.map`` to pass it whole to every call instead of iterating it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
+#: What ``wait_for=`` takes: futures (or their ``allow_failure``), or one of them.
+WaitFor = Iterable[Any] | TaskFuture[Any] | allow_failure[Any]
 
 
 class Task(TaskSpec, Generic[P, R]):
@@ -51,13 +52,26 @@ class Task(TaskSpec, Generic[P, R]):
         ctx = _run_var.get()
         if ctx is None:  # outside any flow: a run of its own
             return run_standalone_task(self, args, kwargs)
+        spawner = ctx.spawner
+        if spawner is not None and not spawner.on_loop_thread():
+            # Called in a sync task's worker thread, where nobody could await a coroutine:
+            # the call runs on the loop and this thread waits for its result.
+            result: Any = _call_from_worker_thread(self, args, kwargs, ctx)
+            return result  # type: ignore[no-any-return]
         return run_task(self, args, kwargs, ctx)
 
-    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]:
+    @overload
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]: ...
+    @overload
+    def submit(self, *args: Any, wait_for: WaitFor, **kwargs: Any) -> TaskFuture[R]: ...
+    def submit(self, *args: Any, **kwargs: Any) -> TaskFuture[R]:
         """Start the task now, concurrently, and return a future of its result.
 
-        Futures among the arguments (also inside a list, tuple or dict) are
-        dependencies: the task starts when they finish, with their results.
+        Futures among the arguments (also at any depth of lists, tuples, dicts and
+        sets) are dependencies: the task starts when they finish, with their results.
+        ``wait_for=[futures]``: dependencies that pass no value (the task waits for
+        them, records them as edges, and is ``UpstreamFailed`` if one failed, unless
+        it is wrapped in :class:`flowcore.allow_failure`).
         """
         ctx = _run_var.get()
         if ctx is None or ctx.spawner is None:
@@ -67,50 +81,70 @@ class Task(TaskSpec, Generic[P, R]):
             )
         if not ctx.spawner.on_loop_thread():
             return _from_worker_thread(self.submit, args, kwargs)
-        rec, waits = prepare(self, ctx, args, kwargs)
-        future: TaskFuture[R] = TaskFuture(self.name, rec.seq, ctx.failed)
+        wait_for = kwargs.pop("wait_for", None) if kwargs else None
+        if wait_for is None:
+            rec, waits = prepare(self, ctx, args, kwargs)
+        else:
+            after = wait_for_list(self.name, wait_for)
+            rec, waits = prepare(self, ctx, args, kwargs, waits=bool(after) or None)
+            if after:
+                kwargs = {**kwargs, WAIT_FOR: after}
+        future: TaskFuture[R] = TaskFuture(self.name, rec.seq, ctx.failed, rec.run_id)
         ctx.spawner.start(run_into_future(self, ctx, rec, waits, args, kwargs, future))
         return future
 
-    def map(self, *iterables: Iterable[Any] | unmapped, **kwargs: Any) -> TaskFutureList[R]:
+    def map(
+        self,
+        *iterables: Iterable[Any] | unmapped | TaskFuture[Any],
+        wait_for: WaitFor | None = None,
+        **kwargs: Any,
+    ) -> TaskFutureList[R]:
         """Submit one task run per item, like the builtin ``map`` over several iterables.
 
         Positional iterables are zipped (they must have equal lengths); wrap one
-        in :class:`unmapped` to pass it whole to every call. Keyword arguments
-        are passed unchanged to every call. ``await task.map(...)`` gives the
+        in :class:`unmapped` to pass it whole to every call; a future maps over its
+        result, once it has one. Keyword arguments are passed unchanged to every
+        call (``wait_for`` as in :meth:`submit`). ``await task.map(...)`` gives the
         list of results.
+
+        Under a limit the calls start as room frees up, and the iterables are read
+        as they do (a generator may be endless). Without one every call starts now:
+        an iterator is read whole, and refused past ``UNLIMITED_ITEMS`` items.
         """
         ctx = _run_var.get()
         if ctx is not None and ctx.spawner is not None and not ctx.spawner.on_loop_thread():
-            # Before anything reads the iterables: a generator can be read only once.
+            # Before anything reads the iterables: a generator is read on the loop's thread.
+            if wait_for is not None:
+                kwargs = {**kwargs, "wait_for": wait_for}
             return _from_worker_thread(self.map, iterables, kwargs)
         if not iterables:
             raise ConfigurationError(f"{self.name}.map() needs at least one iterable to map over")
         for i, it in enumerate(iterables):
-            if not isinstance(it, unmapped) and (
-                isinstance(it, str | bytes) or not isinstance(it, Iterable)
-            ):
-                raise ConfigurationError(
-                    f"argument {i} of {self.name}.map() must be an iterable to map over, got "
-                    f"{type(it).__name__}; wrap it in flowcore.unmapped(...) to pass it whole"
-                )
+            if not isinstance(it, unmapped | TaskFuture):
+                check_mappable(self.name, i, it)
         if all(isinstance(it, unmapped) for it in iterables):
             raise ConfigurationError(
                 f"{self.name}.map() got only unmapped arguments; give one iterable"
             )
-        try:
-            rows = list(_zip_mapped(iterables))
-        except ValueError as exc:
-            raise ConfigurationError(f"{self.name}.map(): {exc}") from exc
-        window = map_window(self, ctx) if ctx is not None else None
-        if window is None or ctx is None or ctx.task_group is None or ctx.spawner is None:
+        after = wait_for_list(self.name, wait_for)
+        if ctx is None or ctx.spawner is None:
+            raise ConfigurationError(
+                f"{self.name}.map() needs a running flow to own the tasks; call it inside a "
+                f"@flowcore.flow, or outside flows await the calls: `await {self.name}(x)`"
+            )
+        window = map_window(self, ctx)
+        pending = any(
+            type(it) is TaskFuture or (type(it) is TaskFutureList and it._feed is not None)
+            for it in iterables
+        )
+        if window is None and not pending:
+            rows = read_rows(self.name, iterables)
+            if after:
+                return TaskFutureList(self.submit(*row, wait_for=after, **kwargs) for row in rows)
             return TaskFutureList(self.submit(*row, **kwargs) for row in rows)
         # Under a limit, start the calls as room frees up (at most `window` alive at a
         # time) instead of making a coroutine per item that would only wait at the limit.
-        failed = ctx.failed
-        futures: TaskFutureList[R] = TaskFutureList(TaskFuture(self.name, -1, failed) for _ in rows)
-        ctx.task_group.start_soon(feed_map, self, ctx, rows, kwargs, list(futures), window)
-        return futures
+        return _fed_map(self, ctx, iterables, kwargs, window, after, pending)
 
     def with_options(self, **changes: Unpack[TaskArgs]) -> Task[P, R]:
         """A copy of this task with some options changed (the options of ``@flowcore.task``).
@@ -160,12 +194,61 @@ def _from_worker_thread(
         ) from None
 
 
-def _zip_mapped(iterables: tuple[Iterable[Any] | unmapped, ...]) -> Iterable[tuple[Any, ...]]:
-    """Rows of arguments: mapped iterables zipped strictly, unmapped values repeated."""
-    mapped = [it for it in iterables if not isinstance(it, unmapped)]
-    for row in zip(*mapped, strict=True):
-        values = iter(row)
-        yield tuple(arg.value if isinstance(arg, unmapped) else next(values) for arg in iterables)
+def _fed_map(
+    task: Task[Any, R],
+    ctx: RunContext,
+    iterables: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    window: int | None,
+    after: tuple[Any, ...],
+    pending: bool,
+) -> TaskFutureList[R]:
+    """A map whose calls a feeder starts as it reads the rows (see ``feed_map``)."""
+    assert ctx.spawner is not None
+    failed, run_id = ctx.failed, ctx.record.id
+    futures: TaskFutureList[R] = TaskFutureList()
+    if not pending and all(isinstance(it, unmapped | Sized) for it in iterables):
+        # Collections: a future per call at once (the list is whole from the start).
+        lengths = [len(it) for it in iterables if not isinstance(it, unmapped)]
+        if len(set(lengths)) > 1:
+            raise ConfigurationError(
+                f"{task.name}.map(): the iterables to map over have different lengths "
+                f"({', '.join(map(str, lengths))}); they are zipped, so give equal lengths"
+            )
+        futures.extend(TaskFuture(task.name, -1, failed, run_id) for _ in range(lengths[0]))
+    futures._feed = TaskFuture(f"{task.name}.map()", -1, failed, run_id)
+    # Started like a submitted task run (it never raises: an error goes into the feed),
+    # which also works in the hand-over from a sync task's thread.
+    ctx.spawner.start(feed_map(task, ctx, iterables, kwargs, futures, window, after))
+    return futures
+
+
+def _call_from_worker_thread(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], ctx: RunContext
+) -> Any:
+    """``await task(*args, **kwargs)`` on the event loop, from a sync task's worker thread.
+
+    The call is a child of the sync task's run (anyio runs it in this thread's
+    context), this thread waits for its result, and its error is raised here. A
+    timed-out or cancelled sync task cancels the call too.
+    """
+    reached = False
+
+    async def on_loop() -> Any:
+        nonlocal reached
+        reached = True
+        return await run_task(task, args, kwargs, ctx)
+
+    try:
+        return anyio.from_thread.run(on_loop)
+    except RuntimeError:
+        if reached:
+            raise
+        raise ConfigurationError(
+            f"task {task.name!r} was called from a thread flowcore did not start (one a task "
+            "started itself): only the thread a sync task runs in can run tasks on the event "
+            "loop; call it from the task's own thread, or make the task async and await it"
+        ) from None
 
 
 def check_function(fn: object, what: str) -> None:

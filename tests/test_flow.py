@@ -13,6 +13,7 @@ import pytest
 import flowcore
 from flowcore import State
 from flowcore.encoding import decode_inputs
+from flowcore.records import task_run_label
 
 pytestmark = pytest.mark.anyio
 
@@ -559,3 +560,128 @@ async def test_run_ids_are_random_uuid4_hex_and_parameters_are_recorded_either_w
     ids = [uuid.UUID(hex=r.id) for r in runs]
     assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in ids)
     assert len({r.id for r in runs}) == 3
+
+
+async def test_a_task_called_in_a_sync_task_runs_and_returns_its_result() -> None:
+    # Regression: called in a sync task's worker thread, a task returned an un-awaited
+    # coroutine as its value.
+    @flowcore.task
+    async def inner(x: int) -> int:
+        return x + 1
+
+    @flowcore.task
+    def also_sync(x: int) -> int:
+        return x * 2
+
+    @flowcore.task
+    async def fails() -> None:
+        raise ValueError("inner failed")
+
+    @flowcore.task
+    def outer(x: int) -> int:
+        # In a sync task's thread the call returns the result (its type says coroutine,
+        # for async callers: hence the casts).
+        return cast(int, inner(x)) + cast(int, also_sync(x))
+
+    @flowcore.task
+    def calls_a_failing_task() -> None:
+        cast(None, fails())  # raises the task's error here
+
+    @flowcore.flow
+    async def f() -> int:
+        with pytest.raises(ValueError, match="inner failed"):
+            await calls_a_failing_task()
+        return await outer(3)
+
+    async with flowcore.Engine("memory") as engine:
+        assert await f() == 10
+        run = await only_run(engine)
+        tasks = await task_runs(engine, run.id)
+    assert run.state is State.COMPLETED
+    by_name = {t.name: t for t in tasks}
+    assert by_name["fails"].parent_seq == by_name["calls_a_failing_task"].seq
+    assert by_name["fails"].state is State.FAILED
+    assert by_name["calls_a_failing_task"].state is State.FAILED
+    # The calls are task runs of their own, children of the sync task's run.
+    assert by_name["inner"].parent_seq == by_name["outer"].seq
+    assert by_name["also_sync"].parent_seq == by_name["outer"].seq
+    assert {by_name[n].state for n in ("outer", "inner", "also_sync")} == {State.COMPLETED}
+
+
+async def test_a_task_called_from_a_thread_flowcore_did_not_start_is_a_clear_error() -> None:
+    import contextvars
+
+    seen: list[str] = []
+
+    @flowcore.task
+    def starts_a_thread() -> None:
+        def in_thread() -> None:
+            try:
+                cast(int, double(1))
+            except flowcore.ConfigurationError as exc:
+                seen.append(str(exc))
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(in_thread,))
+        thread.start()
+        thread.join()
+
+    @flowcore.flow
+    async def f() -> None:
+        await starts_a_thread()
+
+    async with flowcore.Engine("memory"):
+        await f()
+    assert len(seen) == 1 and "thread flowcore did not start" in seen[0]
+
+
+async def test_a_parent_runs_future_used_in_a_subflow_is_a_cross_run_edge() -> None:
+    # Regression: the edge was recorded by seq alone, so inside the subflow it named
+    # the subflow's own task run with the same seq.
+    @flowcore.flow
+    async def child(x: int) -> int:
+        await double(100)  # the child's seq 0
+        return await double(x)  # x: the parent's future of seq 0
+
+    @flowcore.flow
+    async def parent() -> int:
+        up = double.submit(2)  # the parent's seq 0
+        return await child(cast(int, up))
+
+    async with flowcore.Engine("memory") as engine:
+        assert await parent() == 8
+        await engine.recorder.flush()
+        runs = await engine.store.list_runs()
+        top = next(r for r in runs if r.parent_run_id is None)
+        (kid,) = await engine.store.child_runs(top.id)
+        tasks = await task_runs(engine, kid.id)
+    downstream = tasks[1]
+    assert downstream.seq == 1 and downstream.upstream is None  # not the child's seq 0
+    pending = downstream.history[0]
+    assert pending[0] == "Pending"
+    label = task_run_label(top.id, 0)
+    assert pending[2] == f"waited for task runs of other flow runs: double ({label})"
+
+
+async def test_a_sync_task_that_times_out_cancels_the_task_it_called() -> None:
+    @flowcore.task
+    async def inner() -> None:
+        await anyio.sleep(60)
+
+    @flowcore.task(timeout=0.1)
+    def outer() -> None:
+        cast(None, inner())
+
+    @flowcore.flow
+    async def f() -> None:
+        with pytest.raises(flowcore.TaskTimeout):
+            await outer()
+
+    async with flowcore.Engine("memory") as engine:
+        with anyio.fail_after(10):
+            await f()
+        run = await only_run(engine)
+        tasks = await task_runs(engine, run.id)
+    assert [(t.name, t.state) for t in tasks] == [
+        ("outer", State.TIMED_OUT),
+        ("inner", State.CANCELLED),
+    ]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import anyio.lowlevel
@@ -354,3 +358,146 @@ def test_a_task_rate_changed_with_options_gets_its_own_default_burst() -> None:
     assert burst(slow) == 10
     assert burst(slow.with_options(rate=100)) == 100
     assert burst(slow.with_options(rate=100, burst=3)) == 3
+
+
+class Enough(Exception):
+    """Ends a flow that maps over an endless iterator (the flow cancels the map)."""
+
+
+async def test_a_map_over_an_endless_generator_under_a_limit_reads_it_as_calls_start() -> None:
+    # Regression: map() read its iterables whole first, so an endless generator froze
+    # the event loop and grew memory without end.
+    read = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal read
+        for i in itertools.count():
+            read += 1
+            if read > 100_000:
+                raise AssertionError("the generator was read far ahead of the calls")
+            yield i
+
+    enough = anyio.Event()
+
+    @flowcore.task(concurrency=3)
+    async def work(i: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        if i == 200:
+            enough.set()
+        return i
+
+    @flowcore.flow
+    async def f() -> None:
+        futures = work.map(endless())
+        await enough.wait()
+        done = sum(fut.done() for fut in futures)
+        # Read only as far as calls were started (each has its future, with its seq),
+        # and at most a window (2 x 3) ahead of the calls that have ended.
+        assert len(futures) == read and read <= done + 6
+        assert [fut.seq for fut in futures[:3]] == [0, 1, 2]
+        raise Enough
+
+    async with flowcore.Engine("memory"):
+        with pytest.raises(Enough):
+            await f()
+
+
+async def test_a_map_reading_a_generator_yields_to_the_event_loop() -> None:
+    ticks = 0
+    seen: list[int] = []  # the ticks each item of the generator saw when it was read
+
+    def items() -> Iterator[int]:
+        for i in range(3000):
+            seen.append(ticks)
+            yield i
+
+    @flowcore.task(concurrency=100_000)  # a window far wider than the generator
+    async def work(i: int) -> int:
+        return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tick)
+            await anyio.lowlevel.checkpoint()
+            results = await work.map(items())
+            tg.cancel_scope.cancel()
+        return results
+
+    async with flowcore.Engine("memory"):
+        assert await f() == list(range(3000))
+    assert seen[-1] > seen[0]  # the loop ran other tasks while the generator was read
+
+
+async def test_a_map_over_an_endless_generator_without_a_limit_is_refused() -> None:
+    @flowcore.task
+    async def work(i: int) -> int:
+        return i
+
+    @flowcore.flow
+    async def f() -> list[int]:
+        with pytest.raises(flowcore.ConfigurationError, match="without reaching its end"):
+            work.map(itertools.count())
+        return await work.map(i for i in range(10))  # a generator that ends is fine
+
+    async with flowcore.Engine("memory"):
+        assert await f() == list(range(10))
+
+
+async def test_a_generator_mapped_from_a_sync_task_is_read_on_the_loops_thread() -> None:
+    threads: set[int] = set()
+
+    def items() -> Iterator[int]:
+        for i in range(20):
+            threads.add(threading.get_ident())
+            yield i
+
+    @flowcore.task(concurrency=2)
+    async def work(i: int) -> int:
+        return i
+
+    @flowcore.task
+    def maps_from_its_thread() -> list[int]:
+        futures = work.map(items())
+        return anyio.from_thread.run(flowcore.wait, futures)
+
+    @flowcore.flow
+    async def f() -> tuple[int, list[int]]:
+        return threading.get_ident(), await maps_from_its_thread()
+
+    async with flowcore.Engine("memory"):
+        loop_thread, results = await f()
+    assert results == list(range(20)) and threads == {loop_thread}
+
+
+async def test_downstream_of_a_limited_map_records_the_real_edges() -> None:
+    # Regression: the futures of a map under a limit have no seq until their call
+    # starts, and a downstream task recorded the edges before waiting: upstream [-1].
+    @flowcore.task(concurrency=1)
+    async def work(i: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return i
+
+    @flowcore.task
+    async def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    @flowcore.flow
+    async def f() -> int:
+        futures = work.map(range(5))
+        return await total.submit(cast(list[int], list(futures)))
+
+    async with flowcore.Engine("memory") as engine:
+        assert await f() == 10
+        await engine.recorder.flush()
+        (run,) = await engine.store.list_runs()
+        tasks = await engine.store.list_task_runs(run.id)
+    works = sorted(t.seq for t in tasks if t.name == "work")
+    (downstream,) = [t for t in tasks if t.name == "total"]
+    assert len(works) == 5 and downstream.upstream == works

@@ -402,8 +402,8 @@ class RunContext:
     """
 
     __slots__ = (
-        "_closers", "engine", "executor", "failed", "gate", "parameters", "record", "replay",
-        "resources", "spawner", "task_group",
+        "_closers", "deadline", "engine", "executor", "failed", "gate", "parameters", "record",
+        "replay", "resources", "spawner", "task_group",
     )  # fmt: skip
 
     def __init__(
@@ -419,6 +419,9 @@ class RunContext:
         self.replay: Replay | None = None
         #: The flow's ``concurrency`` gate, if it has one.
         self.gate: RunGate | None = None
+        #: Whether the run has a deadline (its ``timeout``): calls that cannot be
+        #: interrupted (sync tasks' threads) are abandoned when it passes.
+        self.deadline = False
         #: Where the run's tasks run unless a task names another executor (the flow's
         #: executor, else the engine's default, opened when the engine opened).
         self.executor: Executor = engine.executors[engine.default_executor]

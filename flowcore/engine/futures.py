@@ -3,7 +3,8 @@
 A :class:`TaskFuture` is what ``task.submit()`` returns: the task is already
 running in the flow's task group. Await it for the result. Passing it to
 another task is a dependency edge: the downstream task waits for it and gets
-its result as the argument.
+its result as the argument (or, wrapped in :class:`allow_failure`, its error
+when it failed, instead of not being run).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Generator, Iterable
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from ..errors import ConfigurationError
 from ..states import State
 
-__all__ = ["TaskFuture", "TaskFutureList", "wait"]
+__all__ = ["TaskFuture", "TaskFutureList", "allow_failure", "wait"]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -25,12 +28,19 @@ T = TypeVar("T")
 class TaskFuture(Generic[R]):
     """The eventual result of a submitted task run: ``await future``."""
 
-    __slots__ = ("_event", "_exc", "_failed", "_finished", "_result", "seq", "state", "task_name")
+    __slots__ = (
+        "_event", "_exc", "_failed", "_finished", "_result", "run_id", "seq", "state", "task_name",
+    )  # fmt: skip
 
-    def __init__(self, task_name: str, seq: int, failed: dict[TaskFuture[Any], None]) -> None:
+    def __init__(
+        self, task_name: str, seq: int, failed: dict[TaskFuture[Any], None], run_id: str
+    ) -> None:
         self.task_name = task_name
-        #: The task run's position in its flow run (``flowcore runs show`` lists it).
+        #: The task run's position in its flow run (``flowcore runs show`` lists it); -1
+        #: until a ``map`` under a limit starts the call.
         self.seq = seq
+        #: The flow run the task run belongs to.
+        self.run_id = run_id
         self.state = State.PENDING
         # The flow run's failed futures nobody has looked at yet (RunContext.failed): a
         # flow that ends with any left fails with the first, so no failure is silent.
@@ -49,10 +59,12 @@ class TaskFuture(Generic[R]):
         if self._event is not None:
             self._event.set()
 
-    def _set_exception(self, exc: BaseException, state: State) -> None:
+    def _set_exception(self, exc: BaseException, state: State, *, unseen: bool = True) -> None:
+        """End with ``exc``; ``unseen=False``: another future carries the failure to the
+        flow (the calls of a ``map`` that could not be started)."""
         self._exc = exc
         self.state = state
-        if isinstance(exc, Exception):
+        if unseen and isinstance(exc, Exception):
             self._failed[self] = None
         self._finished = True
         if self._event is not None:
@@ -66,13 +78,15 @@ class TaskFuture(Generic[R]):
         """Whether the task run has ended (successfully or not)."""
         return self._finished
 
-    def result(self) -> R:
-        """The result of a finished task run; raises its error. Use ``await`` to wait."""
+    def result(self, timeout: float | None = None) -> R:
+        """The result of the task run; raises its error.
+
+        On the event loop, the task run must have finished (use ``await future`` to
+        wait for it). In a sync task's worker thread this waits for it, at most
+        ``timeout`` seconds (then raises :class:`TimeoutError`); ``None``: no limit.
+        """
         if not self._finished:
-            raise ConfigurationError(
-                f"the future of task {self.task_name!r} (seq {self.seq}) has not finished; "
-                "use `await future` to wait for it"
-            )
+            self._wait_from_thread(timeout)
         self._failed.pop(self, None)
         if self._exc is not None:
             raise self._exc
@@ -96,6 +110,41 @@ class TaskFuture(Generic[R]):
                 self._event = anyio.Event()
             await self._event.wait()
 
+    def _wait_from_thread(self, timeout: float | None) -> None:
+        """Block this worker thread until the task run ends (``result()`` off the loop)."""
+        try:
+            anyio.lowlevel.current_token()
+        except RuntimeError:
+            pass  # not on an event loop's thread: a worker thread may block
+        else:
+            raise ConfigurationError(
+                f"the future of task {self.task_name!r} (seq {self.seq}) has not finished; "
+                "use `await future` to wait for it"
+            )
+        reached = False
+
+        async def on_loop() -> None:
+            nonlocal reached
+            reached = True
+            with anyio.fail_after(timeout):
+                await self.wait()
+
+        try:
+            anyio.from_thread.run(on_loop)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the task run of {self.task_name!r} (seq {self.seq}) did not finish within "
+                f"{timeout:g} s (future.result(timeout=...))"
+            ) from None
+        except RuntimeError:
+            if reached:
+                raise
+            raise ConfigurationError(
+                f"future.result() of task {self.task_name!r} waited in a thread flowcore did "
+                "not start: only a sync task's own thread can wait for a future; await it "
+                "in async code, or call result() from the sync task's thread"
+            ) from None
+
     async def _get(self) -> R:
         if not self._finished:
             await self.wait()
@@ -109,10 +158,57 @@ class TaskFuture(Generic[R]):
 
 
 class TaskFutureList(list[TaskFuture[R]]):
-    """The futures ``task.map()`` returns: a list, and ``await``-able for all results."""
+    """The futures ``task.map()`` returns: a list, and ``await``-able for all results.
+
+    A map that reads its iterables as its calls start (an iterator under a limit,
+    or the result of a future) fills the list as it goes: ``await`` it, or pass it
+    to ``flowcore.wait`` or to a task, to wait for every call.
+    """
+
+    #: While the map still reads its iterables: a future that ends when it has (with
+    #: the error if reading them failed). ``None``: every future is in the list.
+    _feed: TaskFuture[None] | None = None
 
     def __await__(self) -> Generator[Any, None, list[R]]:
         return wait(self).__await__()
+
+    async def _complete(self) -> list[TaskFuture[Any]]:
+        """Wait until every future of the map is in the list; its futures (and the feed's,
+        which carries an error reading the iterables, first)."""
+        feed = self._feed
+        if feed is None:
+            return list(self)
+        await feed.wait()
+        return [feed, *self]
+
+
+class allow_failure(Generic[R]):
+    """Pass a future to a task even if it fails: the task gets its error as the value.
+
+    ``report.submit(flowcore.allow_failure(fetched))`` runs ``report`` whatever
+    happened to ``fetched``, with its result or, if it failed, the exception
+    object (the failure then counts as seen); without it the task would not run
+    and be ``UpstreamFailed``. Also in ``wait_for=[...]`` and around the list of
+    futures ``map`` returns.
+    """
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: TaskFuture[R] | TaskFutureList[R]) -> None:
+        if not isinstance(future, TaskFuture | TaskFutureList):
+            raise ConfigurationError(
+                "flowcore.allow_failure() takes a future from task.submit() (or the list "
+                f"from task.map()), got {type(future).__name__}"
+            )
+        self.future = future
+
+    def __flowcore_record__(self) -> object:
+        if isinstance(self.future, TaskFuture):
+            return self.future.__flowcore_record__()
+        return list(self.future)
+
+    def __repr__(self) -> str:
+        return f"allow_failure({self.future!r})"
 
 
 async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
@@ -121,7 +217,12 @@ async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
     If any failed, all are still waited for, every failure counts as seen, and
     the first failure is raised (with a note naming the others).
     """
-    given: list[object] = list(futures)
+    if isinstance(futures, TaskFutureList) and futures._feed is not None:
+        given: list[object] = [*await futures._complete()]
+        skip = 1  # the feed's future comes first: an error reading the iterables first
+    else:
+        given = list(futures)
+        skip = 0
     for item in given:
         if not isinstance(item, TaskFuture):
             what = "a coroutine" if hasattr(item, "cr_frame") else type(item).__name__
@@ -145,4 +246,4 @@ async def wait(futures: Iterable[TaskFuture[T]]) -> list[T]:
                 f"flowcore.wait: {len(errors) - 1} other futures failed too: {others}{more}"
             )
         raise first
-    return [f._result for f in items]
+    return [f._result for f in items[skip:]]

@@ -268,7 +268,11 @@ class Limits:
             await state.release()
 
     def statistics(self) -> dict[str, dict[str, float | int | None]]:
+        """Per named limit: its concurrency and rate, slots held here and waiters here,
+        and for a shared limit ``leases_lost``: leases found expired while held (see
+        :mod:`flowcore.engine.leases`; ``None`` for a limit that is not shared)."""
         out: dict[str, dict[str, float | int | None]] = {}
+        lost = self.leases.lost
         for name, state in self._named.items():
             limiter = state.limiter
             out[name] = {
@@ -276,6 +280,7 @@ class Limits:
                 "holders": limiter.borrowed if limiter is not None else None,
                 "waiting": len(limiter.waiters) if limiter is not None else None,
                 "rate": state.limit.rate,
+                "leases_lost": lost.get(name, 0) if isinstance(limiter, SharedSlots) else None,
             }
         return out
 

@@ -17,15 +17,30 @@ part of a busy flow, so an engine talks to the store for a limit through one
 - a task run that ends hands its slot straight to the next local waiter when
   no other process was waiting at the last look (at most ``FRESH`` seconds
   ago); otherwise it gives the slot back to the store for the others.
+
+Leases are renewed off the event loop, by a thread of the keeper's own, when
+the store offers a way that needs no loop (:func:`blocking_renewal`): a loop
+blocked by a sync call or CPU-bound code for longer than the lease lasts would
+otherwise lose its slots to other processes while still using them, and two
+holders would share one slot. A lease found expired anyway (the process was
+suspended, the store stayed locked, or the store can only renew on the loop)
+is a warning naming the limit and how long the loop had not run, counted in
+``engine.limits.statistics()[name]["leases_lost"]``, and its slot is never
+handed on to another task run: it goes back through the store.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import random
+import sqlite3
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -33,11 +48,58 @@ import anyio
 from ..clock import Clock
 from ..limits import Limit
 from ..store.base import LeaseStore
+from ..store.sqlite import SQLiteStore
 
-__all__ = ["LeaseKeeper", "SharedSlots"]
+__all__ = ["LeaseKeeper", "SharedSlots", "blocking_renewal"]
+
+log = logging.getLogger("flowcore")
 
 #: How recent the last look at other processes' waiters must be to keep a slot local.
 FRESH = 0.02
+
+#: Renews every lease (and waiting row) of ``holder`` to expire at ``expires``; callable
+#: from any thread, without an event loop.
+BlockingRenewal = Callable[[str, float], object]
+
+
+def blocking_renewal(store: LeaseStore) -> BlockingRenewal | None:
+    """How to renew ``store``'s leases from a thread, with no event loop; ``None``: only on it.
+
+    A store offers it as ``renew_leases_blocking(holder, expires)`` (sync, any thread).
+    The SQLite store does not have that method yet, so for it the renewing thread
+    opens a connection of its own and makes the statement of its ``renew_leases``.
+    The memory store lives in the loop's process and is renewed on the loop.
+    """
+    own = getattr(store, "renew_leases_blocking", None)
+    if callable(own):
+        renew: BlockingRenewal = own
+        return renew
+    if isinstance(store, SQLiteStore):
+        return _SQLiteRenewal(store.path, store.lock_timeout)
+    return None
+
+
+class _SQLiteRenewal:
+    """``renew_leases`` of an SQLite store, on a connection of the renewing thread's own."""
+
+    def __init__(self, path: Path, lock_timeout: float) -> None:
+        self.path = path
+        self.lock_timeout = lock_timeout
+        self._db: sqlite3.Connection | None = None
+
+    def __call__(self, holder: str, expires: float) -> None:
+        db = self._db
+        if db is None:
+            # Made in the thread that uses it; SQLite's busy handler waits out a lock.
+            db = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None)
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._db = db
+        db.execute("UPDATE limit_leases SET expires = ? WHERE holder = ?", (expires, holder))
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
 
 class LeaseKeeper:
@@ -45,7 +107,9 @@ class LeaseKeeper:
 
     ``start_soon`` starts a background task in the engine's task group (the pumps
     of shared limits run there). Expiry times are the clock's wall time, so tests
-    can move them with a fake clock.
+    can move them with a fake clock. ``renewal``: how to renew without the event
+    loop (default: :func:`blocking_renewal` of the store); with one, a thread renews
+    every ``ttl / 3`` seconds while leases are held, whatever the loop is doing.
     """
 
     def __init__(
@@ -55,6 +119,7 @@ class LeaseKeeper:
         start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
         *,
         ttl: float = 30.0,
+        renewal: BlockingRenewal | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -62,19 +127,182 @@ class LeaseKeeper:
         #: This engine, as the holder of store leases.
         self.holder = uuid.uuid4().hex
         self.ttl = ttl
-        #: Leases this engine holds now (renewed while any are held).
-        self.held = 0
+        self.renewal = renewal if renewal is not None else blocking_renewal(store)
+        #: Leases lost by limit name: found expired when renewed or given back.
+        self.lost: dict[str, int] = {}
+        # Leases held now: lease id -> (limit name, expiry when it was granted). Changed
+        # on the loop's thread only; the renewing thread reads copies.
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._renewed = -math.inf  # the expiry the last renewal gave every lease held then
+        self._lost_ids: set[str] = set()  # found lost, not given back yet
+        self._beat = clock.now()  # when the event loop last ran this keeper's code
+        self._stall = (0.0, -math.inf)  # the longest recent stall of the loop, and when seen
+        self._lock = threading.Lock()  # for what both threads write: the lost leases
+        self._keeping = False  # keep() is running (the engine is open)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def held(self) -> int:
+        """Leases this engine holds now (renewed while any are held)."""
+        return len(self._leases)
 
     def expires(self) -> float:
         """When a lease taken or renewed now expires."""
         return self.clock.time() + self.ttl
 
+    # -- the leases held, on the loop's thread ------------------------------------------
+
+    def granted(self, lease: str, name: str, expires: float) -> None:
+        """Keep ``lease`` (of limit ``name``, granted until ``expires``) renewed."""
+        self._leases[lease] = (name, expires)
+        self._beat = self.clock.now()
+        if self._thread is None and self._keeping:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        # Started with the first lease: an engine that never holds one has no thread.
+        if self.renewal is not None:
+            self._thread = threading.Thread(
+                target=self._renew_in_thread,
+                args=(self.renewal,),
+                name="flowcore-lease-renewal",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def lost_on_release(self, lease: str) -> bool:
+        """Whether ``lease``, being given back, expired first (then it is counted as lost)."""
+        if lease in self._lost_ids:
+            return True
+        held = self._leases.get(lease)
+        if held is None:
+            return False
+        name, granted = held
+        if max(granted, self._renewed) > self.clock.time():
+            self._beat = self.clock.now()
+            return False
+        self._lose(lease, name)
+        return True
+
+    def forget(self, lease: str) -> None:
+        """``lease`` goes back to the store: no longer renewed."""
+        self._leases.pop(lease, None)
+        with self._lock:
+            self._lost_ids.discard(lease)
+
+    # -- renewing ----------------------------------------------------------------------
+
     async def keep(self) -> None:
-        """Renew this engine's leases until cancelled (the engine runs it)."""
-        while True:
-            await anyio.sleep(self.ttl / 3)
-            if self.held:
-                await self.store.renew_leases(self.holder, self.expires())
+        """Renew this engine's leases until cancelled (the engine runs it).
+
+        With a blocking renewal, the thread renews and this only notes that the loop
+        runs (how long it had not is part of a lost lease's warning); otherwise it
+        renews here, on the loop, every ``ttl / 3`` seconds.
+        """
+        self._keeping = True
+        if self._leases and self._thread is None:
+            self._start_thread()
+        renewed_at = time.monotonic()
+        try:
+            while True:
+                pause = min(1.0, self.ttl / 3) if self._leases else self.ttl / 3
+                asleep = self.clock.now()
+                await anyio.sleep(pause)
+                now = self.clock.now()
+                late = max(0.0, now - asleep - pause)  # how much longer than asked it took
+                seen, seen_at = self._stall
+                if late >= seen or now - seen_at > self.ttl:
+                    self._stall = (late, now)
+                self._beat = now
+                if self.renewal is None and time.monotonic() - renewed_at >= self.ttl / 3:
+                    renewed_at = time.monotonic()
+                    if self._leases:
+                        await self.renew()
+        finally:
+            self._keeping = False
+            self._stop.set()  # the renewing thread ends at its next wake-up, now
+
+    async def renew(self) -> None:
+        """Renew every lease now, on the loop (finding first those lost meanwhile)."""
+        before = self._check(self.clock.time())
+        expires = self.expires()
+        await self.store.renew_leases(self.holder, expires)
+        self._renewed_after(before, expires)
+
+    def _renew_in_thread(self, renewal: BlockingRenewal) -> None:
+        failing = False
+        try:
+            while not self._stop.wait(self.ttl / 3):
+                if not self._leases:
+                    continue
+                before = self._check(self.clock.time())
+                expires = self.expires()
+                try:
+                    renewal(self.holder, expires)
+                except Exception as exc:  # a locked or vanished database: try again
+                    if not failing:
+                        log.warning("flowcore: could not renew shared limit leases: %s", exc)
+                    failing = True
+                    continue
+                failing = False
+                self._renewed_after(before, expires)
+        finally:
+            close = getattr(renewal, "close", None)
+            if callable(close):
+                close()
+
+    def _check(self, now: float) -> dict[str, tuple[str, float]]:
+        """The leases held now with their expiries; those already expired are lost."""
+        renewed = self._renewed
+        leases = {lease: (n, max(e, renewed)) for lease, (n, e) in self._leases.copy().items()}
+        self._lost_expired(leases, now)
+        return leases
+
+    def _renewed_after(self, before: dict[str, tuple[str, float]], expires: float) -> None:
+        # A lease that expired while the renewal waited (for a lock, say) may have
+        # been taken before the renewal reached it: lost too, to be safe.
+        self._lost_expired(before, self.clock.time())
+        self._renewed = max(self._renewed, expires)
+
+    def _lost_expired(self, leases: dict[str, tuple[str, float]], now: float) -> None:
+        for lease, (name, expiry) in leases.items():
+            if expiry <= now and lease not in self._lost_ids:
+                self._lose(lease, name)
+
+    def _lose(self, lease: str, name: str) -> None:
+        with self._lock:
+            if lease in self._lost_ids:
+                return
+            self._lost_ids.add(lease)
+            self.lost[name] = self.lost.get(name, 0) + 1
+        # How long the loop had not run: since it last ran this keeper's code, or the
+        # stall the keeper saw when it woke, if that was lately.
+        now = self.clock.now()
+        stalled = now - self._beat
+        seen, seen_at = self._stall
+        if now - seen_at <= self.ttl:
+            stalled = max(stalled, seen)
+        if stalled >= 2 * min(1.0, self.ttl / 3):
+            why = (
+                f"the event loop had not run for {stalled:.1f} s (a sync call or CPU-bound "
+                "code in async code blocks it: run it in a sync task, or with "
+                "anyio.to_thread.run_sync)"
+            )
+        else:
+            why = (
+                f"the event loop was running (it last ran {stalled:.1f} s ago), so the "
+                "renewal did not reach the store in time (a database locked that long, or "
+                "a suspended process)"
+            )
+        log.warning(
+            "flowcore: a lease on a slot of shared limit %r expired before it was renewed "
+            "(leases last %g s), so another process may have held the slot at the same "
+            "time; %s",
+            name,
+            self.ttl,
+            why,
+        )
 
 
 class _Waiter:
@@ -127,14 +355,20 @@ class SharedSlots:
         return waiter.lease
 
     async def release(self, lease: str) -> None:
-        """Give a slot back: to the next waiter here, or to the store for the others."""
+        """Give a slot back: to the next waiter here, or to the store for the others.
+
+        A lease that expired while held is never handed on: another process may hold
+        its slot now, so the next waiter asks the store.
+        """
         self.borrowed -= 1
-        fresh = time.monotonic() - self._looked_at < FRESH
-        if fresh and not self._others_waiting and self._hand(lease):
-            return
-        self.keeper.held -= 1
+        keeper = self.keeper
+        if not keeper.lost_on_release(lease):
+            fresh = time.monotonic() - self._looked_at < FRESH
+            if fresh and not self._others_waiting and self._hand(lease):
+                return
+        keeper.forget(lease)
         with anyio.CancelScope(shield=True):
-            await self.keeper.store.release_lease(lease)
+            await keeper.store.release_lease(lease)
         if self.waiters:
             self._kick.set()  # a slot just came free: ask for it now, not after a backoff
             self._start_pump()
@@ -164,6 +398,7 @@ class SharedSlots:
             while self.waiters:
                 now = keeper.clock.time()
                 want = len(self.waiters)
+                expires = now + keeper.ttl
                 # Shielded: if the engine closed while this is in flight, slots granted
                 # in the store would be known to nobody and held until they expire.
                 with anyio.CancelScope(shield=True):
@@ -175,15 +410,16 @@ class SharedSlots:
                         want,
                         self.waiters[0].since,  # the oldest waiter's
                         now,
-                        now + keeper.ttl,
+                        expires,
                     )
                 row = len(leases) < want
                 self._others_waiting = others
                 self._looked_at = time.monotonic()
-                keeper.held += len(leases)
+                for lease in leases:
+                    keeper.granted(lease, self.name, expires)
                 for lease in leases:
                     if not self._hand(lease):  # its waiter left meanwhile: give it back
-                        keeper.held -= 1
+                        keeper.forget(lease)
                         with anyio.CancelScope(shield=True):
                             await store.release_lease(lease)
                 if leases:

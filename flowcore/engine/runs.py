@@ -20,9 +20,10 @@ from typing import Any
 import anyio
 
 from .._current import current_task_run
+from .._process import MACHINE
 from ..encoding import encode_inputs
 from ..errors import FlowTimeout
-from ..ids import HOST, error_name, new_run_id, traceback_text
+from ..ids import HOST, error_message, error_name, new_run_id, safe_repr, traceback_text
 from ..records import FlowRunRecord, transition
 from ..states import State
 from .attempt import run_task
@@ -55,6 +56,7 @@ def new_flow_record(
         history=[(State.RUNNING.value, now)],
         host=HOST,
         pid=os.getpid(),
+        machine=MACHINE,  # where that pid means this process (see store.crash)
     )
 
 
@@ -133,6 +135,7 @@ async def _drive(
     if top_level:
         engine.last_run = record
     error: BaseException | None = None
+    leaving: BaseException | None = None  # a KeyboardInterrupt or SystemExit from the run
     result: Any = None
     try:
         spawner: Spawner | None = None
@@ -142,6 +145,7 @@ async def _drive(
                 # entering and leaving one is a tenth of an empty run's cost).
                 if timeout is not None:
                     tg.cancel_scope.deadline = anyio.current_time() + timeout
+                    ctx.deadline = True  # sync tasks are abandoned when it passes
                 ctx.task_group = tg
                 ctx.spawner = spawner = Spawner(tg)
                 try:
@@ -152,10 +156,28 @@ async def _drive(
                     # flow's other tasks: the run has failed.
                     error = exc
                     tg.cancel_scope.cancel()
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    # Likewise kept, to be raised as itself once the tasks are stopped: out
+                    # of the task group it would come wrapped in a BaseExceptionGroup, which
+                    # `except KeyboardInterrupt` does not catch and `sys.exit(3)` turns into 1.
+                    leaving = exc
+                    tg.cancel_scope.cancel()
         finally:
             if spawner is not None:
                 await spawner.cancel()  # whatever is left when the run ends another way
-        if tg.cancel_scope.cancelled_caught and error is None:
+        if leaving is None and spawner is not None:
+            leaving = spawner.fatal  # a submitted task's KeyboardInterrupt or SystemExit
+        if leaving is not None:
+            raise leaving  # recorded Cancelled below, as Ctrl-C is
+        # The deadline passed: whether it interrupted something, or the body was in a
+        # call that cannot be interrupted (a sync task's thread, a blocking call) and
+        # returned after it without another checkpoint.
+        deadline = tg.cancel_scope.deadline
+        if (
+            error is None
+            and timeout is not None
+            and (tg.cancel_scope.cancel_called or anyio.current_time() >= deadline)
+        ):
             error = FlowTimeout(
                 f"flow {record.name!r} timed out after {timeout:g} s (its `timeout`); its "
                 "unfinished tasks were cancelled. Raise the flow's `timeout` to give it longer"
@@ -193,9 +215,10 @@ async def _drive(
         ctx.failed.clear()
         if top_level:
             # The end of a run is a durability point: its records are committed
-            # before the caller sees its result.
+            # before the caller sees its result (or the caller gets the StoreError,
+            # and the run is never recorded Completed: see Recorder.end_run).
             with anyio.CancelScope(shield=True):
-                await recorder.flush()
+                await recorder.end_run(record)
 
 
 def _start_span(engine: Engine, ctx: RunContext) -> Any:
@@ -222,10 +245,7 @@ def _start_span(engine: Engine, ctx: RunContext) -> Any:
 
 
 def _repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception:  # a broken __repr__ must not fail the run
-        return f"<{type(value).__qualname__}: repr failed>"
+    return safe_repr(value)  # a broken __repr__ must not fail the run
 
 
 def _unobserved_failure(ctx: RunContext) -> BaseException:
@@ -237,16 +257,22 @@ def _unobserved_failure(ctx: RunContext) -> BaseException:
         f"; {len(futures) - 1} more submitted tasks failed unobserved" if len(futures) > 1 else ""
     )
     exc.add_note(
-        f"flowcore: task {first.task_name!r} (seq {first.seq}) was submitted but its failure was "
-        f"never awaited, so the flow run fails with it{others}. Await futures (or "
+        f"flowcore: task {first.task_name!r}{_seq_text(first.seq)} was submitted but its "
+        f"failure was never awaited, so the flow run fails with it{others}. Await futures (or "
         "flowcore.wait(...)) to handle their errors"
     )
     return exc
+
+
+def _seq_text(seq: int) -> str:
+    """`` (seq N)`` for a future that became a task run; nothing for one that never did
+    (a map's call that never started)."""
+    return f" (seq {seq})" if seq >= 0 else ""
 
 
 def _finish(record: FlowRunRecord, state: State, error: BaseException | None) -> None:
     transition(record, state, time.time())
     if error is not None:
         record.error_type = error_name(error)
-        record.error_message = str(error)[:2000]
+        record.error_message = error_message(error)  # never raises: the flow's error propagates
         record.traceback = traceback_text(error)

@@ -29,13 +29,16 @@ __all__ = ["Spawner"]
 class Spawner:
     """The live submitted task runs of one flow run."""
 
-    __slots__ = ("_error", "_loop", "_tasks", "_tg", "_thread")
+    __slots__ = ("_error", "_loop", "_tasks", "_tg", "_thread", "fatal")
 
     def __init__(self, tg: TaskGroup) -> None:
         self._tg = tg
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._error: BaseException | None = None
+        #: A KeyboardInterrupt or SystemExit a child ran into: the flow run stops, and
+        #: it is raised as itself (see :meth:`stop_with`).
+        self.fatal: BaseException | None = None
         self._thread = threading.get_ident()  # the event loop's: a flow run starts there
         try:
             self._loop = asyncio.get_running_loop()
@@ -64,6 +67,17 @@ class Spawner:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def stop_with(self, exc: BaseException) -> None:
+        """A child ran into ``exc`` (KeyboardInterrupt, SystemExit): stop the flow run.
+
+        Raised out of an asyncio task it would leave the event loop at once, past the
+        flow's bookkeeping; kept here instead, the run is stopped by cancelling its task
+        group and raises it as itself once its tasks are done.
+        """
+        if self.fatal is None:
+            self.fatal = exc
+            self._tg.cancel_scope.cancel()
 
     async def join(self) -> None:
         """Wait until every started task run has ended (started ones may start more)."""
