@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -18,6 +18,7 @@ from ._sync import run_sync
 from .engine.core import Engine, _engine_var
 from .engine.runs import run_flow
 from .errors import ConfigurationError, deprecated
+from .retry import Backoff, RetryPolicy, validate_retry_options
 from .task import Task, check_function
 
 __all__ = ["Flow", "flow", "run"]
@@ -53,12 +54,15 @@ class Flow(Generic[P, R]):
         timeout: float | None = None,
         concurrency: int | None = None,
         executor: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
         self.timeout = timeout
         self.concurrency = concurrency
         self.executor = executor
+        #: How a failed run is retried (``None``: it is not).
+        self.retry = retry
         self.signature = inspect.signature(fn)
         # The parameter names when every parameter can be passed by position: a call
         # passing all of them so maps them without Signature.bind (a sixth of an
@@ -103,6 +107,7 @@ class Flow(Generic[P, R]):
         timeout: float | _Keep | None = _KEEP,
         concurrency: int | _Keep | None = _KEEP,
         executor: str | _Keep | None = _KEEP,
+        retries: int | None = None,
     ) -> Flow[P, R]:
         """A copy of this flow with some options changed; what is not named is kept.
 
@@ -121,6 +126,7 @@ class Flow(Generic[P, R]):
             concurrency=self.concurrency if isinstance(concurrency, _Keep) else concurrency,
             executor=self.executor if isinstance(executor, _Keep) else executor,
         )(self.fn)
+        changed.retry = self.retry if retries is None else _flow_retry(self.retry, retries)
         return changed
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +175,7 @@ def _start(
         concurrency=flow.concurrency,
         executor=flow.executor,
         entrypoint=flow.entrypoint,
+        retry=flow.retry,
     )
 
 
@@ -181,6 +188,8 @@ def flow(
     timeout: float | None = ...,
     concurrency: int | None = ...,
     executor: str | None = ...,
+    retries: int = ...,
+    retry_delay: float | Sequence[float] | Backoff = ...,
     max_concurrency: int | None = ...,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Flow[P, R]]: ...
 def flow(
@@ -191,13 +200,18 @@ def flow(
     timeout: float | None = None,
     concurrency: int | None = None,
     executor: str | None = None,
+    retries: int = 0,
+    retry_delay: float | Sequence[float] | Backoff = 0.0,
     max_concurrency: int | None = None,
 ) -> Any:
     """Make an async function a flow: ``@flowcore.flow`` or ``@flowcore.flow(timeout=600)``.
 
-    Every task awaited inside it is a tracked task run; ``timeout`` bounds the whole
-    run; ``concurrency``: at most this many of its task runs in flight at once;
-    ``executor``: the executor its tasks run on unless they name another.
+    Every task awaited inside it is a tracked task run; ``timeout`` bounds each
+    attempt of a run; ``concurrency``: at most this many of its task runs in flight
+    at once; ``executor``: the executor its tasks run on unless they name another.
+    ``retries``/``retry_delay``: a failed run (an error, a timeout) is run again from
+    the start, in the same run, this many times, waiting the delay before each (a
+    number, a list, or ``flowcore.backoff(...)``); each attempt is recorded.
     (``max_concurrency`` is the deprecated spelling of ``concurrency``.)
     """
     if max_concurrency is not None:
@@ -211,6 +225,7 @@ def flow(
             _validate.seconds("timeout", timeout),
             _validate.count("concurrency", concurrency),
             _validate.name("executor", executor),
+            *validate_retry_options(retries, retry_delay, None),
         )
         if problem
     ]
@@ -234,6 +249,7 @@ def flow(
             timeout=None if timeout is None else float(timeout),
             concurrency=concurrency,
             executor=executor,
+            retry=RetryPolicy(retries=retries, delay=retry_delay) if retries else None,
         )
 
     if fn is None:
@@ -269,6 +285,16 @@ def run(flow: Flow[P, R] | Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
         instead=f"await {given.name}(...)",
     )
     return result
+
+
+def _flow_retry(policy: RetryPolicy | None, retries: int) -> RetryPolicy | None:
+    """``policy`` with ``retries`` changed (its delay kept); ``None`` for no retries."""
+    problems = validate_retry_options(retries, 0.0, None)
+    if problems:
+        raise ConfigurationError("invalid flow options: " + "; ".join(problems))
+    if not retries:
+        return None
+    return RetryPolicy(retries=retries, delay=policy.delay if policy else 0.0)
 
 
 def _entrypoint_of(fn: Callable[..., Any]) -> str | None:

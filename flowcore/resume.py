@@ -115,6 +115,7 @@ async def _resume(engine: Engine, run_id: str, flow: Flow[Any, Any] | None) -> A
         executor=flow.executor,
         entrypoint=flow.entrypoint,
         replay=replay,
+        retry=flow.retry,
     )
 
 

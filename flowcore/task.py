@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 from collections.abc import Callable, Coroutine, Iterable, Sized
+from threading import get_ident
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 import anyio.from_thread
@@ -53,7 +54,8 @@ class Task(TaskSpec, Generic[P, R]):
         if ctx is None:  # outside any flow: a run of its own
             return run_standalone_task(self, args, kwargs)
         spawner = ctx.spawner
-        if spawner is not None and not spawner.on_loop_thread():
+        # Inline, not spawner.on_loop_thread(): this runs on every call of every task.
+        if spawner is not None and get_ident() != spawner.loop_thread:
             # Called in a sync task's worker thread, where nobody could await a coroutine:
             # the call runs on the loop and this thread waits for its result.
             result: Any = _call_from_worker_thread(self, args, kwargs, ctx)
@@ -157,8 +159,61 @@ class Task(TaskSpec, Generic[P, R]):
         options = task_options(self.name, self.options, stacklevel=2, **changes)
         return Task(self.fn, options)
 
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        """A task defined in a class is a method: ``obj.step(x)`` calls it with ``obj``
+        as its first argument (``self``), tracked as usual."""
+        if instance is None:
+            return self
+        return BoundTask(self, instance)
+
     def __repr__(self) -> str:
         return f"<flowcore.Task {self.name}>"
+
+
+class BoundTask:
+    """A task defined in a class, taken from an instance: ``obj.step``.
+
+    It calls, submits and maps the task with the instance as its first argument.
+    The instance is recorded like any input (by its repr when it cannot be encoded);
+    a cached method keys on it too, so exclude it when it has no stable encoding:
+    ``cache=CachePolicy.from_inputs(exclude=["self"]) + CachePolicy.from_source()``.
+    """
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, task: Task[..., Any], instance: object) -> None:
+        self.__func__ = task
+        self.__self__ = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> TaskFuture[Any]:
+        return self.__func__.submit(self.__self__, *args, **kwargs)
+
+    def map(self, *iterables: Any, **kwargs: Any) -> TaskFutureList[Any]:
+        return self.__func__.map(unmapped(self.__self__), *iterables, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.__func__.name
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        return self.__func__.fn
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, BoundTask)
+            and other.__func__ is self.__func__
+            and other.__self__ is self.__self__
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.__func__), id(self.__self__)))
+
+    def __repr__(self) -> str:
+        return f"<flowcore.Task {self.name} of {type(self.__self__).__qualname__}>"
 
 
 def _from_worker_thread(

@@ -25,6 +25,7 @@ from ..encoding import encode_inputs
 from ..errors import FlowTimeout
 from ..ids import HOST, error_message, error_name, new_run_id, safe_repr, traceback_text
 from ..records import FlowRunRecord, transition
+from ..retry import RetryPolicy
 from ..states import State
 from .attempt import run_task
 from .core import Engine, RunContext, _run_var, in_engine
@@ -73,14 +74,19 @@ async def run_flow(
     executor: str | None = None,
     entrypoint: str | None = None,
     replay: Replay | None = None,
+    retry: RetryPolicy | None = None,
+    record: FlowRunRecord | None = None,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` as a flow run called ``name``; return its result.
 
     ``parameters``: the bound arguments, as recorded. ``replay``: the earlier run
-    this one re-drives (resume).
+    this one re-drives (resume). ``retry``: how a failed attempt is retried.
+    ``record``: the run's record when the caller made it already (a resume claims
+    its run in the store before it starts); by default one is made here.
     """
     now = time.time()
-    record = new_flow_record(new_run_id(), name, "flow", encode_inputs((), (), parameters), now)
+    if record is None:
+        record = new_flow_record(new_run_id(), name, "flow", encode_inputs((), (), parameters), now)
     record.entrypoint = entrypoint
     ctx = RunContext(engine, record, parameters)
     if concurrency is not None:
@@ -95,7 +101,7 @@ async def run_flow(
     async def body() -> Any:
         return await fn(*args, **kwargs)
 
-    return await _drive(engine, ctx, body, timeout)
+    return await _drive(engine, ctx, body, timeout, retry)
 
 
 async def run_standalone_task(task: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -122,8 +128,15 @@ async def _drive(
     ctx: RunContext,
     body: Callable[[], Coroutine[Any, Any, Any]],
     timeout: float | None,
+    retry: RetryPolicy | None = None,
 ) -> Any:
-    """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it terminal."""
+    """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it terminal.
+
+    With a ``retry`` policy, a failed attempt (an error, a timeout) is retried in the
+    same run, after its delay: the run goes Retrying, then Running again, and the
+    body runs from the start with fresh tasks (the failed attempt's task runs stay
+    recorded as they ended). ``timeout`` bounds each attempt.
+    """
     record = ctx.record
     recorder = engine.recorder
     engine.flows_running += 1
@@ -135,60 +148,19 @@ async def _drive(
     if top_level:
         engine.last_run = record
     error: BaseException | None = None
-    leaving: BaseException | None = None  # a KeyboardInterrupt or SystemExit from the run
-    result: Any = None
     try:
-        spawner: Spawner | None = None
-        try:
-            async with anyio.create_task_group() as tg:
-                # The timeout is the task group's own deadline (one cancel scope fewer:
-                # entering and leaving one is a tenth of an empty run's cost).
-                if timeout is not None:
-                    tg.cancel_scope.deadline = anyio.current_time() + timeout
-                    ctx.deadline = True  # sync tasks are abandoned when it passes
-                ctx.task_group = tg
-                ctx.spawner = spawner = Spawner(tg)
-                try:
-                    result = await body()
-                    await spawner.join()  # submitted tasks nobody awaited still finish
-                except Exception as exc:
-                    # Keep the error for the flow (not an ExceptionGroup) and stop the
-                    # flow's other tasks: the run has failed.
-                    error = exc
-                    tg.cancel_scope.cancel()
-                except (KeyboardInterrupt, SystemExit) as exc:
-                    # Likewise kept, to be raised as itself once the tasks are stopped: out
-                    # of the task group it would come wrapped in a BaseExceptionGroup, which
-                    # `except KeyboardInterrupt` does not catch and `sys.exit(3)` turns into 1.
-                    leaving = exc
-                    tg.cancel_scope.cancel()
-        finally:
-            if spawner is not None:
-                await spawner.cancel()  # whatever is left when the run ends another way
-        if leaving is None and spawner is not None:
-            leaving = spawner.fatal  # a submitted task's KeyboardInterrupt or SystemExit
-        if leaving is not None:
-            raise leaving  # recorded Cancelled below, as Ctrl-C is
-        # The deadline passed: whether it interrupted something, or the body was in a
-        # call that cannot be interrupted (a sync task's thread, a blocking call) and
-        # returned after it without another checkpoint.
-        deadline = tg.cancel_scope.deadline
-        if (
-            error is None
-            and timeout is not None
-            and (tg.cancel_scope.cancel_called or anyio.current_time() >= deadline)
-        ):
-            error = FlowTimeout(
-                f"flow {record.name!r} timed out after {timeout:g} s (its `timeout`); its "
-                "unfinished tasks were cancelled. Raise the flow's `timeout` to give it longer"
-            )
-        if error is None and ctx.failed:
-            error = _unobserved_failure(ctx)
-        if error is not None:
-            state = State.TIMED_OUT if isinstance(error, FlowTimeout) else State.FAILED
-            _finish(record, state, error)
-            recorder.flow_changed(record)
-            raise error
+        attempt = 0
+        while True:
+            result, error = await _attempt(ctx, body, timeout)
+            if error is None:
+                break
+            if retry is None or not retry.should_retry(error, attempt):
+                state = State.TIMED_OUT if isinstance(error, FlowTimeout) else State.FAILED
+                _finish(record, state, error)
+                recorder.flow_changed(record)
+                raise error
+            await _wait_for_retry(engine, ctx, retry, attempt, error)
+            attempt += 1
         _finish(record, State.COMPLETED, None)
         recorder.flow_changed(record)
         return result
@@ -219,6 +191,80 @@ async def _drive(
             # and the run is never recorded Completed: see Recorder.end_run).
             with anyio.CancelScope(shield=True):
                 await recorder.end_run(record)
+
+
+async def _attempt(
+    ctx: RunContext, body: Callable[[], Coroutine[Any, Any, Any]], timeout: float | None
+) -> tuple[Any, BaseException | None]:
+    """One attempt of a flow run's body, owning its tasks: ``(result, None)`` when it
+    completed, ``(None, error)`` when it failed or timed out. A KeyboardInterrupt or
+    SystemExit (from the body or a submitted task) is raised as itself."""
+    record = ctx.record
+    error: BaseException | None = None
+    leaving: BaseException | None = None
+    result: Any = None
+    spawner: Spawner | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            # The timeout is the task group's own deadline (one cancel scope fewer:
+            # entering and leaving one is a tenth of an empty run's cost).
+            if timeout is not None:
+                tg.cancel_scope.deadline = anyio.current_time() + timeout
+                ctx.deadline = True  # sync tasks are abandoned when it passes
+            ctx.task_group = tg
+            ctx.spawner = spawner = Spawner(tg)
+            try:
+                result = await body()
+                await spawner.join()  # submitted tasks nobody awaited still finish
+            except Exception as exc:
+                # Keep the error for the flow (not an ExceptionGroup) and stop the
+                # flow's other tasks: the attempt has failed.
+                error = exc
+                tg.cancel_scope.cancel()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # Likewise kept, to be raised as itself once the tasks are stopped: out
+                # of the task group it would come wrapped in a BaseExceptionGroup, which
+                # `except KeyboardInterrupt` does not catch and `sys.exit(3)` turns into 1.
+                leaving = exc
+                tg.cancel_scope.cancel()
+    finally:
+        if spawner is not None:
+            await spawner.cancel()  # whatever is left when the run ends another way
+    if leaving is None and spawner is not None:
+        leaving = spawner.fatal  # a submitted task's KeyboardInterrupt or SystemExit
+    if leaving is not None:
+        raise leaving  # recorded Cancelled by _drive, as Ctrl-C is
+    # The deadline passed: whether it interrupted something, or the body was in a
+    # call that cannot be interrupted (a sync task's thread, a blocking call) and
+    # returned after it without another checkpoint.
+    if (
+        error is None
+        and timeout is not None
+        and (tg.cancel_scope.cancel_called or anyio.current_time() >= tg.cancel_scope.deadline)
+    ):
+        error = FlowTimeout(
+            f"flow {record.name!r} timed out after {timeout:g} s (its `timeout`); its "
+            "unfinished tasks were cancelled. Raise the flow's `timeout` to give it longer"
+        )
+    if error is None and ctx.failed:
+        error = _unobserved_failure(ctx)
+    ctx.failed.clear()
+    return (None, error) if error is not None else (result, None)
+
+
+async def _wait_for_retry(
+    engine: Engine, ctx: RunContext, retry: RetryPolicy, attempt: int, error: BaseException
+) -> None:
+    """Record the flow run Retrying, wait out the policy's delay, and make it Running."""
+    record = ctx.record
+    delay = retry.delay_for(attempt, engine.rng, error)
+    note = f"{error_name(error)}: {error_message(error, 300)} (retry in {delay:.3g} s)"
+    transition(record, State.RETRYING, time.time(), note)
+    engine.recorder.flow_changed(record)
+    if delay > 0:
+        await engine.clock.sleep(delay)
+    transition(record, State.RUNNING, time.time())
+    engine.recorder.flow_changed(record)
 
 
 def _start_span(engine: Engine, ctx: RunContext) -> Any:

@@ -29,7 +29,7 @@ __all__ = ["Spawner"]
 class Spawner:
     """The live submitted task runs of one flow run."""
 
-    __slots__ = ("_error", "_loop", "_tasks", "_tg", "_thread", "fatal")
+    __slots__ = ("_error", "_loop", "_tasks", "_tg", "fatal", "loop_thread")
 
     def __init__(self, tg: TaskGroup) -> None:
         self._tg = tg
@@ -39,7 +39,7 @@ class Spawner:
         #: A KeyboardInterrupt or SystemExit a child ran into: the flow run stops, and
         #: it is raised as itself (see :meth:`stop_with`).
         self.fatal: BaseException | None = None
-        self._thread = threading.get_ident()  # the event loop's: a flow run starts there
+        self.loop_thread = threading.get_ident()  # the event loop's: a flow run starts there
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): use the task group
@@ -47,7 +47,7 @@ class Spawner:
 
     def on_loop_thread(self) -> bool:
         """Whether the caller is on the event loop's thread (not in a sync task's worker)."""
-        return threading.get_ident() == self._thread
+        return threading.get_ident() == self.loop_thread
 
     def start(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` concurrently (it must not raise an ``Exception``: keep it in a future)."""
