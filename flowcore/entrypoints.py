@@ -36,6 +36,7 @@ __all__ = [
     "load_entrypoint",
     "load_flow",
     "load_module",
+    "source_to_load",
     "split_target",
 ]
 
@@ -143,14 +144,40 @@ def load_flow(target: str) -> Flow[Any, Any]:
     return value
 
 
+def source_to_load(entrypoint: str) -> Path | None:
+    """The source file loading an entrypoint would run, found without running it: a
+    script (loaded afresh each time), or a module not imported yet (its parent
+    packages are imported to find it). ``None`` when loading runs no file (the module
+    is imported already: its flow's own hash says what code it is) or when the file
+    cannot be found (:func:`load_entrypoint` then says why)."""
+    where = entrypoint.rpartition(":")[0]
+    if where.endswith(".py"):
+        return Path(where)
+    if where in sys.modules:
+        return None
+    _import_from_cwd()
+    try:
+        spec = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    origin = spec.origin if spec is not None and spec.has_location else None
+    return Path(origin) if origin else None
+
+
+def _import_from_cwd() -> None:
+    """Let modules of the current folder be imported, as ``python -c`` would (a console
+    script such as ``flowcore`` does not put it on ``sys.path``)."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+
+
 def load_entrypoint(entrypoint: str) -> Flow[Any, Any]:
     """Import the flow an entrypoint names (see :attr:`flowcore.Flow.entrypoint`)."""
     where, _, qualname = entrypoint.rpartition(":")
     if where.endswith(".py"):
         flow_obj: object = load_flow(f"{where}:{qualname}")
     else:
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))
+        _import_from_cwd()
         try:
             flow_obj = importlib.import_module(where)
         except ImportError as exc:

@@ -7,6 +7,7 @@ waits for them, and a failure or cancellation of the flow cancels them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -74,6 +75,9 @@ class Flow(Generic[P, R]):
             else None
         )
         self._entrypoint: str | None = None
+        # Hashed now, while the file is the code just loaded (not at the first run: a
+        # file edited in between would be recorded as the code that ran).
+        self._entrypoint_hash = file_sha256(source_file(fn))
         functools.update_wrapper(self, fn)
 
     @property
@@ -95,6 +99,12 @@ class Flow(Generic[P, R]):
     @entrypoint.setter
     def entrypoint(self, value: str | None) -> None:
         self._entrypoint = value
+
+    @property
+    def entrypoint_hash(self) -> str | None:
+        """SHA-256 (hex) of the flow's source file (:func:`source_file`) as it was loaded;
+        its runs record it, and ``resume`` refuses to re-drive one with changed code."""
+        return self._entrypoint_hash
 
     def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run from synchronous code: ``my_flow.run(x=1)`` is ``flowcore.run(my_flow, x=1)``."""
@@ -175,6 +185,7 @@ def _start(
         concurrency=flow.concurrency,
         executor=flow.executor,
         entrypoint=flow.entrypoint,
+        entrypoint_hash=flow.entrypoint_hash,
         retry=flow.retry,
     )
 
@@ -307,3 +318,36 @@ def _entrypoint_of(fn: Callable[..., Any]) -> str | None:
     if module_name == "__main__" or module_name.startswith("_flowcore_user_"):
         return f"{Path(file).resolve()}:{qualname}" if file else None
     return f"{module_name}:{qualname}"
+
+
+def source_file(fn: Callable[..., Any]) -> Path | None:
+    """The file the module defining ``fn`` was loaded from (the file its
+    :attr:`Flow.entrypoint` names); ``None`` for a function defined inside another,
+    which no entrypoint names."""
+    if "<locals>" in getattr(fn, "__qualname__", "<locals>"):
+        return None
+    file = getattr(sys.modules.get(getattr(fn, "__module__", None) or ""), "__file__", None)
+    return Path(file) if file else None
+
+
+#: Digests of the files read, by path: (mtime in ns, size, SHA-256). Flows defined in
+#: one file (and their with_options copies) read it once.
+_DIGESTS: dict[str, tuple[int, int, str]] = {}
+
+
+def file_sha256(path: Path | None, *, fresh: bool = False) -> str | None:
+    """SHA-256 (hex) of the file at ``path``; ``None`` when there is none to read.
+    Read again only when its modification time or size changed, or when ``fresh``."""
+    if path is None:
+        return None
+    key = str(path)
+    try:
+        stat = path.stat()
+        known = _DIGESTS.get(key)
+        if not fresh and known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
+            return known[2]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    _DIGESTS[key] = (stat.st_mtime_ns, stat.st_size, digest)
+    return digest

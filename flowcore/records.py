@@ -66,6 +66,9 @@ class FlowRunRecord(msgspec.Struct, gc=False):
     # Where ``pid`` means something (kernel boot and PID namespace, see _process.MACHINE):
     # only a reader with the same identity may ask the operating system about ``pid``.
     machine: str = ""
+    # SHA-256 (hex) of the source file ``entrypoint`` names, as the run had it: a resume
+    # refuses a changed file unless asked (see flowcore.resume).
+    entrypoint_hash: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -100,6 +103,11 @@ class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
     # the persisted form of its span (see telemetry.task_span), so no span row is written.
     span_id: str | None = None
     parent_span_id: str | None = None
+    # What resume matches the call on when ``inputs`` cannot say it in full (recorded
+    # lossily, or not at all): a hash of the complete inputs, or encoding.UNHASHABLE for
+    # inputs with no stable encoding (never replayed). ``None``: ``inputs`` are complete
+    # and are the identity themselves (see encoding.record_call).
+    identity: str | None = None
 
     @property
     def duration(self) -> float | None:

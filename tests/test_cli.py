@@ -818,7 +818,10 @@ def test_resume_a_failed_run_from_the_cli(cache_flows: Path, tmp_path: Path) -> 
     assert "replayed" in square_line
     assert json.loads(invoke("runs", "show", new_id, "--json").stdout)["resumed_from"] == failed_id
 
-    as_json = invoke("resume", failed_id, "--json")  # a failed run may be resumed again
+    # A failed run resumed to completion is resumed again only when forced.
+    again = invoke("resume", failed_id)
+    assert again.exit_code == 1 and "was resumed already, to completion" in again.stderr
+    as_json = invoke("resume", failed_id, "--force", "--json")
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout) == "opened 9"
 

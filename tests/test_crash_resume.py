@@ -414,3 +414,17 @@ async def test_strict_durability_commits_before_the_result_is_returned(
     async with flowcore.Engine(durability="strict", flush_interval=60):
         assert await f() == sum(range(50))
     assert seen == [(1, State.COMPLETED), (2, State.COMPLETED), (3, State.COMPLETED)]
+
+
+async def test_a_run_that_died_waiting_to_retry_is_marked_crashed(flowcore_home: Path) -> None:
+    # A flow run between two attempts (Retrying) whose process died: crashed as well,
+    # or it would hold its resume claim forever.
+    record = running_record("between-attempts", host=HOST, pid=dead_pid(), heartbeat=time.time())
+    record.machine = MACHINE
+    record.state = State.RETRYING
+    record.history.append(("Retrying", time.time(), "ValueError: once (retry in 60 s)"))
+    async with flowcore.SQLiteStore(flowcore_home / "flowcore.db") as store:
+        await store.write(WriteBatch([record], []))
+        crashed = await mark_crashed_runs(store)
+        assert [r.id for r in crashed] == ["between-attempts"]
+        assert (await store.get_run("between-attempts")).state is State.CRASHED

@@ -443,6 +443,7 @@ def v5_runs() -> list[FlowRunRecord]:
     """Flow runs as a version-5 flowcore recorded them: every field it knew, set."""
     full = full_flow_run()
     full.machine = ""  # not a field before version 6
+    full.entrypoint_hash = None  # nor this
     return [
         full,
         FlowRunRecord(id="minimal", name="f", state=State.COMPLETED, created=T0),
@@ -492,7 +493,9 @@ async def test_new_writes_to_a_migrated_database_round_trip_every_field(tmp_path
     every_field = full_flow_run()
     every_field.id = "new"
     assert every_field.machine  # set, like every other field
-    assert set(FlowRunRecord.__struct_fields__) - {"machine"} <= set(V5_FLOW_COLS.split(", "))
+    assert every_field.entrypoint_hash  # set too
+    new_fields = {"machine", "entrypoint_hash"}  # fields added after version 5
+    assert set(FlowRunRecord.__struct_fields__) - new_fields <= set(V5_FLOW_COLS.split(", "))
     async with SQLiteStore(path) as store:
         await store.write(WriteBatch([every_field], []))
         # A run written before the migration, written again (its heartbeat, its end).

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import importlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import pytest
+from click.testing import CliRunner
 
 import flowcore
+import flowcore.ids
 from flowcore import ConfigurationError, RunNotFound, State
+from flowcore._process import MACHINE
+from flowcore.cli import cli
+from flowcore.entrypoints import load_flow
+from flowcore.records import WriteBatch
 
 CALLS: list[Any] = []
 FAIL_AT = 3
@@ -625,3 +635,415 @@ async def test_an_entrypoint_that_no_longer_exists_is_a_clear_error(
                 await flowcore.resume_async(failed)
     finally:
         sys.modules.pop(name, None)
+
+
+# -- one resumption at a time ----------------------------------------------------------------
+
+
+class Hold:
+    """Holds resumed runs at a task until two are there or one was refused (an event,
+    not a sleep: the test goes on as soon as it knows which)."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.release = anyio.Event()
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        if self.arrived == 2:
+            self.release.set()
+
+
+HOLD: Hold | None = None
+
+
+@flowcore.task
+async def held(marker: str) -> str:
+    CALLS.append("held")
+    if HOLD is not None:
+        HOLD.arrive()
+        await HOLD.release.wait()
+    return "held"
+
+
+@flowcore.flow
+async def held_flow(marker: str) -> int:
+    total = await step(0, marker) + await step(1, marker) + await step(FAIL_AT, marker)
+    await held(marker)
+    return total + await step(4, marker)
+
+
+@pytest.mark.anyio
+async def test_two_resumes_at_once_one_runs_and_the_other_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    global HOLD
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="step 3 fails"):
+            await held_flow(str(marker))
+        failed = last_run_id(engine)
+    marker.touch()
+    CALLS.clear()
+    HOLD = hold = Hold()
+    outcomes: dict[str, Any] = {}
+
+    async def resume_in_an_engine_of_its_own(name: str) -> None:
+        try:
+            async with flowcore.Engine():
+                outcomes[name] = await flowcore.resume_async(failed)
+        except ConfigurationError as exc:
+            outcomes[name] = exc
+            hold.release.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(resume_in_an_engine_of_its_own, "a")
+            tg.start_soon(resume_in_an_engine_of_its_own, "b")
+    finally:
+        HOLD = None
+    refused = [o for o in outcomes.values() if isinstance(o, ConfigurationError)]
+    results = [o for o in outcomes.values() if not isinstance(o, ConfigurationError)]
+    assert len(refused) == 1 and results == [0 + 10 + 30 + 40]
+    async with flowcore.Engine() as engine:
+        resumptions = [r for r in await engine.store.list_runs() if r.resumed_from == failed]
+    assert [r.state for r in resumptions] == [State.COMPLETED]  # the claimed row, written on
+    [winner] = resumptions
+    message = str(refused[0])
+    assert f"run {failed[:8]} of 'held_flow' is being resumed already, by run {winner.id}" in (
+        message
+    )
+    assert f"(process {os.getpid()} on {flowcore.ids.HOST}, Running)" in message
+    assert CALLS == [("step", FAIL_AT), "held", ("step", 4)]  # nothing ran twice
+
+
+@pytest.mark.anyio
+async def test_a_run_resumed_to_completion_is_not_resumed_again_unless_forced(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await pipeline(6, str(marker))
+        failed = last_run_id(engine)
+        marker.touch()
+        await flowcore.resume_async(failed)
+        done = last_run_id(engine)
+        CALLS.clear()
+        with pytest.raises(ConfigurationError) as refused:
+            await flowcore.resume_async(failed)
+        assert CALLS == []  # refused before running anything
+        runs_before = len(await engine.store.list_runs())
+        assert await flowcore.resume_async(failed, force=True) == sum(i * 10 for i in range(6))
+        forced = await engine.store.get_run(last_run_id(engine))
+        runs_after = len(await engine.store.list_runs())
+    message = str(refused.value)
+    assert f"run {failed[:8]} of 'pipeline' was resumed already, to completion: by run {done}" in (
+        message
+    )
+    assert f"flowcore.resume('{failed[:8]}', force=True)" in message
+    assert f"flowcore resume --force {failed[:8]}" in message
+    assert runs_after == runs_before + 1  # the refusal wrote no run
+    assert forced.resumed_from == failed and forced.state is State.COMPLETED
+    assert CALLS == [("step", 3), ("step", 4), ("step", 5)]  # replayed from the failed run
+
+
+def claimant_of(run_id: str, pid: int) -> flowcore.FlowRunRecord:
+    """A resumption of ``run_id`` recorded Running by process ``pid`` of this machine."""
+    now = time.time()
+    return flowcore.FlowRunRecord(
+        id="c1a1" + uuid.uuid4().hex[4:], name="pipeline", state=State.RUNNING, created=now,
+        started=now, heartbeat=now, history=[("Running", now, f"resuming run {run_id}")],
+        host=flowcore.ids.HOST, pid=pid, machine=MACHINE, resumed_from=run_id,
+    )  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_a_resumption_running_in_another_process_holds_the_run(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await pipeline(5, str(marker))
+        failed = last_run_id(engine)
+        marker.touch()
+        # Another process of this machine is resuming it: our parent, alive.
+        claimant = claimant_of(failed, os.getppid())
+        await engine.store.write(WriteBatch([claimant], []))
+        CALLS.clear()
+        with pytest.raises(ConfigurationError) as refused:
+            await flowcore.resume_async(failed)
+        resumptions = [r.id for r in await engine.store.list_runs() if r.resumed_from == failed]
+    assert CALLS == []  # refused before running anything
+    assert resumptions == [claimant.id]  # and wrote no run
+    message = str(refused.value)
+    assert f"is being resumed already, by run {claimant.id}" in message
+    assert f"(process {os.getppid()} on {flowcore.ids.HOST}, Running)" in message
+    assert "resumed by one process at a time" in message
+
+
+@pytest.mark.anyio
+async def test_a_claimant_whose_process_died_holds_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await pipeline(5, str(marker))
+        failed = last_run_id(engine)
+        marker.touch()
+        gone = claimant_of(failed, dead_pid())
+        await engine.store.write(WriteBatch([gone], []))
+        CALLS.clear()
+        assert await flowcore.resume_async(failed) == sum(i * 10 for i in range(5))
+        marked = await engine.store.get_run(gone.id)
+    assert marked.state is State.CRASHED
+    assert CALLS == [("step", 3), ("step", 4)]
+
+
+@pytest.mark.anyio
+async def test_a_claimed_resumption_that_cannot_start_gives_its_claim_back(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await pipeline(5, str(marker))
+        failed = last_run_id(engine)
+        marker.touch()
+        nowhere = pipeline.with_options(executor="no-such-executor")
+        with pytest.raises(ConfigurationError, match="no-such-executor"):
+            await flowcore.resume_async(failed, flow=nowhere)
+        [unstarted] = [r for r in await engine.store.list_runs() if r.resumed_from == failed]
+        assert await flowcore.resume_async(failed) == sum(i * 10 for i in range(5))
+    assert unstarted.state is State.FAILED
+    assert unstarted.error_message is not None and "no-such-executor" in unstarted.error_message
+
+
+def dead_pid() -> int:
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as child:
+        child.wait()
+    return child.pid
+
+
+# -- calls whose inputs were not recorded in full ---------------------------------------------
+
+
+class Named:
+    """An object recorded as a stand-in whose repr is the same for every instance."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return "Named"
+
+
+def label(value: Any) -> str:
+    if isinstance(value, flowcore.Secret):
+        return str(value.get())
+    if isinstance(value, Named):
+        return value.name
+    if isinstance(value, list | str):
+        return str(value[-1])
+    return str(value)
+
+
+@flowcore.task
+async def echo(value: Any) -> str:
+    CALLS.append("echo")
+    return label(value)
+
+
+@flowcore.task(record_inputs=False)
+async def echo_unrecorded(value: Any) -> str:
+    CALLS.append("echo")
+    return label(value)
+
+
+#: Two different values of each kind that are recorded alike.
+ALIKE: dict[str, Any] = {
+    "long str": lambda: ("x" * 3000 + "a", "x" * 3000 + "b"),  # truncated: same head, length
+    "long list": lambda: ([*range(1000), "a"], [*range(1000), "b"]),  # summarised alike
+    "unrecorded": lambda: ("a", "b"),  # record_inputs=False: nothing recorded
+    "secret": lambda: (flowcore.Secret("a"), flowcore.Secret("b")),  # the same stand-in
+    "object": lambda: (Named("a"), Named("b")),  # a stand-in with the same repr
+}
+
+
+@flowcore.flow
+async def swapped(kind: str, marker: str) -> list[str]:
+    first, second = ALIKE[kind]()
+    # The calls are made in the other order once the marker exists (when resumed).
+    order = [second, first] if exists(marker) else [first, second]
+    call = echo_unrecorded if kind == "unrecorded" else echo
+    results = [await call(value) for value in order]
+    await gate(marker)
+    return results
+
+
+@pytest.mark.parametrize("kind", sorted(ALIKE))
+@pytest.mark.anyio
+async def test_calls_recorded_alike_get_their_own_results_when_the_order_changes(
+    tmp_path: Path, kind: str
+) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="closed"):
+            await swapped(kind, str(marker))
+        failed = last_run_id(engine)
+        first, second, _ = await task_runs(engine, failed)
+        marker.touch()
+        CALLS.clear()
+        result: list[str] = await flowcore.resume_async(failed)
+    assert first.inputs == second.inputs  # what made them ambiguous
+    assert result == ["b", "a"]  # each call its own result, not the other's
+    if kind == "object":
+        # No stable encoding, so no identity: never replayed, both run again.
+        assert first.identity == second.identity == "unhashable"
+        assert CALLS == ["echo", "echo", "gate"]
+    else:
+        assert first.identity != second.identity and len(first.identity or "") == 64
+        assert CALLS == ["gate"]  # both replayed, each from its own match
+
+
+@pytest.mark.anyio
+async def test_calls_recorded_in_full_carry_no_identity(tmp_path: Path) -> None:
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await pipeline(5, str(tmp_path / "marker"))
+        tasks = await task_runs(engine, last_run_id(engine))
+    assert [t.identity for t in tasks] == [None] * 4  # their inputs are their identity
+
+
+# -- resuming the code that ran ---------------------------------------------------------------
+
+
+def script_with_flow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    script = tmp_path / "jobs" / "job.py"
+    script.parent.mkdir()
+    script.write_text(FLOW_MODULE)
+    monkeypatch.syspath_prepend(str(script.parent))  # undoes the loader's sys.path insert
+    return script
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def change(script: Path, imported: Path) -> None:
+    """Change the script: loading it now leaves ``imported`` behind."""
+    with script.open("a") as f:
+        f.write(f"\npathlib.Path({str(imported)!r}).touch()\n")
+
+
+@pytest.mark.anyio
+async def test_a_run_whose_flow_file_changed_is_not_resumed_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = script_with_flow(tmp_path, monkeypatch)
+    log, marker, imported = tmp_path / "log", tmp_path / "marker", tmp_path / "imported"
+    chain = load_flow(f"{script}:chain")
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="not yet"):
+            await chain(4, str(log), str(marker))
+        failed = last_run_id(engine)
+        run = await engine.store.get_run(failed)
+        marker.touch()
+        change(script, imported)
+        with pytest.raises(ConfigurationError) as refused:
+            await flowcore.resume_async(failed)
+        assert not imported.exists()  # the changed file was not run
+        assert log.read_text().split() == ["0", "1", "2"]
+        result = await flowcore.resume_async(failed, allow_changed_code=True)
+        resumed = await engine.store.get_run(last_run_id(engine))
+    assert run.entrypoint_hash == hashlib.sha256(FLOW_MODULE.encode()).hexdigest()
+    message = str(refused.value)
+    assert f"cannot resume run {failed[:8]} of 'chain': the flow's source file " in message
+    assert str(script.resolve()) in message and "has changed since the run" in message
+    assert f"flowcore.resume('{failed[:8]}', allow_changed_code=True)" in message
+    assert f"flowcore resume --allow-changed-code {failed[:8]}" in message
+    assert result == sum(i + 100 for i in range(4)) and imported.exists()
+    assert resumed.entrypoint_hash == sha256_of(script)
+
+
+@pytest.mark.anyio
+async def test_a_flow_given_to_resume_is_checked_against_the_code_that_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = script_with_flow(tmp_path, monkeypatch)
+    log, marker = tmp_path / "log", tmp_path / "marker"
+    before = load_flow(f"{script}:chain")
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="not yet"):
+            await before(4, str(log), str(marker))
+        failed = last_run_id(engine)
+        marker.touch()
+        change(script, tmp_path / "imported")
+        after = load_flow(f"{script}:chain")  # the changed code
+        with pytest.raises(ConfigurationError, match="has changed since the run"):
+            await flowcore.resume_async(failed, flow=after)
+        # The flow object loaded before the change is the code that ran: it resumes.
+        assert await flowcore.resume_async(failed, flow=before) == sum(i + 100 for i in range(4))
+
+
+@pytest.mark.anyio
+async def test_the_flow_file_is_hashed_once_per_flow_not_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[object] = []
+    flow_module = sys.modules["flowcore.flow"]  # (flowcore.flow is the decorator)
+    monkeypatch.setattr(flow_module, "file_sha256", lambda *a, **k: reads.append(a))
+    (tmp_path / "marker").touch()
+    async with flowcore.Engine() as engine:
+        for _ in range(3):
+            await pipeline(2, str(tmp_path / "marker"))
+            run = await engine.store.get_run(last_run_id(engine))
+            assert run.entrypoint_hash == pipeline.entrypoint_hash
+    assert pipeline.entrypoint_hash == sha256_of(Path(__file__))
+    assert reads == []
+
+
+def test_resume_from_the_command_line_with_force_and_changed_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = script_with_flow(tmp_path, monkeypatch)
+    log, marker = tmp_path / "log", tmp_path / "marker"
+    args = [f"{script}:chain", "-p", "n=3", "-p", f"log={log}", "-p", f"marker={marker}"]
+    failed = CliRunner().invoke(cli, ["run", *args])
+    assert failed.exit_code == 1
+    match = re.search(r"flowcore runs show ([0-9a-f]{8})", failed.stderr)
+    assert match, failed.output
+    run_id = match.group(1)
+    marker.touch()
+    change(script, tmp_path / "imported")
+
+    refused = CliRunner().invoke(cli, ["resume", run_id])
+    assert refused.exit_code == 1 and "has changed since the run" in refused.stderr
+    assert f"--allow-changed-code {run_id}" in refused.stderr
+    allowed = CliRunner().invoke(cli, ["resume", "--allow-changed-code", run_id])
+    assert allowed.exit_code == 0, allowed.output
+    assert allowed.stdout.strip() == str(sum(i + 100 for i in range(3)))
+    again = CliRunner().invoke(cli, ["resume", "--allow-changed-code", run_id])
+    assert again.exit_code == 1 and "was resumed already, to completion" in again.stderr
+    assert f"flowcore resume --force {run_id}" in again.stderr
+    forced = CliRunner().invoke(cli, ["resume", "--allow-changed-code", "--force", run_id])
+    assert forced.exit_code == 0, forced.output
+    assert log.read_text().split() == ["0", "1", "2", "2", "2"]  # only the unfinished call
+
+
+@flowcore.flow
+async def logs_in(password: flowcore.Secret[str], marker: str) -> str:
+    await gate(marker)
+    return "in"
+
+
+@pytest.mark.anyio
+async def test_a_secret_parameter_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="closed"):
+            await logs_in(flowcore.Secret("hunter2"), str(tmp_path / "marker"))
+        failed = last_run_id(engine)
+        with pytest.raises(ConfigurationError) as refused:
+            await flowcore.resume_async(failed)
+    assert str(refused.value) == (
+        f"cannot resume run {failed[:8]}: its parameter 'password' was a flowcore.Secret, "
+        "which is never recorded; call the flow again, passing the secret"
+    )

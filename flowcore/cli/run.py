@@ -193,15 +193,33 @@ def run_command(
 
 @click.command("resume")
 @click.argument("run_id")
+@click.option(
+    "--force", is_flag=True,
+    help="Re-drive the run even though a resumption of it completed already.",
+)  # fmt: skip
+@click.option(
+    "--allow-changed-code", is_flag=True,
+    help="Resume even though the flow's source file changed since the run.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback.")
-def resume_command(run_id: str, as_json: bool, no_progress: bool, show_traceback: bool) -> None:
+def resume_command(
+    run_id: str,
+    force: bool,
+    allow_changed_code: bool,
+    as_json: bool,
+    no_progress: bool,
+    show_traceback: bool,
+) -> None:
     """Re-drive a failed, crashed or cancelled run (an id prefix is enough) as a new run.
 
     Task calls that completed in that run return their stored results without
     running again; the others run. The flow is imported from where the run
-    recorded it (run from the same folder as the original run when it was a module).
+    recorded it (run from the same folder as the original run when it was a module),
+    and only if that file is unchanged since the run (--allow-changed-code to resume
+    with the code as it is now). One process resumes a run at a time; a run whose
+    resumption completed is not resumed again unless --force.
 
     \b
     flowcore resume 3f2a9c1b
@@ -211,7 +229,7 @@ def resume_command(run_id: str, as_json: bool, no_progress: bool, show_traceback
         raise CliError(f"no run with id {run_id!r}: there are no runs yet in {db}")
     _drive_and_report(
         f"resuming {run_id}",
-        lambda: resume_async(run_id),
+        lambda: resume_async(run_id, force=force, allow_changed_code=allow_changed_code),
         as_json=as_json,
         no_progress=no_progress,
         show_traceback=show_traceback,

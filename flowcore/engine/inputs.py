@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._current import current_task_run
-from ..encoding import encode_inputs
+from ..encoding import call_identity, encode_inputs, record_call
 from ..errors import ConfigurationError, UpstreamFailed
 from ..records import TaskRunRecord, task_run_label
 from ..states import State
@@ -206,6 +206,12 @@ def prepare(
     record.task_count = seq + 1
     parent = current_task_run.get()
     running = start and not waits
+    # The inputs as recorded, and the identity resume matches the call on when they do
+    # not hold it in full (None, the common case: the inputs are the identity).
+    if task.record_inputs:
+        inputs, identity = record_call(task.param_names, args, kwargs, task.first_input)
+    else:
+        inputs, identity = b"", call_identity(task.param_names, args, kwargs)
     rec = TaskRunRecord(
         run_id=record.id,
         seq=seq,
@@ -213,17 +219,15 @@ def prepare(
         state=State.RUNNING if running else State.PENDING,
         created=now,
         parent_seq=None if parent is None else parent.seq,
-        inputs=(
-            encode_inputs(task.param_names, args, kwargs, task.first_input)
-            if task.record_inputs
-            else b""
-        ),
+        inputs=inputs,
         history=[(_RUNNING_NOW, now)] if running else [("Pending", now)] if waits else [],
         # The span the task run's span hangs under (None when not tracing): its
         # parent task run's, else its flow run's. Kept so that the span can be
         # rebuilt from the record alone.
         parent_span_id=record.span_id if parent is None else parent.span_id,
     )
+    if identity is not None:
+        rec.identity = identity
     if running:
         rec.started = now
         rec.attempts = 1

@@ -73,14 +73,17 @@ async def run_flow(
     concurrency: int | None = None,
     executor: str | None = None,
     entrypoint: str | None = None,
+    entrypoint_hash: str | None = None,
     replay: Replay | None = None,
     retry: RetryPolicy | None = None,
     record: FlowRunRecord | None = None,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` as a flow run called ``name``; return its result.
 
-    ``parameters``: the bound arguments, as recorded. ``replay``: the earlier run
-    this one re-drives (resume). ``retry``: how a failed attempt is retried.
+    ``parameters``: the bound arguments, as recorded. ``entrypoint`` and
+    ``entrypoint_hash``: where the flow is defined, and the SHA-256 of that file (see
+    :attr:`flowcore.Flow.entrypoint_hash`). ``replay``: the earlier run this one
+    re-drives (resume). ``retry``: how a failed attempt is retried.
     ``record``: the run's record when the caller made it already (a resume claims
     its run in the store before it starts); by default one is made here.
     """
@@ -88,6 +91,7 @@ async def run_flow(
     if record is None:
         record = new_flow_record(new_run_id(), name, "flow", encode_inputs((), (), parameters), now)
     record.entrypoint = entrypoint
+    record.entrypoint_hash = entrypoint_hash
     ctx = RunContext(engine, record, parameters)
     if concurrency is not None:
         ctx.gate = RunGate(concurrency, engine.clock)

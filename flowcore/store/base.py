@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
+from ..errors import ConfigurationError
 from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
 from ..states import TERMINAL, State
 
@@ -34,6 +35,7 @@ __all__ = [
     "RunStore",
     "SpanStore",
     "Store",
+    "claimed_source",
     "late_completion",
     "not_found_message",
     "replaces",
@@ -93,6 +95,23 @@ class RunStore(Protocol):
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         """Subflow runs started from this run, oldest first."""
+
+    async def claim_resume(
+        self, run: FlowRunRecord, *, force: bool = False
+    ) -> FlowRunRecord | None:
+        """Claim the resumption of ``run.resumed_from`` for ``run``, atomically: ``None``
+        when claimed, else the run that holds it (and nothing is written).
+
+        The claim is the new run's own row: in one write transaction, ``run`` (Running,
+        ``resumed_from`` set, its id new) is inserted unless a run re-driving the same
+        run (a resumption of it, or of one of its resumptions, at any depth; a
+        resumption has the name of the run it resumes) is not finished (Running,
+        Retrying: that one is returned), or, without ``force``, one of them completed
+        (the newest such is returned). Resumptions that ended otherwise (Failed,
+        Crashed, ...) hold no claim. Two claims racing, from any number of handles or
+        processes, get one claim between them. The engine then writes ``run`` as it
+        goes, as any run (an upsert of the row claimed here).
+        """
 
 
 class CacheStore(Protocol):
@@ -210,6 +229,20 @@ class Store(RunStore, CacheStore, SpanStore, LeaseStore, Protocol):
 
     #: Where large results go (``None``: they stay inline in the records).
     blobs: BlobStore | None
+
+
+def claimed_source(run: FlowRunRecord) -> str:
+    """The run a :meth:`RunStore.claim_resume` of ``run`` claims: its ``resumed_from``.
+
+    Raises ``ConfigurationError`` for a record that resumes nothing: a claim is the
+    row of a resumption.
+    """
+    if not run.resumed_from:
+        raise ConfigurationError(
+            f"claim_resume takes the record of a resumption (resumed_from set); run "
+            f"{run.id!r} resumes nothing"
+        )
+    return run.resumed_from
 
 
 def not_found_message(run_id: str, location: str, matches: int) -> str:

@@ -106,7 +106,11 @@ async def mark_crashed_runs(
     what its record said at its last heartbeat.
     """
     now = time.time() if now is None else now
-    running = await store.list_runs(state=State.RUNNING.value, limit=100_000)
+    # Running, and Retrying: a flow run waiting out a retry's delay is alive too.
+    running = [
+        *await store.list_runs(state=State.RUNNING.value, limit=100_000),
+        *await store.list_runs(state=State.RETRYING.value, limit=100_000),
+    ]
     crashed = [r for r in running if is_crashed(r, now, stale_after)]
     for run in crashed:
         if judged_by_pid(run):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 import msgspec
 
 from ..errors import ConfigurationError, RunNotFound
 from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
-from ..states import TERMINAL
-from .base import BlobStore, late_completion, not_found_message, replaces
+from ..states import TERMINAL, State
+from .base import BlobStore, claimed_source, late_completion, not_found_message, replaces
 
 __all__ = ["MemoryStore"]
 
@@ -102,6 +102,17 @@ class MemoryStore:
         kids = [r for r in self._runs.values() if r.parent_run_id == run_id]
         kids.sort(key=lambda r: r.created)
         return [_copy(k) for k in kids]
+
+    async def claim_resume(
+        self, run: FlowRunRecord, *, force: bool = False
+    ) -> FlowRunRecord | None:
+        holder = _claim_holder(self._runs.values(), claimed_source(run), run.name, force)
+        if holder is not None:
+            return _copy(holder)
+        if run.id in self._runs:
+            raise ConfigurationError(f"claim_resume: a run with id {run.id!r} exists already")
+        self._runs[run.id] = _copy(run)  # checked and written without an await: atomic
+        return None
 
     async def list_spans(self, trace_id: str) -> list[SpanRecord]:
         spans = [_copy_span(s) for (t, _), s in self._spans.items() if t == trace_id]
@@ -202,6 +213,32 @@ class MemoryStore:
         for tasks in self._tasks.values():
             refs.update(t.result_ref for t in tasks.values() if t.result_ref)
         return refs
+
+
+def _claim_holder(
+    runs: Iterable[FlowRunRecord], of: str, name: str, force: bool
+) -> FlowRunRecord | None:
+    """The run holding the claim on resuming ``of`` (see ``RunStore.claim_resume``): an
+    unfinished run re-driving it, else (without ``force``) the newest that completed."""
+    by_source: dict[str, list[FlowRunRecord]] = {}
+    for r in runs:
+        if r.resumed_from is not None and r.name == name:
+            by_source.setdefault(r.resumed_from, []).append(r)
+    chain: list[FlowRunRecord] = []
+    seen = {of}
+    frontier = [of]
+    while frontier:
+        found = [r for source in frontier for r in by_source.get(source, ()) if r.id not in seen]
+        seen.update(r.id for r in found)
+        chain.extend(found)
+        frontier = [r.id for r in found]
+    unfinished = [r for r in chain if r.state not in TERMINAL]
+    if unfinished:
+        return max(unfinished, key=lambda r: r.created)
+    completed = [r for r in chain if r.state is State.COMPLETED]
+    if completed and not force:
+        return max(completed, key=lambda r: r.created)
+    return None
 
 
 _span_enc = msgspec.msgpack.Encoder()

@@ -21,11 +21,13 @@ from ..base import FINISHED
 
 __all__ = [
     "CACHE_COLS",
+    "CLAIM_HOLDER",
     "CRASHED_FLOW",
     "CRASHED_TASKS",
     "FINISHED_SQL",
     "FLOW_COLS",
     "FLOW_WRITE_COLS",
+    "INSERT_FLOW",
     "INSERT_SPAN",
     "INSERT_TASK",
     "INSERT_TASK_NO_REF",
@@ -80,6 +82,23 @@ FLOW_WRITE_COLS = (
 )
 TASK_COLS = "run_id, seq, name, state, result_ref, body"
 CACHE_COLS = "key, task_name, created, expires, result, result_ref, run_id, seq"
+INSERT_FLOW = f"INSERT INTO flow_runs ({FLOW_WRITE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: The run holding the claim on resuming run ?1 (see RunStore.claim_resume): the runs
+#: re-driving it, at any depth (resumptions have the name of the run they resume, ?2,
+#: which keeps the walk on an index), unfinished first, then (unless ?3, force)
+#: completed ones, newest first.
+CLAIM_HOLDER = f"""
+WITH RECURSIVE chain(id) AS (
+    SELECT ?1
+    UNION
+    SELECT f.id FROM flow_runs AS f JOIN chain ON f.resumed_from = chain.id WHERE f.name = ?2
+)
+SELECT {FLOW_COLS} FROM flow_runs
+WHERE id IN (SELECT id FROM chain) AND id != ?1
+    AND (state NOT IN ({TERMINAL_SQL}) OR (state = 'Completed' AND NOT ?3))
+ORDER BY state = 'Completed', created DESC
+LIMIT 1
+"""
 UPSERT_FLOW = f"""
 INSERT INTO flow_runs ({FLOW_WRITE_COLS}) VALUES {{values}}
 ON CONFLICT (id) DO UPDATE SET

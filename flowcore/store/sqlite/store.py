@@ -34,15 +34,17 @@ from ...errors import ConfigurationError, RunNotFound
 from ...ids import HOST
 from ...records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
 from ...states import TERMINAL
-from ..base import BlobStore, late_completion, not_found_message
+from ..base import BlobStore, claimed_source, late_completion, not_found_message
 from ..files import FileBlobs
 from .connection import Connection
 from .rows import (
     CACHE_COLS,
+    CLAIM_HOLDER,
     CRASHED_FLOW,
     CRASHED_TASKS,
     FINISHED_SQL,
     FLOW_COLS,
+    INSERT_FLOW,
     INSERT_SPAN,
     INSERT_TASK,
     INSERT_TASK_NO_REF,
@@ -297,6 +299,24 @@ class SQLiteStore:
             [run_id],
         )
         return [flow_record(r) for r in rows]
+
+    async def claim_resume(
+        self, run: FlowRunRecord, *, force: bool = False
+    ) -> FlowRunRecord | None:
+        of, name = claimed_source(run), run.name
+        row = flow_row(run)  # a snapshot, before the first await
+
+        def claim(db: sqlite3.Connection) -> FlowRunRecord | None:
+            holder = db.execute(CLAIM_HOLDER, (of, name, force)).fetchone()
+            if holder is not None:
+                return flow_record(holder)
+            # The unique index of migration 6 (one Running resumption of a run) backs
+            # this up; inside this write transaction the check above already holds.
+            db.execute(INSERT_FLOW, row)
+            return None
+
+        # Walking the chain reads rows: on the connection's thread, not the event loop's.
+        return await self._io.write(claim, rows=1 << 30)
 
     async def list_spans(self, trace_id: str) -> list[SpanRecord]:
         rows = await self._io.fetch(

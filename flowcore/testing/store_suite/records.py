@@ -68,6 +68,7 @@ def full_flow_run() -> FlowRunRecord:
         trace_id="0af7651916cd43dd8448eb211c80319c",
         span_id="b7ad6b7169203331",
         machine="linux:6f1c2a5e-0b7d-4c1e-9a8f-3d2e1c0b9a87:pidns:4:4026532190",
+        entrypoint_hash="e3b0c442" * 8,
     )
 
 
@@ -99,6 +100,7 @@ def full_task_run() -> TaskRunRecord:
         cached_from="fedcba98.7",
         span_id="00f067aa0ba902b7",
         parent_span_id="b7ad6b7169203331",
+        identity="9f86d081" * 8,
     )
 
 
