@@ -14,7 +14,7 @@ and ``cache=True`` is ``cache=CachePolicy()``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypedDict
 
@@ -46,6 +46,9 @@ class TaskOptions:
     burst: int | None = None
     #: The name of the executor that calls the function (``None``: the flow's, or the engine's).
     executor: str | None = None
+    #: Each call's name: a string, a template over the parameters (``"fetch-{page}"``),
+    #: or a function of the bound arguments returning a string.
+    run_name: str | Callable[[Mapping[str, Any]], str] | None = None
 
 
 class TaskArgs(TypedDict, total=False):
@@ -68,6 +71,7 @@ class TaskArgs(TypedDict, total=False):
     rate: float | None
     burst: int | None
     executor: str | None
+    run_name: str | Callable[[Mapping[str, Any]], str] | None
 
 
 #: The retry shortcuts and the RetryPolicy field each one sets.
@@ -185,6 +189,17 @@ def task_options(
         changes["executor"] = executor = given.pop("executor")
         if problem := _validate.name("executor", executor):
             problems.append(problem)
+    if "run_name" in given:
+        changes["run_name"] = run_name = given.pop("run_name")
+        if (
+            run_name is not None
+            and not (isinstance(run_name, str) and run_name)
+            and (isinstance(run_name, str) or not callable(run_name))
+        ):
+            problems.append(
+                "`run_name` must be a non-empty str, a template such as 'fetch-{page}', or "
+                f"a function (arguments) -> str, got {run_name!r}"
+            )
     assert not given, given  # every option is handled above
 
     if problems:

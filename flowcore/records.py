@@ -108,6 +108,10 @@ class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
     # inputs with no stable encoding (never replayed). ``None``: ``inputs`` are complete
     # and are the identity themselves (see encoding.record_call).
     identity: str | None = None
+    #: The task's tags (``@task(tags=...)``), for filtering its runs.
+    tags: list[str] | None = None
+    #: The name of this call (``@task(run_name="fetch-{page}")``), shown beside the task's.
+    run_name: str | None = None
 
     @property
     def duration(self) -> float | None:

@@ -438,7 +438,7 @@ def test_runs_show_pages_big_runs(flows_file: Path) -> None:
         invoke("runs", "show", run_id, "--limit", "5", "--offset", "10", "--json").stdout
     )
     assert [t["seq"] for t in last["task_runs"]] == [10, 11]
-    assert last["page"] == {"offset": 10, "limit": 5, "total": 12, "state": None}
+    assert last["page"] == {"offset": 10, "limit": 5, "total": 12, "state": None, "tag": None}
 
 
 def test_runs_show_state_filters_and_pages_the_matching_task_runs(flows_file: Path) -> None:
@@ -458,7 +458,7 @@ def test_runs_show_state_filters_and_pages_the_matching_task_runs(flows_file: Pa
         invoke("runs", "show", run_id, "--state", "Failed", "--offset", "3", "--json").stdout
     )
     assert [t["seq"] for t in rest["task_runs"]] == [15, 20]
-    assert rest["page"] == {"offset": 3, "limit": 200, "total": 5, "state": "Failed"}
+    assert rest["page"] == {"offset": 3, "limit": 200, "total": 5, "state": "Failed", "tag": None}
     bad = invoke("runs", "show", run_id, "--state", "sad")
     assert bad.exit_code == 2 and "is not a run state" in bad.output
 
@@ -896,3 +896,41 @@ def test_a_run_whose_process_died_is_shown_as_crashed(flowcore_home: Path) -> No
     data = json.loads(invoke("runs", "show", "c0ffee", "--json").stdout)
     assert data["state"] == "Crashed" and data["task_runs"][0]["state"] == "Crashed"
     assert f"process {record.pid} on {HOST} is gone" in data["error_message"]
+
+
+def test_runs_show_filters_task_runs_by_tag(tmp_path: Path) -> None:
+    flows = tmp_path / "tagged.py"
+    flows.write_text(
+        textwrap.dedent(
+            """
+            import flowcore
+
+            @flowcore.task(tags=["api"], run_name="get-{n}")
+            async def get(n: int) -> int:
+                return n
+
+            @flowcore.task
+            async def other(n: int) -> int:
+                return n
+
+            @flowcore.flow
+            async def mixed() -> int:
+                total = 0
+                for n in range(3):
+                    total += await get(n) + await other(n)
+                return total
+            """
+        )
+    )
+    run_id = run_ok(f"{flows}:mixed")
+    shown = json.loads(invoke("runs", "show", run_id, "--tag", "api", "--json").stdout)
+    assert [(t["name"], t["run_name"], t["tags"]) for t in shown["task_runs"]] == [
+        ("get", "get-0", ["api"]),
+        ("get", "get-1", ["api"]),
+        ("get", "get-2", ["api"]),
+    ]
+    assert shown["page"]["total"] == 3 and shown["page"]["tag"] == "api"
+    assert shown["counts"] == {"Completed": 3}
+    table = invoke("runs", "show", run_id, "--tag", "api", "--limit", "2")
+    assert "get get-0" in table.stdout and "other" not in table.stdout
+    assert "--tag api" in table.stdout  # the next page keeps the filter

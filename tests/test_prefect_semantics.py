@@ -131,3 +131,66 @@ async def test_tasks_defined_as_methods_get_their_instance() -> None:
     assert names == ["fetch", "fetch", "fetch", "fetch", "size"]
     assert Repository.fetch.name == "fetch"  # from the class: the task itself
     assert repo.fetch == repo.fetch and repo.fetch.fn is Repository.fetch.fn
+
+
+async def test_task_runs_carry_their_tags_and_names_and_filter_by_tag() -> None:
+    @flowcore.task(tags=["api", "pages"], run_name="fetch-{page}")
+    async def fetch(page: int, size: int = 10) -> int:
+        info = flowcore.current_task_run()
+        assert info.tags == ("api", "pages") and info.run_name == f"fetch-{page}"
+        return page
+
+    @flowcore.task(run_name=lambda args: f"save {args['rows']} rows")
+    def save(rows: int) -> int:
+        return rows
+
+    @flowcore.task
+    async def plain() -> None:
+        pass
+
+    @flowcore.flow
+    async def work() -> None:
+        for page in (1, 2):
+            await fetch(page)
+        await save(3)
+        await plain()
+
+    async with flowcore.Engine("memory") as engine:
+        await work()
+        assert engine.last_run is not None
+        runs = await engine.store.list_task_runs(engine.last_run.id)
+        tagged = await engine.store.list_task_runs(engine.last_run.id, tag="api")
+        counts = await engine.store.count_task_runs(engine.last_run.id, tag="pages")
+    assert [(t.name, t.run_name, t.tags) for t in runs] == [
+        ("fetch", "fetch-1", ["api", "pages"]),
+        ("fetch", "fetch-2", ["api", "pages"]),
+        ("save", "save 3 rows", None),
+        ("plain", None, None),
+    ]
+    assert [t.seq for t in tagged] == [0, 1] and counts == {"Completed": 2}
+
+
+def test_a_run_name_template_naming_no_parameter_is_refused_at_decoration() -> None:
+    with pytest.raises(flowcore.ConfigurationError, match="'pg', which is not a parameter"):
+
+        @flowcore.task(run_name="fetch-{pg}")
+        async def fetch(page: int) -> None: ...
+
+    with pytest.raises(flowcore.ConfigurationError, match="`run_name` must be"):
+        flowcore.task(run_name=3)  # type: ignore[call-overload]
+
+
+async def test_a_run_name_function_that_fails_never_fails_the_task() -> None:
+    @flowcore.task(run_name=lambda args: str(1 / 0))
+    async def step() -> int:
+        return 1
+
+    @flowcore.flow
+    async def work() -> int:
+        return await step()
+
+    async with flowcore.Engine("memory") as engine:
+        assert await work() == 1
+        assert engine.last_run is not None
+        (run,) = await engine.store.list_task_runs(engine.last_run.id)
+    assert run.state is flowcore.State.COMPLETED and run.run_name is None

@@ -215,6 +215,9 @@ _KEY_WIDTH = 12  # of the run header's keys
 
 def _task_label(tr: TaskRunRecord, now: float, result: StoredResult | None) -> Text:
     label = plain(tr.name, "bold")
+    if tr.run_name:
+        label.append(" ")
+        label.append_text(plain(tr.run_name))
     label.append(f"  {visible(tr.label)}  ", style="dim")
     label.append_text(state_text(tr.state))
     if tr.state is State.CACHED and tr.cached_from:

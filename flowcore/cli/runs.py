@@ -70,6 +70,10 @@ def runs_ls(flow_name: str | None, state: str | None, limit: int, as_json: bool)
     "--state", metavar="STATE", callback=check_state,
     help="Only task runs in this state (e.g. Failed): paging then counts those only.",
 )  # fmt: skip
+@click.option(
+    "--tag", metavar="TAG",
+    help="Only task runs of tasks with this tag: paging and counts then count those only.",
+)  # fmt: skip
 @click.option("--results", "show_results", is_flag=True, help="Show each task run's result.")
 @click.option(
     "--allow-pickle", is_flag=True,
@@ -82,6 +86,7 @@ def runs_show(
     limit: int,
     offset: int,
     state: str | None,
+    tag: str | None,
     show_results: bool,
     allow_pickle: bool,
 ) -> None:
@@ -98,6 +103,7 @@ def runs_show(
             offset=offset,
             limit=limit,
             state=state,
+            tag=tag,
             results=show_results,
             allow_pickle=allow_pickle,
         )
@@ -112,13 +118,17 @@ def runs_show(
     console.print(render.task_tree(d.run, d.task_runs, d.subflows, results=d.results))
     shown_end = offset + len(d.task_runs)
     which = "task runs" if state is None else f"{state} task runs"
-    if not d.task_runs and (offset or state is not None):
+    if tag is not None:
+        which += f" tagged {tag}"
+    if not d.task_runs and (offset or state is not None or tag is not None):
         console.print(Text(f"no {which} from --offset {offset}: the run has {total}"))
     elif offset or shown_end < total:
         more = total - shown_end
         next_page = f" --offset {shown_end} --limit {limit}"
         if state is not None:
             next_page += f" --state {state}"
+        if tag is not None:
+            next_page += f" --tag {tag}"
         console.print(
             render.plain(
                 f"showing {which} {offset}–{shown_end - 1} of {total}"

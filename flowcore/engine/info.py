@@ -57,6 +57,10 @@ class TaskRunInfo:
     attempt: int
     #: The task run this one was called from, inside the same flow run, if any.
     parent_seq: int | None
+    #: The task's tags.
+    tags: tuple[str, ...] = ()
+    #: This call's name (``@task(run_name=...)``), if the task names its calls.
+    run_name: str | None = None
 
 
 def _flow_info(record: FlowRunRecord, parameters: Mapping[str, Any]) -> FlowRunInfo:
@@ -80,6 +84,8 @@ def _task_info(rec: TaskRunRecord) -> TaskRunInfo:
         name=rec.name,
         attempt=max(rec.attempts, 1),
         parent_seq=rec.parent_seq,
+        tags=tuple(rec.tags or ()),
+        run_name=rec.run_name,
     )
 
 

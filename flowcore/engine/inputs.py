@@ -228,6 +228,10 @@ def prepare(
     )
     if identity is not None:
         rec.identity = identity
+    if task.tag_list is not None:
+        rec.tags = task.tag_list  # one list shared by the task's records (never changed)
+    if task.run_namer is not None:
+        rec.run_name = task.run_namer(args, kwargs)
     if running:
         rec.started = now
         rec.attempts = 1

@@ -10,16 +10,22 @@ path reads are plain attributes (one lookup each, not two through ``options``).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import logging
+import string
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ..cache import KeyMaker
 from ..encoding import first_input_prefix
+from ..errors import ConfigurationError
+from ..ids import safe_text
 from ..limits import task_limit
 from ..options import TaskOptions
 from ..serializers import return_type
 
 __all__ = ["TaskSpec"]
+
+log = logging.getLogger("flowcore")
 
 _UNSET: Final[Any] = object()
 
@@ -40,6 +46,8 @@ class TaskSpec:
         self.serializer = options.serializer
         self.persist_result = options.persist_result
         self.executor = options.executor
+        #: The tags as recorded on each task run (one shared, sorted list), or None.
+        self.tag_list: list[str] | None = sorted(options.tags) if options.tags else None
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
         )
@@ -61,6 +69,8 @@ class TaskSpec:
         self.code_function: str = getattr(fn, "__qualname__", self.name)
         self.code_namespace: str = getattr(fn, "__module__", None) or ""
         self._return_type: Any = _UNSET
+        #: Names each call (``run_name``), or None: a task without one pays nothing.
+        self.run_namer = _run_namer(self.name, options.run_name, self.signature)
 
     @property
     def return_type(self) -> Any:
@@ -80,6 +90,51 @@ class TaskSpec:
     @property
     def burst(self) -> int | None:
         return self.options.burst
+
+
+RunNamer = Callable[[tuple[Any, ...], dict[str, Any]], str | None]
+
+
+def _run_namer(
+    task_name: str,
+    run_name: str | Callable[[Mapping[str, Any]], str] | None,
+    signature: inspect.Signature,
+) -> RunNamer | None:
+    """How to name one call: ``None`` without ``run_name``; a template is checked now,
+    against the parameters, so a typo fails at decoration, not at the first call."""
+    if run_name is None:
+        return None
+    fields = set()
+    if isinstance(run_name, str):
+        for _, field, _, _ in string.Formatter().parse(run_name):
+            if field is not None:
+                fields.add(field.split(".", 1)[0].split("[", 1)[0])
+        unknown = sorted(fields - set(signature.parameters))
+        if unknown or "" in fields:
+            raise ConfigurationError(
+                f"invalid options for task {task_name!r}: `run_name` {run_name!r} names "
+                f"{', '.join(map(repr, unknown)) or 'a field by position'}, which is not a "
+                f"parameter of {task_name}{signature}; use the parameters' names, e.g. "
+                f"'{task_name}-{{{next(iter(signature.parameters), 'x')}}}'"
+            )
+        if not fields:
+            return lambda args, kwargs: run_name
+    template = run_name
+
+    def name(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        try:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
+            text = (
+                template.format(**arguments) if isinstance(template, str) else template(arguments)
+            )
+            return safe_text(str(text))[:500]
+        except Exception as exc:  # a bad call, a name function that failed: never the task
+            log.warning("flowcore: task %r could not name a call (%s)", task_name, exc)
+            return None
+
+    return name
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:

@@ -86,12 +86,20 @@ class RunStore(Protocol):
         """The run with this id or unique id prefix; raises ``RunNotFound``."""
 
     async def list_task_runs(
-        self, run_id: str, *, offset: int = 0, limit: int | None = None, state: str | None = None
+        self,
+        run_id: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        state: str | None = None,
+        tag: str | None = None,
     ) -> list[TaskRunRecord]:
-        """Task runs of one flow run, in call order (``seq``); only those in ``state``."""
+        """Task runs of one flow run, in call order (``seq``); only those in ``state``,
+        and only those whose task carries ``tag``; ``offset`` and ``limit`` count
+        within what is kept."""
 
-    async def count_task_runs(self, run_id: str) -> dict[str, int]:
-        """Task runs of one flow run counted by state."""
+    async def count_task_runs(self, run_id: str, *, tag: str | None = None) -> dict[str, int]:
+        """Task runs of one flow run (only those with ``tag``) counted by state."""
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         """Subflow runs started from this run, oldest first."""

@@ -86,17 +86,33 @@ class MemoryStore:
         raise RunNotFound(not_found_message(run_id, self.location, len(matches)))
 
     async def list_task_runs(
-        self, run_id: str, *, offset: int = 0, limit: int | None = None, state: str | None = None
+        self,
+        run_id: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        state: str | None = None,
+        tag: str | None = None,
     ) -> list[TaskRunRecord]:
         tasks = sorted(
-            (t for t in self._tasks.get(run_id, {}).values() if state in (None, str(t.state))),
+            (
+                t
+                for t in self._tasks.get(run_id, {}).values()
+                if state in (None, str(t.state)) and (tag is None or tag in (t.tags or ()))
+            ),
             key=lambda t: t.seq,
         )
         end = None if limit is None else offset + limit
         return [_copy(t) for t in tasks[offset:end]]
 
-    async def count_task_runs(self, run_id: str) -> dict[str, int]:
-        return dict(Counter(str(t.state) for t in self._tasks.get(run_id, {}).values()))
+    async def count_task_runs(self, run_id: str, *, tag: str | None = None) -> dict[str, int]:
+        return dict(
+            Counter(
+                str(t.state)
+                for t in self._tasks.get(run_id, {}).values()
+                if tag is None or tag in (t.tags or ())
+            )
+        )
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         kids = [r for r in self._runs.values() if r.parent_run_id == run_id]
@@ -253,6 +269,9 @@ def _copy_span(span: SpanRecord) -> SpanRecord:
 def _copy(record: _R) -> _R:
     """A copy a reader may change without changing the store (as with a real database)."""
     copy = msgspec.structs.replace(record, history=list(record.history))
-    if isinstance(copy, TaskRunRecord) and copy.upstream is not None:
-        copy.upstream = list(copy.upstream)
+    if isinstance(copy, TaskRunRecord):
+        if copy.upstream is not None:
+            copy.upstream = list(copy.upstream)
+        if copy.tags is not None:
+            copy.tags = list(copy.tags)
     return copy

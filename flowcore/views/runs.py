@@ -42,6 +42,7 @@ class RunDetails:
     offset: int
     limit: int
     state: str | None
+    tag: str | None = None
 
     @property
     def total(self) -> int:
@@ -58,15 +59,17 @@ async def run_details(
     offset: int = 0,
     limit: int = 200,
     state: str | None = None,
+    tag: str | None = None,
     results: bool = False,
     allow_pickle: bool = False,
 ) -> RunDetails:
     """The run with this id (or prefix) and the page ``offset``/``limit`` of its task runs
-    (only those in ``state``, when given), with their results when ``results``."""
+    (only those in ``state``, and of tasks tagged ``tag``, when given), with their
+    results when ``results``. The counts are of the tagged task runs when ``tag``."""
     await mark_crashed_runs(store)
     run = await store.get_run(run_id)
-    counts = await store.count_task_runs(run.id)
-    task_runs = await store.list_task_runs(run.id, offset=offset, limit=limit, state=state)
+    counts = await store.count_task_runs(run.id, tag=tag)
+    task_runs = await store.list_task_runs(run.id, offset=offset, limit=limit, state=state, tag=tag)
     page = {t.seq for t in task_runs}
     subflows = [
         s
@@ -79,7 +82,7 @@ async def run_details(
             t.seq: await inspect_result(t, store.blobs, allow_pickle=allow_pickle)
             for t in task_runs
         }
-    return RunDetails(run, counts, task_runs, subflows, stored, offset, limit, state)
+    return RunDetails(run, counts, task_runs, subflows, stored, offset, limit, state, tag)
 
 
 def run_details_to_json(d: RunDetails) -> dict[str, Any]:
@@ -90,7 +93,13 @@ def run_details_to_json(d: RunDetails) -> dict[str, Any]:
     if d.results is not None:
         for t, item in zip(d.task_runs, data["task_runs"], strict=True):
             item["result"] = result_to_json(d.results[t.seq])
-    data["page"] = {"offset": d.offset, "limit": d.limit, "total": d.total, "state": d.state}
+    data["page"] = {
+        "offset": d.offset,
+        "limit": d.limit,
+        "total": d.total,
+        "state": d.state,
+        "tag": d.tag,
+    }
     data["subflows"] = [run_to_json(s) for s in d.subflows]
     return data
 
@@ -149,6 +158,8 @@ def task_run_to_json(tr: TaskRunRecord) -> dict[str, Any]:
         "history": _history(tr.history),
         "cache_key": tr.cache_key,
         "cached_from": tr.cached_from,
+        "tags": tr.tags or [],
+        "run_name": tr.run_name,
         "result_ref": tr.result_ref,
         "has_result": tr.result is not None or tr.result_ref is not None,
     }

@@ -276,22 +276,77 @@ class SQLiteStore:
         raise RunNotFound(not_found_message(run_id, self.location, matches))
 
     async def list_task_runs(
-        self, run_id: str, *, offset: int = 0, limit: int | None = None, state: str | None = None
+        self,
+        run_id: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        state: str | None = None,
+        tag: str | None = None,
     ) -> list[TaskRunRecord]:
         where, params = "run_id = ?", [run_id]
         if state is not None:
             where, params = "run_id = ? AND state = ?", [run_id, state]
+        if tag is not None:
+            return await self._tagged(where, params, tag, offset, limit)
         rows = await self._io.fetch(
             f"SELECT {TASK_COLS} FROM task_runs WHERE {where} ORDER BY seq LIMIT ? OFFSET ?",
             [*params, -1 if limit is None else limit, offset],
         )
         return [task_record(r) for r in rows]
 
-    async def count_task_runs(self, run_id: str) -> dict[str, int]:
+    async def count_task_runs(self, run_id: str, *, tag: str | None = None) -> dict[str, int]:
+        if tag is not None:
+            tagged = await self._tagged("run_id = ?", [run_id], tag, 0, None, keep=False)
+            return dict(Counter(str(t.state) for t in tagged))
         rows = await self._io.fetch(
             "SELECT state, COUNT(*) FROM task_runs WHERE run_id = ? GROUP BY state", [run_id]
         )
         return dict(Counter({r[0]: r[1] for r in rows}))
+
+    async def _tagged(
+        self,
+        where: str,
+        params: list[Any],
+        tag: str,
+        offset: int,
+        limit: int | None,
+        *,
+        keep: bool = True,
+    ) -> list[TaskRunRecord]:
+        """Task runs matching ``where`` whose tags hold ``tag``, paged after the filter.
+
+        Tags live in the task run's body, so the run's rows are read in chunks and
+        decoded here (memory stays bounded by a chunk and the page); a tag filter is a
+        reader's query, never on the engine's path. ``keep=False`` keeps only the
+        state (for counting) rather than every matching record.
+        """
+        found: list[TaskRunRecord] = []
+        skipped = 0
+        after = -1
+        while limit is None or len(found) < limit:
+            rows = await self._io.fetch(
+                f"SELECT {TASK_COLS} FROM task_runs WHERE {where} AND seq > ? "
+                "ORDER BY seq LIMIT 5000",
+                [*params, after],
+            )
+            if not rows:
+                break
+            after = rows[-1][1]
+            for row in rows:
+                record = task_record(row)
+                if tag not in (record.tags or ()):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                found.append(record if keep else TaskRunRecord(
+                    run_id=record.run_id, seq=record.seq, name=record.name,
+                    state=record.state, created=record.created,
+                ))  # fmt: skip
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         rows = await self._io.fetch(

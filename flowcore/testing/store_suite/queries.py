@@ -272,6 +272,38 @@ async def _list_task_runs_state(store: Store) -> None:
         assert got == want, differs(f"seqs of list_task_runs('run1', **{kwargs})", got, want)
 
 
+@CASES.case("task runs: list_task_runs and count_task_runs filter by tag, paging within it")
+async def _task_runs_by_tag(store: Store) -> None:
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING), flow_run("run2")], []))
+    tags: list[list[str] | None] = [["api"], None, ["api", "db"], ["db"], ["api"], []]
+    states = [State.COMPLETED, State.COMPLETED, State.FAILED, State.COMPLETED]
+    states += [State.COMPLETED, State.COMPLETED]
+    await store.write(
+        WriteBatch(
+            [],
+            [
+                task_run("run1", n, state=s, tags=t)
+                for n, (s, t) in enumerate(zip(states, tags, strict=True))
+            ],
+        )
+    )
+    await store.write(WriteBatch([], [task_run("run2", 0, tags=["api"])]))
+    checks: list[tuple[dict[str, Any], list[int]]] = [
+        ({"tag": "api"}, [0, 2, 4]),
+        ({"tag": "db"}, [2, 3]),
+        ({"tag": "nope"}, []),
+        ({"tag": "api", "offset": 1, "limit": 1}, [2]),
+        ({"tag": "api", "state": "Completed"}, [0, 4]),
+        ({"tag": "ap"}, []),  # a tag is matched whole, not as a prefix
+    ]
+    for kwargs, want in checks:
+        got = await _seqs(store.list_task_runs("run1", **kwargs))
+        assert got == want, differs(f"seqs of list_task_runs('run1', **{kwargs})", got, want)
+    counted = await store.count_task_runs("run1", tag="api")
+    assert counted == {"Completed": 2, "Failed": 1}, differs("count by tag", counted, "2 + 1")
+    assert await store.count_task_runs("run1", tag="nope") == {}
+
+
 @CASES.case("task runs: count_task_runs counts by state")
 async def _count_task_runs(store: Store) -> None:
     await store.write(WriteBatch([flow_run("run1", state=State.RUNNING), flow_run("run2")], []))

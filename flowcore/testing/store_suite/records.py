@@ -101,6 +101,8 @@ def full_task_run() -> TaskRunRecord:
         span_id="00f067aa0ba902b7",
         parent_span_id="b7ad6b7169203331",
         identity="9f86d081" * 8,
+        tags=["api", "ingest"],
+        run_name="fetch-42",
     )
 
 
