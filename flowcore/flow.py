@@ -17,6 +17,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from . import _validate
 from ._sync import run_sync
 from .engine.core import Engine, _engine_var
+from .engine.inputs import has_futures, resolve_flow_inputs
 from .engine.runs import run_flow
 from .errors import ConfigurationError, deprecated
 from .retry import Backoff, RetryPolicy, validate_retry_options
@@ -159,12 +160,17 @@ class Flow(Generic[P, R]):
 
 
 async def _call_flow(flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    upstream = None
+    if (args or kwargs) and has_futures(args, kwargs):
+        # Futures passed to a subflow: it waits for them and gets their results, and its
+        # run records the edges (a failed one fails the call, before any run is made).
+        args, kwargs, upstream = await resolve_flow_inputs(flow.name, args, kwargs)
     parameters = flow.bind(args, kwargs)
     engine = _engine_var.get()
     if engine is None:
         async with Engine() as engine:
-            return await _start(engine, flow, args, kwargs, parameters)
-    return await _start(engine, flow, args, kwargs, parameters)
+            return await _start(engine, flow, args, kwargs, parameters, upstream)
+    return await _start(engine, flow, args, kwargs, parameters, upstream)
 
 
 def _start(
@@ -173,6 +179,7 @@ def _start(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     parameters: dict[str, Any],
+    upstream: list[int] | None = None,
 ) -> Coroutine[Any, Any, Any]:
     return run_flow(
         engine,
@@ -187,6 +194,7 @@ def _start(
         entrypoint=flow.entrypoint,
         entrypoint_hash=flow.entrypoint_hash,
         retry=flow.retry,
+        upstream=upstream,
     )
 
 

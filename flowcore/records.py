@@ -69,6 +69,9 @@ class FlowRunRecord(msgspec.Struct, gc=False):
     # SHA-256 (hex) of the source file ``entrypoint`` names, as the run had it: a resume
     # refuses a changed file unless asked (see flowcore.resume).
     entrypoint_hash: str | None = None
+    # A subflow's dependency edges: seqs of its parent run's task runs whose futures
+    # were passed to it (it waited for them and received their results).
+    upstream: list[int] | None = None
 
     @property
     def duration(self) -> float | None:

@@ -637,15 +637,19 @@ async def test_a_task_called_from_a_thread_flowcore_did_not_start_is_a_clear_err
 async def test_a_parent_runs_future_used_in_a_subflow_is_a_cross_run_edge() -> None:
     # Regression: the edge was recorded by seq alone, so inside the subflow it named
     # the subflow's own task run with the same seq.
-    @flowcore.flow
-    async def child(x: int) -> int:
-        await double(100)  # the child's seq 0
-        return await double(x)  # x: the parent's future of seq 0
-
+    # (A future passed to the subflow as an argument is resolved before it starts, and
+    # is an edge of the subflow run; one it reaches otherwise, here through a closure,
+    # is waited for by the task it is given to.)
     @flowcore.flow
     async def parent() -> int:
         up = double.submit(2)  # the parent's seq 0
-        return await child(cast(int, up))
+
+        @flowcore.flow
+        async def child() -> int:
+            await double(100)  # the child's seq 0
+            return await double(cast(int, up))  # the parent's future of seq 0
+
+        return await child()
 
     async with flowcore.Engine("memory") as engine:
         assert await parent() == 8

@@ -494,7 +494,7 @@ async def test_new_writes_to_a_migrated_database_round_trip_every_field(tmp_path
     every_field.id = "new"
     assert every_field.machine  # set, like every other field
     assert every_field.entrypoint_hash  # set too
-    new_fields = {"machine", "entrypoint_hash"}  # fields added after version 5
+    new_fields = {"machine", "entrypoint_hash", "upstream"}  # fields added after version 5
     assert set(FlowRunRecord.__struct_fields__) - new_fields <= set(V5_FLOW_COLS.split(", "))
     async with SQLiteStore(path) as store:
         await store.write(WriteBatch([every_field], []))

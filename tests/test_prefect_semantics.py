@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import anyio
 import pytest
 
@@ -194,3 +196,35 @@ async def test_a_run_name_function_that_fails_never_fails_the_task() -> None:
         assert engine.last_run is not None
         (run,) = await engine.store.list_task_runs(engine.last_run.id)
     assert run.state is flowcore.State.COMPLETED and run.run_name is None
+
+
+async def test_futures_passed_to_a_subflow_are_waited_for_and_recorded_as_its_edges() -> None:
+    @flowcore.task
+    async def up(n: int) -> int:
+        return n
+
+    @flowcore.task
+    async def broken() -> int:
+        raise ValueError("no")
+
+    @flowcore.flow
+    async def total(values: list[int], extra: dict[str, int]) -> int:
+        return sum(values) + extra["k"]
+
+    @flowcore.flow
+    async def parent() -> int:
+        a, b, c = up.submit(1), up.submit(2), up.submit(3)
+        # Futures stand for their results (typed as those results here).
+        result = await total(cast(list[int], [a, b]), cast(dict[str, int], {"k": c}))
+        bad = broken.submit()
+        with pytest.raises(flowcore.UpstreamFailed, match="flow 'total' was not run"):
+            await total(cast(list[int], [bad]), {"k": 0})
+        assert isinstance(bad.exception(), ValueError)  # its own failure, looked at
+        return result
+
+    async with flowcore.Engine("memory") as engine:
+        assert await parent() == 6
+        assert engine.last_run is not None
+        (child,) = await engine.store.child_runs(engine.last_run.id)
+    assert child.name == "total" and child.upstream == [0, 1, 2]
+    assert child.state is flowcore.State.COMPLETED

@@ -32,7 +32,14 @@ from .futures import TaskFuture, TaskFutureList, allow_failure
 from .outcome import finish_failed
 from .spec import TaskSpec
 
-__all__ = ["WAIT_FOR", "has_futures", "prepare", "resolve_inputs", "wait_for_list"]
+__all__ = [
+    "WAIT_FOR",
+    "has_futures",
+    "prepare",
+    "resolve_flow_inputs",
+    "resolve_inputs",
+    "wait_for_list",
+]
 
 _RUNNING_NOW = State.RUNNING.value
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
@@ -253,6 +260,39 @@ async def resolve_inputs(
     its failure was not allowed), ends the task run ``UpstreamFailed`` and raises
     :class:`~flowcore.UpstreamFailed` naming the failed inputs.
     """
+    futures, unknown = await _wait_for_dependencies(args, kwargs)
+    _record_edges(rec, [f for f, _ in futures])
+    if unknown and task is not None and task.record_inputs:
+        plain = {k: v for k, v in kwargs.items() if k != WAIT_FOR}
+        rec.inputs = encode_inputs(task.param_names, args, plain, task.first_input)
+    err = _upstream_failure(f"task {rec.name!r}", futures)
+    if err is not None:
+        finish_failed(ctx.engine.recorder, rec, err)
+        ctx.engine.tasks_failed += 1
+        raise err
+    return _substituted(args, kwargs)
+
+
+async def resolve_flow_inputs(
+    flow_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], list[int]]:
+    """Futures passed to a (sub)flow: waited for and replaced by their results, as for a
+    task; returns the arguments and the seqs of the calling run's task runs they stood
+    for (the subflow run's edges). Raises :class:`~flowcore.UpstreamFailed`, before any
+    run is made, when one failed and its failure was not allowed."""
+    futures, _ = await _wait_for_dependencies(args, kwargs)
+    err = _upstream_failure(f"flow {flow_name!r}", futures)
+    if err is not None:
+        raise err
+    seqs = sorted({f.seq for f, _ in futures if f.seq >= 0})
+    return (*_substituted(args, kwargs), seqs)
+
+
+async def _wait_for_dependencies(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[tuple[TaskFuture[Any], bool]], bool]:
+    """Every future among the arguments (and ``wait_for``), each with whether its failure
+    is allowed, once all have ended; and whether a seq was unknown when they were found."""
     found: list[tuple[Any, bool]] = []
     seen: set[int] = set()
     for value in args:
@@ -275,10 +315,14 @@ async def resolve_inputs(
     for fut, _ in futures:
         if not fut._finished:
             await fut.wait()
-    _record_edges(rec, [f for f, _ in futures])
-    if unknown and task is not None and task.record_inputs:
-        plain = {k: v for k, v in kwargs.items() if k != WAIT_FOR}
-        rec.inputs = encode_inputs(task.param_names, args, plain, task.first_input)
+    return futures, unknown
+
+
+def _upstream_failure(
+    what: str, futures: list[tuple[TaskFuture[Any], bool]]
+) -> UpstreamFailed | None:
+    """The error for the inputs that failed (and were not allowed to), or None; the
+    failures that were allowed are handed over, so they count as seen."""
     failed = [f for f, allowed in futures if f._exc is not None and not allowed]
     if failed:
         names = ", ".join(
@@ -286,15 +330,16 @@ async def resolve_inputs(
             f"{f.state})"
             for f in failed
         )
-        err = UpstreamFailed(
-            f"task {rec.name!r} was not run because its input futures failed: {names}"
-        )
-        finish_failed(ctx.engine.recorder, rec, err)
-        ctx.engine.tasks_failed += 1
-        raise err
+        return UpstreamFailed(f"{what} was not run because its input futures failed: {names}")
     for fut, allowed in futures:
         if allowed and fut._exc is not None:
-            fut._failed.pop(fut, None)  # handed to the task: its failure is seen
+            fut._failed.pop(fut, None)  # handed to the call: its failure is seen
+    return None
+
+
+def _substituted(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     memo: dict[int, Any] = {}
     return (
         tuple(_substitute(a, memo) for a in args),

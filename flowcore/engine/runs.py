@@ -77,6 +77,7 @@ async def run_flow(
     replay: Replay | None = None,
     retry: RetryPolicy | None = None,
     record: FlowRunRecord | None = None,
+    upstream: list[int] | None = None,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` as a flow run called ``name``; return its result.
 
@@ -86,11 +87,14 @@ async def run_flow(
     re-drives (resume). ``retry``: how a failed attempt is retried.
     ``record``: the run's record when the caller made it already (a resume claims
     its run in the store before it starts); by default one is made here.
+    ``upstream``: the parent run's task runs whose futures were passed to this one.
     """
     now = time.time()
     if record is None:
         record = new_flow_record(new_run_id(), name, "flow", encode_inputs((), (), parameters), now)
     record.entrypoint = entrypoint
+    if upstream:
+        record.upstream = upstream
     record.entrypoint_hash = entrypoint_hash
     ctx = RunContext(engine, record, parameters)
     if concurrency is not None:

@@ -122,6 +122,7 @@ def run_to_json(run: FlowRunRecord, *, details: bool = False) -> dict[str, Any]:
         "task_count": run.task_count,
         "parent_run_id": run.parent_run_id,
         "parent_task_seq": run.parent_task_seq,
+        "upstream": run.upstream,
         "parameters": decode_recorded(run.parameters),
         "error_type": run.error_type,
         "error_message": run.error_message,
