@@ -48,7 +48,7 @@ class TaskOptions:
     executor: str | None = None
     #: Each call's name: a string, a template over the parameters (``"fetch-{page}"``),
     #: or a function of the bound arguments returning a string.
-    run_name: str | Callable[[Mapping[str, Any]], str] | None = None
+    task_run_name: str | Callable[[Mapping[str, Any]], str] | None = None
 
 
 class TaskArgs(TypedDict, total=False):
@@ -71,7 +71,7 @@ class TaskArgs(TypedDict, total=False):
     rate: float | None
     burst: int | None
     executor: str | None
-    run_name: str | Callable[[Mapping[str, Any]], str] | None
+    task_run_name: str | Callable[[Mapping[str, Any]], str] | None
 
 
 #: The retry shortcuts and the RetryPolicy field each one sets.
@@ -189,15 +189,15 @@ def task_options(
         changes["executor"] = executor = given.pop("executor")
         if problem := _validate.name("executor", executor):
             problems.append(problem)
-    if "run_name" in given:
-        changes["run_name"] = run_name = given.pop("run_name")
+    if "task_run_name" in given:
+        changes["task_run_name"] = run_name = given.pop("task_run_name")
         if (
             run_name is not None
             and not (isinstance(run_name, str) and run_name)
             and (isinstance(run_name, str) or not callable(run_name))
         ):
             problems.append(
-                "`run_name` must be a non-empty str, a template such as 'fetch-{page}', or "
+                "`task_run_name` must be a non-empty str, a template such as 'fetch-{page}', or "
                 f"a function (arguments) -> str, got {run_name!r}"
             )
     assert not given, given  # every option is handled above

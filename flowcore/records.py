@@ -113,7 +113,7 @@ class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
     identity: str | None = None
     #: The task's tags (``@task(tags=...)``), for filtering its runs.
     tags: list[str] | None = None
-    #: The name of this call (``@task(run_name="fetch-{page}")``), shown beside the task's.
+    #: The name of this call (``@task(task_run_name="fetch-{page}")``), beside the task's.
     run_name: str | None = None
 
     @property

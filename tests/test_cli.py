@@ -905,7 +905,7 @@ def test_runs_show_filters_task_runs_by_tag(tmp_path: Path) -> None:
             """
             import flowcore
 
-            @flowcore.task(tags=["api"], run_name="get-{n}")
+            @flowcore.task(tags=["api"], task_run_name="get-{n}")
             async def get(n: int) -> int:
                 return n
 

@@ -136,13 +136,13 @@ async def test_tasks_defined_as_methods_get_their_instance() -> None:
 
 
 async def test_task_runs_carry_their_tags_and_names_and_filter_by_tag() -> None:
-    @flowcore.task(tags=["api", "pages"], run_name="fetch-{page}")
+    @flowcore.task(tags=["api", "pages"], task_run_name="fetch-{page}")
     async def fetch(page: int, size: int = 10) -> int:
         info = flowcore.current_task_run()
         assert info.tags == ("api", "pages") and info.run_name == f"fetch-{page}"
         return page
 
-    @flowcore.task(run_name=lambda args: f"save {args['rows']} rows")
+    @flowcore.task(task_run_name=lambda args: f"save {args['rows']} rows")
     def save(rows: int) -> int:
         return rows
 
@@ -175,15 +175,15 @@ async def test_task_runs_carry_their_tags_and_names_and_filter_by_tag() -> None:
 def test_a_run_name_template_naming_no_parameter_is_refused_at_decoration() -> None:
     with pytest.raises(flowcore.ConfigurationError, match="'pg', which is not a parameter"):
 
-        @flowcore.task(run_name="fetch-{pg}")
+        @flowcore.task(task_run_name="fetch-{pg}")
         async def fetch(page: int) -> None: ...
 
-    with pytest.raises(flowcore.ConfigurationError, match="`run_name` must be"):
-        flowcore.task(run_name=3)  # type: ignore[call-overload]
+    with pytest.raises(flowcore.ConfigurationError, match="`task_run_name` must be"):
+        flowcore.task(task_run_name=3)  # type: ignore[call-overload]
 
 
 async def test_a_run_name_function_that_fails_never_fails_the_task() -> None:
-    @flowcore.task(run_name=lambda args: str(1 / 0))
+    @flowcore.task(task_run_name=lambda args: str(1 / 0))
     async def step() -> int:
         return 1
 

@@ -22,6 +22,7 @@ async def test_current_flow_run_and_task_run_are_read_only_information() -> None
         if info.attempt == 1:
             raise ConnectionError("once")
         seen["task"] = info
+        assert dict(info.parameters) == {"x": x}
         seen["flow_in_task"] = flowcore.current_flow_run()
         return x
 

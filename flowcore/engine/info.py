@@ -9,11 +9,12 @@ to reach into the engine (``flowcore.current_run()`` is the engine's own context
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from .._current import current_task_run as _task_var
+from ..encoding import decode_inputs
 from ..errors import ConfigurationError
 from ..records import FlowRunRecord, TaskRunRecord, task_run_label
 from .core import _run_var
@@ -59,7 +60,9 @@ class TaskRunInfo:
     parent_seq: int | None
     #: The task's tags.
     tags: tuple[str, ...] = ()
-    #: This call's name (``@task(run_name=...)``), if the task names its calls.
+    #: The call's arguments as recorded (shortened values stay shortened), read-only.
+    parameters: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: This call's name (``@task(task_run_name=...)``), if the task names its calls.
     run_name: str | None = None
 
 
@@ -86,7 +89,16 @@ def _task_info(rec: TaskRunRecord) -> TaskRunInfo:
         parent_seq=rec.parent_seq,
         tags=tuple(rec.tags or ()),
         run_name=rec.run_name,
+        parameters=MappingProxyType(_recorded(rec.inputs)),
     )
+
+
+def _recorded(inputs: bytes) -> dict[str, Any]:
+    try:
+        value = decode_inputs(inputs)
+    except Exception:  # a record that does not decode must not fail the task asking
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def current_flow_run() -> FlowRunInfo:

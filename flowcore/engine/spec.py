@@ -69,8 +69,8 @@ class TaskSpec:
         self.code_function: str = getattr(fn, "__qualname__", self.name)
         self.code_namespace: str = getattr(fn, "__module__", None) or ""
         self._return_type: Any = _UNSET
-        #: Names each call (``run_name``), or None: a task without one pays nothing.
-        self.run_namer = _run_namer(self.name, options.run_name, self.signature)
+        #: Names each call (``task_run_name``), or None: a task without one pays nothing.
+        self.run_namer = _run_namer(self.name, options.task_run_name, self.signature)
 
     @property
     def return_type(self) -> Any:
@@ -100,7 +100,7 @@ def _run_namer(
     run_name: str | Callable[[Mapping[str, Any]], str] | None,
     signature: inspect.Signature,
 ) -> RunNamer | None:
-    """How to name one call: ``None`` without ``run_name``; a template is checked now,
+    """How to name one call: ``None`` without ``task_run_name``; a template is checked now,
     against the parameters, so a typo fails at decoration, not at the first call."""
     if run_name is None:
         return None
@@ -112,7 +112,7 @@ def _run_namer(
         unknown = sorted(fields - set(signature.parameters))
         if unknown or "" in fields:
             raise ConfigurationError(
-                f"invalid options for task {task_name!r}: `run_name` {run_name!r} names "
+                f"invalid options for task {task_name!r}: `task_run_name` {run_name!r} names "
                 f"{', '.join(map(repr, unknown)) or 'a field by position'}, which is not a "
                 f"parameter of {task_name}{signature}; use the parameters' names, e.g. "
                 f"'{task_name}-{{{next(iter(signature.parameters), 'x')}}}'"
