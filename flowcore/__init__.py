@@ -33,6 +33,7 @@ from .engine import (
     current_task_run,
     wait,
 )
+from .engine.core import get_run_logger
 from .engine.futures import allow_failure
 from .errors import (
     CacheKeyError,
@@ -42,6 +43,7 @@ from .errors import (
     FlowLoadError,
     FlowTimeout,
     NonRetryable,
+    ParameterError,
     PickleNotAllowed,
     ResultNotSerializable,
     ResultNotStored,
@@ -58,10 +60,11 @@ from .errors import (
 from .flow import Flow, flow, run
 from .http import http_client, http_retry
 from .limits import Limit, limit
-from .options import TaskOptions, Tracing
+from .options import Logs, TaskOptions, Tracing
 from .records import FlowRunRecord, TaskRunRecord
 from .resume import resume, resume_async
 from .retry import Backoff, RetryPolicy, backoff
+from .schedules import CronSchedule, IntervalSchedule, Schedule, cron, every
 from .secret import Secret
 from .states import State
 from .store import MemoryStore, SQLiteStore, Store
@@ -75,6 +78,7 @@ __all__ = [
     "CacheKeyError",
     "CachePolicy",
     "ConfigurationError",
+    "CronSchedule",
     "Engine",
     "EngineStatistics",
     "Executor",
@@ -85,10 +89,13 @@ __all__ = [
     "FlowTimeout",
     "FlowcoreDeprecationWarning",
     "FlowcoreError",
+    "IntervalSchedule",
     "Limit",
     "LocalExecutor",
+    "Logs",
     "MemoryStore",
     "NonRetryable",
+    "ParameterError",
     "PickleNotAllowed",
     "ResultNotSerializable",
     "ResultNotStored",
@@ -97,6 +104,7 @@ __all__ = [
     "RunContext",
     "RunNotFound",
     "SQLiteStore",
+    "Schedule",
     "SchemaTooNew",
     "Secret",
     "State",
@@ -117,10 +125,13 @@ __all__ = [
     "__version__",
     "allow_failure",
     "backoff",
+    "cron",
     "current_flow_run",
     "current_run",
     "current_task_run",
+    "every",
     "flow",
+    "get_run_logger",
     "http_client",
     "http_retry",
     "limit",

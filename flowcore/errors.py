@@ -20,7 +20,8 @@ The tree::
     │   ├── SchemaTooNew                      the database was written by a newer flowcore
     │   └── StoreUnavailable                  cannot open or write the database (permissions, disk)
     └── (ConfigurationError)
-        └── FlowLoadError                     a flow named by FILE.py:FLOW could not be loaded
+        ├── FlowLoadError                     a flow named by FILE.py:FLOW could not be loaded
+        └── ParameterError                    a flow's parameters do not fit its signature
 
 Messages say what was wrong, what was given, and the fix. A spelling that was
 renamed keeps working for one release with a :class:`FlowcoreDeprecationWarning`
@@ -30,6 +31,7 @@ naming the new one.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 __all__ = [
     "CacheKeyError",
@@ -39,6 +41,7 @@ __all__ = [
     "FlowcoreDeprecationWarning",
     "FlowcoreError",
     "NonRetryable",
+    "ParameterError",
     "PickleNotAllowed",
     "ResultNotSerializable",
     "ResultNotStored",
@@ -73,6 +76,22 @@ class FlowLoadError(ConfigurationError):
     def __init__(self, message: str, cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class ParameterError(ConfigurationError):
+    """A flow was given parameters that do not fit its signature: values that its
+    annotations refuse, missing ones, unknown ones. Every problem is in the message at
+    once, and in ``problems`` (parameter name, or ``*`` for extra positional
+    arguments, to what is wrong with it). Nothing is reset to a default or dropped:
+    the run is recorded Failed with this error, with the parameters as they were given.
+    """
+
+    def __init__(self, message: str, problems: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: dict[str, str] = dict(problems or {})
+
+    def __reduce__(self) -> tuple[type[ParameterError], tuple[str, dict[str, str]]]:
+        return type(self), (str(self.args[0]), self.problems)
 
 
 class NonRetryable(FlowcoreError):

@@ -1,4 +1,5 @@
-"""Options as values: what ``@flowcore.task`` and ``Engine(tracing=...)`` are given.
+"""Options as values: what ``@flowcore.task``, ``Engine(tracing=...)`` and
+``Engine(logs=...)`` are given.
 
 A task's options are one frozen :class:`TaskOptions`. ``@flowcore.task(...)``
 builds it, ``task.with_options(...)`` derives a new one from it, and both go
@@ -14,6 +15,7 @@ and ``cache=True`` is ``cache=CachePolicy()``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypedDict
@@ -25,7 +27,7 @@ from .limits import limit_problems
 from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
 from .serializers import SERIALIZERS
 
-__all__ = ["TaskArgs", "TaskOptions", "Tracing", "task_options"]
+__all__ = ["Logs", "TaskArgs", "TaskOptions", "Tracing", "task_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,9 @@ class TaskOptions:
     #: Each call's name: a string, a template over the parameters (``"fetch-{page}"``),
     #: or a function of the bound arguments returning a string.
     task_run_name: str | Callable[[Mapping[str, Any]], str] | None = None
+    #: ``print`` in the task goes to its run's log (True), or not (False); ``None``:
+    #: as where it is called (its flow's ``log_prints``, or its calling task's).
+    log_prints: bool | None = None
 
 
 class TaskArgs(TypedDict, total=False):
@@ -72,6 +77,7 @@ class TaskArgs(TypedDict, total=False):
     burst: int | None
     executor: str | None
     task_run_name: str | Callable[[Mapping[str, Any]], str] | None
+    log_prints: bool | None
 
 
 #: The retry shortcuts and the RetryPolicy field each one sets.
@@ -200,6 +206,13 @@ def task_options(
                 "`task_run_name` must be a non-empty str, a template such as 'fetch-{page}', or "
                 f"a function (arguments) -> str, got {run_name!r}"
             )
+    if "log_prints" in given:
+        changes["log_prints"] = log_prints = given.pop("log_prints")
+        if log_prints is not None and log_prints is not True and log_prints is not False:
+            problems.append(
+                "`log_prints` must be True, False or None (as where the task is called), "
+                f"got {log_prints!r}"
+            )
     assert not given, given  # every option is handled above
 
     if problems:
@@ -262,3 +275,58 @@ class Tracing:
             problems.append(problem)
         if problems:
             raise ConfigurationError("invalid tracing options: " + "; ".join(problems))
+
+
+#: The level names ``Logs(level=...)`` takes besides numbers (``logging``'s own).
+_LEVELS: Final = {
+    "CRITICAL": logging.CRITICAL,
+    "ERROR": logging.ERROR,
+    "WARNING": logging.WARNING,
+    "INFO": logging.INFO,
+    "DEBUG": logging.DEBUG,
+    "NOTSET": logging.NOTSET,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Logs:
+    """What an engine keeps of its runs' logs: ``Engine(logs=flowcore.Logs(...))``.
+
+    ``logging`` records made inside a run (any logger: whatever its configured level
+    lets through), lines printed by tasks and flows with ``log_prints=True``, and
+    :func:`flowcore.get_run_logger`'s lines (whatever the loggers' levels) are kept
+    with the run when at least ``level`` (a number or a name: ``"WARNING"``).
+    Each flow run keeps at most ``max_lines`` lines and ``max_bytes`` bytes (UTF-8)
+    of text, whichever comes first; then one last line says how many were dropped.
+
+    ``Engine(logs=True)`` is ``Logs()``; ``logs=False`` keeps no logs.
+
+    >>> flowcore.options.Logs(max_lines=1000, level="warning").levelno
+    30
+    """
+
+    max_lines: int = 10_000
+    max_bytes: int = 1_000_000
+    #: A number, or a name given as one (``"WARNING"`` is kept as 30).
+    level: int | str = logging.INFO
+
+    def __post_init__(self) -> None:
+        problems = []
+        for option in ("max_lines", "max_bytes"):
+            if problem := _validate.count(option, getattr(self, option), optional=False):
+                problems.append(problem)
+        level: object = self.level
+        if isinstance(level, str) and level.upper() in _LEVELS:
+            object.__setattr__(self, "level", _LEVELS[level.upper()])
+        elif not isinstance(level, int) or isinstance(level, bool) or level < 0:
+            problems.append(
+                f"`level` must be a logging level: a number >= 0 or one of "
+                f"{', '.join(_LEVELS)}, got {level!r}"
+            )
+        if problems:
+            raise ConfigurationError("invalid log options: " + "; ".join(problems))
+
+    @property
+    def levelno(self) -> int:
+        """``level`` as a number."""
+        return int(self.level)

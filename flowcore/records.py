@@ -30,6 +30,7 @@ from .states import NEXT, TERMINAL, State
 __all__ = [
     "CacheEntry",
     "FlowRunRecord",
+    "LogRecord",
     "SpanRecord",
     "TaskRunRecord",
     "WriteBatch",
@@ -167,6 +168,26 @@ class SpanRecord(msgspec.Struct, gc=False, omit_defaults=True):
     scope: str = "flowcore"
 
 
+class LogRecord(msgspec.Struct, gc=False):
+    """One line of a run's log: a ``logging`` record or a printed line, captured in a run.
+
+    ``seq`` and ``task`` name the task run it was written in (both ``None`` for the
+    flow's own body); ``level`` is the ``logging`` level number; ``message`` the
+    formatted message, an exception's traceback included. ``id`` is given by the
+    store when the line is written: it grows with every line written, so a reader
+    pages (and follows) a run's log by it.
+    """
+
+    run_id: str
+    seq: int | None
+    task: str | None
+    time: float  # unix seconds
+    level: int
+    logger: str
+    message: str
+    id: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class WriteBatch:
     """Everything one flush writes, in one transaction (see ``Store.write``).
@@ -180,11 +201,19 @@ class WriteBatch:
     task_runs: Sequence[TaskRunRecord] = ()
     cache_entries: Sequence[CacheEntry] = ()
     spans: Sequence[SpanRecord] = ()
+    #: Lines of run logs, in the order they were written (see :class:`LogRecord`).
+    logs: Sequence[LogRecord] = ()
 
     @property
     def rows(self) -> int:
         """How many records the batch holds."""
-        return len(self.flow_runs) + len(self.task_runs) + len(self.cache_entries) + len(self.spans)
+        return (
+            len(self.flow_runs)
+            + len(self.task_runs)
+            + len(self.cache_entries)
+            + len(self.spans)
+            + len(self.logs)
+        )
 
 
 _VALUE = {state: state.value for state in State}  # a dict lookup beats Enum.value's property

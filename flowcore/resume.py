@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import functools
 import time
-import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import anyio
-import msgspec
 
 from ._sync import run_sync
 from .encoding import decode_inputs, encode_inputs
@@ -36,7 +34,7 @@ from .engine.core import Engine, in_engine
 from .engine.replay import Replay
 from .engine.runs import new_flow_record, run_flow
 from .entrypoints import load_entrypoint, source_to_load
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ParameterError
 from .flow import Flow, file_sha256, source_file
 from .ids import error_message, error_name, new_run_id
 from .records import FlowRunRecord, WriteBatch, transition
@@ -143,23 +141,16 @@ async def _resume(
         raise ConfigurationError(
             f"run {old.id[:8]} is a run of flow {old.name!r}, not of {flow.name!r}"
         )
-    kwargs = _recorded_parameters(flow, old)
+    parameters = _recorded_parameters(flow, old)
+    args, kwargs = flow.arguments(parameters)
     replay = Replay(engine.recorder, old.id, await engine.store.list_task_runs(old.id))
     if old.trace_id and old.span_id:
         replay.trace = (old.trace_id, old.span_id)
-    try:
-        bound = flow.signature.bind(**kwargs)
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"the recorded parameters of run {old.id[:8]} no longer fit {flow.name}"
-            f"{flow.signature}: {exc}"
-        ) from None
-    bound.apply_defaults()
     # The new run's record, claimed in the store before anything runs: the claim is
     # its row, which the engine then writes on as the run goes.
     now = time.time()
     record = new_flow_record(
-        new_run_id(), flow.name, "flow", encode_inputs((), (), bound.arguments), now
+        new_run_id(), flow.name, "flow", encode_inputs((), (), parameters), now
     )
     record.resumed_from = old.id
     record.history[-1] = (State.RUNNING.value, now, f"resuming run {old.id}")
@@ -171,10 +162,10 @@ async def _resume(
         return await run_flow(
             engine,
             flow.name,
-            flow.fn,
-            (),
+            flow.call,
+            args,
             kwargs,
-            bound.arguments,
+            parameters,
             timeout=flow.timeout,
             concurrency=flow.concurrency,
             executor=flow.executor,
@@ -242,13 +233,11 @@ async def _end_unstarted(engine: Engine, record: FlowRunRecord, exc: BaseExcepti
 
 
 def _recorded_parameters(flow: Flow[Any, Any], old: FlowRunRecord) -> dict[str, Any]:
+    """The parameters ``old`` recorded, checked and converted by the flow's annotations
+    as any call's are (:meth:`Flow.validate_recorded`: a dict recorded for a dataclass
+    is that dataclass again), defaults applied; a ``ParameterError`` naming the run
+    when they no longer fit the flow."""
     recorded = decode_inputs(old.parameters)
-    hints = {}
-    try:
-        hints = typing.get_type_hints(flow.fn)
-    except Exception:
-        pass
-    kwargs: dict[str, Any] = {}
     for name, value in recorded.items():
         stand_in = _placeholder_in(value)
         if stand_in is not None and stand_in.get("__flowcore__") == "secret":
@@ -262,14 +251,16 @@ def _recorded_parameters(flow: Flow[Any, Any], old: FlowRunRecord) -> dict[str, 
                 f"{stand_in.get('type')} that was not recorded in full "
                 f"({stand_in.get('__flowcore__')}); run the flow again with its arguments instead"
             )
-        hint = hints.get(name)
-        if hint is not None:
-            try:
-                value = msgspec.convert(value, hint, strict=False)
-            except (msgspec.ValidationError, TypeError):
-                pass  # keep the recorded value; the flow sees what was recorded
-        kwargs[name] = value
-    return kwargs
+    try:
+        return flow.validate_recorded(recorded)
+    except ParameterError as exc:
+        raise ParameterError(
+            f"cannot resume run {old.id[:8]} of {old.name!r}: its recorded parameters no "
+            "longer fit the flow as it is now (its signature or annotations changed since "
+            "the run); call the flow again with parameters that fit, or resume with a flow "
+            f"they fit. {exc}",
+            exc.problems,
+        ) from None
 
 
 def _placeholder_in(value: Any) -> dict[str, Any] | None:

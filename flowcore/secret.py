@@ -13,9 +13,9 @@ read with ``.get()`` where it is used::
 
     await fetch(url, flowcore.Secret(os.environ["API_TOKEN"]))
 
-Only the caller can wrap: a parameter annotated ``Secret[str]`` that is called
-with a plain ``str`` gets the plain ``str``, and records it. (``flowcore run
---param token=...`` wraps the text for a parameter annotated ``Secret[...]``.)
+A flow parameter annotated ``Secret[T]`` given a plain value gets it converted to
+``T`` and wrapped before anything is recorded (``flowcore run --param token=...``
+too); a task's argument must be wrapped by its caller.
 """
 
 from __future__ import annotations

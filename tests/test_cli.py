@@ -148,21 +148,26 @@ def test_run_prints_repr_and_unannotated_text_stays_a_string(flows_file: Path) -
 def test_bad_param_value_names_param_and_type(flows_file: Path) -> None:
     result = invoke("run", f"{flows_file}:pipeline", "--param", "n=lots")
     assert result.exit_code == 1
-    assert "error: --param n: expected int, got 'lots'" in result.stderr
+    assert "error: flow 'pipeline' was given 1 invalid parameter:" in result.stderr
+    assert "n: Expected `int`, got `str` - at `$.n` (given 'lots')" in result.stderr
     assert "Traceback" not in result.output
+    # The refused run is recorded Failed, with the parameters as given.
+    run = json.loads(invoke("runs", "show", run_id_from(result), "--json").stdout)
+    assert run["state"] == "Failed" and run["error_type"] == "flowcore.ParameterError"
+    assert run["parameters"]["n"] == "lots"
 
 
 def test_unknown_param_lists_the_flow_parameters(flows_file: Path) -> None:
     result = invoke("run", f"{flows_file}:pipeline", "-p", "n=1", "-p", "pages=3")
     assert result.exit_code == 1
-    assert "has no parameter 'pages'" in result.stderr
-    assert "n: int, ratio: float = 1.0" in result.stderr
+    assert "pages: unknown parameter (given 3)" in result.stderr
+    assert "pipeline(n: int, ratio: float = 1.0" in result.stderr
 
 
 def test_missing_required_param_says_which(flows_file: Path) -> None:
     result = invoke("run", f"{flows_file}:pipeline")
     assert result.exit_code == 1
-    assert "needs 'n'; give --param n=..." in result.stderr
+    assert "n: missing (it has no default; expected `int`)" in result.stderr
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
@@ -227,7 +232,9 @@ def test_string_annotations_are_resolved_for_conversion(tmp_path: Path) -> None:
     assert result.stdout.strip() == "'2024-02-29 date True'"
     bad = invoke("run", f"{tmp_path}/lazy.py:report", "-p", "day=someday")
     assert bad.exit_code == 1
-    assert "--param day: expected date, got 'someday'" in bad.stderr
+    assert "day: Invalid RFC3339 encoded date - at `$.day` (expected `date`; given 'someday')" in (
+        bad.stderr
+    )
 
 
 def test_error_while_importing_the_file_is_reported_with_its_line(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from flowcore import ConfigurationError, RunNotFound, State
 from flowcore._process import MACHINE
 from flowcore.cli import cli
 from flowcore.entrypoints import load_flow
+from flowcore.errors import ParameterError
 from flowcore.records import WriteBatch
 
 CALLS: list[Any] = []
@@ -320,6 +321,67 @@ async def test_recorded_parameters_are_converted_to_the_annotated_types(tmp_path
         result: str = await flowcore.resume_async(last_run_id(engine))
     assert result == f"10:7@{when.isoformat()}"
     assert CALLS == ["Window"]  # step(1) replayed: the recorded inputs matched
+
+
+@flowcore.flow
+async def spread(marker: str, *parts: int, **options: str) -> str:
+    await gate(marker)
+    return f"{parts} {sorted(options.items())}"
+
+
+@pytest.mark.anyio
+async def test_args_and_kwargs_are_passed_again_as_they_were(tmp_path: Path) -> None:
+    # Regression: the recorded *parts and **options were passed by their names, so the
+    # resumed run got parts=() and options={"parts": [...], "options": {...}}.
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="closed"):
+            await spread(str(marker), 1, 2, colour="red")
+        marker.touch()
+        result = await flowcore.resume_async(last_run_id(engine))
+    assert result == "(1, 2) [('colour', 'red')]"
+
+
+@flowcore.flow(name="counted")
+async def counted(n: str, marker: str) -> str:
+    await gate(marker)
+    return n
+
+
+@flowcore.flow(name="counted")
+async def counted_now_int(n: int, marker: str) -> int:
+    """``counted`` after a change of annotation: its recorded ``n`` no longer fits."""
+    return n
+
+
+@pytest.mark.anyio
+async def test_recorded_parameters_that_no_longer_fit_are_a_clear_error(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError, match="closed"):
+            await counted("seven", str(marker))
+        failed = last_run_id(engine)
+        with pytest.raises(ParameterError) as refused:
+            await flowcore.resume_async(failed, flow=counted_now_int)
+        assert await engine.store.list_runs() == [await engine.store.get_run(failed)]
+    message = str(refused.value)
+    assert message.startswith(
+        f"cannot resume run {failed[:8]} of 'counted': its recorded parameters no longer fit "
+        "the flow as it is now"
+    )
+    assert refused.value.problems == {"n": "Expected `int`, got `str` - at `$.n` (given 'seven')"}
+
+
+@pytest.mark.anyio
+async def test_a_run_refused_for_its_parameters_cannot_be_resumed(tmp_path: Path) -> None:
+    untyped: Any = counted_now_int
+    async with flowcore.Engine() as engine:
+        with pytest.raises(ParameterError):
+            await untyped("seven", str(tmp_path / "marker"), extra=1)
+        failed = last_run_id(engine)
+        with pytest.raises(ParameterError) as refused:
+            await flowcore.resume_async(failed)
+    assert set(refused.value.problems) == {"n", "extra"}
 
 
 # -- matching calls ------------------------------------------------------------------------

@@ -90,3 +90,13 @@ async def test_flow_with_options_changes_only_what_it_names() -> None:
     async with flowcore.Engine("memory") as engine:
         assert await nightly(5) == 5
         assert engine.last_run is not None and engine.last_run.name == "etl-nightly"
+
+
+def test_flow_with_options_keeps_its_schedules_and_print_capture() -> None:
+    @flowcore.flow(schedule=flowcore.every(minutes=5), log_prints=True)
+    async def etl() -> None:
+        pass
+
+    copy = etl.with_options(name="etl-copy")
+    assert copy.schedules == etl.schedules and copy.log_prints is True
+    assert copy.fn is etl.fn  # the plain function, whatever wraps it for a run

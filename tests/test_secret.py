@@ -211,7 +211,7 @@ def test_a_secret_parameter_is_wrapped_from_the_command_line(
         cli, ["run", f"{path}:login", "-p", "user=ann", "-p", "token=x", "-p", "pin=12ab34"]
     )
     assert bad.exit_code == 1
-    assert "error: --param pin: expected int (a secret: the value given is not shown)" in (
+    assert "pin: Expected `int`, got `str` - at `$.pin` (a secret: the value is not shown)" in (
         bad.stderr
     )
     assert "12ab34" not in bad.output

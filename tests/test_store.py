@@ -93,6 +93,7 @@ def test_every_case_has_a_name_of_its_area() -> None:
         "concurrency",
         "lifecycle",
         "resume",
+        "logs",
     }
     assert all(name == case.name for name, case in STORE_CASES.items())
     assert [name for name, case in STORE_CASES.items() if case.persistent] == [

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from .._sync import run_in_own_loop
 from ..engine import Engine
 from ..entrypoints import load_flow
-from ..errors import FlowcoreError, FlowLoadError
+from ..errors import FlowcoreError, FlowLoadError, ParameterError
 from ..records import FlowRunRecord
 from ..resume import resume_async
 from ..views.format import format_duration, safe_repr, safe_str, to_json, visible
@@ -134,6 +134,11 @@ def _drive_and_report(
             if show_traceback and isinstance(cause, BaseException):
                 click.echo(_traceback(cause), err=True)
             raise CliError(safe_str(error)) from error
+        if isinstance(error, ParameterError) and not show_traceback:
+            # The run was refused before its body ran: the message lists every problem.
+            click.echo(f"error: {visible(safe_str(error), multiline=True)}", err=True)
+            click.echo(_run_line(outcome.run), err=True)
+            sys.exit(1)
         if show_traceback:
             click.echo(_traceback(error), err=True)
         flow_name = outcome.run.name if outcome.run is not None else name
@@ -159,18 +164,33 @@ def _drive_and_report(
     "--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
     help="A flow parameter, converted by the flow's annotation (repeatable).",
 )  # fmt: skip
+@click.option(
+    "--params-json", "params_json", metavar="JSON|@FILE",
+    help="Flow parameters as a JSON object, or @FILE naming a file holding one.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the full traceback.")
 def run_command(
-    target: str, params: tuple[str, ...], as_json: bool, no_progress: bool, show_traceback: bool
+    target: str,
+    params: tuple[str, ...],
+    params_json: str | None,
+    as_json: bool,
+    no_progress: bool,
+    show_traceback: bool,
 ) -> None:
     """Run the flow FLOW defined in FILE.py and print its result (:FLOW is optional
     when the file defines one flow).
 
+    Parameters are checked and converted by the flow's annotations before the run
+    starts, as a Python call's are; parameters that do not fit (every one is listed)
+    make a run recorded Failed, and exit 1.
+
     \b
     flowcore run flows.py:ingest --param pages=20
     flowcore run flows.py:report -p ids='[1, 2, 3]' --json
+    flowcore run flows.py:ingest --params-json '{"pages": 20}'
+    flowcore run flows.py:ingest --params-json @params.json
     """
     try:
         flow = load_flow(target)
@@ -178,7 +198,7 @@ def run_command(
         if show_traceback and exc.cause is not None:
             click.echo(_traceback(exc.cause), err=True)
         raise
-    kwargs = flow_kwargs(flow, params)
+    kwargs = flow_kwargs(flow, params, params_json)
     _drive_and_report(
         flow.name,
         lambda: flow(**kwargs),

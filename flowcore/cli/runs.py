@@ -11,6 +11,7 @@ from ..store import Store
 from ..views import runs as views
 from ..views.format import to_json, visible
 from . import render
+from .logs import logs
 from .support import STATES, CliError, Count, Group, check_state, database, read
 
 __all__ = ["runs"]
@@ -19,6 +20,9 @@ __all__ = ["runs"]
 @click.group(cls=Group)
 def runs() -> None:
     """List and inspect recorded runs."""
+
+
+runs.add_command(logs)  # flowcore runs logs RUN_ID
 
 
 @runs.command("ls")

@@ -111,10 +111,10 @@ async def run_task(
             try:
                 try:
                     if inline:
-                        call = task.fn(*args, **kwargs)
+                        call = task.call(*args, **kwargs)
                     else:
                         call = executor.call(
-                            task.fn, args, kwargs, task.is_async, bool(timeout) or ctx.deadline
+                            task.call, args, kwargs, task.is_async, bool(timeout) or ctx.deadline
                         )
                     result = await (call if timeout is None else _within(call, timeout, task))
                 finally:

@@ -25,11 +25,11 @@ import anyio
 import anyio.abc
 
 from .. import _validate
-from .._current import current_limits
+from .._current import current_limits, current_task_run
 from ..clock import Clock, SystemClock
 from ..errors import ConfigurationError, UnsupportedBackend, deprecated
 from ..limits import Limit
-from ..options import Tracing
+from ..options import Logs, Tracing
 from ..records import FlowRunRecord
 from ..store import SQLiteStore, Store, resolve_store
 from ..store.crash import mark_crashed_runs
@@ -37,6 +37,9 @@ from ..telemetry import SpanExport, SpanMaker, configured_provider, from_environ
 from .executor import Executor, LocalExecutor, load_executor
 from .gates import Limits, RunGate
 from .inflight import InFlight
+from .logs import EngineLogs, RunLog, RunLogger
+from .logs import install as capture_logs
+from .logs import uninstall as stop_capturing_logs
 from .recorder import Recorder
 
 if TYPE_CHECKING:
@@ -46,7 +49,14 @@ if TYPE_CHECKING:
     from .replay import Replay
     from .spawner import Spawner
 
-__all__ = ["Engine", "EngineStatistics", "RunContext", "current_run", "in_engine"]
+__all__ = [
+    "Engine",
+    "EngineStatistics",
+    "RunContext",
+    "current_run",
+    "get_run_logger",
+    "in_engine",
+]
 
 T = TypeVar("T")
 
@@ -70,6 +80,7 @@ class EngineStatistics:
     spans_exported: int = 0
     spans_dropped: int = 0  # will not reach the collector: queue full, or export failed
     spans_failed: int = 0  # the part of spans_dropped whose export was tried and failed
+    logs_written: int = 0  # lines of run logs written to the store
 
 
 class Engine:
@@ -101,6 +112,11 @@ class Engine:
     for sync tasks). ``executors``: instances by name (a configured Dask
     executor, say); other names are loaded from the ``flowcore.executors``
     entry points. ``sync_threads``: worker threads of the local executor.
+
+    ``logs``: ``True`` (default: :class:`flowcore.Logs`' defaults), ``False`` (no
+    run logs kept), or a :class:`flowcore.Logs` with the level and the per-run
+    limits: ``logging`` records made in runs (and ``print`` in ``log_prints``
+    tasks and flows) are kept with their run (``flowcore runs logs RUN_ID``).
     """
 
     def __init__(
@@ -119,6 +135,7 @@ class Engine:
         executor: str = "local",
         executors: Mapping[str, Executor] | None = None,
         sync_threads: int = 40,
+        logs: bool | Logs = True,
         # Deprecated spellings, kept for one release:
         thread_limit: int | None = None,
         tracer_provider: Any = None,
@@ -167,6 +184,9 @@ class Engine:
                 problems.append(
                     f"FLOWCORE_TRACE_RETENTION_DAYS must be a number of days > 0, got {raw!r}"
                 )
+        given: object = logs
+        if given is not True and given is not False and not isinstance(given, Logs):
+            problems.append(f"`logs` must be True, False or a flowcore.Logs, got {logs!r}")
         if problems:
             raise ConfigurationError("invalid Engine options: " + "; ".join(problems))
         self.trace_retention_days = retention
@@ -187,6 +207,11 @@ class Engine:
         self.recorder = Recorder(
             self.store, flush_interval=flush_interval, wall_time=self.clock.time
         )
+        #: What the engine's runs share for their logs (``None``: ``logs=False``).
+        self.logs: EngineLogs | None = None
+        if logs is not False:
+            options = Logs() if logs is True else logs
+            self.logs = EngineLogs(options, self.recorder.logs, self.recorder.truncated)
         self.sync_threads = sync_threads
         #: The executors by name; "local" is always there.
         self.executors: dict[str, Executor] = {"local": LocalExecutor(sync_threads)}
@@ -197,6 +222,7 @@ class Engine:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._tokens: tuple[Token[Any], ...] = ()
         self._opened = False
+        self._capturing = False  # this engine installed the capture of logging
         # Counters, bumped on the hot path (plain ints: no locks needed on one loop).
         self.tasks_started = 0
         self.tasks_completed = 0
@@ -245,6 +271,9 @@ class Engine:
         tg.start_soon(self.recorder.run)
         tg.start_soon(self.limits.leases.keep)
         self._tokens = (_engine_var.set(self), current_limits.set(self.limits))
+        if self.logs is not None:
+            capture_logs(_run_var)  # from here nothing can fail: __aexit__ undoes it
+            self._capturing = True
         self._opened = True
         return self
 
@@ -263,11 +292,16 @@ class Engine:
                 pass
         tg, self._task_group = self._task_group, None
         try:
+            if self._capturing:
+                self.recorder.close_logs()
             # Shielded: the last records must reach the store even when we are
             # leaving because of a cancellation or Ctrl-C.
             with anyio.CancelScope(shield=True):
                 await self.recorder.flush()
         finally:
+            if self._capturing:
+                self._capturing = False
+                stop_capturing_logs()
             try:
                 if tg is not None:
                     tg.cancel_scope.cancel()
@@ -343,6 +377,7 @@ class Engine:
             spans_exported=export.exported if export is not None else 0,
             spans_dropped=export.dropped if export is not None else 0,
             spans_failed=export.failed if export is not None else 0,
+            logs_written=r.logs_written,
         )
 
     def __repr__(self) -> str:
@@ -402,8 +437,8 @@ class RunContext:
     """
 
     __slots__ = (
-        "_closers", "deadline", "engine", "executor", "failed", "gate", "parameters", "record",
-        "replay", "resources", "spawner", "task_group",
+        "_closers", "deadline", "engine", "executor", "failed", "gate", "log", "parameters",
+        "record", "replay", "resources", "spawner", "task_group",
     )  # fmt: skip
 
     def __init__(
@@ -431,6 +466,8 @@ class RunContext:
         #: Things made once per run and shared by its tasks (the HTTP client), by key.
         self.resources: dict[str, Any] | None = None
         self._closers: list[Callable[[], Awaitable[None]]] | None = None
+        #: The run's log (``None`` when the engine keeps no logs).
+        self.log: RunLog | None = None if engine.logs is None else RunLog(record.id, engine.logs)
 
     @property
     def id(self) -> str:
@@ -477,6 +514,25 @@ def current_run() -> RunContext:
             "@flowcore.flow function or a task it calls"
         )
     return ctx
+
+
+def get_run_logger() -> RunLogger:
+    """A logger bound to the current run (and task run): its lines are kept in the run's
+    log at the engine's ``Logs.level`` whatever the ``logging`` levels, and go to the
+    handlers of the ``flowcore.run`` logger as any logger's do.
+
+    >>> @flowcore.task
+    ... async def fetch(page: int) -> None:
+    ...     flowcore.get_run_logger().info("fetching page %d", page)
+    """
+    ctx = _run_var.get()
+    if ctx is None:
+        raise ConfigurationError(
+            "flowcore.get_run_logger() was called outside a flow run; call it in a "
+            "@flowcore.flow function or a task it calls (outside runs, use "
+            "logging.getLogger(__name__))"
+        )
+    return RunLogger(ctx.log, current_task_run.get(), ctx.record.id)
 
 
 async def in_engine(call: Callable[[Engine], Awaitable[T]]) -> T:

@@ -6,6 +6,9 @@ as changed (a dict assignment on the hot path) and this writer flushes every
 changed record, once, in one transaction, every ``flush_interval`` seconds, as
 soon as ``max_batch`` records are waiting, and whenever a run ends.
 
+Lines of run logs are queued as spans are (a deque: sync tasks log from worker
+threads) and written with the same batch.
+
 Changed records are keyed by identity, so a task that starts and finishes
 between two flushes costs one row, not two. After a flush the recorder drops
 its references: a finished task run is then garbage unless the user holds it.
@@ -41,6 +44,7 @@ from ..ids import error_message, error_name, safe_repr, safe_text, traceback_tex
 from ..records import (
     CacheEntry,
     FlowRunRecord,
+    LogRecord,
     SpanRecord,
     TaskRunRecord,
     WriteBatch,
@@ -84,6 +88,11 @@ class Recorder:
         self._writing_files: dict[str, bytes] = {}
         #: Finished spans to persist; a deque because SDK spans end on any thread.
         self.spans: deque[SpanRecord] = deque()
+        #: Lines of run logs to persist, in the order they were written (any thread).
+        self.logs: deque[LogRecord] = deque()
+        #: Run logs that reached their limit, by run id: called when the run ends, each
+        #: queues the line saying what was dropped (see ``engine.logs.RunLog``).
+        self.truncated: dict[str, Callable[[], None]] = {}
         #: Where large results go before the records that refer to them (None: inline).
         self.blobs = store.blobs
         # Group commit: flushes are numbered; commit() waits for the next one to finish.
@@ -104,6 +113,7 @@ class Recorder:
         self.flushes = 0
         self.rows_written = 0
         self.spans_written = 0
+        self.logs_written = 0
         self.last_error: StoreError | None = None
 
     # -- hot path: called by the engine on every state change --------------------------
@@ -122,6 +132,10 @@ class Recorder:
         self._flows[id(record)] = record
         if record.state.is_terminal:
             self._live_flows.pop(record.id, None)
+            if self.truncated:
+                close = self.truncated.pop(record.id, None)
+                if close is not None:
+                    close()  # the line saying how much of its log was dropped
         else:
             self._live_flows[record.id] = record
 
@@ -138,6 +152,14 @@ class Recorder:
 
     def pending_file(self, ref: str) -> bytes | None:
         return self._files.get(ref) or self._writing_files.get(ref)
+
+    def close_logs(self) -> None:
+        """Queue the closing line of every run log that dropped lines and whose run did
+        not say it ended (the engine closes): nothing dropped goes unmentioned."""
+        closers = list(self.truncated.values())
+        self.truncated.clear()  # in place: the engine's run logs hold this dict
+        for close in closers:
+            close()
 
     @property
     def pending(self) -> int:
@@ -281,7 +303,13 @@ class Recorder:
             for fr in self._live_flows.values():
                 fr.heartbeat = now
                 self._flows[id(fr)] = fr
-        if not self._tasks and not self._flows and not self._cache and not self.spans:
+        if (
+            not self._tasks
+            and not self._flows
+            and not self._cache
+            and not self.spans
+            and not self.logs
+        ):
             if self._admission:
                 self._let_in(everyone=False)
             # Nothing left to write (and no flush runs meanwhile: this holds the lock),
@@ -301,6 +329,8 @@ class Recorder:
         spans = []
         for _ in range(len(self.spans)):
             spans.append(self.spans.popleft())
+        queued = self.logs
+        logs = [queued.popleft() for _ in range(len(queued))]
         self._writing_cache, self._writing_files = cache, files
         try:
             if files and self.blobs is not None:
@@ -314,7 +344,9 @@ class Recorder:
                         "writable folder"
                     ) from exc
             await self._write(
-                WriteBatch(list(flows.values()), list(tasks.values()), list(cache.values()), spans)
+                WriteBatch(
+                    list(flows.values()), list(tasks.values()), list(cache.values()), spans, logs
+                )
             )
         except BaseException as exc:
             # Put the batch back under the newer changes (same objects, so no loss).
@@ -324,6 +356,7 @@ class Recorder:
             files.update(self._files)
             self._flows, self._tasks, self._cache, self._files = flows, tasks, cache, files
             self.spans.extendleft(reversed(spans))
+            self.logs.extendleft(reversed(logs))
             self._writing_cache, self._writing_files = {}, {}
             self._let_in(everyone=True)
             if not isinstance(exc, Exception):
@@ -342,6 +375,7 @@ class Recorder:
         self.flushes += 1
         self.rows_written += len(flows) + len(tasks) + len(cache)
         self.spans_written += len(spans)
+        self.logs_written += len(logs)
         self._completed = generation
         if self._admission:
             self._let_in(everyone=False)
@@ -400,7 +434,13 @@ def _scrub(batch: WriteBatch) -> bool:
     64 bits and values of other types become their repr, containers nested too deep a
     placeholder. Only called after a write failed, so it may take its time."""
     changed = False
-    for records in (batch.flow_runs, batch.task_runs, batch.cache_entries, batch.spans):
+    for records in (
+        batch.flow_runs,
+        batch.task_runs,
+        batch.cache_entries,
+        batch.spans,
+        batch.logs,
+    ):
         for record in records:
             for name in record.__struct_fields__:
                 value = getattr(record, name)

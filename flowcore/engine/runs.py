@@ -78,6 +78,7 @@ async def run_flow(
     retry: RetryPolicy | None = None,
     record: FlowRunRecord | None = None,
     upstream: list[int] | None = None,
+    refused: Exception | None = None,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` as a flow run called ``name``; return its result.
 
@@ -88,6 +89,10 @@ async def run_flow(
     ``record``: the run's record when the caller made it already (a resume claims
     its run in the store before it starts); by default one is made here.
     ``upstream``: the parent run's task runs whose futures were passed to this one.
+    ``refused``: why the run cannot start (its parameters are invalid): the run is
+    recorded, with ``parameters`` as given, and ends Failed with this error before
+    its body is called (never retried), so it is never dropped; then the error is
+    raised, as any failure of the run is (a parent flow sees it like a task failure).
     """
     now = time.time()
     if record is None:
@@ -97,6 +102,13 @@ async def run_flow(
         record.upstream = upstream
     record.entrypoint_hash = entrypoint_hash
     ctx = RunContext(engine, record, parameters)
+    if refused is not None:
+        error = refused
+
+        async def refuse() -> Any:
+            raise error
+
+        return await _drive(engine, ctx, refuse, None)
     if concurrency is not None:
         ctx.gate = RunGate(concurrency, engine.clock)
     if executor is not None:

@@ -22,6 +22,7 @@ from ..ids import safe_text
 from ..limits import task_limit
 from ..options import TaskOptions
 from ..serializers import return_type
+from .logs import print_scope, unwrapped
 
 __all__ = ["TaskSpec"]
 
@@ -34,8 +35,13 @@ class TaskSpec:
     """A function and its :class:`~flowcore.options.TaskOptions`, ready to run."""
 
     def __init__(self, fn: Callable[..., Any], options: TaskOptions) -> None:
-        self.fn: Callable[..., Any] = fn
+        #: The user's plain function (for unit tests of its logic: ``task.fn(x)``).
+        self.fn: Callable[..., Any] = unwrapped(fn)
+        #: What the engine calls: ``fn``, or with ``log_prints`` set, a wrapper that
+        #: sets where ``print`` goes during the call (see ``engine.logs``).
+        self.call: Callable[..., Any] = print_scope(self.fn, options.log_prints)
         self.options = options
+        self.log_prints = options.log_prints
         self.name: str = options.name or getattr(fn, "__name__", None) or type(fn).__name__
         self.retry = options.retry
         self.timeout = options.timeout

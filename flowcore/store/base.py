@@ -8,6 +8,7 @@ The split says who calls what:
 - :class:`CacheStore`: cache lookups on the hot path (``get_cache_nowait`` when
   the store can answer without waiting), and the CLI's ``cache`` commands.
 - :class:`SpanStore`: persisted spans, read by ``flowcore trace`` and pruned.
+- :class:`LogStore`: lines of run logs, read (and followed) by ``flowcore runs logs``.
 - :class:`LeaseStore`: slots and rates of limits shared by several processes;
   each call is one atomic claim (a write transaction, or its equivalent).
 - :class:`BlobStore` (``store.blobs``): large results, kept beside the records.
@@ -24,7 +25,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from ..errors import ConfigurationError
-from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
+from ..records import CacheEntry, FlowRunRecord, LogRecord, SpanRecord, TaskRunRecord, WriteBatch
 from ..states import TERMINAL, State
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "BlobStore",
     "CacheStore",
     "LeaseStore",
+    "LogStore",
     "RunStore",
     "SpanStore",
     "Store",
@@ -156,6 +158,35 @@ class SpanStore(Protocol):
         returns how many were deleted."""
 
 
+class LogStore(Protocol):
+    """Lines of run logs (``WriteBatch.logs``), written with the batches and read in order.
+
+    A write appends the lines of ``batch.logs`` in their order, giving each an ``id``
+    greater than that of every line written before, in any run and by any handle on
+    the database: a reader that has read up to ``id`` N reads every later line with
+    ``after=N``, however writes of several processes interleave (that is how
+    ``flowcore runs logs --follow`` pages). Lines are never changed once written.
+
+    Retention: lines stay as long as the store keeps them; nothing deletes runs yet,
+    and when something does, a run's lines go with it.
+    """
+
+    async def list_logs(
+        self,
+        run_id: str,
+        *,
+        seq: int | None = None,
+        task: str | None = None,
+        min_level: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+    ) -> list[LogRecord]:
+        """The lines of run ``run_id`` (an exact id), in the order they were written (by
+        ``id``), each with its ``id``: only those of task run ``seq``, only those of
+        tasks named ``task``, only those at ``min_level`` or above, only those whose
+        ``id`` is greater than ``after``; at most ``limit`` of them (the first ones)."""
+
+
 class LeaseStore(Protocol):
     """Limits shared by several processes: leased slots, waiters and rates.
 
@@ -232,7 +263,7 @@ class BlobStore(Protocol):
 
 
 @runtime_checkable
-class Store(RunStore, CacheStore, SpanStore, LeaseStore, Protocol):
+class Store(RunStore, CacheStore, SpanStore, LogStore, LeaseStore, Protocol):
     """Every role: what ``Engine(store=...)`` takes."""
 
     #: Where large results go (``None``: they stay inline in the records).

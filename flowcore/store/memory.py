@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -10,7 +11,14 @@ from typing import TypeVar
 import msgspec
 
 from ..errors import ConfigurationError, RunNotFound
-from ..records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
+from ..records import (
+    CacheEntry,
+    FlowRunRecord,
+    LogRecord,
+    SpanRecord,
+    TaskRunRecord,
+    WriteBatch,
+)
 from ..states import TERMINAL, State
 from .base import BlobStore, claimed_source, late_completion, not_found_message, replaces
 
@@ -35,6 +43,8 @@ class MemoryStore:
         self._spans: dict[tuple[str, str], SpanRecord] = {}
         self._leases: dict[str, tuple[str, str, str, int, float, int, float]] = {}
         self._rates: dict[str, float] = {}  # shared rate limits: name -> tat (see SQLiteStore)
+        self._logs: dict[str, list[LogRecord]] = {}  # lines of run logs, by run, in id order
+        self._log_id = 0  # the id of the last line written
         self.blobs: BlobStore | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
 
@@ -63,6 +73,10 @@ class MemoryStore:
                 by_seq[tr.seq] = _copy(tr)
             elif replaces(old_t.state, tr.state):
                 by_seq[tr.seq] = late_completion(old_t, _copy(tr))
+        for line in batch.logs:
+            self._log_id += 1
+            kept = msgspec.structs.replace(line, id=self._log_id)
+            self._logs.setdefault(line.run_id, []).append(kept)
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
@@ -156,6 +170,33 @@ class MemoryStore:
         for key in doomed:
             del self._spans[key]
         return len(doomed)
+
+    async def list_logs(
+        self,
+        run_id: str,
+        *,
+        seq: int | None = None,
+        task: str | None = None,
+        min_level: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+    ) -> list[LogRecord]:
+        if limit is not None and limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        lines = self._logs.get(run_id, [])
+        if after is not None:  # ids grow along the list: start after the cursor
+            lines = lines[bisect.bisect_right(lines, after, key=lambda line: line.id or 0) :]
+        found = []
+        for line in lines:
+            if (
+                (seq is None or line.seq == seq)
+                and (task is None or line.task == task)
+                and (min_level is None or line.level >= min_level)
+            ):
+                found.append(msgspec.structs.replace(line))
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
 
     async def lease_slots(
         self,

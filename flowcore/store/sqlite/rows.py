@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ...records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord
+from ...records import CacheEntry, FlowRunRecord, LogRecord, SpanRecord, TaskRunRecord
 from ...states import TERMINAL, State
 from ..base import FINISHED
 
@@ -28,9 +28,11 @@ __all__ = [
     "FLOW_COLS",
     "FLOW_WRITE_COLS",
     "INSERT_FLOW",
+    "INSERT_LOG",
     "INSERT_SPAN",
     "INSERT_TASK",
     "INSERT_TASK_NO_REF",
+    "LOG_COLS",
     "REPLACE_CRASHED_FLOW",
     "REPLACE_CRASHED_TASK",
     "TASK_COLS",
@@ -45,6 +47,8 @@ __all__ = [
     "cache_row",
     "flow_record",
     "flow_row",
+    "log_record",
+    "log_row",
     "multi_row",
     "replace_crashed_flow_params",
     "replace_crashed_task_params",
@@ -132,6 +136,10 @@ INSERT_TASK_NO_REF = "INSERT INTO task_runs (run_id, seq, name, state, body) VAL
 INSERT_SPAN = (
     "INSERT OR REPLACE INTO spans (trace_id, span_id, run_id, start, body) VALUES {values}"
 )
+#: A log line as written, and as read (``id`` first: the store gives it).
+LOG_WRITE_COLS = "run_id, seq, task, time, level, logger, message"
+LOG_COLS = f"id, {LOG_WRITE_COLS}"
+INSERT_LOG = f"INSERT INTO logs ({LOG_WRITE_COLS}) VALUES {{values}}"
 UPSERT_CACHE = f"""
 INSERT OR REPLACE INTO cache_entries ({CACHE_COLS}) VALUES {{values}}
 """
@@ -295,3 +303,16 @@ def span_row(s: SpanRecord) -> tuple[Any, ...]:
 
 def span_record(body: bytes) -> SpanRecord:
     return _span_dec.decode(body)
+
+
+def log_row(line: LogRecord) -> tuple[Any, ...]:
+    """A log line as written (``INSERT_LOG``)."""
+    return (line.run_id, line.seq, line.task, line.time, line.level, line.logger, line.message)
+
+
+def log_record(row: sqlite3.Row | tuple[Any, ...]) -> LogRecord:
+    """A log line read with ``LOG_COLS``."""
+    return LogRecord(
+        id=row[0], run_id=row[1], seq=row[2], task=row[3], time=row[4], level=row[5],
+        logger=row[6], message=row[7],
+    )  # fmt: skip

@@ -167,6 +167,24 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE UNIQUE INDEX flow_runs_one_resumption ON flow_runs (resumed_from) "
         "WHERE resumed_from IS NOT NULL AND state = 'Running'",
     ),
+    # 7: lines of run logs. `id` grows with every line written (AUTOINCREMENT: never
+    #    reused, even after deletes), so a reader follows a log by it. An index keeps
+    #    the rowid as its last column: (run_id) reads a run's lines in id order, and
+    #    (run_id, seq) a task run's.
+    7: (
+        """CREATE TABLE logs (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               run_id TEXT NOT NULL,
+               seq INTEGER,
+               task TEXT,
+               time REAL NOT NULL,
+               level INTEGER NOT NULL,
+               logger TEXT NOT NULL,
+               message TEXT NOT NULL
+           )""",
+        "CREATE INDEX logs_run ON logs (run_id)",
+        "CREATE INDEX logs_task_run ON logs (run_id, seq) WHERE seq IS NOT NULL",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(

@@ -32,7 +32,14 @@ import aiosqlite
 
 from ...errors import ConfigurationError, RunNotFound
 from ...ids import HOST
-from ...records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord, WriteBatch
+from ...records import (
+    CacheEntry,
+    FlowRunRecord,
+    LogRecord,
+    SpanRecord,
+    TaskRunRecord,
+    WriteBatch,
+)
 from ...states import TERMINAL
 from ..base import BlobStore, claimed_source, late_completion, not_found_message
 from ..files import FileBlobs
@@ -45,9 +52,11 @@ from .rows import (
     FINISHED_SQL,
     FLOW_COLS,
     INSERT_FLOW,
+    INSERT_LOG,
     INSERT_SPAN,
     INSERT_TASK,
     INSERT_TASK_NO_REF,
+    LOG_COLS,
     REPLACE_CRASHED_FLOW,
     REPLACE_CRASHED_TASK,
     TASK_COLS,
@@ -58,6 +67,8 @@ from .rows import (
     cache_row,
     flow_record,
     flow_row,
+    log_record,
+    log_row,
     multi_row,
     replace_crashed_flow_params,
     replace_crashed_task_params,
@@ -197,13 +208,18 @@ class SQLiteStore:
                     started.append(r)
         cache_rows = [cache_row(e) for e in batch.cache_entries]
         span_rows = [span_row(s) for s in batch.spans]
+        log_rows = [log_row(line) for line in batch.logs]
         inserts = [
             *multi_row(INSERT_TASK_NO_REF, new_rows),
             *multi_row(INSERT_TASK, new_rows_ref),
         ]
         flow_upserts = multi_row(UPSERT_FLOW, flow_rows)
         task_upserts = multi_row(UPSERT_TASK, again_rows)
-        batches = [*multi_row(UPSERT_CACHE, cache_rows), *multi_row(INSERT_SPAN, span_rows)]
+        batches = [
+            *multi_row(UPSERT_CACHE, cache_rows),
+            *multi_row(INSERT_SPAN, span_rows),
+            *multi_row(INSERT_LOG, log_rows),  # in order: ids grow as the lines were written
+        ]
 
         def run(db: sqlite3.Connection) -> None:
             upserted = again_rows
@@ -226,7 +242,7 @@ class SQLiteStore:
             for sql, params in batches:
                 db.executemany(sql, params)
 
-        rows = len(flow_rows) + len(task_runs) + len(cache_rows) + len(span_rows)
+        rows = len(flow_rows) + len(task_runs) + len(cache_rows) + len(span_rows) + len(log_rows)
         await self._io.write(run, rows)
         self._io.end_read()  # cache lookups from now on see what was just written
         for r in started:
@@ -404,6 +420,35 @@ class SQLiteStore:
 
         # Any number of rows: on the connection's thread, never blocking the event loop.
         return await self._io.write(delete, rows=1 << 30)
+
+    async def list_logs(
+        self,
+        run_id: str,
+        *,
+        seq: int | None = None,
+        task: str | None = None,
+        min_level: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+    ) -> list[LogRecord]:
+        if limit is not None and limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        where, params = ["run_id = ?"], list[int | str]([run_id])
+        clauses: tuple[tuple[str, int | str | None], ...] = (
+            ("seq = ?", seq),
+            ("task = ?", task),
+            ("level >= ?", min_level),
+            ("id > ?", after),
+        )
+        for clause, value in clauses:
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = await self._io.fetch(
+            f"SELECT {LOG_COLS} FROM logs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            [*params, -1 if limit is None else limit],
+        )
+        return [log_record(r) for r in rows]
 
     def get_cache_nowait(self, key: str) -> CacheEntry | None:
         """The cache entry with this key, read synchronously on the calling thread.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...records import CacheEntry, FlowRunRecord, SpanRecord, TaskRunRecord
+from ...records import CacheEntry, FlowRunRecord, LogRecord, SpanRecord, TaskRunRecord
 from ...states import State
 
 __all__ = [
@@ -18,8 +18,10 @@ __all__ = [
     "flow_run",
     "full_cache_entry",
     "full_flow_run",
+    "full_log_line",
     "full_span",
     "full_task_run",
+    "log_line",
     "span_record",
     "task_run",
 ]
@@ -146,3 +148,31 @@ def span_record(trace_id: str, span_id: str, start: int, **fields: Any) -> SpanR
 
 def cache_entry(key: str, created: float, task_name: str = "t", **fields: Any) -> CacheEntry:
     return CacheEntry(key=key, task_name=task_name, created=created, **fields)
+
+
+def log_line(run_id: str, message: str, **fields: Any) -> LogRecord:
+    fields.setdefault("seq", None)
+    fields.setdefault("task", None if fields["seq"] is None else "step")
+    fields.setdefault("time", 1000.0)
+    fields.setdefault("level", 20)
+    fields.setdefault("logger", "app")
+    return LogRecord(run_id=run_id, message=message, **fields)
+
+
+def full_log_line() -> LogRecord:
+    """A line whose text a careless encoding would lose: every kind of character a log
+    holds (a traceback's newlines, tabs, a NUL, escape sequences, other scripts, emoji)."""
+    return LogRecord(
+        run_id="0123456789abcdef0123456789abcdef",
+        seq=42,
+        task="fetch ünïcode ✓",
+        time=1_700_000_000.123456,
+        level=25,  # a level logging has no name for
+        logger="app.io.ünï",
+        message=(
+            "page 3: 'quoted' \"double\" \t tab \x00 nul \x1b[31mred\x1b[0m \r back "
+            "\u202e reversed 日本語 🚀\nTraceback (most recent call last):\n"
+            + '  File "x.py", line 1, in <module>\n' * 200
+            + "ValueError: boom"
+        ),
+    )
