@@ -26,6 +26,7 @@ from .engine.logs import print_scope
 from .engine.runs import run_flow
 from .errors import ConfigurationError, ParameterError, deprecated
 from .ids import error_message, error_name, safe_repr
+from .records import Launch
 from .retry import Backoff, RetryPolicy, validate_retry_options
 from .schedules import Schedule, flow_schedules
 from .secret import Secret
@@ -269,6 +270,17 @@ class Flow(Generic[P, R]):
             return values, args, kwargs, spec.error(problems)
         return values, args, kwargs, None
 
+    def call_with(
+        self, parameters: Mapping[str, Any], *, launch: Launch | None = None
+    ) -> Coroutine[Any, Any, R]:
+        """A run of the flow with ``parameters`` by name (``flow.call_with({"pages": "2"})``
+        is ``flow(pages="2")``), started by ``launch`` (a schedule's slot, a trigger: the
+        run records it). Parameters are checked and converted as a call's are; ones that
+        do not fit make a run recorded Failed with the :class:`~flowcore.ParameterError`,
+        which is raised. What ``flowcore serve`` calls; from code, call the flow.
+        """
+        return _call_flow(self, (), dict(parameters), launch)
+
     def _spec(self) -> _Parameters:
         # Built at first use, not at decoration: a forward reference in an annotation
         # (a class defined below the flow) resolves by then.
@@ -281,7 +293,12 @@ class Flow(Generic[P, R]):
         return f"<flowcore.Flow {self.name}>"
 
 
-async def _call_flow(flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _call_flow(
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    launch: Launch | None = None,
+) -> Any:
     upstream = None
     if (args or kwargs) and has_futures(args, kwargs):
         # Futures passed to a subflow: it waits for them and gets their results, and its
@@ -293,8 +310,8 @@ async def _call_flow(flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[s
     engine = _engine_var.get()
     if engine is None:
         async with Engine() as engine:
-            return await _start(engine, flow, args, kwargs, parameters, upstream, refused)
-    return await _start(engine, flow, args, kwargs, parameters, upstream, refused)
+            return await _start(engine, flow, args, kwargs, parameters, upstream, refused, launch)
+    return await _start(engine, flow, args, kwargs, parameters, upstream, refused, launch)
 
 
 def _start(
@@ -305,6 +322,7 @@ def _start(
     parameters: dict[str, Any],
     upstream: list[int] | None = None,
     refused: ParameterError | None = None,
+    launch: Launch | None = None,
 ) -> Coroutine[Any, Any, Any]:
     return run_flow(
         engine,
@@ -321,6 +339,7 @@ def _start(
         retry=flow.retry,
         upstream=upstream,
         refused=refused,
+        launch=launch,
     )
 
 

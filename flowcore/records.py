@@ -30,6 +30,7 @@ from .states import NEXT, TERMINAL, State
 __all__ = [
     "CacheEntry",
     "FlowRunRecord",
+    "Launch",
     "LogRecord",
     "SpanRecord",
     "TaskRunRecord",
@@ -73,12 +74,36 @@ class FlowRunRecord(msgspec.Struct, gc=False):
     # A subflow's dependency edges: seqs of its parent run's task runs whose futures
     # were passed to it (it waited for them and received their results).
     upstream: list[int] | None = None
+    # What started the run when a call did not (see :class:`Launch`): ``"schedule
+    # <key>"`` or ``"trigger <id>"``; with a schedule, the slot and the data interval
+    # it covers (unix seconds).
+    launched_by: str | None = None
+    scheduled_for: float | None = None
+    interval_start: float | None = None
+    interval_end: float | None = None
 
     @property
     def duration(self) -> float | None:
         if self.started is None or self.ended is None:
             return None
         return self.ended - self.started
+
+
+class Launch(msgspec.Struct, frozen=True, gc=False):
+    """What started a run when no call in user code did: a schedule's slot, a trigger.
+
+    Given to :meth:`flowcore.Flow.call_with` by ``flowcore serve``; the run records it
+    (:attr:`FlowRunRecord.launched_by` and the slot's times) and user code reads it
+    from ``flowcore.current_flow_run()``.
+    """
+
+    #: ``"schedule <key>"`` or ``"trigger <id>"``: shown with the run, and filtered on.
+    by: str
+    #: The slot's time (unix seconds), for a scheduled run.
+    scheduled_for: float | None = None
+    #: The data interval the slot covers: ``[interval_start, interval_end)``.
+    interval_start: float | None = None
+    interval_end: float | None = None
 
 
 class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):

@@ -444,6 +444,8 @@ def v5_runs() -> list[FlowRunRecord]:
     full = full_flow_run()
     full.machine = ""  # not a field before version 6
     full.entrypoint_hash = None  # nor this
+    full.upstream = None  # nor the later ones
+    full.launched_by = full.scheduled_for = full.interval_start = full.interval_end = None
     return [
         full,
         FlowRunRecord(id="minimal", name="f", state=State.COMPLETED, created=T0),
@@ -494,7 +496,9 @@ async def test_new_writes_to_a_migrated_database_round_trip_every_field(tmp_path
     every_field.id = "new"
     assert every_field.machine  # set, like every other field
     assert every_field.entrypoint_hash  # set too
-    new_fields = {"machine", "entrypoint_hash", "upstream"}  # fields added after version 5
+    # Fields added after version 5.
+    new_fields = {"machine", "entrypoint_hash", "upstream", "launched_by", "scheduled_for"}
+    new_fields |= {"interval_start", "interval_end"}
     assert set(FlowRunRecord.__struct_fields__) - new_fields <= set(V5_FLOW_COLS.split(", "))
     async with SQLiteStore(path) as store:
         await store.write(WriteBatch([every_field], []))

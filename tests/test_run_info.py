@@ -7,6 +7,8 @@ import threading
 import pytest
 
 import flowcore
+from flowcore.engine import Engine
+from flowcore.store.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +102,36 @@ def test_flow_with_options_keeps_its_schedules_and_print_capture() -> None:
     copy = etl.with_options(name="etl-copy")
     assert copy.schedules == etl.schedules and copy.log_prints is True
     assert copy.fn is etl.fn  # the plain function, whatever wraps it for a run
+
+
+async def test_a_launched_run_records_its_slot_and_the_run_sees_it() -> None:
+    from datetime import UTC, datetime
+
+    from flowcore.records import Launch
+
+    seen: list[flowcore.FlowRunInfo] = []
+
+    @flowcore.flow
+    async def nightly(pages: int) -> int:
+        seen.append(flowcore.current_flow_run())
+        return pages
+
+    store = MemoryStore()
+    async with Engine(store=store):
+        result = await nightly.call_with(
+            {"pages": "3"},
+            launch=Launch(
+                "schedule nightly", scheduled_for=7200.0, interval_start=3600.0, interval_end=7200.0
+            ),
+        )
+        plain = await nightly(pages=1)
+    assert result == 3 and plain == 1
+    info = seen[0]
+    assert info.scheduled_for == datetime(1970, 1, 1, 2, tzinfo=UTC)
+    assert info.interval_start == datetime(1970, 1, 1, 1, tzinfo=UTC)
+    assert info.interval_end == info.scheduled_for
+    assert info.launched_by == "schedule nightly"
+    assert seen[1].scheduled_for is None and seen[1].launched_by is None
+    runs = await store.list_runs(name="nightly")
+    scheduled = [r for r in runs if r.launched_by]
+    assert [r.scheduled_for for r in scheduled] == [7200.0]

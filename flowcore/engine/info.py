@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -40,6 +41,13 @@ class FlowRunInfo:
     resumed_from: str | None
     #: When the run started (unix seconds).
     started: float | None
+    #: For a run a schedule started: its slot (an aware UTC datetime), else ``None``.
+    scheduled_for: datetime | None = None
+    #: For a scheduled run: the data interval its slot covers, ``[start, end)`` (UTC).
+    interval_start: datetime | None = None
+    interval_end: datetime | None = None
+    #: What started it when no call did: ``"schedule <key>"``, ``"trigger <id>"``.
+    launched_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +84,15 @@ def _flow_info(record: FlowRunRecord, parameters: Mapping[str, Any]) -> FlowRunI
         parent_run_id=record.parent_run_id,
         resumed_from=record.resumed_from,
         started=record.started,
+        scheduled_for=_utc(record.scheduled_for),
+        interval_start=_utc(record.interval_start),
+        interval_end=_utc(record.interval_end),
+        launched_by=record.launched_by,
     )
+
+
+def _utc(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
 
 
 def _task_info(rec: TaskRunRecord) -> TaskRunInfo:

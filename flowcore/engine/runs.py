@@ -24,7 +24,7 @@ from .._process import MACHINE
 from ..encoding import encode_inputs
 from ..errors import FlowTimeout
 from ..ids import HOST, error_message, error_name, new_run_id, safe_repr, traceback_text
-from ..records import FlowRunRecord, transition
+from ..records import FlowRunRecord, Launch, transition
 from ..retry import RetryPolicy
 from ..states import State
 from .attempt import run_task
@@ -79,6 +79,7 @@ async def run_flow(
     record: FlowRunRecord | None = None,
     upstream: list[int] | None = None,
     refused: Exception | None = None,
+    launch: Launch | None = None,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` as a flow run called ``name``; return its result.
 
@@ -93,6 +94,7 @@ async def run_flow(
     recorded, with ``parameters`` as given, and ends Failed with this error before
     its body is called (never retried), so it is never dropped; then the error is
     raised, as any failure of the run is (a parent flow sees it like a task failure).
+    ``launch``: what started the run when no call did (a schedule's slot, a trigger).
     """
     now = time.time()
     if record is None:
@@ -101,6 +103,11 @@ async def run_flow(
     if upstream:
         record.upstream = upstream
     record.entrypoint_hash = entrypoint_hash
+    if launch is not None:
+        record.launched_by = launch.by
+        record.scheduled_for = launch.scheduled_for
+        record.interval_start = launch.interval_start
+        record.interval_end = launch.interval_end
     ctx = RunContext(engine, record, parameters)
     if refused is not None:
         error = refused

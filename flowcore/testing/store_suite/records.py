@@ -71,6 +71,11 @@ def full_flow_run() -> FlowRunRecord:
         span_id="b7ad6b7169203331",
         machine="linux:6f1c2a5e-0b7d-4c1e-9a8f-3d2e1c0b9a87:pidns:4:4026532190",
         entrypoint_hash="e3b0c442" * 8,
+        upstream=[3, 5],
+        launched_by="schedule every-5m",
+        scheduled_for=1_699_999_800.0,
+        interval_start=1_699_999_500.0,
+        interval_end=1_699_999_800.0,
     )
 
 
