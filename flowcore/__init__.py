@@ -17,6 +17,7 @@ The package is layered; each layer imports only the ones below it:
 - readers and front ends: :mod:`.views` (shared), :mod:`.cli`.
 """
 
+from . import hooks
 from .cache import CachePolicy
 from .engine import (
     Engine,
@@ -58,6 +59,7 @@ from .errors import (
     UpstreamFailed,
 )
 from .flow import Flow, flow, run
+from .hooks import HookEvent
 from .http import http_client, http_retry
 from .limits import Limit, limit
 from .options import Logs, TaskOptions, Tracing
@@ -89,6 +91,7 @@ __all__ = [
     "FlowTimeout",
     "FlowcoreDeprecationWarning",
     "FlowcoreError",
+    "HookEvent",
     "IntervalSchedule",
     "Limit",
     "LocalExecutor",
@@ -132,6 +135,7 @@ __all__ = [
     "every",
     "flow",
     "get_run_logger",
+    "hooks",
     "http_client",
     "http_retry",
     "limit",

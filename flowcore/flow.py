@@ -24,7 +24,8 @@ from .engine.core import Engine, _engine_var
 from .engine.inputs import has_futures, resolve_flow_inputs
 from .engine.logs import print_scope
 from .engine.runs import run_flow
-from .errors import ConfigurationError, ParameterError, deprecated
+from .errors import ConfigurationError, ParameterError, UpstreamFailed, deprecated
+from .hooks import HOOK_TIMEOUT, HookOption, Hooks, hooks_from_options
 from .ids import error_message, error_name, safe_repr
 from .records import Launch
 from .retry import Backoff, RetryPolicy, validate_retry_options
@@ -53,7 +54,7 @@ _KEEP = _Keep()
 class Flow(Generic[P, R]):
     """A flow: ``await my_flow(...)`` in async code, ``flowcore.run(my_flow, ...)`` in sync code.
 
-    ``name``, ``timeout``, ``concurrency`` and ``executor`` are its options (see
+    ``name``, ``timeout``, ``concurrency``, ``executor`` and ``hooks`` are its options (see
     :func:`flow`); ``fn`` is the plain function.
     """
 
@@ -69,6 +70,7 @@ class Flow(Generic[P, R]):
         validate_parameters: bool = True,
         log_prints: bool | None = None,
         schedules: Sequence[Schedule] = (),
+        hooks: Hooks | None = None,
     ) -> None:
         #: ``print`` in the flow's body (and its tasks, unless they say) goes to the run's
         #: log (True), or not (False); with it set, ``fn`` is a wrapper that says so.
@@ -88,6 +90,11 @@ class Flow(Generic[P, R]):
         self.validate_parameters = validate_parameters
         #: When ``flowcore serve`` runs it: its schedules (see :mod:`flowcore.schedules`).
         self.schedules: tuple[Schedule, ...] = tuple(schedules)
+        #: Its state hooks (``on_completion=...``; see :mod:`flowcore.hooks`), or ``None``.
+        self.hooks: Hooks | None = hooks or None
+        # As given, ``hook_timeout`` included when there is no hook yet (with_options
+        # builds on it).
+        self._hook_options = hooks if hooks is not None else Hooks()
         self._parameters: _Parameters | None = None  # built at the first call
         self.signature = inspect.signature(fn)
         # The parameter names when every parameter can be passed by position: a call
@@ -144,10 +151,17 @@ class Flow(Generic[P, R]):
         executor: str | _Keep | None = _KEEP,
         retries: int | None = None,
         validate_parameters: bool | None = None,
+        on_completion: HookOption | _Keep = _KEEP,
+        on_failure: HookOption | _Keep = _KEEP,
+        on_cancellation: HookOption | _Keep = _KEEP,
+        on_crashed: HookOption | _Keep = _KEEP,
+        on_retry: HookOption | _Keep = _KEEP,
+        hook_timeout: float | _Keep = _KEEP,
     ) -> Flow[P, R]:
         """A copy of this flow with some options changed; what is not named is kept.
 
-        ``timeout``, ``concurrency`` and ``executor`` may be set to ``None`` to drop them.
+        ``timeout``, ``concurrency`` and ``executor`` may be set to ``None`` to drop them;
+        an ``on_*`` hook option replaces that kind's hooks (``None``: none).
         (A copy under another name is resumed with ``flowcore.resume(run_id, flow=copy)``:
         its runs record where the original is defined.)
 
@@ -168,6 +182,26 @@ class Flow(Generic[P, R]):
             schedule=list(self.schedules),
         )(self.fn)
         changed.retry = self.retry if retries is None else _flow_retry(self.retry, retries)
+        given = {
+            key: value
+            for key, value in (
+                ("on_completion", on_completion),
+                ("on_failure", on_failure),
+                ("on_cancellation", on_cancellation),
+                ("on_crashed", on_crashed),
+                ("on_retry", on_retry),
+                ("hook_timeout", hook_timeout),
+            )
+            if not isinstance(value, _Keep)
+        }
+        problems: list[str] = []
+        hooks = hooks_from_options(self._hook_options, given, problems, what="flow")
+        if problems:
+            raise ConfigurationError(
+                f"invalid options for flow {changed.name!r}: " + "; ".join(problems)
+            )
+        changed.hooks = hooks or None
+        changed._hook_options = hooks
         return changed
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -300,13 +334,19 @@ async def _call_flow(
     launch: Launch | None = None,
 ) -> Any:
     upstream = None
+    failed_upstream: UpstreamFailed | None = None
     if (args or kwargs) and has_futures(args, kwargs):
         # Futures passed to a subflow: it waits for them and gets their results, and its
-        # run records the edges (a failed one fails the call, before any run is made).
-        args, kwargs, upstream = await resolve_flow_inputs(flow.name, args, kwargs)
+        # run records the edges. A failed one makes a run all the same, recorded Failed
+        # with the UpstreamFailed error (as invalid parameters do): visible, and its
+        # on_failure hooks fire.
+        args, kwargs, upstream, failed_upstream = await resolve_flow_inputs(flow.name, args, kwargs)
     # Checked and converted before the run starts; parameters that do not fit make a
     # run all the same, recorded Failed with the ParameterError (never dropped).
+    refused: ParameterError | UpstreamFailed | None
     parameters, args, kwargs, refused = flow.prepare_call(args, kwargs)
+    if failed_upstream is not None:
+        refused = failed_upstream  # parameters as given: futures are recorded as such
     engine = _engine_var.get()
     if engine is None:
         async with Engine() as engine:
@@ -321,7 +361,7 @@ def _start(
     kwargs: dict[str, Any],
     parameters: dict[str, Any],
     upstream: list[int] | None = None,
-    refused: ParameterError | None = None,
+    refused: ParameterError | UpstreamFailed | None = None,
     launch: Launch | None = None,
 ) -> Coroutine[Any, Any, Any]:
     return run_flow(
@@ -340,6 +380,7 @@ def _start(
         upstream=upstream,
         refused=refused,
         launch=launch,
+        hooks=flow.hooks,
     )
 
 
@@ -358,6 +399,12 @@ def flow(
     validate_parameters: bool = ...,
     log_prints: bool | None = ...,
     schedule: Schedule | Sequence[Schedule] | None = ...,
+    on_completion: HookOption = ...,
+    on_failure: HookOption = ...,
+    on_cancellation: HookOption = ...,
+    on_crashed: HookOption = ...,
+    on_retry: HookOption = ...,
+    hook_timeout: float = ...,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Flow[P, R]]: ...
 def flow(
     fn: Callable[..., Any] | None = None,
@@ -373,6 +420,12 @@ def flow(
     validate_parameters: bool = True,
     log_prints: bool | None = None,
     schedule: Schedule | Sequence[Schedule] | None = None,
+    on_completion: HookOption = None,
+    on_failure: HookOption = None,
+    on_cancellation: HookOption = None,
+    on_crashed: HookOption = None,
+    on_retry: HookOption = None,
+    hook_timeout: float = HOOK_TIMEOUT,
 ) -> Any:
     """Make an async function a flow: ``@flowcore.flow`` or ``@flowcore.flow(timeout=600)``.
 
@@ -388,7 +441,13 @@ def flow(
     (``flowcore runs logs``), and in its tasks unless they set ``log_prints`` too.
     ``schedule``: ``flowcore.cron(...)``, ``flowcore.every(...)`` or a list of them, the
     times ``flowcore serve`` runs it; their ``parameters`` must name the flow's.
-    (``max_concurrency`` is the deprecated spelling of ``concurrency``.)
+    ``on_completion``, ``on_failure``, ``on_cancellation``, ``on_crashed``, ``on_retry``:
+    state hooks, each a function or a list of functions (sync or async) called with one
+    :class:`flowcore.hooks.HookEvent`; ``on_failure`` fires for every way a run fails
+    (an error, a timeout, invalid parameters, a failed upstream, a crash found by
+    ``flowcore serve``). ``hook_timeout``: seconds each hook may run (see
+    :mod:`flowcore.hooks`). (``max_concurrency`` is the deprecated spelling of
+    ``concurrency``.)
     """
     if max_concurrency is not None:
         deprecated("@flowcore.flow(max_concurrency=...)", "concurrency=...", stacklevel=2)
@@ -407,6 +466,19 @@ def flow(
         )
         if problem
     ]
+    hooks = hooks_from_options(
+        Hooks(),
+        {
+            "on_completion": on_completion,
+            "on_failure": on_failure,
+            "on_cancellation": on_cancellation,
+            "on_crashed": on_crashed,
+            "on_retry": on_retry,
+            "hook_timeout": hook_timeout,
+        },
+        problems,
+        what="flow",
+    )
     if problems:
         label = getattr(fn, "__qualname__", None) or name or "flow"
         raise ConfigurationError(f"invalid options for flow {label!r}: " + "; ".join(problems))
@@ -431,6 +503,7 @@ def flow(
             validate_parameters=validate_parameters,
             log_prints=log_prints,
             schedules=flow_schedules(schedule, f),
+            hooks=hooks,
         )
 
     if fn is None:

@@ -23,6 +23,7 @@ from typing import Any, Final, TypedDict
 from . import _validate
 from .cache import CachePolicy
 from .errors import ConfigurationError, deprecated
+from .hooks import HOOK_OPTIONS, HOOK_TIMEOUT, Hook, HookOption, Hooks, hooks_from_options
 from .limits import limit_problems
 from .retry import Backoff, RetryOn, RetryPolicy, validate_retry_options
 from .serializers import SERIALIZERS
@@ -54,6 +55,26 @@ class TaskOptions:
     #: ``print`` in the task goes to its run's log (True), or not (False); ``None``:
     #: as where it is called (its flow's ``log_prints``, or its calling task's).
     log_prints: bool | None = None
+    #: State hooks, by kind (see :mod:`flowcore.hooks`; ``on_crashed`` stays empty for a
+    #: task), and the seconds each may run.
+    on_completion: tuple[Hook, ...] = ()
+    on_failure: tuple[Hook, ...] = ()
+    on_cancellation: tuple[Hook, ...] = ()
+    on_crashed: tuple[Hook, ...] = ()
+    on_retry: tuple[Hook, ...] = ()
+    hook_timeout: float = HOOK_TIMEOUT
+
+    @property
+    def hooks(self) -> Hooks:
+        """The hook options as one :class:`~flowcore.hooks.Hooks` (false when empty)."""
+        return Hooks(
+            self.on_completion,
+            self.on_failure,
+            self.on_cancellation,
+            self.on_crashed,
+            self.on_retry,
+            self.hook_timeout,
+        )
 
 
 class TaskArgs(TypedDict, total=False):
@@ -78,6 +99,12 @@ class TaskArgs(TypedDict, total=False):
     executor: str | None
     task_run_name: str | Callable[[Mapping[str, Any]], str] | None
     log_prints: bool | None
+    on_completion: HookOption
+    on_failure: HookOption
+    on_cancellation: HookOption
+    on_crashed: HookOption  # refused with the reason: a task's crash is seen by its flow
+    on_retry: HookOption
+    hook_timeout: float
 
 
 #: The retry shortcuts and the RetryPolicy field each one sets.
@@ -213,6 +240,11 @@ def task_options(
                 "`log_prints` must be True, False or None (as where the task is called), "
                 f"got {log_prints!r}"
             )
+    hook_options = {key: given.pop(key) for key in (*HOOK_OPTIONS, "hook_timeout") if key in given}
+    if hook_options:
+        hooks = hooks_from_options(old.hooks, hook_options, problems, what="task")
+        changes.update({option: hooks.of(kind) for option, kind in HOOK_OPTIONS.items()})
+        changes["hook_timeout"] = hooks.timeout
     assert not given, given  # every option is handled above
 
     if problems:

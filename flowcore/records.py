@@ -32,8 +32,12 @@ __all__ = [
     "FlowRunRecord",
     "Launch",
     "LogRecord",
+    "ScheduleState",
+    "ServedFlow",
+    "SlotClaim",
     "SpanRecord",
     "TaskRunRecord",
+    "Trigger",
     "WriteBatch",
     "task_run_label",
     "transition",
@@ -104,6 +108,10 @@ class Launch(msgspec.Struct, frozen=True, gc=False):
     #: The data interval the slot covers: ``[interval_start, interval_end)``.
     interval_start: float | None = None
     interval_end: float | None = None
+    #: The id the run takes: the id of the row a server's claim inserted (a slot's or a
+    #: trigger's run, claimed before it starts so a server killed in between leaves a
+    #: Crashed run, not a gap); ``None`` for a new id.
+    run_id: str | None = None
 
 
 class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
@@ -151,6 +159,83 @@ class TaskRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
     @property
     def label(self) -> str:
         return task_run_label(self.run_id, self.seq)
+
+
+class ScheduleState(msgspec.Struct, gc=False):
+    """What the store keeps of one schedule of a served flow (``flowcore serve``).
+
+    Keyed by ``(flow, key)`` (:attr:`flowcore.schedules.Schedule.key`). A server
+    upserts ``description`` and ``next_fire`` when it starts and as it goes; ``cursor``
+    moves only with a slot claim, and ``paused`` only by ``flowcore schedules
+    pause|resume``: a restarted server reads both back.
+    """
+
+    flow: str
+    key: str
+    #: JSON text: what the schedule is (cron expression or interval, time zone,
+    #: parameters, catch-up and overlap policies), for ``flowcore flows ls``.
+    description: str = "{}"
+    #: The last slot claimed (fired or skipped), unix seconds; ``None`` before the first.
+    cursor: float | None = None
+    #: When the schedule fires next (unix seconds), as its server last computed it.
+    next_fire: float | None = None
+    paused: bool = False
+    updated: float = 0.0
+
+
+class SlotClaim(msgspec.Struct, gc=False):
+    """One slot of a schedule, to claim (:meth:`flowcore.store.base.ServingStore.claim_slots`).
+
+    A slot is ``(flow, key, slot)``; whoever claims it first owns it, in any process.
+    ``run`` is the slot's run as it starts (Running, its id, host, pid, machine,
+    heartbeat and launch fields set), inserted in the claim's transaction, so a server
+    killed right after claiming leaves a run that crash detection marks Crashed, not a
+    gap; ``run`` is ``None`` and ``skipped`` says why for a slot claimed to be skipped
+    (the overlap policy, a catch-up policy): no other server fires it.
+    """
+
+    flow: str
+    key: str
+    slot: float
+    run: FlowRunRecord | None = None
+    skipped: str | None = None
+    #: Set by the store: when the claim was made (unix seconds).
+    claimed: float | None = None
+
+
+class Trigger(msgspec.Struct, gc=False):
+    """A run asked for by hand (``flowcore trigger``), queued until a server claims it."""
+
+    id: str
+    flow: str
+    #: JSON text of the parameters, as given (validated when the run starts: invalid
+    #: parameters make a run recorded Failed, never a dropped trigger).
+    parameters: str
+    created: float
+    #: Who asked (user@host), for display.
+    by: str = ""
+    #: The server (holder id) that claimed it, and when; the run it became.
+    claimed_by: str | None = None
+    claimed: float | None = None
+    run_id: str | None = None
+
+
+class ServedFlow(msgspec.Struct, gc=False):
+    """A flow a running server serves: the served-flows registry (``flowcore flows ls``)."""
+
+    flow: str
+    #: The serving process's holder id (one per server process).
+    holder: str
+    host: str
+    pid: int
+    started: float
+    heartbeat: float
+    entrypoint: str | None = None
+    #: JSON text: the parameters' schema (names, types, defaults), for ``trigger`` and UIs.
+    parameters_schema: str = "{}"
+    #: The keys of its schedules.
+    schedules: list[str] = msgspec.field(default_factory=list)
+    machine: str = ""
 
 
 class CacheEntry(msgspec.Struct, gc=False):

@@ -172,6 +172,7 @@ async def _resume(
             entrypoint=flow.entrypoint,
             entrypoint_hash=flow.entrypoint_hash,
             replay=replay,
+            hooks=flow.hooks,
             retry=flow.retry,
             record=record,
         )

@@ -349,6 +349,11 @@ def task(
     ``executor``: the name of the executor that calls the function (default: the
     flow's, else the engine's; ``"local"`` runs sync functions in worker threads,
     so they never block the event loop).
+    ``on_completion``, ``on_failure``, ``on_cancellation``, ``on_retry``: state hooks, each
+    a function or a list of functions (sync or async) called with one
+    :class:`flowcore.hooks.HookEvent` per task run (a Cached run completes, an
+    UpstreamFailed one fails); ``hook_timeout``: seconds each may run (default 30).
+    (``on_crashed`` is for flows: a task run's crash is found after its process died.)
 
     Every option is checked when the function is decorated, and every problem is
     reported at once:

@@ -18,9 +18,17 @@ import flowcore
 import flowcore.store.sqlite.schema as sqlite_store
 from flowcore import FlowRunRecord, SQLiteStore, State, TaskRunRecord
 from flowcore.encoding import decode_inputs
-from flowcore.records import WriteBatch, transition
+from flowcore.records import (
+    LogRecord,
+    ScheduleState,
+    ServedFlow,
+    SlotClaim,
+    Trigger,
+    WriteBatch,
+    transition,
+)
 from flowcore.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
-from flowcore.testing.store_suite.records import full_flow_run
+from flowcore.testing.store_suite.records import full_flow_run, full_log_line, full_task_run
 
 pytestmark = pytest.mark.anyio
 
@@ -578,6 +586,107 @@ async def test_migration_6_keeps_one_running_resumption_of_a_run(tmp_path: Path)
             "INSERT INTO flow_runs (id, name, state, created, resumed_from) "
             "VALUES ('third', 'f', 'Running', 1.0, 'x')"
         )
+
+
+def v7_database(
+    path: Path,
+    runs: Sequence[FlowRunRecord],
+    tasks: Sequence[TaskRunRecord],
+    logs: Sequence[LogRecord],
+) -> None:
+    """A database as a flowcore with schema version 7 (logs, before serving) left it."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN")
+        for number in range(1, 8):
+            for statement in MIGRATIONS[number]:
+                if statement not in sqlite_store.DATA_STEPS:  # no rows to convert yet
+                    conn.execute(statement)
+            conn.execute(f"INSERT INTO flowcore_meta VALUES ('migration.{number}', '7.5')")
+        conn.execute("INSERT INTO flowcore_meta VALUES ('schema_version', '7')")
+        conn.execute("PRAGMA user_version = 7")
+        conn.executemany(
+            "INSERT INTO flow_runs (id, name, kind, state, created, parent_run_id, "
+            "parent_task_seq, trace_id, resumed_from, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.id, r.name, r.kind, r.state.value, r.created, r.parent_run_id,
+                 r.parent_task_seq, r.trace_id, r.resumed_from, enc.encode(r))
+                for r in runs
+            ],
+        )  # fmt: skip
+        conn.executemany(
+            "INSERT INTO task_runs (run_id, seq, name, state, result_ref, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(t.run_id, t.seq, t.name, t.state.value, t.result_ref, enc.encode(t)) for t in tasks],
+        )
+        conn.executemany(
+            "INSERT INTO logs (id, run_id, seq, task, time, level, logger, message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(x.id, x.run_id, x.seq, x.task, x.time, x.level, x.logger, x.message) for x in logs],
+        )
+        conn.execute("COMMIT")
+
+
+async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_path: Path) -> None:
+    path = tmp_path / "flowcore.db"
+    full = full_flow_run()
+    running = FlowRunRecord(
+        id="running", name="ingest", state=State.RUNNING, created=T0 + 5, started=T0 + 5,
+        heartbeat=T0 + 6, history=[("Running", T0 + 5)], host="h", pid=7,
+        launched_by="schedule every-5m", scheduled_for=T0,
+    )  # fmt: skip
+    runs = [full, running, FlowRunRecord(id="done", name="ingest", state=State.COMPLETED,
+                                         created=T0)]  # fmt: skip
+    tasks = [
+        full_task_run(),
+        TaskRunRecord(run_id="running", seq=0, name="t", state=State.RUNNING, created=T0 + 5),
+    ]
+    line = full_log_line()
+    logs = [
+        msgspec.structs.replace(line, id=1, run_id="running", seq=0),
+        msgspec.structs.replace(line, id=2, run_id="running", seq=None, task=None),
+    ]
+    v7_database(path, runs, tasks, logs)
+    before = snapshot(path)
+    async with SQLiteStore(path) as store:
+        read = [await store.get_run(r.id) for r in runs]
+        read_tasks = [t for r in runs for t in await store.list_task_runs(r.id)]
+        read_logs = await store.list_logs("running")
+        active = [r.id for r in await store.active_runs("ingest")]
+        # The new tables take what a server writes.
+        claim = SlotClaim("ingest", "every-5m", T0 + 300, run=FlowRunRecord(
+            id="slot-run", name="ingest", state=State.RUNNING, created=T0 + 300, host="h", pid=8,
+        ))  # fmt: skip
+        claimed = await store.claim_slots([claim], T0 + 300)
+        await store.put_schedules([ScheduleState("ingest", "every-5m", next_fire=T0 + 600)])
+        await store.enqueue_trigger(Trigger("t1", "ingest", "{}", T0))
+        triggered = await store.claim_triggers(
+            ["ingest"], "srv", T0 + 1, lambda t: FlowRunRecord(
+                id="trigger-run", name="ingest", state=State.RUNNING, created=T0 + 1,
+            ),
+        )  # fmt: skip
+        await store.put_served([ServedFlow("ingest", "srv", "h", 8, T0, T0)])
+        once = await store.claim_once("crashed-hooks", ["running"], "srv", T0)
+        schedules = await store.list_schedules()
+        served = await store.list_served()
+    assert read == runs, "every flow run of the v7 database reads back as it was"
+    assert read_tasks == tasks
+    assert read_logs == logs
+    assert active == ["running"]
+    assert claimed == [True] and [t.run_id for t in triggered] == ["trigger-run"]
+    assert once == ["running"] and [s.flow for s in served] == ["ingest"]
+    assert [(s.cursor, s.next_fire) for s in schedules] == [(T0 + 300, T0 + 600)]
+    after = snapshot(path)
+    assert after["user_version"] == SCHEMA_VERSION
+    for table in ("flow_runs", "task_runs", "logs"):  # the v7 rows as they were, and new ones
+        assert set(before["rows"][table]) <= set(after["rows"][table]), table
+    assert set(before["schema"]) <= set(after["schema"]), "no v7 table or index changed"
+    new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
+    assert new == {
+        "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
+        "once", "flow_runs_active",
+    }  # fmt: skip
+    assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
 
 # Released migrations never change: a database migrated by them must mean the same to

@@ -225,6 +225,9 @@ async def test_futures_passed_to_a_subflow_are_waited_for_and_recorded_as_its_ed
     async with flowcore.Engine("memory") as engine:
         assert await parent() == 6
         assert engine.last_run is not None
-        (child,) = await engine.store.child_runs(engine.last_run.id)
+        children = await engine.store.child_runs(engine.last_run.id)
+    # The call given a failed future is a run too, recorded Failed (its hooks fire).
+    (child,) = [c for c in children if c.state is flowcore.State.COMPLETED]
     assert child.name == "total" and child.upstream == [0, 1, 2]
-    assert child.state is flowcore.State.COMPLETED
+    (refused,) = [c for c in children if c.state is flowcore.State.FAILED]
+    assert refused.error_type == "flowcore.UpstreamFailed" and refused.upstream == [3]

@@ -1109,3 +1109,26 @@ async def test_a_secret_parameter_is_refused_with_what_to_do(tmp_path: Path) -> 
         f"cannot resume run {failed[:8]}: its parameter 'password' was a flowcore.Secret, "
         "which is never recorded; call the flow again, passing the secret"
     )
+
+
+@pytest.mark.anyio
+async def test_a_resumed_run_fires_its_flows_hooks(tmp_path: Path) -> None:
+    """Regression: resume started the run without the flow's hooks, so a resumed run that
+    completed (or failed again) told nobody."""
+    seen: list[tuple[str, str]] = []
+
+    def note(event: flowcore.hooks.HookEvent) -> None:
+        seen.append((event.kind, event.run_id))
+
+    hooked = pipeline.with_options(on_completion=note, on_failure=note)
+    marker = tmp_path / "marker"
+    async with flowcore.Engine() as engine:
+        with pytest.raises(RuntimeError):
+            await hooked(5, str(marker))
+        failed = last_run_id(engine)
+        assert seen == [("failure", failed)]
+        marker.touch()
+        assert await flowcore.resume_async(failed, flow=hooked) == 100
+        resumed = last_run_id(engine)
+    assert resumed != failed
+    assert seen == [("failure", failed), ("completion", resumed)]

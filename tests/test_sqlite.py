@@ -691,3 +691,28 @@ async def test_a_cache_lookup_after_the_database_was_deleted_says_so_and_creates
         with pytest.raises(flowcore.StoreUnavailable, match="is gone"):
             store.get_cache_nowait("key")
         assert not path.exists()
+
+
+@pytest.mark.anyio
+async def test_changes_sees_every_commit_and_never_waits_for_the_writer(tmp_path: Path) -> None:
+    # `flowcore serve` polls changes() to wake for triggers and pauses: it must see this
+    # store's own commits (made on its other connections) and another process's, and
+    # answer at once while another process holds the write lock.
+    path = tmp_path / "flowcore.db"
+    async with SQLiteStore(path) as store:
+        first = await store.changes()
+        assert await store.changes() == first
+        await store.write(WriteBatch([_flow("a")], []))  # a small write: the loop's connection
+        second = await store.changes()
+        assert second != first
+        await store.write(WriteBatch([], _tasks("a", 1_000)))  # a big one: aiosqlite's thread
+        third = await store.changes()
+        assert third != second
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO once (kind, key, holder, claimed) VALUES ('k', 'x', 'h', 1)")
+            with anyio.fail_after(5):  # the write lock is held: changes() must not wait
+                assert await store.changes() == third  # not committed yet
+            other.execute("COMMIT")
+        assert await store.changes() != third
+        assert await store.claim_once("k", ["x", "y"], "me", 2.0) == ["y"]

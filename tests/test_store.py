@@ -94,6 +94,12 @@ def test_every_case_has_a_name_of_its_area() -> None:
         "lifecycle",
         "resume",
         "logs",
+        "slots",
+        "schedules",
+        "triggers",
+        "served",
+        "once",
+        "changes",
     }
     assert all(name == case.name for name, case in STORE_CASES.items())
     assert [name for name, case in STORE_CASES.items() if case.persistent] == [

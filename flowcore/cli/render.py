@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..records import CacheEntry, FlowRunRecord, TaskRunRecord, task_run_label
+from ..records import CacheEntry, FlowRunRecord, LogRecord, TaskRunRecord, task_run_label
 from ..states import State
 from ..views.cache import produced_by
 from ..views.format import (
@@ -41,6 +41,7 @@ __all__ = [
     "STATE_STYLES",
     "cache_table",
     "counts_text",
+    "failed_hooks_text",
     "plain",
     "result_text",
     "run_header",
@@ -211,6 +212,24 @@ def run_header(
 
 
 _KEY_WIDTH = 12  # of the run header's keys
+
+
+def failed_hooks_text(lines: Sequence[LogRecord], total: int, run_id: str) -> Text:
+    """``failed hooks (N):`` then one line per failed hook: when, where (``flow``, or the
+    task run), and the first line of what the run's log says (the traceback is in
+    ``flowcore runs logs``), each made :func:`visible`."""
+    out = Text(f"failed hooks ({total}):", style="bold red")
+    for line in lines:
+        where = "flow" if line.seq is None else f"{line.task or 'task'}#{line.seq}"
+        first = line.message.split("\n", 1)[0].removeprefix("flowcore: ")
+        out.append("\n  ")
+        out.append(format_local_time(line.time), style="dim")
+        out.append(f" {visible(where)} ", style="dim")
+        out.append_text(plain(first, "red"))
+    if total > len(lines):
+        more = f"{total - len(lines)} more: flowcore runs logs {run_id[:8]} --level ERROR"
+        out.append("\n  " + visible(more), "dim")
+    return out
 
 
 def _task_label(tr: TaskRunRecord, now: float, result: StoredResult | None) -> Text:

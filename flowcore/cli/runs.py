@@ -119,6 +119,8 @@ def runs_show(
         return
     console = Console()
     console.print(render.run_header(d.run, d.counts))
+    if d.failed_hooks_total:
+        console.print(render.failed_hooks_text(d.failed_hooks, d.failed_hooks_total, d.run.id))
     console.print(render.task_tree(d.run, d.task_runs, d.subflows, results=d.results))
     shown_end = offset + len(d.task_runs)
     which = "task runs" if state is None else f"{state} task runs"

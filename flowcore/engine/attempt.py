@@ -9,7 +9,9 @@
 4. cache: a stored result with the same key returns without a call;
 5. attempts: pass the limits, call the function through the executor under the
    timeout, give the limits back; on an error, retry after a backoff or fail;
-6. store the result, complete, and (strict durability) commit before returning.
+6. store the result, complete, and (strict durability) commit before returning;
+7. hooks (a task with any): fired once the end is recorded, before the span ends
+   and before the caller gets the result or the error (see ``engine.hooks``).
 
 It never awaits the store on the way (records are marked changed; the writer
 flushes them), and it stays one coroutine frame per task run: the steps that
@@ -33,6 +35,7 @@ from .cached import cache_lookup
 from .core import Engine, RunContext
 from .executor import LocalExecutor
 from .gates import Gate, enter, gates_for, leave
+from .hooks import task_hooks
 from .inflight import InFlight
 from .inputs import prepare, resolve_inputs
 from .outcome import finish_failed, move
@@ -88,11 +91,15 @@ async def run_task(
             found, value = await ctx.replay.take(task, rec)
             if found:
                 engine.tasks_completed += 1
+                if task.hooks is not None and task.hooks.on_completion:
+                    await task_hooks(ctx, task.hooks, rec, span)
                 return value
         if task.cache is not None and engine.cache_enabled:
             found, value, claimed = await cache_lookup(engine, task, rec, args, kwargs)
             if found:
                 engine.tasks_completed += 1
+                if task.hooks is not None and task.hooks.on_completion:
+                    await task_hooks(ctx, task.hooks, rec, span)
                 return value
         # 5. attempts.
         gates = (
@@ -122,7 +129,7 @@ async def run_task(
                         await leave(gates)  # per attempt: not held during a backoff
             except Exception as exc:
                 if _retries(task, rec, args, kwargs, exc):
-                    await _wait_for_retry(engine, task, rec, exc, span)
+                    await _wait_for_retry(ctx, task, rec, exc, span)
                     continue
                 _fail(engine, rec, exc)
                 raise
@@ -139,6 +146,8 @@ async def run_task(
         if engine.strict:
             # Strict durability: the completion is committed before anyone sees the result.
             await recorder.commit()
+        if task.hooks is not None and task.hooks.on_completion:  # one check without hooks
+            await task_hooks(ctx, task.hooks, rec, span)
         return result
     except BaseException as exc:
         # An error already recorded above, an error raised while handling one (a bad
@@ -148,6 +157,9 @@ async def run_task(
         error = exc
         if not rec.state.is_terminal:
             _end_unfinished(engine, rec, exc)
+        # Not after a success: a completion hook's KeyboardInterrupt is no failure.
+        if task.hooks is not None and not rec.state.is_success:
+            await task_hooks(ctx, task.hooks, rec, span, exc)
         raise
     finally:
         if span is not None:
@@ -240,8 +252,9 @@ async def _wait_at_gates(gates: list[Gate], rec: TaskRunRecord, engine: Engine, 
 
 
 async def _wait_for_retry(
-    engine: Engine, task: TaskSpec, rec: TaskRunRecord, exc: Exception, span: Any
+    ctx: RunContext, task: TaskSpec, rec: TaskRunRecord, exc: Exception, span: Any
 ) -> None:
+    engine = ctx.engine
     retries_done = rec.attempts - 1
     delay = task.retry.delay_for(retries_done, engine.rng, exc)
     message = error_message(exc, 1000)  # never raises, even if the error's __str__ does
@@ -258,6 +271,8 @@ async def _wait_for_retry(
                 "flowcore.retry.delay_s": delay,
             },
         )
+    if task.hooks is not None:  # on_retry: recorded Retrying, before the wait
+        await task_hooks(ctx, task.hooks, rec, span, exc, delay)
     if delay > 0:
         await engine.clock.sleep(delay)
     # No wait asked for: retry at once. Yielding to the loop would put the retry

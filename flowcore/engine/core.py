@@ -438,7 +438,7 @@ class RunContext:
 
     __slots__ = (
         "_closers", "deadline", "engine", "executor", "failed", "gate", "log", "parameters",
-        "record", "replay", "resources", "spawner", "task_group",
+        "record", "replay", "resources", "span", "spawner", "task_group",
     )  # fmt: skip
 
     def __init__(
@@ -468,6 +468,9 @@ class RunContext:
         self._closers: list[Callable[[], Awaitable[None]]] | None = None
         #: The run's log (``None`` when the engine keeps no logs).
         self.log: RunLog | None = None if engine.logs is None else RunLog(record.id, engine.logs)
+        #: The run's span while it runs (``None`` when not tracing): failed hooks of the
+        #: run and of its task runs become events on it.
+        self.span: Any = None
 
     @property
     def id(self) -> str:

@@ -275,17 +275,19 @@ async def resolve_inputs(
 
 async def resolve_flow_inputs(
     flow_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any], list[int]]:
+) -> tuple[tuple[Any, ...], dict[str, Any], list[int], UpstreamFailed | None]:
     """Futures passed to a (sub)flow: waited for and replaced by their results, as for a
-    task; returns the arguments and the seqs of the calling run's task runs they stood
-    for (the subflow run's edges). Raises :class:`~flowcore.UpstreamFailed`, before any
-    run is made, when one failed and its failure was not allowed."""
+    task; returns the arguments, the seqs of the calling run's task runs they stood
+    for (the subflow run's edges), and ``None``. When one failed (and its failure was
+    not allowed): the arguments as given, the edges, and the
+    :class:`~flowcore.UpstreamFailed` error, for the caller to make a run recorded
+    Failed with it (a failed run is visible, and its hooks fire)."""
     futures, _ = await _wait_for_dependencies(args, kwargs)
+    seqs = sorted({f.seq for f, _ in futures if f.seq >= 0})
     err = _upstream_failure(f"flow {flow_name!r}", futures)
     if err is not None:
-        raise err
-    seqs = sorted({f.seq for f, _ in futures if f.seq >= 0})
-    return (*_substituted(args, kwargs), seqs)
+        return args, kwargs, seqs, err
+    return (*_substituted(args, kwargs), seqs, None)
 
 
 async def _wait_for_dependencies(

@@ -43,6 +43,7 @@ from contextvars import ContextVar
 from typing import Any, Final, Protocol, TextIO, TypeVar, cast
 
 from .._current import current_task_run
+from ..hooks import HOOKS_LOGGER
 from ..ids import error_name, safe_repr, safe_str, safe_text
 from ..options import Logs
 from ..records import LogRecord, TaskRunRecord
@@ -63,6 +64,8 @@ __all__ = [
 RUN_LOGGER: Final = "flowcore.run"
 #: The logger name recorded for printed lines.
 PRINT_LOGGER: Final = "print"
+#: Loggers whose records the capture leaves alone: their lines are kept another way.
+_OWN_LOGGERS: Final = frozenset((RUN_LOGGER, HOOKS_LOGGER))
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -278,9 +281,10 @@ def _capture_factory(previous: _Factory, runs: ContextVar[Any]) -> _Factory:
         run = current_run.get()  # outside runs, the only cost
         if run is not None and active[0]:
             log = run.log
-            # get_run_logger()'s lines are taken by the RunLogger itself (bound to its run);
+            # get_run_logger()'s lines are taken by the RunLogger itself (bound to its run),
+            # a failed hook's by the hook runner (at ERROR, with the hook's task run);
             # logging.makeLogRecord() makes a record with no name and fills it in later.
-            if log is not None and name is not None and name != RUN_LOGGER:
+            if log is not None and name is not None and name not in _OWN_LOGGERS:
                 try:
                     log.take(record, current_task_run.get())
                 except Exception:  # never the application's logging call

@@ -23,6 +23,7 @@ from .._current import current_task_run
 from .._process import MACHINE
 from ..encoding import encode_inputs
 from ..errors import FlowTimeout
+from ..hooks import Hooks
 from ..ids import HOST, error_message, error_name, new_run_id, safe_repr, traceback_text
 from ..records import FlowRunRecord, Launch, transition
 from ..retry import RetryPolicy
@@ -30,6 +31,7 @@ from ..states import State
 from .attempt import run_task
 from .core import Engine, RunContext, _run_var, in_engine
 from .gates import RunGate
+from .hooks import flow_end_hooks, flow_retry_hooks
 from .inputs import prepare
 from .replay import Replay
 from .spawner import Spawner
@@ -80,6 +82,7 @@ async def run_flow(
     upstream: list[int] | None = None,
     refused: Exception | None = None,
     launch: Launch | None = None,
+    hooks: Hooks | None = None,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` as a flow run called ``name``; return its result.
 
@@ -95,10 +98,13 @@ async def run_flow(
     its body is called (never retried), so it is never dropped; then the error is
     raised, as any failure of the run is (a parent flow sees it like a task failure).
     ``launch``: what started the run when no call did (a schedule's slot, a trigger).
+    ``hooks``: the flow's state hooks (see :mod:`flowcore.engine.hooks`), fired for a
+    refused run too (its ``on_failure``).
     """
     now = time.time()
     if record is None:
-        record = new_flow_record(new_run_id(), name, "flow", encode_inputs((), (), parameters), now)
+        run_id = launch.run_id if launch is not None and launch.run_id else new_run_id()
+        record = new_flow_record(run_id, name, "flow", encode_inputs((), (), parameters), now)
     record.entrypoint = entrypoint
     if upstream:
         record.upstream = upstream
@@ -115,7 +121,7 @@ async def run_flow(
         async def refuse() -> Any:
             raise error
 
-        return await _drive(engine, ctx, refuse, None)
+        return await _drive(engine, ctx, refuse, None, None, hooks or None)
     if concurrency is not None:
         ctx.gate = RunGate(concurrency, engine.clock)
     if executor is not None:
@@ -128,7 +134,7 @@ async def run_flow(
     async def body() -> Any:
         return await fn(*args, **kwargs)
 
-    return await _drive(engine, ctx, body, timeout, retry)
+    return await _drive(engine, ctx, body, timeout, retry, hooks or None)
 
 
 async def run_standalone_task(task: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -156,6 +162,7 @@ async def _drive(
     body: Callable[[], Coroutine[Any, Any, Any]],
     timeout: float | None,
     retry: RetryPolicy | None = None,
+    hooks: Hooks | None = None,
 ) -> Any:
     """Run ``body`` as the flow run ``ctx``: record it, own its tasks, end it terminal.
 
@@ -163,12 +170,17 @@ async def _drive(
     same run, after its delay: the run goes Retrying, then Running again, and the
     body runs from the start with fresh tasks (the failed attempt's task runs stay
     recorded as they ended). ``timeout`` bounds each attempt.
+
+    ``hooks`` (``None``: none, the common case, which costs one check): the end hooks
+    fire once the terminal state is recorded and committed, while the run's span is
+    still open and before a top-level run's final flush; ``on_retry`` hooks fire when
+    the run is Retrying, before its backoff.
     """
     record = ctx.record
     recorder = engine.recorder
     engine.flows_running += 1
     run_token = _run_var.set(ctx)
-    span = _start_span(engine, ctx)  # under the calling task run's span, if any
+    span = ctx.span = _start_span(engine, ctx)  # under the calling task run's span, if any
     task_token = current_task_run.set(None)
     recorder.flow_changed(record)
     top_level = record.parent_run_id is None
@@ -186,7 +198,7 @@ async def _drive(
                 _finish(record, state, error)
                 recorder.flow_changed(record)
                 raise error
-            await _wait_for_retry(engine, ctx, retry, attempt, error)
+            await _wait_for_retry(engine, ctx, retry, attempt, error, hooks)
             attempt += 1
         _finish(record, State.COMPLETED, None)
         recorder.flow_changed(record)
@@ -198,6 +210,13 @@ async def _drive(
         error = exc
         raise
     finally:
+        interrupted: BaseException | None = None
+        if hooks is not None and record.state.is_terminal:
+            # Shielded within: they run while a cancelled run is being cancelled.
+            try:
+                await flow_end_hooks(ctx, hooks, error)
+            except BaseException as exc:  # a hook's KeyboardInterrupt or SystemExit
+                interrupted = exc  # raised once the run is closed as usual
         # Run-scoped resources (the shared HTTP client) close before the span ends.
         if ctx.resources is not None:
             await ctx.close_resources()
@@ -211,6 +230,7 @@ async def _drive(
         _run_var.reset(run_token)
         ctx.task_group = None
         ctx.spawner = None
+        ctx.span = None
         ctx.failed.clear()
         if top_level:
             # The end of a run is a durability point: its records are committed
@@ -218,6 +238,8 @@ async def _drive(
             # and the run is never recorded Completed: see Recorder.end_run).
             with anyio.CancelScope(shield=True):
                 await recorder.end_run(record)
+        if interrupted is not None:
+            raise interrupted
 
 
 async def _attempt(
@@ -280,14 +302,22 @@ async def _attempt(
 
 
 async def _wait_for_retry(
-    engine: Engine, ctx: RunContext, retry: RetryPolicy, attempt: int, error: BaseException
+    engine: Engine,
+    ctx: RunContext,
+    retry: RetryPolicy,
+    attempt: int,
+    error: BaseException,
+    hooks: Hooks | None,
 ) -> None:
-    """Record the flow run Retrying, wait out the policy's delay, and make it Running."""
+    """Record the flow run Retrying, fire its ``on_retry`` hooks, wait out the policy's
+    delay, and make it Running."""
     record = ctx.record
     delay = retry.delay_for(attempt, engine.rng, error)
     note = f"{error_name(error)}: {error_message(error, 300)} (retry in {delay:.3g} s)"
     transition(record, State.RETRYING, time.time(), note)
     engine.recorder.flow_changed(record)
+    if hooks is not None:
+        await flow_retry_hooks(ctx, hooks, error, delay)
     if delay > 0:
         await engine.clock.sleep(delay)
     transition(record, State.RUNNING, time.time())

@@ -18,6 +18,7 @@ from typing import Any, Final
 from ..cache import KeyMaker
 from ..encoding import first_input_prefix
 from ..errors import ConfigurationError
+from ..hooks import Hooks
 from ..ids import safe_text
 from ..limits import task_limit
 from ..options import TaskOptions
@@ -77,6 +78,8 @@ class TaskSpec:
         self._return_type: Any = _UNSET
         #: Names each call (``task_run_name``), or None: a task without one pays nothing.
         self.run_namer = _run_namer(self.name, options.task_run_name, self.signature)
+        #: The task's state hooks, or None: a task without any pays one check per run.
+        self.hooks: Hooks | None = options.hooks or None
 
     @property
     def return_type(self) -> Any:

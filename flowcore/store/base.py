@@ -11,6 +11,9 @@ The split says who calls what:
 - :class:`LogStore`: lines of run logs, read (and followed) by ``flowcore runs logs``.
 - :class:`LeaseStore`: slots and rates of limits shared by several processes;
   each call is one atomic claim (a write transaction, or its equivalent).
+- :class:`ServingStore`: what ``flowcore serve`` needs to run schedules and triggers
+  from several processes at once: slot claims, schedule state, the trigger queue,
+  the served-flows registry, one-shot claims and a change token.
 - :class:`BlobStore` (``store.blobs``): large results, kept beside the records.
 
 ``flowcore.testing.check_store(factory)`` is the executable form of this
@@ -19,13 +22,24 @@ contract: a store that passes it can back flowcore.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
 from ..errors import ConfigurationError
-from ..records import CacheEntry, FlowRunRecord, LogRecord, SpanRecord, TaskRunRecord, WriteBatch
+from ..records import (
+    CacheEntry,
+    FlowRunRecord,
+    LogRecord,
+    ScheduleState,
+    ServedFlow,
+    SlotClaim,
+    SpanRecord,
+    TaskRunRecord,
+    Trigger,
+    WriteBatch,
+)
 from ..states import TERMINAL, State
 
 __all__ = [
@@ -35,6 +49,7 @@ __all__ = [
     "LeaseStore",
     "LogStore",
     "RunStore",
+    "ServingStore",
     "SpanStore",
     "Store",
     "claimed_source",
@@ -237,6 +252,119 @@ class LeaseStore(Protocol):
         """``(name, tat)`` of every shared rate limit."""
 
 
+class ServingStore(Protocol):
+    """Schedules and triggers served by any number of ``flowcore serve`` processes.
+
+    Every claim is atomic across handles and processes (a write transaction, or its
+    equivalent): a slot, a trigger or a one-shot key is claimed once. Times are
+    unix seconds given by the caller; the store reads no clock of its own.
+    """
+
+    async def claim_slots(self, claims: Sequence[SlotClaim], now: float) -> list[bool]:
+        """Claim these slots, all in one transaction; for each, whether it was claimed here.
+
+        A slot ``(flow, key, slot)`` already claimed (by anyone, fired or skipped) is
+        not claimed again, and nothing of its claim is written. A claimed slot is
+        recorded (with ``claimed=now``); its ``run``, when given, is inserted as it is
+        (a new row: a run with that id already there makes the claim fail as taken);
+        the schedule's ``cursor`` moves to the slot when it is later than the stored
+        one (a schedule with no stored state gets one). Many slots (a thousand
+        schedules due in the same minute) are one transaction, not one each.
+        """
+
+    async def list_slots(
+        self, flow: str, key: str | None = None, *, limit: int = 100
+    ) -> list[SlotClaim]:
+        """Claimed slots of ``flow`` (of schedule ``key``), newest slot first, without
+        their ``run`` (its id is ``run.id`` of the claim when it was fired: read it with
+        :meth:`slot_run_ids`)."""
+
+    async def slot_run_ids(self, flow: str, key: str, slots: Sequence[float]) -> list[str | None]:
+        """The run id each of these claimed slots started (``None``: skipped or unclaimed)."""
+
+    async def put_schedules(self, states: Sequence[ScheduleState]) -> list[ScheduleState]:
+        """Upsert schedules' ``description``, ``next_fire`` and ``updated``, keeping the
+        stored ``cursor`` and ``paused`` (a new schedule takes the given ones); returns
+        them as stored, in the given order."""
+
+    async def list_schedules(self, *, flow: str | None = None) -> list[ScheduleState]:
+        """Stored schedules (of ``flow``), by flow then key."""
+
+    async def set_paused(self, flow: str, key: str | None, paused: bool) -> int:
+        """Pause or resume schedule ``key`` of ``flow`` (every schedule of ``flow`` when
+        ``key`` is ``None``); returns how many schedules there were."""
+
+    async def active_runs(self, name: str, launched_by: str | None = None) -> list[FlowRunRecord]:
+        """Top-level runs of flow ``name`` (launched by ``launched_by``) that are not
+        finished (Pending, Running, Retrying), oldest first: what ``max_active_runs``
+        counts, across processes."""
+
+    async def enqueue_trigger(self, trigger: Trigger) -> None:
+        """Queue a trigger (its ``claimed_by``, ``claimed`` and ``run_id`` unset)."""
+
+    async def claim_triggers(
+        self,
+        flows: Sequence[str],
+        holder: str,
+        now: float,
+        make_run: Callable[[Trigger], FlowRunRecord],
+        *,
+        limit: int = 100,
+    ) -> list[Trigger]:
+        """Claim up to ``limit`` unclaimed triggers of these flows, oldest first, in one
+        transaction; each trigger is claimed once across every handle and process.
+
+        For each, ``make_run(trigger)`` gives the run it becomes (Running, its id,
+        host, pid, machine, heartbeat and launch set), inserted in the same
+        transaction; the trigger records ``holder``, ``now`` and the run's id. A server
+        killed after claiming leaves a run that crash detection marks Crashed.
+
+        ``make_run`` is called on the caller's thread for each trigger about to be
+        claimed, before the transaction (a store may read the candidates first): it
+        must be quick and touch no store, and a run it made for a trigger another
+        handle claimed in between is dropped (that call then claims fewer). A run id
+        already in the store is the caller's bug: ``ConfigurationError``, nothing
+        claimed. An id given to :meth:`enqueue_trigger` twice is one too.
+        """
+
+    async def get_trigger(self, trigger_id: str) -> Trigger | None:
+        """The trigger with this id (claimed or not), or ``None``."""
+
+    async def list_triggers(
+        self, *, flow: str | None = None, pending: bool = False, limit: int = 100
+    ) -> list[Trigger]:
+        """Triggers (of ``flow``; only unclaimed ones with ``pending``), newest first."""
+
+    async def put_served(self, served: Sequence[ServedFlow]) -> None:
+        """Upsert the registry rows of a server, keyed by ``(flow, holder)``."""
+
+    async def beat_served(self, holder: str, now: float) -> None:
+        """Refresh the ``heartbeat`` of every registry row of ``holder``."""
+
+    async def remove_served(self, holder: str) -> None:
+        """Remove every registry row of ``holder`` (a server stopping)."""
+
+    async def list_served(self) -> list[ServedFlow]:
+        """Every registry row, by flow then ``started``; stale ones included (the
+        reader judges them by ``heartbeat``)."""
+
+    async def claim_once(
+        self, kind: str, keys: Sequence[str], holder: str, now: float
+    ) -> list[str]:
+        """Claim one-shot ``keys`` of ``kind`` (e.g. ``"crashed-hooks"`` and run ids), in
+        one transaction; returns those claimed here, in the given order. A key is
+        claimed once, ever, across every handle and process."""
+
+    async def changes(self) -> int:
+        """A token that changes whenever another handle or process commits (SQLite's
+        ``PRAGMA data_version``, a counter in memory): polled every ~100 ms by a server
+        so it wakes for a trigger or a pause without reading tables. Cheap; never
+        blocks behind a writer. Compare tokens for equality only (they need not grow).
+        It stays the same while nothing is committed; whether a commit through the
+        same handle changes it is up to the store (it does in both built-in stores:
+        SQLite writes on connections other than the one that asks)."""
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """Large results, by reference (the SHA-256 of their content).
@@ -263,7 +391,7 @@ class BlobStore(Protocol):
 
 
 @runtime_checkable
-class Store(RunStore, CacheStore, SpanStore, LogStore, LeaseStore, Protocol):
+class Store(RunStore, CacheStore, SpanStore, LogStore, LeaseStore, ServingStore, Protocol):
     """Every role: what ``Engine(store=...)`` takes."""
 
     #: Where large results go (``None``: they stay inline in the records).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -15,8 +15,12 @@ from ..records import (
     CacheEntry,
     FlowRunRecord,
     LogRecord,
+    ScheduleState,
+    ServedFlow,
+    SlotClaim,
     SpanRecord,
     TaskRunRecord,
+    Trigger,
     WriteBatch,
 )
 from ..states import TERMINAL, State
@@ -31,7 +35,9 @@ class MemoryStore:
     """Records in dictionaries, lost when the process ends.
 
     Writes store copies, so what a reader sees is what was written, as with a
-    real database, and not the engine's live objects.
+    real database, and not the engine's live objects. One store is one handle: every
+    method runs to its end without an await, so each call is atomic, as a claim
+    must be.
     """
 
     location = ":memory:"
@@ -47,6 +53,14 @@ class MemoryStore:
         self._log_id = 0  # the id of the last line written
         self.blobs: BlobStore | None = None  # results stay inline, in memory
         self.writes = 0  # number of write batches, for tests of the batching
+        # Serving (flowcore serve): schedule state, claimed slots, the trigger queue,
+        # the served-flows registry and one-shot claims, keyed as the SQLite tables are.
+        self._schedules: dict[tuple[str, str], ScheduleState] = {}
+        self._slots: dict[tuple[str, str, float], tuple[str | None, str | None, float]] = {}
+        self._triggers: dict[str, Trigger] = {}
+        self._served: dict[tuple[str, str], ServedFlow] = {}
+        self._once: dict[tuple[str, str], tuple[str, float]] = {}
+        self._changes = 0  # bumped by every change of any kind: see changes()
 
     async def open(self) -> None:
         pass
@@ -55,6 +69,7 @@ class MemoryStore:
         pass
 
     async def write(self, batch: WriteBatch) -> None:
+        self._changes += 1
         self.writes += 1
         for span in batch.spans:
             self._spans[(span.trace_id, span.span_id)] = _copy_span(span)
@@ -142,6 +157,7 @@ class MemoryStore:
         if run.id in self._runs:
             raise ConfigurationError(f"claim_resume: a run with id {run.id!r} exists already")
         self._runs[run.id] = _copy(run)  # checked and written without an await: atomic
+        self._changes += 1
         return None
 
     async def list_spans(self, trace_id: str) -> list[SpanRecord]:
@@ -169,6 +185,7 @@ class MemoryStore:
         ]
         for key in doomed:
             del self._spans[key]
+        self._changes += 1
         return len(doomed)
 
     async def list_logs(
@@ -221,6 +238,7 @@ class MemoryStore:
         )
         others = sum(row[5] for _, row in mine if row[5] and row[1] != holder)
         grant = max(0, min(want, capacity - held - ahead))
+        self._changes += 1
         granted = [uuid.uuid4().hex for _ in range(grant)]
         for lease in granted:
             leases[lease] = (name, holder, "", 0, expires, 0, since)
@@ -231,9 +249,11 @@ class MemoryStore:
         return granted, others
 
     async def release_lease(self, lease_id: str) -> None:
+        self._changes += 1
         self._leases.pop(lease_id, None)
 
     async def renew_leases(self, holder: str, expires: float) -> None:
+        self._changes += 1
         for key, (name, who, host, pid, _, waiting, since) in list(self._leases.items()):
             if who == holder:
                 self._leases[key] = (name, who, host, pid, expires, waiting, since)
@@ -246,6 +266,7 @@ class MemoryStore:
 
     async def reserve_rate(self, name: str, interval: float, tolerance: float, now: float) -> float:
         tat = max(self._rates.get(name, now), now)
+        self._changes += 1
         self._rates[name] = tat + interval
         return max(now, tat - tolerance)
 
@@ -262,6 +283,7 @@ class MemoryStore:
         return [msgspec.structs.replace(e) for e in entries]
 
     async def delete_cache(self, keys: Sequence[str]) -> None:
+        self._changes += 1
         for key in keys:
             self._cache.pop(key, None)
 
@@ -270,6 +292,197 @@ class MemoryStore:
         for tasks in self._tasks.values():
             refs.update(t.result_ref for t in tasks.values() if t.result_ref)
         return refs
+
+    # -- serving (flowcore serve) ----------------------------------------------------------
+
+    async def claim_slots(self, claims: Sequence[SlotClaim], now: float) -> list[bool]:
+        got: list[bool] = []
+        for claim in claims:
+            key = (claim.flow, claim.key, claim.slot)
+            run = claim.run
+            if key in self._slots or (run is not None and run.id in self._runs):
+                got.append(False)
+                continue
+            self._slots[key] = (None if run is None else run.id, claim.skipped, now)
+            if run is not None:
+                self._runs[run.id] = _copy(run)
+            state = self._schedules.get((claim.flow, claim.key))
+            if state is None:
+                self._schedules[(claim.flow, claim.key)] = ScheduleState(
+                    claim.flow, claim.key, cursor=claim.slot, updated=now
+                )
+            elif state.cursor is None or claim.slot > state.cursor:
+                state.cursor = claim.slot
+            got.append(True)
+        self._changes += 1
+        return got
+
+    async def list_slots(
+        self, flow: str, key: str | None = None, *, limit: int = 100
+    ) -> list[SlotClaim]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        found = [
+            SlotClaim(f, k, slot, skipped=skipped, claimed=claimed)
+            for (f, k, slot), (_, skipped, claimed) in self._slots.items()
+            if f == flow and key in (None, k)
+        ]
+        found.sort(key=lambda c: (c.slot, c.key), reverse=True)
+        return found[:limit]
+
+    async def slot_run_ids(self, flow: str, key: str, slots: Sequence[float]) -> list[str | None]:
+        return [self._slots.get((flow, key, slot), (None,))[0] for slot in slots]
+
+    async def put_schedules(self, states: Sequence[ScheduleState]) -> list[ScheduleState]:
+        stored: list[ScheduleState] = []
+        for given in states:
+            old = self._schedules.get((given.flow, given.key))
+            new = msgspec.structs.replace(given)
+            if old is not None:
+                new.cursor, new.paused = old.cursor, old.paused
+            self._schedules[(given.flow, given.key)] = new
+            stored.append(msgspec.structs.replace(new))
+        self._changes += 1
+        return stored
+
+    async def list_schedules(self, *, flow: str | None = None) -> list[ScheduleState]:
+        return [
+            msgspec.structs.replace(state)
+            for (f, _), state in sorted(self._schedules.items())
+            if flow in (None, f)
+        ]
+
+    async def set_paused(self, flow: str, key: str | None, paused: bool) -> int:
+        found = [
+            state for (f, k), state in self._schedules.items() if f == flow and key in (None, k)
+        ]
+        for state in found:
+            state.paused = paused
+        self._changes += 1
+        return len(found)
+
+    async def active_runs(self, name: str, launched_by: str | None = None) -> list[FlowRunRecord]:
+        runs = [
+            r
+            for r in self._runs.values()
+            if r.name == name
+            and r.parent_run_id is None
+            and r.state in _UNFINISHED
+            and launched_by in (None, r.launched_by)
+        ]
+        runs.sort(key=lambda r: (r.created, r.id))
+        return [_copy(r) for r in runs]
+
+    async def enqueue_trigger(self, trigger: Trigger) -> None:
+        if trigger.id in self._triggers:
+            raise ConfigurationError(
+                f"enqueue_trigger: a trigger with id {trigger.id!r} exists already; "
+                "give each trigger a new id"
+            )
+        self._triggers[trigger.id] = msgspec.structs.replace(
+            trigger, claimed_by=None, claimed=None, run_id=None
+        )
+        self._changes += 1
+
+    async def claim_triggers(
+        self,
+        flows: Sequence[str],
+        holder: str,
+        now: float,
+        make_run: Callable[[Trigger], FlowRunRecord],
+        *,
+        limit: int = 100,
+    ) -> list[Trigger]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        wanted = set(flows)
+        pending = sorted(
+            (t for t in self._triggers.values() if t.claimed_by is None and t.flow in wanted),
+            key=lambda t: (t.created, t.id),
+        )[:limit]
+        runs = [make_run(msgspec.structs.replace(t)) for t in pending]
+        _refuse_taken_ids(runs, self._runs)  # before anything is written: all or nothing
+        claimed: list[Trigger] = []
+        for trigger, run in zip(pending, runs, strict=True):
+            self._runs[run.id] = _copy(run)
+            trigger.claimed_by, trigger.claimed, trigger.run_id = holder, now, run.id
+            claimed.append(msgspec.structs.replace(trigger))
+        self._changes += 1
+        return claimed
+
+    async def get_trigger(self, trigger_id: str) -> Trigger | None:
+        trigger = self._triggers.get(trigger_id)
+        return None if trigger is None else msgspec.structs.replace(trigger)
+
+    async def list_triggers(
+        self, *, flow: str | None = None, pending: bool = False, limit: int = 100
+    ) -> list[Trigger]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        found = [
+            t
+            for t in self._triggers.values()
+            if flow in (None, t.flow) and not (pending and t.claimed_by is not None)
+        ]
+        found.sort(key=lambda t: (t.created, t.id), reverse=True)
+        return [msgspec.structs.replace(t) for t in found[:limit]]
+
+    async def put_served(self, served: Sequence[ServedFlow]) -> None:
+        for row in served:
+            self._served[(row.flow, row.holder)] = _copy_served(row)
+        self._changes += 1
+
+    async def beat_served(self, holder: str, now: float) -> None:
+        for (_, who), row in self._served.items():
+            if who == holder:
+                row.heartbeat = now
+        self._changes += 1
+
+    async def remove_served(self, holder: str) -> None:
+        for key in [k for k in self._served if k[1] == holder]:
+            del self._served[key]
+        self._changes += 1
+
+    async def list_served(self) -> list[ServedFlow]:
+        rows = sorted(self._served.values(), key=lambda r: (r.flow, r.started, r.holder))
+        return [_copy_served(r) for r in rows]
+
+    async def claim_once(
+        self, kind: str, keys: Sequence[str], holder: str, now: float
+    ) -> list[str]:
+        claimed: list[str] = []
+        for key in keys:
+            if (kind, key) not in self._once:
+                self._once[(kind, key)] = (holder, now)
+                claimed.append(key)
+        self._changes += 1
+        return claimed
+
+    async def changes(self) -> int:
+        """A counter bumped by every change of any kind through this store (its only
+        handle): it differs after any write, claim, enqueue or put, and stays the same
+        while nothing is written."""
+        return self._changes
+
+
+#: The states of a run that is not finished: what ``active_runs`` counts.
+_UNFINISHED = frozenset({State.PENDING, State.RUNNING, State.RETRYING})
+
+
+def _refuse_taken_ids(runs: Sequence[FlowRunRecord], stored: dict[str, FlowRunRecord]) -> None:
+    """A claim's run is a new row: an id already stored (or given twice) is a caller's bug."""
+    seen: set[str] = set()
+    for run in runs:
+        if run.id in stored or run.id in seen:
+            raise ConfigurationError(
+                f"claim_triggers: make_run gave run id {run.id!r}, which is taken; "
+                "make_run must give each run a new id"
+            )
+        seen.add(run.id)
+
+
+def _copy_served(row: ServedFlow) -> ServedFlow:
+    return msgspec.structs.replace(row, schedules=list(row.schedules))
 
 
 def _claim_holder(

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
-from ..records import FlowRunRecord, TaskRunRecord
+from ..hooks import HOOKS_LOGGER
+from ..records import FlowRunRecord, LogRecord, TaskRunRecord
 from ..store.base import Store
 from ..store.crash import mark_crashed_runs
 from .format import decode_recorded, iso_utc
 from .results import StoredResult, inspect_result, result_to_json
 
 __all__ = [
+    "FAILED_HOOKS_SHOWN",
     "RunDetails",
+    "failed_hooks",
     "list_runs",
     "run_details",
     "run_details_to_json",
@@ -43,6 +47,10 @@ class RunDetails:
     limit: int
     state: str | None
     tag: str | None = None
+    #: The first :data:`FAILED_HOOKS_SHOWN` lines the run's failed hooks left in its log.
+    failed_hooks: list[LogRecord] = field(default_factory=list)
+    #: How many hooks of the run (and of its task runs) failed.
+    failed_hooks_total: int = 0
 
     @property
     def total(self) -> int:
@@ -82,7 +90,37 @@ async def run_details(
             t.seq: await inspect_result(t, store.blobs, allow_pickle=allow_pickle)
             for t in task_runs
         }
-    return RunDetails(run, counts, task_runs, subflows, stored, offset, limit, state, tag)
+    hooks, hooks_total = await failed_hooks(store, run.id)
+    return RunDetails(
+        run, counts, task_runs, subflows, stored, offset, limit, state, tag, hooks, hooks_total
+    )
+
+
+#: The failed hooks ``runs show`` lists (the rest are counted).
+FAILED_HOOKS_SHOWN: Final = 20
+#: Log lines read from the store at a time, looking for failed hooks.
+_PAGE: Final = 1000
+
+
+async def failed_hooks(
+    store: Store, run_id: str, *, limit: int = FAILED_HOOKS_SHOWN
+) -> tuple[list[LogRecord], int]:
+    """The first ``limit`` lines the failed hooks of run ``run_id`` (an exact id) and of
+    its task runs left in its log (ERROR lines of the ``flowcore.hooks`` logger, see
+    :mod:`flowcore.hooks`), and how many there are."""
+    found: list[LogRecord] = []
+    total = 0
+    after: int | None = None
+    while True:
+        page = await store.list_logs(run_id, min_level=logging.ERROR, after=after, limit=_PAGE)
+        for line in page:
+            if line.logger == HOOKS_LOGGER:
+                total += 1
+                if len(found) < limit:
+                    found.append(line)
+        if len(page) < _PAGE:
+            return found, total
+        after = page[-1].id
 
 
 def run_details_to_json(d: RunDetails) -> dict[str, Any]:
@@ -101,6 +139,16 @@ def run_details_to_json(d: RunDetails) -> dict[str, Any]:
         "tag": d.tag,
     }
     data["subflows"] = [run_to_json(s) for s in d.subflows]
+    data["failed_hooks"] = [
+        {
+            "time": iso_utc(line.time),
+            "seq": line.seq,
+            "task": line.task,
+            "message": line.message,
+        }
+        for line in d.failed_hooks
+    ]
+    data["failed_hooks_total"] = d.failed_hooks_total
     return data
 
 

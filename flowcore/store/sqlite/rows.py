@@ -15,13 +15,27 @@ from typing import Any, Final
 
 import msgspec
 
-from ...records import CacheEntry, FlowRunRecord, LogRecord, SpanRecord, TaskRunRecord
+from ...records import (
+    CacheEntry,
+    FlowRunRecord,
+    LogRecord,
+    ScheduleState,
+    ServedFlow,
+    SlotClaim,
+    SpanRecord,
+    TaskRunRecord,
+    Trigger,
+)
 from ...states import TERMINAL, State
 from ..base import FINISHED
 
 __all__ = [
+    "ACTIVE_RUNS",
     "CACHE_COLS",
     "CLAIM_HOLDER",
+    "CLAIM_ONCE",
+    "CLAIM_SLOT",
+    "CLAIM_TRIGGERS",
     "CRASHED_FLOW",
     "CRASHED_TASKS",
     "FINISHED_SQL",
@@ -29,16 +43,25 @@ __all__ = [
     "FLOW_WRITE_COLS",
     "INSERT_FLOW",
     "INSERT_LOG",
+    "INSERT_NEW_FLOW",
     "INSERT_SPAN",
     "INSERT_TASK",
     "INSERT_TASK_NO_REF",
     "LOG_COLS",
     "REPLACE_CRASHED_FLOW",
     "REPLACE_CRASHED_TASK",
+    "SCHEDULE_COLS",
+    "SERVED_COLS",
+    "SLOT_COLS",
     "TASK_COLS",
     "TERMINAL_SQL",
+    "TRIGGER_COLS",
+    "UNFINISHED_SQL",
     "UPSERT_CACHE",
+    "UPSERT_CURSOR",
     "UPSERT_FLOW",
+    "UPSERT_SCHEDULE",
+    "UPSERT_SERVED",
     "UPSERT_TASK",
     "V1_TASK_COLS",
     "V5_FLOW_COLS",
@@ -52,11 +75,18 @@ __all__ = [
     "multi_row",
     "replace_crashed_flow_params",
     "replace_crashed_task_params",
+    "schedule_record",
+    "schedule_row",
+    "served_record",
+    "served_row",
+    "slot_record",
     "span_record",
     "span_row",
     "task_record",
     "task_row",
     "task_row_no_ref",
+    "trigger_record",
+    "trigger_row",
     "v1_task_record",
     "v5_flow_record",
     "written_flow_record",
@@ -143,6 +173,63 @@ INSERT_LOG = f"INSERT INTO logs ({LOG_WRITE_COLS}) VALUES {{values}}"
 UPSERT_CACHE = f"""
 INSERT OR REPLACE INTO cache_entries ({CACHE_COLS}) VALUES {{values}}
 """
+
+# -- serving (flowcore serve, migration 8) --------------------------------------------
+
+#: The states of a run that is not finished, as the partial index flow_runs_active has
+#: them (the query must repeat them for SQLite to use that index).
+UNFINISHED_SQL: Final = "'Pending', 'Running', 'Retrying'"
+#: Unfinished top-level runs of flow ?, oldest first (on the index flow_runs_active).
+ACTIVE_RUNS = f"""
+SELECT {FLOW_COLS} FROM flow_runs
+WHERE name = ? AND parent_run_id IS NULL AND state IN ({UNFINISHED_SQL})
+ORDER BY created, id
+"""
+#: A claim's run: a new row (the same codec as the writer's, so its later upserts of the
+#: run land on it), or nothing when its id (or a unique index) is taken.
+INSERT_NEW_FLOW = (
+    f"INSERT INTO flow_runs ({FLOW_WRITE_COLS}) VALUES {{values}} "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+SLOT_COLS = "flow, key, slot, run_id, skipped, claimed"
+#: Slots claimed here: those whose row this statement inserted.
+CLAIM_SLOT = (
+    f"INSERT INTO slots ({SLOT_COLS}) VALUES {{values}} "
+    "ON CONFLICT DO NOTHING RETURNING flow, key, slot"
+)
+#: A slot claim moves its schedule's cursor forward, never back (a new schedule gets one).
+UPSERT_CURSOR = """
+INSERT INTO schedules (flow, key, cursor, updated) VALUES (?, ?, ?, ?)
+ON CONFLICT (flow, key) DO UPDATE SET cursor = excluded.cursor
+WHERE schedules.cursor IS NULL OR schedules.cursor < excluded.cursor
+"""
+SCHEDULE_COLS = "flow, key, description, cursor, next_fire, paused, updated"
+#: A server's view of a schedule; cursor and paused stay as stored (see put_schedules).
+UPSERT_SCHEDULE = f"""
+INSERT INTO schedules ({SCHEDULE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (flow, key) DO UPDATE SET
+    description = excluded.description, next_fire = excluded.next_fire,
+    updated = excluded.updated
+RETURNING {SCHEDULE_COLS}
+"""
+TRIGGER_COLS = 'id, flow, parameters, created, "by", claimed_by, claimed, run_id'
+SERVED_COLS = (
+    "flow, holder, host, pid, machine, entrypoint, parameters_schema, schedules, started, heartbeat"
+)
+#: Triggers claimed here, ?1 the holder and ?2 the time, then (trigger id, run id) pairs:
+#: those this statement updated (a trigger claimed already is left as it is).
+CLAIM_TRIGGERS = """
+UPDATE triggers SET claimed_by = ?1, claimed = ?2, run_id = v.column2
+FROM (VALUES {values}) AS v
+WHERE triggers.id = v.column1 AND triggers.claimed_by IS NULL
+RETURNING triggers.id
+"""
+UPSERT_SERVED = f"INSERT OR REPLACE INTO served ({SERVED_COLS}) VALUES {{values}}"
+#: One-shot keys claimed here: those whose row this statement inserted.
+CLAIM_ONCE = (
+    "INSERT INTO once (kind, key, holder, claimed) VALUES {values} "
+    "ON CONFLICT DO NOTHING RETURNING key"
+)
 
 #: Rows per statement when writing a batch. Python's sqlite3 releases the GIL around
 #: every statement step, and a thread waiting to take it back waits for the event
@@ -315,4 +402,63 @@ def log_record(row: sqlite3.Row | tuple[Any, ...]) -> LogRecord:
     return LogRecord(
         id=row[0], run_id=row[1], seq=row[2], task=row[3], time=row[4], level=row[5],
         logger=row[6], message=row[7],
+    )  # fmt: skip
+
+
+def schedule_row(state: ScheduleState) -> tuple[Any, ...]:
+    return (
+        state.flow, state.key, state.description, state.cursor, state.next_fire,
+        int(state.paused), state.updated,
+    )  # fmt: skip
+
+
+def schedule_record(row: sqlite3.Row | tuple[Any, ...]) -> ScheduleState:
+    """A schedule read with ``SCHEDULE_COLS``."""
+    # Floats made floats: a value read back by RETURNING has not been given the column's
+    # REAL affinity yet (an integer given stays one).
+    return ScheduleState(
+        flow=row[0], key=row[1], description=row[2], cursor=_real(row[3]),
+        next_fire=_real(row[4]), paused=bool(row[5]), updated=float(row[6]),
+    )  # fmt: skip
+
+
+def _real(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def slot_record(row: sqlite3.Row | tuple[Any, ...]) -> SlotClaim:
+    """A claimed slot read as ``flow, key, slot, skipped, claimed`` (without its run)."""
+    return SlotClaim(flow=row[0], key=row[1], slot=row[2], skipped=row[3], claimed=row[4])
+
+
+def trigger_row(t: Trigger) -> tuple[Any, ...]:
+    return (t.id, t.flow, t.parameters, t.created, t.by, t.claimed_by, t.claimed, t.run_id)
+
+
+def trigger_record(row: sqlite3.Row | tuple[Any, ...]) -> Trigger:
+    """A trigger read with ``TRIGGER_COLS``."""
+    return Trigger(
+        id=row[0], flow=row[1], parameters=row[2], created=row[3], by=row[4],
+        claimed_by=row[5], claimed=row[6], run_id=row[7],
+    )  # fmt: skip
+
+
+_names_enc = msgspec.json.Encoder()
+_names_dec = msgspec.json.Decoder(list[str])
+
+
+def served_row(s: ServedFlow) -> tuple[Any, ...]:
+    """A registry row (``SERVED_COLS``): the schedule keys as JSON text."""
+    return (
+        s.flow, s.holder, s.host, s.pid, s.machine, s.entrypoint, s.parameters_schema,
+        _names_enc.encode(s.schedules).decode(), s.started, s.heartbeat,
+    )  # fmt: skip
+
+
+def served_record(row: sqlite3.Row | tuple[Any, ...]) -> ServedFlow:
+    """A registry row read with ``SERVED_COLS``."""
+    return ServedFlow(
+        flow=row[0], holder=row[1], host=row[2], pid=row[3], machine=row[4], entrypoint=row[5],
+        parameters_schema=row[6], schedules=_names_dec.decode(row[7]), started=row[8],
+        heartbeat=row[9],
     )  # fmt: skip

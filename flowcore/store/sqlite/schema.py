@@ -185,6 +185,66 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX logs_run ON logs (run_id)",
         "CREATE INDEX logs_task_run ON logs (run_id, seq) WHERE seq IS NOT NULL",
     ),
+    # 8: what `flowcore serve` shares between servers. A claim is a row keyed by what
+    #    it claims (a slot, a trigger's claimed_by, a one-shot key), inserted or updated
+    #    only when absent, so two servers never claim one thing. `flow_runs_active`
+    #    holds only unfinished top-level runs (few), which max_active_runs counts on
+    #    every slot; `triggers_pending` only unclaimed triggers, claimed oldest first.
+    8: (
+        """CREATE TABLE schedules (
+               flow TEXT NOT NULL,
+               key TEXT NOT NULL,
+               description TEXT NOT NULL DEFAULT '{}',
+               cursor REAL,
+               next_fire REAL,
+               paused INTEGER NOT NULL DEFAULT 0,
+               updated REAL NOT NULL DEFAULT 0,
+               PRIMARY KEY (flow, key)
+           ) WITHOUT ROWID""",
+        """CREATE TABLE slots (
+               flow TEXT NOT NULL,
+               key TEXT NOT NULL,
+               slot REAL NOT NULL,
+               run_id TEXT,
+               skipped TEXT,
+               claimed REAL NOT NULL,
+               PRIMARY KEY (flow, key, slot)
+           ) WITHOUT ROWID""",
+        """CREATE TABLE triggers (
+               id TEXT PRIMARY KEY,
+               flow TEXT NOT NULL,
+               parameters TEXT NOT NULL,
+               created REAL NOT NULL,
+               "by" TEXT NOT NULL DEFAULT '',
+               claimed_by TEXT,
+               claimed REAL,
+               run_id TEXT
+           )""",
+        "CREATE INDEX triggers_pending ON triggers (flow, created, id) WHERE claimed_by IS NULL",
+        "CREATE INDEX triggers_created ON triggers (created)",
+        """CREATE TABLE served (
+               flow TEXT NOT NULL,
+               holder TEXT NOT NULL,
+               host TEXT NOT NULL,
+               pid INTEGER NOT NULL,
+               machine TEXT NOT NULL DEFAULT '',
+               entrypoint TEXT,
+               parameters_schema TEXT NOT NULL DEFAULT '{}',
+               schedules TEXT NOT NULL DEFAULT '[]',
+               started REAL NOT NULL,
+               heartbeat REAL NOT NULL,
+               PRIMARY KEY (flow, holder)
+           ) WITHOUT ROWID""",
+        """CREATE TABLE once (
+               kind TEXT NOT NULL,
+               key TEXT NOT NULL,
+               holder TEXT NOT NULL,
+               claimed REAL NOT NULL,
+               PRIMARY KEY (kind, key)
+           ) WITHOUT ROWID""",
+        "CREATE INDEX flow_runs_active ON flow_runs (name, created) WHERE parent_run_id IS NULL "
+        "AND state IN ('Pending', 'Running', 'Retrying')",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(

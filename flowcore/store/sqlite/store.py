@@ -24,11 +24,12 @@ import os
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import msgspec
 
 from ...errors import ConfigurationError, RunNotFound
 from ...ids import HOST
@@ -36,8 +37,12 @@ from ...records import (
     CacheEntry,
     FlowRunRecord,
     LogRecord,
+    ScheduleState,
+    ServedFlow,
+    SlotClaim,
     SpanRecord,
     TaskRunRecord,
+    Trigger,
     WriteBatch,
 )
 from ...states import TERMINAL
@@ -45,23 +50,34 @@ from ..base import BlobStore, claimed_source, late_completion, not_found_message
 from ..files import FileBlobs
 from .connection import Connection
 from .rows import (
+    ACTIVE_RUNS,
     CACHE_COLS,
     CLAIM_HOLDER,
+    CLAIM_ONCE,
+    CLAIM_SLOT,
+    CLAIM_TRIGGERS,
     CRASHED_FLOW,
     CRASHED_TASKS,
     FINISHED_SQL,
     FLOW_COLS,
     INSERT_FLOW,
     INSERT_LOG,
+    INSERT_NEW_FLOW,
     INSERT_SPAN,
     INSERT_TASK,
     INSERT_TASK_NO_REF,
     LOG_COLS,
     REPLACE_CRASHED_FLOW,
     REPLACE_CRASHED_TASK,
+    SCHEDULE_COLS,
+    SERVED_COLS,
     TASK_COLS,
+    TRIGGER_COLS,
     UPSERT_CACHE,
+    UPSERT_CURSOR,
     UPSERT_FLOW,
+    UPSERT_SCHEDULE,
+    UPSERT_SERVED,
     UPSERT_TASK,
     cache_record,
     cache_row,
@@ -72,11 +88,18 @@ from .rows import (
     multi_row,
     replace_crashed_flow_params,
     replace_crashed_task_params,
+    schedule_record,
+    schedule_row,
+    served_record,
+    served_row,
+    slot_record,
     span_record,
     span_row,
     task_record,
     task_row,
     task_row_no_ref,
+    trigger_record,
+    trigger_row,
     written_flow_record,
 )
 from .schema import SCHEMA_VERSION, configure, migrate
@@ -575,3 +598,282 @@ class SQLiteStore:
             return max(now, tat - tolerance)
 
         return await self._io.write(reserve, 1)
+
+    # -- serving (flowcore serve) ----------------------------------------------------
+
+    async def claim_slots(self, claims: Sequence[SlotClaim], now: float) -> list[bool]:
+        """Claim slots in one write transaction (see ``ServingStore.claim_slots``).
+
+        A slot is claimed by inserting its row (``INSERT ... ON CONFLICT DO NOTHING
+        RETURNING``: the rows returned are the slots claimed here, many rows per
+        statement); then the claimed slots' runs are inserted the same way, and a slot
+        whose run id is taken has its row deleted again, in the same transaction.
+        Inside ``BEGIN IMMEDIATE``, no other handle writes in between.
+        """
+        # Snapshot before the first await. The first claim of a slot (and of a run id)
+        # in this batch is the one tried: a repeat is refused here, as a taken one.
+        slot_rows: list[tuple[Any, ...]] = []
+        run_rows: dict[tuple[str, str, float], tuple[Any, ...]] = {}
+        tried: list[tuple[str, str, float] | None] = []
+        seen: set[tuple[str, str, float]] = set()
+        seen_runs: set[str] = set()
+        for c in claims:
+            key = (c.flow, c.key, c.slot)
+            run = c.run
+            if key in seen or (run is not None and run.id in seen_runs):
+                tried.append(None)
+                continue
+            seen.add(key)
+            tried.append(key)
+            slot_rows.append((*key, None if run is None else run.id, c.skipped, now))
+            if run is not None:
+                seen_runs.add(run.id)
+                run_rows[key] = flow_row(run)
+
+        def claim(db: sqlite3.Connection) -> set[tuple[str, str, float]]:
+            won: set[tuple[str, str, float]] = set()
+            for sql, params in multi_row(CLAIM_SLOT, slot_rows):
+                for chunk in params:
+                    won.update((r[0], r[1], r[2]) for r in db.execute(sql, chunk))
+            runs = [row for key, row in run_rows.items() if key in won]
+            inserted: set[str] = set()
+            for sql, params in multi_row(INSERT_NEW_FLOW, runs):
+                for chunk in params:
+                    inserted.update(r[0] for r in db.execute(sql, chunk))
+            taken = [key for key, row in run_rows.items() if key in won and row[0] not in inserted]
+            if taken:  # rare: a run id already in the store
+                db.executemany("DELETE FROM slots WHERE flow = ? AND key = ? AND slot = ?", taken)
+                won.difference_update(taken)
+            cursors: dict[tuple[str, str], float] = {}
+            for flow, key, slot in won:
+                if slot > cursors.get((flow, key), float("-inf")):
+                    cursors[(flow, key)] = slot
+            db.executemany(
+                UPSERT_CURSOR, [(flow, key, slot, now) for (flow, key), slot in cursors.items()]
+            )
+            return won
+
+        if not slot_rows:
+            return [False] * len(tried)
+        won = await self._io.write(claim, rows=len(slot_rows) + len(run_rows))
+        return [key is not None and key in won for key in tried]
+
+    async def list_slots(
+        self, flow: str, key: str | None = None, *, limit: int = 100
+    ) -> list[SlotClaim]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        where, params = _flow_and_key(flow, key)
+        rows = await self._io.fetch(
+            f"SELECT flow, key, slot, skipped, claimed FROM slots WHERE {where} "
+            "ORDER BY slot DESC, key DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [slot_record(r) for r in rows]
+
+    async def slot_run_ids(self, flow: str, key: str, slots: Sequence[float]) -> list[str | None]:
+        wanted = list(dict.fromkeys(slots))
+        found: dict[float, str | None] = {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i : i + 500]
+            rows = await self._io.fetch(
+                "SELECT slot, run_id FROM slots WHERE flow = ? AND key = ? "
+                f"AND slot IN ({', '.join('?' * len(part))})",
+                [flow, key, *part],
+            )
+            found.update((r[0], r[1]) for r in rows)
+        return [found.get(slot) for slot in slots]
+
+    async def put_schedules(self, states: Sequence[ScheduleState]) -> list[ScheduleState]:
+        rows = [schedule_row(state) for state in states]
+
+        def put(db: sqlite3.Connection) -> list[ScheduleState]:
+            stored = []
+            for row in rows:
+                stored.append(schedule_record(db.execute(UPSERT_SCHEDULE, row).fetchone()))
+            return stored
+
+        return await self._io.write(put, rows=len(rows))
+
+    async def list_schedules(self, *, flow: str | None = None) -> list[ScheduleState]:
+        where, params = ("WHERE flow = ?", [flow]) if flow is not None else ("", [])
+        rows = await self._io.fetch(
+            f"SELECT {SCHEDULE_COLS} FROM schedules {where} ORDER BY flow, key", params
+        )
+        return [schedule_record(r) for r in rows]
+
+    async def set_paused(self, flow: str, key: str | None, paused: bool) -> int:
+        where, params = _flow_and_key(flow, key)
+        sql = f"UPDATE schedules SET paused = ? WHERE {where}"
+
+        def update(db: sqlite3.Connection) -> int:
+            return int(db.execute(sql, [int(paused), *params]).rowcount)
+
+        return await self._io.write(update, rows=1)
+
+    async def active_runs(self, name: str, launched_by: str | None = None) -> list[FlowRunRecord]:
+        # On the partial index flow_runs_active: unfinished top-level runs only, few.
+        # `launched_by` lives in the body, so it is matched on the (few) records read.
+        runs = [flow_record(r) for r in await self._io.fetch(ACTIVE_RUNS, [name])]
+        if launched_by is None:
+            return runs
+        return [r for r in runs if r.launched_by == launched_by]
+
+    async def enqueue_trigger(self, trigger: Trigger) -> None:
+        queued = msgspec.structs.replace(trigger, claimed_by=None, claimed=None, run_id=None)
+        row = trigger_row(queued)
+
+        def insert(db: sqlite3.Connection) -> None:
+            cur = db.execute(
+                f"INSERT INTO triggers ({TRIGGER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                row,
+            )
+            if cur.rowcount != 1:
+                raise ConfigurationError(
+                    f"enqueue_trigger: a trigger with id {row[0]!r} exists already; give "
+                    "each trigger a new id"
+                )
+
+        await self._io.write(insert, rows=1)
+
+    async def claim_triggers(
+        self,
+        flows: Sequence[str],
+        holder: str,
+        now: float,
+        make_run: Callable[[Trigger], FlowRunRecord],
+        *,
+        limit: int = 100,
+    ) -> list[Trigger]:
+        """Claim the oldest unclaimed triggers of ``flows``, in one write transaction.
+
+        The candidates are read first (on the partial index ``triggers_pending``) and
+        their runs made here, on the caller's thread; then the transaction claims them
+        with ``UPDATE ... WHERE claimed_by IS NULL RETURNING id`` (many per statement)
+        and inserts the runs of those it claimed. A candidate another handle claimed in
+        between is left out, its run not inserted: this call then claims fewer than
+        there were (the next call takes the rest).
+        """
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        names = list(dict.fromkeys(flows))
+        if not names:
+            return []
+        rows = await self._io.fetch(
+            f"SELECT {TRIGGER_COLS} FROM triggers WHERE claimed_by IS NULL "
+            f"AND flow IN ({', '.join('?' * len(names))}) ORDER BY created, id LIMIT ?",
+            [*names, limit],
+        )
+        if not rows:
+            return []
+        pending = [trigger_record(r) for r in rows]
+        runs = [make_run(msgspec.structs.replace(t)) for t in pending]
+        run_rows = [flow_row(run) for run in runs]
+        if len({run.id for run in runs}) != len(runs):
+            raise ConfigurationError(
+                "claim_triggers: make_run gave one run id to two triggers; make_run must "
+                "give each run a new id"
+            )
+
+        pairs = [(t.id, row[0]) for t, row in zip(pending, run_rows, strict=True)]
+
+        def claim(db: sqlite3.Connection) -> set[str]:
+            won: set[str] = set()
+            for sql, params in multi_row(CLAIM_TRIGGERS, pairs):
+                for chunk in params:
+                    won.update(r[0] for r in db.execute(sql, [holder, now, *chunk]))
+            runs = [row for t, row in zip(pending, run_rows, strict=True) if t.id in won]
+            inserted: set[str] = set()
+            for sql, params in multi_row(INSERT_NEW_FLOW, runs):
+                for chunk in params:
+                    inserted.update(r[0] for r in db.execute(sql, chunk))
+            taken = [row[0] for row in runs if row[0] not in inserted]
+            if taken:  # rolls the whole claim back
+                raise ConfigurationError(
+                    f"claim_triggers: make_run gave run id {taken[0]!r}, which is taken; "
+                    "make_run must give each run a new id"
+                )
+            return won
+
+        won = await self._io.write(claim, rows=2 * len(pending))
+        return [
+            msgspec.structs.replace(t, claimed_by=holder, claimed=now, run_id=row[0])
+            for t, row in zip(pending, run_rows, strict=True)
+            if t.id in won
+        ]
+
+    async def get_trigger(self, trigger_id: str) -> Trigger | None:
+        rows = await self._io.fetch(
+            f"SELECT {TRIGGER_COLS} FROM triggers WHERE id = ?", [trigger_id]
+        )
+        return trigger_record(rows[0]) if rows else None
+
+    async def list_triggers(
+        self, *, flow: str | None = None, pending: bool = False, limit: int = 100
+    ) -> list[Trigger]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        where, params = [], []
+        if flow is not None:
+            where.append("flow = ?")
+            params.append(flow)
+        if pending:
+            where.append("claimed_by IS NULL")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._io.fetch(
+            f"SELECT {TRIGGER_COLS} FROM triggers {clause} ORDER BY created DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [trigger_record(r) for r in rows]
+
+    async def put_served(self, served: Sequence[ServedFlow]) -> None:
+        rows = [served_row(s) for s in served]
+        if rows:
+            await self._io.transaction(multi_row(UPSERT_SERVED, rows))
+
+    async def beat_served(self, holder: str, now: float) -> None:
+        await self._io.transaction(
+            [("UPDATE served SET heartbeat = ? WHERE holder = ?", [(now, holder)])]
+        )
+
+    async def remove_served(self, holder: str) -> None:
+        await self._io.transaction([("DELETE FROM served WHERE holder = ?", [(holder,)])])
+
+    async def list_served(self) -> list[ServedFlow]:
+        rows = await self._io.fetch(
+            f"SELECT {SERVED_COLS} FROM served ORDER BY flow, started, holder"
+        )
+        return [served_record(r) for r in rows]
+
+    async def claim_once(
+        self, kind: str, keys: Sequence[str], holder: str, now: float
+    ) -> list[str]:
+        wanted = list(dict.fromkeys(keys))
+        rows = [(kind, key, holder, now) for key in wanted]
+
+        def claim(db: sqlite3.Connection) -> set[str]:
+            won: set[str] = set()
+            for sql, params in multi_row(CLAIM_ONCE, rows):
+                for chunk in params:
+                    won.update(r[0] for r in db.execute(sql, chunk))
+            return won
+
+        if not rows:
+            return []
+        won = await self._io.write(claim, rows=len(rows))
+        return [key for key in wanted if key in won]
+
+    async def changes(self) -> int:
+        """``PRAGMA data_version`` of a connection kept for it alone: it changes when any
+        other connection commits, another process's or this store's own (its writes
+        go through its other connections), so a server wakes for its own process's
+        triggers too. Read on the calling thread, never waiting for the writer."""
+        return self._io.data_version()
+
+
+def _flow_and_key(flow: str, key: str | None) -> tuple[str, list[str]]:
+    """A WHERE clause and its parameters for schedule ``key`` of ``flow`` (or all of them)."""
+    if key is None:
+        return "flow = ?", [flow]
+    return "flow = ? AND key = ?", [flow, key]

@@ -3,8 +3,9 @@
 :mod:`flowcore.store.base` says, role by role, what the engine and the readers
 need from a database. This package checks it: every case writes through the
 public methods of a real store and asserts what a reader must see back (runs
-and task runs, cache entries, spans, shared leases and rates, blobs, run logs, two
-handles on one database at once, closing and reopening). A store that passes
+and task runs, cache entries, spans, shared leases and rates, blobs, run logs, what
+servers share: slots, schedules, triggers and one-shot claims, two handles on one
+database at once, closing and reopening). A store that passes
 every case can back ``Engine(store=...)``, so a store plugin (PostgreSQL, say)
 proves itself with one test::
 
@@ -26,7 +27,7 @@ The cases live a module per area, each importing only downwards:
 :mod:`.contract` (the running order and the runner) on :mod:`.concurrency` and
 :mod:`.lifecycle` (which borrow the lease and blob helpers) on the areas
 (:mod:`.writes`, :mod:`.queries`, :mod:`.cache`, :mod:`.spans`, :mod:`.leases`,
-:mod:`.blobs`, :mod:`.claims`, :mod:`.logs`) on :mod:`.cases`, :mod:`.records` and
+:mod:`.blobs`, :mod:`.claims`, :mod:`.logs`, :mod:`.serving`) on :mod:`.cases`, :mod:`.records` and
 :mod:`.assertions`.
 """
 

@@ -16,7 +16,19 @@ from pathlib import Path
 import anyio
 
 from ...store.base import Store
-from . import blobs, cache, claims, concurrency, leases, lifecycle, logs, queries, spans, writes
+from . import (
+    blobs,
+    cache,
+    claims,
+    concurrency,
+    leases,
+    lifecycle,
+    logs,
+    queries,
+    serving,
+    spans,
+    writes,
+)
 from .cases import StoreCase, StoreFactory, join_cases
 
 __all__ = ["STORE_CASES", "check_store"]
@@ -33,6 +45,7 @@ STORE_CASES: dict[str, StoreCase] = join_cases(
     lifecycle.CASES,
     claims.CASES,
     logs.CASES,
+    serving.CASES,
 )
 
 #: The suite's own folder: a failure is located at the last frame of a file in it.
