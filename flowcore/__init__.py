@@ -14,6 +14,7 @@ The package is layered; each layer imports only the ones below it:
 - runtime: :mod:`.engine` (the engine, runs, task runs, limits, executors);
 - what users decorate and call: :mod:`.task`, :mod:`.flow`, :mod:`.resume`,
   :mod:`.http`, :mod:`.testing`;
+- what serves flows: :mod:`.serve` (schedules and triggers, run by ``flowcore serve``);
 - readers and front ends: :mod:`.views` (shared), :mod:`.cli`.
 """
 
@@ -68,6 +69,7 @@ from .resume import resume, resume_async
 from .retry import Backoff, RetryPolicy, backoff
 from .schedules import CronSchedule, IntervalSchedule, Schedule, cron, every
 from .secret import Secret
+from .serve import aserve, serve
 from .states import State
 from .store import MemoryStore, SQLiteStore, Store
 from .task import Task, task, unmapped
@@ -127,6 +129,7 @@ __all__ = [
     "UpstreamFailed",
     "__version__",
     "allow_failure",
+    "aserve",
     "backoff",
     "cron",
     "current_flow_run",
@@ -143,6 +146,7 @@ __all__ = [
     "resume",
     "resume_async",
     "run",
+    "serve",
     "task",
     "task_result",
     "unmapped",

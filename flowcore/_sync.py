@@ -34,8 +34,13 @@ __all__ = ["run_in_own_loop", "run_sync"]
 T = TypeVar("T")
 
 
-def run_sync(call: Callable[[], Awaitable[T]], *, name: str, instead: str) -> T:
-    """``call()`` to completion in a new event loop; ``instead`` is the async spelling."""
+def run_sync(
+    call: Callable[[], Awaitable[T]], *, name: str, instead: str, cancel_on_sigterm: bool = True
+) -> T:
+    """``call()`` to completion in a new event loop; ``instead`` is the async spelling.
+
+    ``cancel_on_sigterm=False``: SIGTERM is left to ``call`` (``flowcore.serve`` stops
+    gracefully on it, letting runs in flight finish first)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -44,7 +49,11 @@ def run_sync(call: Callable[[], Awaitable[T]], *, name: str, instead: str) -> T:
         raise ConfigurationError(
             f"{name}() was called inside a running event loop; there, write `{instead}` instead"
         )
-    return run_in_own_loop(call, uvloop=importlib.util.find_spec("uvloop") is not None)
+    return run_in_own_loop(
+        call,
+        uvloop=importlib.util.find_spec("uvloop") is not None,
+        cancel_on_sigterm=cancel_on_sigterm,
+    )
 
 
 def run_in_own_loop(
@@ -52,15 +61,17 @@ def run_in_own_loop(
     *,
     uvloop: bool = False,
     before_exit: Callable[[], None] | None = None,
+    cancel_on_sigterm: bool = True,
 ) -> T:
     """``call()`` in a new asyncio event loop (uvloop's if ``uvloop``), where SIGTERM
-    cancels it; then, if SIGTERM came, ``before_exit()`` and the process ends by it."""
+    cancels it; then, if SIGTERM came, ``before_exit()`` and the process ends by it.
+    With ``cancel_on_sigterm=False`` SIGTERM is not touched here (``call`` handles it)."""
     terminated: list[bool] = []
 
     async def cancellable() -> T:
         with anyio.CancelScope() as scope:
             loop = asyncio.get_running_loop()
-            listening = _cancel_on_sigterm(loop, scope, terminated)
+            listening = cancel_on_sigterm and _cancel_on_sigterm(loop, scope, terminated)
             try:
                 return await call()
             finally:

@@ -20,6 +20,7 @@ import traceback
 from typing import Final
 
 __all__ = [
+    "BIDI_AND_SEPARATORS",
     "HOST",
     "MAX_TRACEBACK",
     "error_message",
@@ -29,6 +30,7 @@ __all__ = [
     "safe_str",
     "safe_text",
     "traceback_text",
+    "visible",
 ]
 
 #: This machine's name, recorded on every run (crash detection asks "was it here?").
@@ -75,6 +77,43 @@ def traceback_text(exc: BaseException) -> str:
             f"(the traceback could not be formatted: {error_name(failure)})\n"
         )
     return safe_text(text[-MAX_TRACEBACK:])
+
+
+# -- text safe to show on a terminal --------------------------------------------------------
+
+#: What a terminal acts on instead of showing: C0 controls, DEL, C1 controls (0x9b is
+#: a one-byte CSI), the Arabic letter mark, the bidi marks, embeddings, overrides and
+#: isolates, the line and paragraph separators, and lone surrogates (which cannot be
+#: written out at all). Joiners and other format characters stay: emoji need them.
+BIDI_AND_SEPARATORS = "\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{BIDI_AND_SEPARATORS}\ud800-\udfff]")
+_UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{BIDI_AND_SEPARATORS}\ud800-\udfff]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str, *, multiline: bool = False) -> str:
+    """``text`` safe to show on a terminal: each control character written as its
+    Python escape (``\\x1b``, ``\\r``, ``\\u202e``), so it shows instead of acting.
+
+    ``multiline``: keep newlines, for a field shown on several lines (a traceback,
+    an error message); elsewhere a newline is shown as ``\\n`` too, so user text
+    never starts a line of its own. Everything else, other scripts and emoji
+    included, is left as it is. Markup is not this function's business: show the
+    result as plain text (a rich ``Text``, not a markup string; escaped HTML).
+    """
+    pattern = _UNSAFE_BUT_NEWLINE if multiline else _UNSAFE
+    if pattern.search(text) is None:  # nearly always: no copy
+        return text
+    return pattern.sub(_escape_control, text)
 
 
 # -- text that can always be recorded -------------------------------------------------------

@@ -1,5 +1,7 @@
 """The ``flowcore`` command: run or resume a flow, list runs, show one run's tree of
-task runs and their results, draw a run's trace, list and clear cache entries.
+task runs and their results, draw a run's trace, list and clear cache entries; serve
+flows by their schedules (``serve``), queue runs for servers (``trigger``), list served
+flows and pause or resume their schedules (``flows ls``, ``schedules``).
 
 Every flowcore error ends the command with ``error: <message>`` on stderr and
 exit code 1, never a traceback: its message already says what went wrong and
@@ -18,11 +20,15 @@ from typing import NoReturn
 import click
 
 from .cache import cache
+from .flows import flows
 from .limits import limits
 from .run import resume_command, run_command
 from .runs import runs
+from .schedules import schedules
+from .serve import serve_command
 from .support import Group
 from .trace import trace
+from .trigger import trigger_command
 
 __all__ = ["cli", "main"]
 
@@ -57,6 +63,10 @@ cli.add_command(runs)
 cli.add_command(cache)
 cli.add_command(trace)
 cli.add_command(limits)
+cli.add_command(serve_command)
+cli.add_command(trigger_command)
+cli.add_command(flows)
+cli.add_command(schedules)
 
 
 def main() -> NoReturn:

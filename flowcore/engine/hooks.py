@@ -54,7 +54,7 @@ from ..hooks import (
     hook_name,
     snapshot,
 )
-from ..ids import error_message, error_name, safe_text, traceback_text
+from ..ids import error_message, error_name, safe_text, traceback_text, visible
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State
 from .core import Engine, RunContext
@@ -264,11 +264,13 @@ def _report(
         f"{event.kind} hook {name} of {subject} failed: {what} (the run stays {event.state.value})"
     )
     try:
-        log.warning(
-            "flowcore: %s",
-            message,
-            exc_info=None if isinstance(failure, HookTimeout) else failure,
-        )
+        # Escaped, traceback included: the message and the frames' text are user data,
+        # and this line goes to a terminal (stderr) as it is.
+        if isinstance(failure, HookTimeout):
+            log.warning("flowcore: %s", visible(message))
+        else:
+            shown = visible(traceback_text(failure).rstrip("\n"), multiline=True)
+            log.warning("flowcore: %s\n%s", visible(message), shown)
     except Exception:  # a handler that raises: not the run's problem either
         pass
     if run_log is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from ..encoding import decode_inputs, placeholder
+from ..ids import BIDI_AND_SEPARATORS, visible
 
 __all__ = [
     "cut",
@@ -39,43 +40,8 @@ __all__ = [
     "visible",
 ]
 
-#: What a terminal acts on instead of showing: C0 controls, DEL, C1 controls (0x9b is
-#: a one-byte CSI), the Arabic letter mark, the bidi marks, embeddings, overrides and
-#: isolates, the line and paragraph separators, and lone surrogates (which cannot be
-#: written out at all). Joiners and other format characters stay: emoji need them.
-_BIDI_AND_SEPARATORS = "\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
-_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}\ud800-\udfff]")
-_UNSAFE_BUT_NEWLINE = re.compile(
-    f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}\ud800-\udfff]"
-)
 #: What JSON text may hold raw but a terminal acts on (JSON encoders escape only C0).
-_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
-_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def visible(text: str, *, multiline: bool = False) -> str:
-    """``text`` safe to show on a terminal: each control character written as its
-    Python escape (``\\x1b``, ``\\r``, ``\\u202e``), so it shows instead of acting.
-
-    ``multiline``: keep newlines, for a field shown on several lines (a traceback,
-    an error message); elsewhere a newline is shown as ``\\n`` too, so user text
-    never starts a line of its own. Everything else, other scripts and emoji
-    included, is left as it is. Markup is not this function's business: show the
-    result as plain text (a rich ``Text``, not a markup string; escaped HTML).
-    """
-    pattern = _UNSAFE_BUT_NEWLINE if multiline else _UNSAFE
-    if pattern.search(text) is None:  # nearly always: no copy
-        return text
-    return pattern.sub(_escape, text)
+_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f{BIDI_AND_SEPARATORS}]")
 
 
 def format_duration(seconds: float | None) -> str:

@@ -1,0 +1,79 @@
+"""``flowcore serve FILE.py[:flow] ...``: serve flows by their schedules and triggers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..entrypoints import flows_in, load_module, split_target
+from ..errors import FlowLoadError
+from ..flow import Flow
+from ..serve import serve
+from .support import Count
+
+__all__ = ["serve_command", "served_in"]
+
+
+def served_in(targets: tuple[str, ...]) -> list[Flow[Any, Any]]:
+    """The flows ``targets`` name: ``FILE.py:flow`` that flow; ``FILE.py`` every flow of
+    the file that has a schedule, or every flow when none has."""
+    found: dict[str, Flow[Any, Any]] = {}
+    for target in targets:
+        path, name = split_target(target)
+        module = load_module(path)
+        flows = flows_in(module)
+        available = ", ".join(flows) or "none"
+        if name is not None:
+            value = vars(module).get(name)
+            if not isinstance(value, Flow):
+                raise FlowLoadError(
+                    f"{path} has no flow named {name!r}; the flows it defines: {available}"
+                )
+            chosen = [value]
+        else:
+            if not flows:
+                raise FlowLoadError(
+                    f"{path} defines no flow; decorate an `async def` in it with "
+                    "@flowcore.flow(schedule=flowcore.cron(...))"
+                )
+            scheduled = [f for f in flows.values() if f.schedules]
+            chosen = scheduled or list(flows.values())
+        for flow in chosen:
+            other = found.get(flow.name)
+            if other is not None and other is not flow:
+                raise FlowLoadError(
+                    f"two flows named {flow.name!r} are given; serve one of them, or rename "
+                    "one (@flowcore.flow(name=...))"
+                )
+            found[flow.name] = flow
+    return list(found.values())
+
+
+@click.command("serve")
+@click.argument("targets", nargs=-1, required=True, metavar="FILE.py[:FLOW] ...")
+@click.option(
+    "--max-runs", type=Count(1, 1_000_000), default=100, show_default=True, metavar="N",
+    help="At most N runs at once in this process; due slots and triggers beyond wait.",
+)  # fmt: skip
+@click.option(
+    "--grace", type=click.FloatRange(0, 86_400), default=30.0, show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM or Ctrl-C: how long runs in flight may finish before they are cancelled.",
+)  # fmt: skip
+def serve_command(targets: tuple[str, ...], max_runs: int, grace: float) -> None:
+    """Serve flows: fire their schedules' slots and the runs triggered for them
+    (`flowcore trigger`), until SIGTERM or Ctrl-C.
+
+    FILE.py:FLOW serves that flow; FILE.py every flow in it that has a schedule (every
+    flow when none has). Any number of `flowcore serve` processes may share a store:
+    each slot and trigger runs once. On SIGTERM or Ctrl-C, runs in flight get --grace
+    seconds to finish, then are cancelled (recorded Cancelled); a second Ctrl-C cancels
+    them at once. Exits 0.
+
+    \b
+    flowcore serve examples/scheduled.py
+    flowcore serve flows.py:ingest flows.py:report --max-runs 10 --grace 60
+    """
+    flows = served_in(targets)
+    serve(*flows, max_runs=max_runs, grace=grace)
