@@ -3,7 +3,7 @@
 Run::
 
     python benchmarks/schedules.py [--slots 300] [--schedules-per-second 10]
-                                   [--many 1000] [--minutes 5]
+                                   [--many 1000] [--minutes 10]
 
 Two measures, printed as one table:
 
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=300)
     parser.add_argument("--schedules-per-second", type=int, default=10)
     parser.add_argument("--many", type=int, default=1000)
-    parser.add_argument("--minutes", type=int, default=5)
+    parser.add_argument("--minutes", type=int, default=10)
     args = parser.parse_args()
     logging.getLogger("flowcore.serve").setLevel(logging.WARNING)  # a line per slot otherwise
     with tempfile.TemporaryDirectory() as tmp:

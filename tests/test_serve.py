@@ -510,3 +510,43 @@ async def test_serve_refuses_bad_options_and_a_running_loop() -> None:
         check_options([one, one.with_options()], 1, 1.0)
     with pytest.raises(ConfigurationError, match=r"await flowcore\.aserve"):
         serve(one)
+
+
+@pytest.mark.parametrize(
+    ("day", "utc_midnight"),
+    [
+        ("spring forward", datetime(2026, 3, 28, 23, tzinfo=UTC)),  # 2026-03-29 00:00 CET
+        ("fall back", datetime(2026, 10, 24, 22, tzinfo=UTC)),  # 2026-10-25 00:00 CEST
+    ],
+)
+async def test_a_server_fires_each_slot_of_a_paris_dst_day_once(
+    day: str, utc_midnight: datetime
+) -> None:
+    """Through the server, waking when it says it should: 24 real hours of a 5-minute
+    schedule are 288 runs, and the 02:30 daily one fires once, whether 02:30 does not
+    exist that day (at 03:00, when the clocks jump) or happens twice (the first)."""
+
+    @flowcore.flow(schedule=flowcore.cron("*/5 * * * *", tz="Europe/Paris"))
+    async def five() -> None:
+        pass
+
+    @flowcore.flow(schedule=flowcore.cron("30 2 * * *", tz="Europe/Paris"))
+    async def nightly() -> None:
+        pass
+
+    start = utc_midnight.timestamp()
+    clock, store = FakeClock(start + 1), MemoryStore()
+    async with serving(five, nightly, clock=clock, store=store) as server:
+        while clock.time() <= start + 24 * 3600:
+            wake = await server.tick()
+            await server.wait_idle()
+            clock.advance(max(wake - clock.time(), 0.001))
+    fired = [r.scheduled_for for r in await runs_of(store, "five")]
+    assert len(fired) == 288 and len(set(fired)) == 288
+    assert fired == [start + 300 * k for k in range(1, 289)]  # no gap, no duplicate
+    (night,) = await runs_of(store, "nightly")
+    expected = {
+        "spring forward": utc_midnight.replace(day=29, hour=1),
+        "fall back": utc_midnight.replace(day=25, hour=0, minute=30),
+    }
+    assert night.scheduled_for == expected[day].timestamp()
