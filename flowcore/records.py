@@ -28,14 +28,20 @@ import msgspec
 from .states import NEXT, TERMINAL, State
 
 __all__ = [
+    "AssetDefRecord",
+    "AssetEvent",
+    "AssetStateRecord",
     "CacheEntry",
+    "CheckResultRecord",
     "FlowRunRecord",
     "Launch",
     "LogRecord",
+    "MaterializationRecord",
     "ScheduleState",
     "ServedFlow",
     "SlotClaim",
     "SpanRecord",
+    "StaleMark",
     "TaskRunRecord",
     "Trigger",
     "WriteBatch",
@@ -298,6 +304,113 @@ class LogRecord(msgspec.Struct, gc=False):
     id: int | None = None
 
 
+# -- assets ---------------------------------------------------------------------------------
+#
+# A partition is named by its key (``None`` for an unpartitioned asset, which is the one
+# partition of index 0) and numbered by its index, which the asset's partitions
+# definition gives; the store keeps per-asset state as range sets of indexes
+# (:mod:`flowcore.ranges`), so a million partitions cost a few ranges.
+
+
+class AssetDefRecord(msgspec.Struct, gc=False, omit_defaults=True):
+    """An asset's definition as synced by a process that has its code."""
+
+    key: str
+    code_version: str
+    group: str = "default"
+    #: How its partitions read (``repr`` of the definition); ``None``: unpartitioned.
+    partitions: str | None = None
+    #: ``(upstream key, mapping)`` per edge, the mapping as a readable description.
+    upstream: list[tuple[str, str]] = []
+    #: The freshness policy as a readable description, or ``None``.
+    freshness: str | None = None
+    io: str = "result"
+    checks: list[str] = []
+    synced: float = 0.0
+
+
+class StaleMark(msgspec.Struct, gc=False, omit_defaults=True):
+    """Partitions of an asset made stale, and why: an upstream's data changed, or an
+    upstream went stale. ``ranges``: half-open index ranges (``[(0, 1)]`` unpartitioned).
+    ``cause``: structured (``{"reason": "upstream-changed", "upstream": ..., ...}``)."""
+
+    key: str
+    ranges: list[tuple[int, int]]
+    cause: dict[str, Any] = {}
+
+
+class MaterializationRecord(msgspec.Struct, gc=False, omit_defaults=True):
+    """One materialisation of an asset (partition): append-only history.
+
+    ``consumed``: ``(upstream key, upstream partition, data version, upstream partition
+    index)`` of each upstream value read. ``downstream``: the stale marks its
+    downstream gets if its data version differs from the partition's previous one
+    (decided by the store, in the write transaction). ``value``/``value_ref``: the
+    value kept by the default I/O (inline, or a blob reference when large); both
+    ``None`` for another I/O.
+    """
+
+    key: str
+    at: float
+    run_id: str
+    seq: int
+    code_version: str
+    data_version: str
+    partition: str | None = None
+    index: int = 0
+    consumed: list[tuple[str, str | None, str, int]] = []
+    metadata: dict[str, Any] = {}
+    downstream: list[StaleMark] = []
+    io: str = "result"
+    value: bytes | None = None
+    value_ref: str | None = None
+
+
+class CheckResultRecord(msgspec.Struct, gc=False, omit_defaults=True):
+    """One result of an asset check, run after a materialisation (of a partition)."""
+
+    key: str
+    check: str
+    passed: bool
+    at: float
+    run_id: str
+    seq: int
+    severity: str = "error"
+    blocking: bool = True
+    partition: str | None = None
+    index: int = 0
+    metadata: dict[str, Any] = {}
+    #: The error the check raised, if it raised (``passed`` is then False).
+    error: str | None = None
+
+
+#: What ``WriteBatch.assets`` holds, applied in order.
+AssetEvent = MaterializationRecord | CheckResultRecord | StaleMark
+
+
+class AssetStateRecord(msgspec.Struct, gc=False, omit_defaults=True):
+    """The current state of one asset, kept incrementally by the store.
+
+    The sets are :mod:`flowcore.ranges` bytes of partition indexes: ``materialized``
+    (has a value), ``stale`` (marked stale since it was built: read it intersected with
+    ``materialized``), ``failed`` (its last materialisation failed a blocking check).
+    ``cause``: why it was last marked stale; ``failed_check``: the check that failed last.
+    """
+
+    key: str
+    materialized: bytes = b""
+    stale: bytes = b""
+    failed: bytes = b""
+    cause: dict[str, Any] = {}
+    failed_check: str | None = None
+    last_at: float | None = None
+    last_run_id: str | None = None
+    last_partition: str | None = None
+    data_version: str | None = None
+    code_version: str | None = None
+    materializations: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class WriteBatch:
     """Everything one flush writes, in one transaction (see ``Store.write``).
@@ -313,6 +426,9 @@ class WriteBatch:
     spans: Sequence[SpanRecord] = ()
     #: Lines of run logs, in the order they were written (see :class:`LogRecord`).
     logs: Sequence[LogRecord] = ()
+    #: Materialisations, check results and stale marks, applied in this order (a
+    #: materialisation of a downstream clears what an upstream's marked before it).
+    assets: Sequence[AssetEvent] = ()
 
     @property
     def rows(self) -> int:
@@ -323,6 +439,7 @@ class WriteBatch:
             + len(self.cache_entries)
             + len(self.spans)
             + len(self.logs)
+            + len(self.assets)
         )
 
 

@@ -18,8 +18,11 @@ import flowcore
 import flowcore.store.sqlite.schema as sqlite_store
 from flowcore import FlowRunRecord, SQLiteStore, State, TaskRunRecord
 from flowcore.encoding import decode_inputs
+from flowcore.ranges import RangeSet
 from flowcore.records import (
+    AssetDefRecord,
     LogRecord,
+    MaterializationRecord,
     ScheduleState,
     ServedFlow,
     SlotClaim,
@@ -593,18 +596,20 @@ def v7_database(
     runs: Sequence[FlowRunRecord],
     tasks: Sequence[TaskRunRecord],
     logs: Sequence[LogRecord],
+    version: int = 7,
 ) -> None:
-    """A database as a flowcore with schema version 7 (logs, before serving) left it."""
+    """A database as a flowcore with schema version 7 (logs, before serving) left it
+    (or ``version``: the migrations up to it, with these rows)."""
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("BEGIN")
-        for number in range(1, 8):
+        for number in range(1, version + 1):
             for statement in MIGRATIONS[number]:
                 if statement not in sqlite_store.DATA_STEPS:  # no rows to convert yet
                     conn.execute(statement)
-            conn.execute(f"INSERT INTO flowcore_meta VALUES ('migration.{number}', '7.5')")
-        conn.execute("INSERT INTO flowcore_meta VALUES ('schema_version', '7')")
-        conn.execute("PRAGMA user_version = 7")
+            conn.execute(f"INSERT INTO flowcore_meta VALUES ('migration.{number}', '{version}.5')")
+        conn.execute(f"INSERT INTO flowcore_meta VALUES ('schema_version', '{version}')")
+        conn.execute(f"PRAGMA user_version = {version}")
         conn.executemany(
             "INSERT INTO flow_runs (id, name, kind, state, created, parent_run_id, "
             "parent_task_seq, trace_id, resumed_from, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -684,9 +689,53 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
-        "once", "flow_runs_active",
+        "once", "flow_runs_active", *ASSET_SCHEMA,
     }  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
+
+
+#: What migration 9 adds: the asset tables and their indexes.
+ASSET_SCHEMA = {
+    "asset_defs", "asset_materializations", "asset_materializations_key",
+    "asset_materializations_run", "asset_partitions", "asset_checks", "asset_checks_key",
+    "asset_state", "asset_dynamic_keys",
+}  # fmt: skip
+
+
+async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "flowcore.db"
+    runs = [full_flow_run(), FlowRunRecord(id="done", name="ingest", state=State.COMPLETED,
+                                           created=T0)]  # fmt: skip
+    tasks = [full_task_run()]
+    line = full_log_line()
+    logs = [msgspec.structs.replace(line, id=1, run_id=runs[0].id, seq=0)]
+    v7_database(path, runs, tasks, logs, version=8)
+    before = snapshot(path)
+    mat = MaterializationRecord(
+        key="orders", at=T0, run_id="done", seq=0, code_version="1", data_version="d1",
+        metadata={"rows": 3},
+    )  # fmt: skip
+    async with SQLiteStore(path) as store:
+        read = [await store.get_run(r.id) for r in runs]
+        read_tasks = await store.list_task_runs(runs[0].id)
+        read_logs = await store.list_logs(runs[0].id)
+        changed = await store.sync_assets([AssetDefRecord("orders", "1")], {})
+        await store.write(WriteBatch(assets=[mat]))
+        history = await store.asset_history("orders")
+        [state] = await store.asset_states()
+    assert read == runs and read_tasks == tasks and read_logs == logs
+    assert changed == {} and history == [mat]
+    assert RangeSet.from_bytes(state.materialized).ranges() == ((0, 1),)
+    after = snapshot(path)
+    assert after["user_version"] == SCHEMA_VERSION
+    for table in ("flow_runs", "task_runs", "logs", "schedules", "served"):
+        assert set(before["rows"][table]) <= set(after["rows"][table]), table
+    assert set(before["schema"]) <= set(after["schema"]), "no v8 table or index changed"
+    new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
+    assert new == ASSET_SCHEMA
+    assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 
 # Released migrations never change: a database migrated by them must mean the same to
@@ -700,6 +749,7 @@ RELEASED = {
     6: "10c7b6339a1acb74d8417b8c8d8090d063bfef491bca38e0dfa4f8d0d6fc3bf1",
     7: "ddcb1ecee8693ea19fce92dc5fd102d9fb28f9d2790d4cf2b439749649f5b91e",
     8: "eb5d7bc3df7446b47390a40a7c15b55389707f0a32425e032b83c3b15951b030",
+    9: "6fe1feda12aa58aef2b0af26e45a5414e856f12e444680f873d5d00f9df26aec",
 }
 
 

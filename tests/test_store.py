@@ -100,6 +100,7 @@ def test_every_case_has_a_name_of_its_area() -> None:
         "served",
         "once",
         "changes",
+        "assets",
     }
     assert all(name == case.name for name, case in STORE_CASES.items())
     assert [name for name, case in STORE_CASES.items() if case.persistent] == [

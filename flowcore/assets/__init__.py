@@ -1,12 +1,16 @@
 """Assets: named, versioned data products, with lineage, partitions, checks and freshness.
 
-This first part holds the definitions and their pure arithmetic, tested on plain
-values (no store, no engine): :func:`asset` and :class:`AssetGraph`, partitions
-and the compact :class:`PartitionSet`, partition mappings, checks, ``Output``,
-freshness and automation policies, code and data versions, and the I/O protocol
-with the files built-in. Layers, bottom up: ``keys``/``partition_set``/``versions``;
-``partitions``; ``mappings``/``freshness``/``automation``/``output``;
-``checks``/``io``; ``definition``; ``graph``.
+The definitions and their pure arithmetic, tested on plain values (no store, no
+engine): :func:`asset` and :class:`AssetGraph`, partitions and the compact
+:class:`PartitionSet`, partition mappings, checks, ``Output``, freshness and
+automation policies, code and data versions, and the I/O protocol with the files
+built-in. On top, what runs and reads them: :func:`materialize` (a flow run, a task
+run per asset per partition; :func:`backfill` for a range of partitions, resumable)
+and :func:`status_async` (fresh, stale and why, missing, failed-check, overdue, from
+the state the store keeps incrementally). Layers, bottom up:
+``keys``/``partition_set``/``versions``; ``partitions``;
+``mappings``/``freshness``/``automation``/``output``; ``checks``/``io``;
+``definition``; ``graph``; ``status``; ``materialize``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .errors import (
     AssetDefinitionError,
     AssetValueMissing,
     DataVersionError,
+    MaterializationFailed,
     PartitionKeyError,
     PartitionSetCorrupted,
 )
@@ -39,6 +44,14 @@ from .mappings import (
     StaticMapping,
     TimeWindowMapping,
 )
+from .materialize import (
+    MaterializeResult,
+    add_partitions,
+    backfill,
+    backfill_async,
+    materialize,
+    materialize_async,
+)
 from .output import Output
 from .partition_set import PartitionSet
 from .partitions import (
@@ -50,6 +63,7 @@ from .partitions import (
     StaticPartitions,
     TimeWindowPartitions,
 )
+from .status import AssetStatus, status_async
 from .versions import code_fingerprint, data_version
 
 __all__ = [
@@ -61,6 +75,7 @@ __all__ = [
     "AssetDefinitionError",
     "AssetGraph",
     "AssetIO",
+    "AssetStatus",
     "AssetValueMissing",
     "Automation",
     "CheckResult",
@@ -72,6 +87,8 @@ __all__ = [
     "HourlyPartitions",
     "IdentityMapping",
     "KeyRange",
+    "MaterializationFailed",
+    "MaterializeResult",
     "OnCron",
     "OnMissing",
     "OnUpstreamChange",
@@ -85,11 +102,17 @@ __all__ = [
     "StaticPartitions",
     "TimeWindowMapping",
     "TimeWindowPartitions",
+    "add_partitions",
     "asset",
     "asset_check",
+    "backfill",
+    "backfill_async",
     "code_fingerprint",
     "data_version",
+    "materialize",
+    "materialize_async",
     "on_cron",
     "on_missing",
     "on_upstream_change",
+    "status_async",
 ]

@@ -8,6 +8,8 @@
     AssetValueMissing (LookupError)   no stored value for an asset (partition)
     DataVersionError (TypeError)      a value with no stable encoding to hash
     PartitionSetCorrupted (ValueError)  stored bytes that are not a partition set
+    MaterializationFailed             a materialisation run in which an asset failed, failed
+                                      a blocking check or was blocked (the run's error)
 
 Definition problems are :class:`ConfigurationError`\\ s, so code that catches a bad
 option of a task catches a bad asset too.
@@ -21,6 +23,7 @@ __all__ = [
     "AssetDefinitionError",
     "AssetValueMissing",
     "DataVersionError",
+    "MaterializationFailed",
     "PartitionKeyError",
     "PartitionSetCorrupted",
 ]
@@ -50,3 +53,10 @@ class DataVersionError(FlowcoreError, TypeError):
 class PartitionSetCorrupted(FlowcoreError, ValueError):
     """Bytes given to ``PartitionSet.from_bytes`` are not an encoding it can read: corrupt,
     truncated, or written by a newer flowcore (a version byte it does not know)."""
+
+
+class MaterializationFailed(FlowcoreError):
+    """The error a materialisation (or backfill) flow run ends with when an asset failed,
+    failed a blocking check or was blocked: the run is Failed, so ``flowcore resume``
+    retries what did not complete. ``materialize()`` returns its result all the same;
+    the message counts each outcome and names the first few."""

@@ -20,20 +20,19 @@ small numbers for dense sets, a few bytes per range.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import Final, Protocol
 
-import msgspec
-
+from .. import ranges
 from .errors import PartitionKeyError, PartitionSetCorrupted
 
 __all__ = ["Indexed", "PartitionSet"]
 
-#: The version byte of the bytes form this module writes.
-FORMAT_VERSION: Final = 1
+#: The version byte of the bytes form this module writes (:mod:`flowcore.ranges`').
+FORMAT_VERSION: Final = ranges.FORMAT_VERSION
 #: Indexes are below this (they are stored as msgpack integers).
-MAX_INDEX: Final = 2**62
+MAX_INDEX: Final = ranges.MAX_INDEX
 
 
 class Indexed(Protocol):
@@ -44,10 +43,7 @@ class Indexed(Protocol):
     def key_of(self, index: int) -> str: ...
 
 
-def _index(value: object, what: str = "index") -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INDEX:
-        raise TypeError(f"a partition {what} must be an int in [0, 2**62], got {value!r}")
-    return value
+_index = ranges.check_index
 
 
 class PartitionSet:
@@ -176,16 +172,7 @@ class PartitionSet:
         _index(stop, "range stop")
         if stop <= start:
             return
-        bounds = self._bounds
-        lo = bisect_left(bounds, start)  # odd: start is inside (or at the end of) a range
-        hi = bisect_right(bounds, stop)  # odd: stop is inside (or at the start of) a range
-        first = lo - (lo & 1)
-        last = hi + (hi & 1)
-        new_start = bounds[first] if lo & 1 else start
-        new_stop = bounds[last - 1] if hi & 1 else stop
-        removed = sum(bounds[i + 1] - bounds[i] for i in range(first, last, 2))
-        bounds[first:last] = (new_start, new_stop)
-        self._count += new_stop - new_start - removed
+        self._count += ranges.add_range(self._bounds, start, stop)
 
     def discard_range(self, start: int, stop: int) -> None:
         """Remove the indexes ``start <= i < stop`` (nothing when ``stop <= start``)."""
@@ -193,21 +180,7 @@ class PartitionSet:
         _index(stop, "range stop")
         if stop <= start:
             return
-        bounds = self._bounds
-        lo = bisect_right(bounds, start)  # odd: a range starts at or before start, goes past
-        hi = bisect_left(bounds, stop)  # odd: a range starts before stop, ends at or after
-        first = lo - (lo & 1)
-        last = hi + (hi & 1)
-        if first >= last:
-            return
-        kept: list[int] = []
-        if lo & 1 and bounds[first] < start:
-            kept += (bounds[first], start)
-        if hi & 1 and stop < bounds[last - 1]:
-            kept += (stop, bounds[last - 1])
-        removed = sum(bounds[i + 1] - bounds[i] for i in range(first, last, 2))
-        bounds[first:last] = kept
-        self._count -= removed - sum(kept[i + 1] - kept[i] for i in range(0, len(kept), 2))
+        self._count -= ranges.discard_range(self._bounds, start, stop)
 
     def clear(self) -> None:
         self._bounds.clear()
@@ -233,18 +206,9 @@ class PartitionSet:
 
     def __and__(self, other: PartitionSet) -> PartitionSet:
         """The intersection, in one pass over both sets' ranges."""
-        a, b = self._bounds, other._bounds
         out = PartitionSet(partitions=self.partitions)
-        i = j = 0
-        while i < len(a) and j < len(b):
-            start, stop = max(a[i], b[j]), min(a[i + 1], b[j + 1])
-            if start < stop:
-                out._bounds += (start, stop)
-                out._count += stop - start
-            if a[i + 1] < b[j + 1]:
-                i += 2
-            else:
-                j += 2
+        out._bounds = ranges.intersect(self._bounds, other._bounds)
+        out._count = ranges.count(out._bounds)
         return out
 
     def update(self, other: PartitionSet) -> None:
@@ -261,37 +225,18 @@ class PartitionSet:
 
     def to_bytes(self) -> bytes:
         """The versioned bytes form (module docstring); :meth:`from_bytes` reads it."""
-        bounds = self._bounds
-        deltas = [b - a for a, b in zip([0, *bounds], bounds, strict=False)]
-        return bytes((FORMAT_VERSION,)) + msgspec.msgpack.encode(deltas)
+        return ranges.encode(self._bounds)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, partitions: Indexed | None = None) -> PartitionSet:
         """The set ``data`` encodes; :class:`PartitionSetCorrupted` for anything else."""
-        if not data:
-            raise PartitionSetCorrupted("no bytes: an empty partition set still has a version")
-        if data[0] != FORMAT_VERSION:
-            raise PartitionSetCorrupted(
-                f"partition set format version {data[0]}, this flowcore reads version "
-                f"{FORMAT_VERSION}: it was written by a newer flowcore (upgrade) or is corrupt"
-            )
         try:
-            deltas = msgspec.msgpack.decode(data[1:], type=list[int])
-        except msgspec.DecodeError as exc:
-            raise PartitionSetCorrupted(f"corrupt partition set: {exc}") from None
-        if len(deltas) % 2 or any(d <= 0 for d in deltas[1:]) or (deltas and deltas[0] < 0):
-            raise PartitionSetCorrupted(
-                "corrupt partition set: its ranges are not sorted, disjoint and non-empty"
-            )
+            bounds = ranges.decode(data)
+        except ranges.RangeSetCorrupted as exc:
+            raise PartitionSetCorrupted(str(exc)) from None
         out = cls(partitions=partitions)
-        position = 0
-        for delta in deltas:
-            position += delta
-            out._bounds.append(position)
-        if out._bounds and out._bounds[-1] > MAX_INDEX:
-            raise PartitionSetCorrupted("corrupt partition set: an index past 2**62")
-        bounds = out._bounds
-        out._count = sum(bounds[i + 1] - bounds[i] for i in range(0, len(bounds), 2))
+        out._bounds = bounds
+        out._count = ranges.count(bounds)
         return out
 
     # -- keys ----------------------------------------------------------------------------

@@ -7,7 +7,10 @@ changed record, once, in one transaction, every ``flush_interval`` seconds, as
 soon as ``max_batch`` records are waiting, and whenever a run ends.
 
 Lines of run logs are queued as spans are (a deque: sync tasks log from worker
-threads) and written with the same batch.
+threads) and written with the same batch. Asset events (materialisations, check
+results, stale marks) are queued by the materialiser just before its task run
+completes, with no await in between, so they are written in the same transaction
+as the task run that made them; a task run that does not materialise pays nothing.
 
 Changed records are keyed by identity, so a task that starts and finishes
 between two flushes costs one row, not two. After a flush the recorder drops
@@ -42,6 +45,7 @@ import msgspec
 from ..errors import StoreError, StoreUnavailable
 from ..ids import error_message, error_name, safe_repr, safe_text, traceback_text
 from ..records import (
+    AssetEvent,
     CacheEntry,
     FlowRunRecord,
     LogRecord,
@@ -90,6 +94,8 @@ class Recorder:
         self.spans: deque[SpanRecord] = deque()
         #: Lines of run logs to persist, in the order they were written (any thread).
         self.logs: deque[LogRecord] = deque()
+        #: Asset events to persist, in order (see the module docstring).
+        self.assets: list[AssetEvent] = []
         #: Run logs that reached their limit, by run id: called when the run ends, each
         #: queues the line saying what was dropped (see ``engine.logs.RunLog``).
         self.truncated: dict[str, Callable[[], None]] = {}
@@ -309,6 +315,7 @@ class Recorder:
             and not self._cache
             and not self.spans
             and not self.logs
+            and not self.assets
         ):
             if self._admission:
                 self._let_in(everyone=False)
@@ -331,6 +338,7 @@ class Recorder:
             spans.append(self.spans.popleft())
         queued = self.logs
         logs = [queued.popleft() for _ in range(len(queued))]
+        assets, self.assets = self.assets, []
         self._writing_cache, self._writing_files = cache, files
         try:
             if files and self.blobs is not None:
@@ -345,7 +353,12 @@ class Recorder:
                     ) from exc
             await self._write(
                 WriteBatch(
-                    list(flows.values()), list(tasks.values()), list(cache.values()), spans, logs
+                    list(flows.values()),
+                    list(tasks.values()),
+                    list(cache.values()),
+                    spans,
+                    logs,
+                    assets,
                 )
             )
         except BaseException as exc:
@@ -357,6 +370,7 @@ class Recorder:
             self._flows, self._tasks, self._cache, self._files = flows, tasks, cache, files
             self.spans.extendleft(reversed(spans))
             self.logs.extendleft(reversed(logs))
+            self.assets[:0] = assets
             self._writing_cache, self._writing_files = {}, {}
             self._let_in(everyone=True)
             if not isinstance(exc, Exception):
@@ -440,6 +454,7 @@ def _scrub(batch: WriteBatch) -> bool:
         batch.cache_entries,
         batch.spans,
         batch.logs,
+        batch.assets,
     ):
         for record in records:
             for name in record.__struct_fields__:

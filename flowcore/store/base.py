@@ -14,6 +14,9 @@ The split says who calls what:
 - :class:`ServingStore`: what ``flowcore serve`` needs to run schedules and triggers
   from several processes at once: slot claims, schedule state, the trigger queue,
   the served-flows registry, one-shot claims and a change token.
+- :class:`AssetStore`: asset definitions as synced, the history of materialisations
+  and check results, and each asset's current state (range sets of partitions
+  materialised, stale, failing a check), kept incrementally on every write.
 - :class:`BlobStore` (``store.blobs``): large results, kept beside the records.
 
 ``flowcore.testing.check_store(factory)`` is the executable form of this
@@ -27,15 +30,22 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
+from .. import ranges
 from ..errors import ConfigurationError
 from ..records import (
+    AssetDefRecord,
+    AssetEvent,
+    AssetStateRecord,
     CacheEntry,
+    CheckResultRecord,
     FlowRunRecord,
     LogRecord,
+    MaterializationRecord,
     ScheduleState,
     ServedFlow,
     SlotClaim,
     SpanRecord,
+    StaleMark,
     TaskRunRecord,
     Trigger,
     WriteBatch,
@@ -44,6 +54,8 @@ from ..states import TERMINAL, State
 
 __all__ = [
     "FINISHED",
+    "AssetStore",
+    "AssetWrite",
     "BlobStore",
     "CacheStore",
     "LeaseStore",
@@ -52,6 +64,8 @@ __all__ = [
     "ServingStore",
     "SpanStore",
     "Store",
+    "apply_asset_events",
+    "apply_code_change",
     "claimed_source",
     "late_completion",
     "not_found_message",
@@ -365,6 +379,193 @@ class ServingStore(Protocol):
         SQLite writes on connections other than the one that asks)."""
 
 
+class AssetStore(Protocol):
+    """Assets: definitions, history, and the current state kept incrementally.
+
+    Materialisations, check results and stale marks arrive in ``WriteBatch.assets``,
+    in the transaction of the task runs that made them, and are applied in order by
+    :func:`apply_asset_events` (the same code in every built-in store): the state of
+    each asset touched is read, changed and written back inside the write
+    transaction, so concurrent writers never lose each other's updates. Reading
+    "which assets are stale, and why" is then one read of the state rows.
+    """
+
+    async def sync_assets(
+        self, defs: Sequence[AssetDefRecord], marks: Mapping[str, Sequence[StaleMark]]
+    ) -> dict[str, str]:
+        """Upsert definitions, in one transaction. An asset whose stored code version
+        differs gets every materialised partition marked stale (cause ``code-changed``),
+        and the marks ``marks[key]`` (its downstream, computed by the caller from the
+        graph) applied too. Returns ``key → previous code version`` of those changed."""
+
+    async def list_asset_defs(self, keys: Sequence[str] | None = None) -> list[AssetDefRecord]:
+        """Stored definitions (of ``keys``), by key."""
+
+    async def asset_states(self, keys: Sequence[str] | None = None) -> list[AssetStateRecord]:
+        """The state of every asset that has one (of ``keys``), by key."""
+
+    async def asset_history(
+        self, key: str, *, partition: str | None = None, limit: int = 100
+    ) -> list[MaterializationRecord]:
+        """Materialisations of ``key`` (of ``partition`` when given), newest first."""
+
+    async def latest_materializations(
+        self, key: str, partitions: Sequence[str | None]
+    ) -> list[MaterializationRecord | None]:
+        """The current materialisation of each partition (``None``: never materialised)."""
+
+    async def check_results(
+        self, key: str, *, partition: str | None = None, limit: int = 100
+    ) -> list[CheckResultRecord]:
+        """Check results of ``key`` (of ``partition`` when given), newest first."""
+
+    async def add_dynamic_partitions(self, name: str, keys: Sequence[str], now: float) -> list[int]:
+        """Add keys to the dynamic partitions ``name`` (those already there are kept as
+        they are), in one transaction; returns the index of each given key. Indexes
+        count from 0 in the order keys were first added, across handles and processes."""
+
+    async def dynamic_partitions(self, name: str) -> list[str]:
+        """The keys of the dynamic partitions ``name``, in index order."""
+
+
+class AssetWrite:
+    """What applying asset events changed, for the store to write back (see
+    :func:`apply_asset_events`): states, current partition versions, history rows."""
+
+    def __init__(
+        self,
+        state_of: Callable[[str], AssetStateRecord | None],
+        version_of: Callable[[str, int], str | None],
+    ) -> None:
+        self._state_of = state_of
+        self._version_of = version_of
+        #: Touched states by key (written back whole).
+        self.states: dict[str, AssetStateRecord] = {}
+        #: ``(key, index) → materialisation`` now current (the newest of the batch).
+        self.current: dict[tuple[str, int], MaterializationRecord] = {}
+        #: History rows to append, in order.
+        self.history: list[MaterializationRecord | CheckResultRecord] = []
+        self._sets: dict[tuple[str, str], list[int]] = {}
+
+    def state(self, key: str) -> AssetStateRecord:
+        found = self.states.get(key)
+        if found is None:
+            found = self._state_of(key) or AssetStateRecord(key=key)
+            self.states[key] = found
+        return found
+
+    def version(self, key: str, index: int) -> str | None:
+        mat = self.current.get((key, index))
+        return mat.data_version if mat is not None else self._version_of(key, index)
+
+    def bounds(self, key: str, which: str) -> list[int]:
+        """The bounds of set ``which`` of ``key``, decoded once per batch."""
+        found = self._sets.get((key, which))
+        if found is None:
+            data: bytes = getattr(self.state(key), which)
+            found = ranges.decode(data) if data else []
+            self._sets[(key, which)] = found
+        return found
+
+    def finish(self) -> None:
+        """Encode the changed sets back into their states."""
+        for (key, which), bounds in self._sets.items():
+            setattr(self.states[key], which, ranges.encode(bounds) if bounds else b"")
+        self._sets.clear()
+
+
+def _mark(write: AssetWrite, mark: StaleMark) -> None:
+    stale = write.bounds(mark.key, "stale")
+    for start, stop in mark.ranges:
+        ranges.add_range(stale, start, stop)
+    if mark.cause:
+        write.state(mark.key).cause = dict(mark.cause)
+
+
+def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: float) -> None:
+    """Apply materialisations, check results and stale marks in order (module docstring
+    of :class:`AssetStore`). Pure: it reads through ``write``'s callbacks and leaves what
+    to write in ``write``.
+
+    A materialisation: its partition is materialised, no longer failing a check, and
+    fresh, unless an upstream value it consumed is no longer the current one (another
+    process re-materialised it meanwhile): then it stays stale, naming that upstream.
+    When its data version differs from the partition's previous one, its ``downstream``
+    marks (computed by the materialiser from the graph's mappings) apply; the same
+    version leaves its downstream fresh.
+    """
+    for event in events:
+        if isinstance(event, MaterializationRecord):
+            key, index = event.key, event.index
+            previous = write.version(key, index)
+            write.history.append(event)
+            ranges.add_range(write.bounds(key, "materialized"), index, index + 1)
+            ranges.discard_range(write.bounds(key, "failed"), index, index + 1)
+            stale = write.bounds(key, "stale")
+            moved = next(
+                (
+                    (up, part, seen, current)
+                    for up, part, seen, upstream_index in _consumed(event)
+                    if (current := write.version(up, upstream_index)) is not None
+                    and current != seen
+                ),
+                None,
+            )
+            state = write.state(key)
+            if moved is None:
+                ranges.discard_range(stale, index, index + 1)
+            else:
+                ranges.add_range(stale, index, index + 1)
+                state.cause = {
+                    "reason": "upstream-changed",
+                    "upstream": moved[0],
+                    "partition": moved[1],
+                    "consumed": moved[2],
+                    "current": moved[3],
+                }
+            if not stale:
+                state.cause = {}
+            write.current[(key, index)] = event
+            state.last_at = event.at
+            state.last_run_id = event.run_id
+            state.last_partition = event.partition
+            state.data_version = event.data_version
+            state.code_version = event.code_version
+            state.materializations += 1
+            if previous is not None and previous != event.data_version:
+                for mark in event.downstream:
+                    _mark(write, mark)
+        elif isinstance(event, CheckResultRecord):
+            write.history.append(event)
+            if not event.passed and event.blocking:
+                ranges.add_range(write.bounds(event.key, "failed"), event.index, event.index + 1)
+                write.state(event.key).failed_check = event.check
+        else:
+            _mark(write, event)
+    write.finish()
+
+
+def apply_code_change(
+    write: AssetWrite, key: str, old: str, new: str, marks: Sequence[StaleMark]
+) -> None:
+    """A definition synced with another code version: every materialised partition of
+    ``key`` is stale (cause ``code-changed``), and its downstream ``marks`` apply."""
+    materialized = write.bounds(key, "materialized")
+    if not materialized:
+        return  # never built: missing, not stale, and nothing downstream read it
+    stale = write.bounds(key, "stale")
+    for i in range(0, len(materialized), 2):
+        ranges.add_range(stale, materialized[i], materialized[i + 1])
+    write.state(key).cause = {"reason": "code-changed", "from": old, "to": new}
+    for mark in marks:
+        _mark(write, mark)
+    write.finish()
+
+
+def _consumed(event: MaterializationRecord) -> list[tuple[str, str | None, str, int]]:
+    return [(up, part, version, index) for up, part, version, index in event.consumed]
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """Large results, by reference (the SHA-256 of their content).
@@ -391,7 +592,9 @@ class BlobStore(Protocol):
 
 
 @runtime_checkable
-class Store(RunStore, CacheStore, SpanStore, LogStore, LeaseStore, ServingStore, Protocol):
+class Store(
+    RunStore, CacheStore, SpanStore, LogStore, LeaseStore, ServingStore, AssetStore, Protocol
+):
     """Every role: what ``Engine(store=...)`` takes."""
 
     #: Where large results go (``None``: they stay inline in the records).

@@ -5,26 +5,40 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import msgspec
 
 from ..errors import ConfigurationError, RunNotFound
 from ..records import (
+    AssetDefRecord,
+    AssetStateRecord,
     CacheEntry,
+    CheckResultRecord,
     FlowRunRecord,
     LogRecord,
+    MaterializationRecord,
     ScheduleState,
     ServedFlow,
     SlotClaim,
     SpanRecord,
+    StaleMark,
     TaskRunRecord,
     Trigger,
     WriteBatch,
 )
 from ..states import TERMINAL, State
-from .base import BlobStore, claimed_source, late_completion, not_found_message, replaces
+from .base import (
+    AssetWrite,
+    BlobStore,
+    apply_asset_events,
+    apply_code_change,
+    claimed_source,
+    late_completion,
+    not_found_message,
+    replaces,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -61,6 +75,13 @@ class MemoryStore:
         self._served: dict[tuple[str, str], ServedFlow] = {}
         self._once: dict[tuple[str, str], tuple[str, float]] = {}
         self._changes = 0  # bumped by every change of any kind: see changes()
+        # Assets, keyed as the SQLite tables are (see AssetStore).
+        self._asset_defs: dict[str, AssetDefRecord] = {}
+        self._asset_history: dict[tuple[str, str | None], list[MaterializationRecord]] = {}
+        self._asset_current: dict[tuple[str, int], MaterializationRecord] = {}
+        self._asset_checks: dict[str, list[CheckResultRecord]] = {}
+        self._asset_state: dict[str, AssetStateRecord] = {}
+        self._dynamic: dict[str, dict[str, int]] = {}  # name -> key -> index
 
     async def open(self) -> None:
         pass
@@ -92,6 +113,101 @@ class MemoryStore:
             self._log_id += 1
             kept = msgspec.structs.replace(line, id=self._log_id)
             self._logs.setdefault(line.run_id, []).append(kept)
+        if batch.assets:
+            write = self._asset_write()
+            apply_asset_events(write, [_clone(e) for e in batch.assets], 0.0)
+            self._commit_assets(write)
+
+    # -- assets -------------------------------------------------------------------------
+
+    def _asset_write(self) -> AssetWrite:
+        def version_of(key: str, index: int) -> str | None:
+            found = self._asset_current.get((key, index))
+            return None if found is None else found.data_version
+
+        return AssetWrite(lambda key: _clone(self._asset_state.get(key)), version_of)
+
+    def _commit_assets(self, write: AssetWrite) -> None:
+        for item in write.history:
+            if isinstance(item, MaterializationRecord):
+                self._asset_history.setdefault((item.key, item.partition), []).append(item)
+            else:
+                self._asset_checks.setdefault(item.key, []).append(item)
+        self._asset_current.update(write.current)
+        self._asset_state.update(write.states)
+
+    async def sync_assets(
+        self, defs: Sequence[AssetDefRecord], marks: Mapping[str, Sequence[StaleMark]]
+    ) -> dict[str, str]:
+        self._changes += 1
+        changed: dict[str, str] = {}
+        write = self._asset_write()
+        for definition in defs:
+            old = self._asset_defs.get(definition.key)
+            if old is not None and old.code_version != definition.code_version:
+                changed[definition.key] = old.code_version
+                apply_code_change(
+                    write,
+                    definition.key,
+                    old.code_version,
+                    definition.code_version,
+                    [_clone(m) for m in marks.get(definition.key, ())],
+                )
+            self._asset_defs[definition.key] = _clone(definition)
+        self._commit_assets(write)
+        return changed
+
+    async def list_asset_defs(self, keys: Sequence[str] | None = None) -> list[AssetDefRecord]:
+        found = (
+            self._asset_defs
+            if keys is None
+            else {k: self._asset_defs[k] for k in keys if k in self._asset_defs}
+        )
+        return [_clone(found[k]) for k in sorted(found)]
+
+    async def asset_states(self, keys: Sequence[str] | None = None) -> list[AssetStateRecord]:
+        states = self._asset_state
+        chosen = sorted(states) if keys is None else sorted(k for k in set(keys) if k in states)
+        return [_clone(states[k]) for k in chosen]
+
+    async def asset_history(
+        self, key: str, *, partition: str | None = None, limit: int = 100
+    ) -> list[MaterializationRecord]:
+        if partition is not None:
+            rows = self._asset_history.get((key, partition), [])
+        else:
+            rows = [m for (k, _), ms in self._asset_history.items() if k == key for m in ms]
+            rows.sort(key=lambda m: m.at)
+        return [_clone(m) for m in reversed(rows[-limit:])]
+
+    async def latest_materializations(
+        self, key: str, partitions: Sequence[str | None]
+    ) -> list[MaterializationRecord | None]:
+        out: list[MaterializationRecord | None] = []
+        for partition in partitions:
+            rows = self._asset_history.get((key, partition))
+            out.append(_clone(rows[-1]) if rows else None)
+        return out
+
+    async def add_dynamic_partitions(self, name: str, keys: Sequence[str], now: float) -> list[int]:
+        self._changes += 1
+        known = self._dynamic.setdefault(name, {})
+        for key in keys:
+            known.setdefault(key, len(known))
+        return [known[key] for key in keys]
+
+    async def dynamic_partitions(self, name: str) -> list[str]:
+        return list(self._dynamic.get(name, {}))
+
+    async def check_results(
+        self, key: str, *, partition: str | None = None, limit: int = 100
+    ) -> list[CheckResultRecord]:
+        rows = [
+            c
+            for c in self._asset_checks.get(key, [])
+            if partition is None or c.partition == partition
+        ]
+        return [_clone(c) for c in reversed(rows[-limit:])]
 
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
@@ -529,3 +645,13 @@ def _copy(record: _R) -> _R:
         if copy.tags is not None:
             copy.tags = list(copy.tags)
     return copy
+
+
+_T = TypeVar("_T")
+
+
+def _clone(record: _T) -> _T:
+    """A deep copy of a record (a msgpack round trip): the store never shares objects."""
+    if record is None:
+        return record
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(record), type=type(record))

@@ -16,9 +16,13 @@ from typing import Any, Final
 import msgspec
 
 from ...records import (
+    AssetDefRecord,
+    AssetStateRecord,
     CacheEntry,
+    CheckResultRecord,
     FlowRunRecord,
     LogRecord,
+    MaterializationRecord,
     ScheduleState,
     ServedFlow,
     SlotClaim,
@@ -65,13 +69,18 @@ __all__ = [
     "UPSERT_TASK",
     "V1_TASK_COLS",
     "V5_FLOW_COLS",
+    "asset_body",
+    "asset_def_record",
+    "asset_state_record",
     "blob",
     "cache_record",
     "cache_row",
+    "check_record",
     "flow_record",
     "flow_row",
     "log_record",
     "log_row",
+    "materialization_record",
     "multi_row",
     "replace_crashed_flow_params",
     "replace_crashed_task_params",
@@ -462,3 +471,34 @@ def served_record(row: sqlite3.Row | tuple[Any, ...]) -> ServedFlow:
         parameters_schema=row[6], schedules=_names_dec.decode(row[7]), started=row[8],
         heartbeat=row[9],
     )  # fmt: skip
+
+
+# -- assets (migration 9): bodies are whole records in msgpack -----------------------------
+
+_asset_encoder = msgspec.msgpack.Encoder()
+_asset_def_decoder = msgspec.msgpack.Decoder(AssetDefRecord)
+_materialization_decoder = msgspec.msgpack.Decoder(MaterializationRecord)
+_check_decoder = msgspec.msgpack.Decoder(CheckResultRecord)
+_state_decoder = msgspec.msgpack.Decoder(AssetStateRecord)
+
+
+def asset_body(
+    record: AssetDefRecord | MaterializationRecord | CheckResultRecord | AssetStateRecord,
+) -> bytes:
+    return _asset_encoder.encode(record)
+
+
+def asset_def_record(body: bytes) -> AssetDefRecord:
+    return _asset_def_decoder.decode(body)
+
+
+def materialization_record(body: bytes) -> MaterializationRecord:
+    return _materialization_decoder.decode(body)
+
+
+def check_record(body: bytes) -> CheckResultRecord:
+    return _check_decoder.decode(body)
+
+
+def asset_state_record(body: bytes) -> AssetStateRecord:
+    return _state_decoder.decode(body)

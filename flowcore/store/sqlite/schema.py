@@ -245,6 +245,60 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX flow_runs_active ON flow_runs (name, created) WHERE parent_run_id IS NULL "
         "AND state IN ('Pending', 'Running', 'Retrying')",
     ),
+    # 9: assets. Definitions as synced by a process that has the code; the append-only
+    #    history of materialisations and check results (a msgpack body each, with the
+    #    columns queries filter on); the current data version of each materialised
+    #    partition (what a downstream's consumed versions are compared with, inside
+    #    the write transaction); and one state row per asset whose body holds its
+    #    range sets (materialised, stale, failed-check) and the cause, changed by
+    #    read-modify-write in the write transaction so concurrent writers lose nothing;
+    #    the keys of dynamic partitions, numbered in the order they were added.
+    9: (
+        """CREATE TABLE asset_defs (
+               key TEXT PRIMARY KEY,
+               code_version TEXT NOT NULL,
+               body BLOB NOT NULL
+           ) WITHOUT ROWID""",
+        """CREATE TABLE asset_materializations (
+               id INTEGER PRIMARY KEY,
+               key TEXT NOT NULL,
+               partition TEXT,
+               at REAL NOT NULL,
+               run_id TEXT NOT NULL,
+               seq INTEGER NOT NULL,
+               body BLOB NOT NULL
+           )""",
+        "CREATE INDEX asset_materializations_key ON asset_materializations (key, partition, id)",
+        "CREATE INDEX asset_materializations_run ON asset_materializations (run_id, seq)",
+        """CREATE TABLE asset_partitions (
+               key TEXT NOT NULL,
+               idx INTEGER NOT NULL,
+               partition TEXT,
+               data_version TEXT NOT NULL,
+               materialization INTEGER NOT NULL,
+               PRIMARY KEY (key, idx)
+           ) WITHOUT ROWID""",
+        """CREATE TABLE asset_checks (
+               id INTEGER PRIMARY KEY,
+               key TEXT NOT NULL,
+               partition TEXT,
+               at REAL NOT NULL,
+               body BLOB NOT NULL
+           )""",
+        "CREATE INDEX asset_checks_key ON asset_checks (key, id)",
+        """CREATE TABLE asset_state (
+               key TEXT PRIMARY KEY,
+               body BLOB NOT NULL
+           ) WITHOUT ROWID""",
+        """CREATE TABLE asset_dynamic_keys (
+               name TEXT NOT NULL,
+               key TEXT NOT NULL,
+               idx INTEGER NOT NULL,
+               added REAL NOT NULL,
+               PRIMARY KEY (name, key),
+               UNIQUE (name, idx)
+           ) WITHOUT ROWID""",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +34,33 @@ import msgspec
 from ...errors import ConfigurationError, RunNotFound
 from ...ids import HOST
 from ...records import (
+    AssetDefRecord,
+    AssetEvent,
+    AssetStateRecord,
     CacheEntry,
+    CheckResultRecord,
     FlowRunRecord,
     LogRecord,
+    MaterializationRecord,
     ScheduleState,
     ServedFlow,
     SlotClaim,
     SpanRecord,
+    StaleMark,
     TaskRunRecord,
     Trigger,
     WriteBatch,
 )
 from ...states import TERMINAL
-from ..base import BlobStore, claimed_source, late_completion, not_found_message
+from ..base import (
+    AssetWrite,
+    BlobStore,
+    apply_asset_events,
+    apply_code_change,
+    claimed_source,
+    late_completion,
+    not_found_message,
+)
 from ..files import FileBlobs
 from .connection import Connection
 from .rows import (
@@ -79,12 +93,17 @@ from .rows import (
     UPSERT_SCHEDULE,
     UPSERT_SERVED,
     UPSERT_TASK,
+    asset_body,
+    asset_def_record,
+    asset_state_record,
     cache_record,
     cache_row,
+    check_record,
     flow_record,
     flow_row,
     log_record,
     log_row,
+    materialization_record,
     multi_row,
     replace_crashed_flow_params,
     replace_crashed_task_params,
@@ -264,8 +283,12 @@ class SQLiteStore:
                 _late_task_runs(db, upserted)
             for sql, params in batches:
                 db.executemany(sql, params)
+            if asset_events:
+                _write_assets(db, asset_events)
 
+        asset_events = list(batch.assets)
         rows = len(flow_rows) + len(task_runs) + len(cache_rows) + len(span_rows) + len(log_rows)
+        rows += len(asset_events)
         await self._io.write(run, rows)
         self._io.end_read()  # cache lookups from now on see what was just written
         for r in started:
@@ -871,9 +894,223 @@ class SQLiteStore:
         triggers too. Read on the calling thread, never waiting for the writer."""
         return self._io.data_version()
 
+    # -- assets ----------------------------------------------------------------------
+
+    async def sync_assets(
+        self, defs: Sequence[AssetDefRecord], marks: Mapping[str, Sequence[StaleMark]]
+    ) -> dict[str, str]:
+        rows = [(d.key, d.code_version, asset_body(d)) for d in defs]
+        wanted = dict(marks)
+
+        def sync(db: sqlite3.Connection) -> dict[str, str]:
+            stored = dict(db.execute("SELECT key, code_version FROM asset_defs").fetchall())
+            write = _asset_write(db)
+            changed: dict[str, str] = {}
+            for key, code_version, _ in rows:
+                old = stored.get(key)
+                if old is not None and old != code_version:
+                    changed[key] = old
+                    apply_code_change(write, key, old, code_version, wanted.get(key, ()))
+            db.executemany(
+                "INSERT INTO asset_defs (key, code_version, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET code_version = excluded.code_version, "
+                "body = excluded.body",
+                rows,
+            )
+            _write_states(db, write)
+            return changed
+
+        return await self._io.write(sync, rows=len(rows))
+
+    async def list_asset_defs(self, keys: Sequence[str] | None = None) -> list[AssetDefRecord]:
+        if keys is None:
+            found = await self._io.fetch("SELECT body FROM asset_defs ORDER BY key")
+        else:
+            found = await self._io.fetch(
+                "SELECT body FROM asset_defs WHERE key IN (SELECT value FROM json_each(?)) "
+                "ORDER BY key",
+                [msgspec.json.encode(list(keys)).decode()],
+            )
+        return [asset_def_record(r[0]) for r in found]
+
+    async def asset_states(self, keys: Sequence[str] | None = None) -> list[AssetStateRecord]:
+        if keys is None:
+            found = await self._io.fetch("SELECT body FROM asset_state ORDER BY key")
+        else:
+            found = await self._io.fetch(
+                "SELECT body FROM asset_state WHERE key IN (SELECT value FROM json_each(?)) "
+                "ORDER BY key",
+                [msgspec.json.encode(list(keys)).decode()],
+            )
+        return [asset_state_record(r[0]) for r in found]
+
+    async def asset_history(
+        self, key: str, *, partition: str | None = None, limit: int = 100
+    ) -> list[MaterializationRecord]:
+        if partition is None:
+            sql = "SELECT body FROM asset_materializations WHERE key = ? ORDER BY id DESC LIMIT ?"
+            params: list[Any] = [key, limit]
+        else:
+            sql = (
+                "SELECT body FROM asset_materializations WHERE key = ? AND partition = ? "
+                "ORDER BY id DESC LIMIT ?"
+            )
+            params = [key, partition, limit]
+        return [materialization_record(r[0]) for r in await self._io.fetch(sql, params)]
+
+    async def latest_materializations(
+        self, key: str, partitions: Sequence[str | None]
+    ) -> list[MaterializationRecord | None]:
+        out: list[MaterializationRecord | None] = []
+        for partition in partitions:
+            found = await self._io.fetch(
+                "SELECT body FROM asset_materializations WHERE key = ? AND partition IS ? "
+                "ORDER BY id DESC LIMIT 1",
+                [key, partition],
+            )
+            out.append(materialization_record(found[0][0]) if found else None)
+        return out
+
+    async def add_dynamic_partitions(self, name: str, keys: Sequence[str], now: float) -> list[int]:
+        given = list(keys)
+
+        def add(db: sqlite3.Connection) -> list[int]:
+            known = dict(
+                db.execute(
+                    "SELECT key, idx FROM asset_dynamic_keys WHERE name = ?", (name,)
+                ).fetchall()
+            )
+            new = []
+            for key in given:
+                if key not in known:
+                    known[key] = len(known)
+                    new.append((name, key, known[key], now))
+            db.executemany(
+                "INSERT INTO asset_dynamic_keys (name, key, idx, added) VALUES (?, ?, ?, ?)", new
+            )
+            return [int(known[key]) for key in given]
+
+        return await self._io.write(add, rows=len(given))
+
+    async def dynamic_partitions(self, name: str) -> list[str]:
+        rows = await self._io.fetch(
+            "SELECT key FROM asset_dynamic_keys WHERE name = ? ORDER BY idx", [name]
+        )
+        return [str(r[0]) for r in rows]
+
+    async def check_results(
+        self, key: str, *, partition: str | None = None, limit: int = 100
+    ) -> list[CheckResultRecord]:
+        if partition is None:
+            sql = "SELECT body FROM asset_checks WHERE key = ? ORDER BY id DESC LIMIT ?"
+            params: list[Any] = [key, limit]
+        else:
+            sql = (
+                "SELECT body FROM asset_checks WHERE key = ? AND partition = ? "
+                "ORDER BY id DESC LIMIT ?"
+            )
+            params = [key, partition, limit]
+        return [check_record(r[0]) for r in await self._io.fetch(sql, params)]
+
 
 def _flow_and_key(flow: str, key: str | None) -> tuple[str, list[str]]:
     """A WHERE clause and its parameters for schedule ``key`` of ``flow`` (or all of them)."""
     if key is None:
         return "flow = ?", [flow]
     return "flow = ? AND key = ?", [flow, key]
+
+
+# -- assets: applied inside the write transaction -------------------------------------------
+
+
+def _asset_write(db: sqlite3.Connection, events: Sequence[AssetEvent] = ()) -> AssetWrite:
+    """An ``AssetWrite`` reading this transaction; the states and partition versions
+    ``events`` touch are read up front, in two queries rather than two per event."""
+    keys: set[str] = set()
+    pairs: set[tuple[str, int]] = set()
+    for event in events:
+        keys.add(event.key)
+        if isinstance(event, MaterializationRecord):
+            pairs.add((event.key, event.index))
+            pairs.update((up, index) for up, _, _, index in event.consumed)
+            keys.update(mark.key for mark in event.downstream)
+    states: dict[str, AssetStateRecord | None] = dict.fromkeys(keys)
+    if keys:
+        found = db.execute(
+            "SELECT key, body FROM asset_state WHERE key IN (SELECT value FROM json_each(?))",
+            (msgspec.json.encode(sorted(keys)).decode(),),
+        ).fetchall()
+        states.update((key, asset_state_record(body)) for key, body in found)
+    versions: dict[tuple[str, int], str | None] = dict.fromkeys(pairs)
+    if pairs:
+        found = db.execute(
+            "SELECT p.key, p.idx, p.data_version FROM json_each(?) AS j JOIN asset_partitions "
+            "AS p ON p.key = json_extract(j.value, '$[0]') AND p.idx = json_extract(j.value, "
+            "'$[1]')",
+            (msgspec.json.encode(sorted(pairs)).decode(),),
+        ).fetchall()
+        versions.update(((key, idx), str(version)) for key, idx, version in found)
+
+    def state_of(key: str) -> AssetStateRecord | None:
+        if key in states:
+            return states[key]
+        row = db.execute("SELECT body FROM asset_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else asset_state_record(row[0])
+
+    def version_of(key: str, index: int) -> str | None:
+        if (key, index) in versions:
+            return versions[(key, index)]
+        row = db.execute(
+            "SELECT data_version FROM asset_partitions WHERE key = ? AND idx = ?", (key, index)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    return AssetWrite(state_of, version_of)
+
+
+def _write_states(db: sqlite3.Connection, write: AssetWrite) -> None:
+    db.executemany(
+        "INSERT INTO asset_state (key, body) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET body = excluded.body",
+        [(key, asset_body(state)) for key, state in write.states.items()],
+    )
+
+
+def _write_assets(db: sqlite3.Connection, events: list[AssetEvent]) -> None:
+    """Apply asset events in the write transaction (see ``AssetStore``): history
+    appended, current partition versions and state rows read, changed, written back."""
+    write = _asset_write(db, events)
+    apply_asset_events(write, events, 0.0)
+    # Ids given here, after the largest (this transaction holds the write lock), so the
+    # history is one executemany and the partition rows can name their materialisation.
+    (top,) = db.execute("SELECT coalesce(max(id), 0) FROM asset_materializations").fetchone()
+    ids: dict[int, int] = {}
+    history, checks = [], []
+    for item in write.history:
+        if isinstance(item, MaterializationRecord):
+            top += 1
+            ids[id(item)] = top
+            history.append(
+                (top, item.key, item.partition, item.at, item.run_id, item.seq, asset_body(item))
+            )
+        else:
+            checks.append((item.key, item.partition, item.at, asset_body(item)))
+    db.executemany(
+        "INSERT INTO asset_materializations (id, key, partition, at, run_id, seq, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        history,
+    )
+    db.executemany(
+        "INSERT INTO asset_checks (key, partition, at, body) VALUES (?, ?, ?, ?)", checks
+    )
+    db.executemany(
+        "INSERT INTO asset_partitions (key, idx, partition, data_version, materialization) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, idx) DO UPDATE SET "
+        "partition = excluded.partition, data_version = excluded.data_version, "
+        "materialization = excluded.materialization",
+        [
+            (key, index, m.partition, m.data_version, ids[id(m)])
+            for (key, index), m in write.current.items()
+        ],
+    )
+    _write_states(db, write)

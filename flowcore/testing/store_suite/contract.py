@@ -17,6 +17,7 @@ import anyio
 
 from ...store.base import Store
 from . import (
+    assets,
     blobs,
     cache,
     claims,
@@ -46,6 +47,7 @@ STORE_CASES: dict[str, StoreCase] = join_cases(
     claims.CASES,
     logs.CASES,
     serving.CASES,
+    assets.CASES,
 )
 
 #: The suite's own folder: a failure is located at the last frame of a file in it.

@@ -1,0 +1,148 @@
+"""Cases on the asset role: definitions, history, and state kept incrementally.
+
+Materialisations, check results and stale marks arrive in ``WriteBatch.assets`` and
+are applied in order, in the write transaction (``AssetStore``): a materialised
+partition joins the ``materialized`` range set and leaves ``stale`` and ``failed``
+(unless an upstream value it consumed is no longer current); its ``downstream``
+marks apply only when its data version changed; a code change syncs stale. The
+races: two handles writing materialisations of one asset at once lose nothing.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from ...ranges import RangeSet
+from ...records import (
+    AssetDefRecord,
+    CheckResultRecord,
+    MaterializationRecord,
+    StaleMark,
+    WriteBatch,
+)
+from ...store.base import Store
+from .assertions import differs
+from .cases import Cases, OpenStore
+
+__all__ = ["CASES"]
+
+CASES = Cases()
+
+
+def mat(
+    key: str, version: str, index: int = 0, at: float = 1000.0, **fields: object
+) -> MaterializationRecord:
+    partition = fields.pop("partition", None if index == 0 else f"p{index}")
+    return MaterializationRecord(
+        key=key,
+        at=at,
+        run_id="run",
+        seq=index,
+        code_version="1",
+        data_version=version,
+        partition=partition,  # type: ignore[arg-type]
+        index=index,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def sets(store: Store, key: str) -> dict[str, tuple[tuple[int, int], ...]]:
+    [state] = await store.asset_states([key])
+    return {
+        name: RangeSet.from_bytes(getattr(state, name)).ranges()
+        for name in ("materialized", "stale", "failed")
+    }
+
+
+@CASES.case("assets: a materialisation is history, current, and materialised")
+async def _materialisation(store: Store) -> None:
+    first = mat("orders", "v1", metadata={"rows": 3})
+    await store.write(WriteBatch(assets=[first]))
+    history = await store.asset_history("orders")
+    assert history == [first], differs("asset_history", history, [first])
+    latest = await store.latest_materializations("orders", [None, "nope"])
+    assert latest == [first, None], differs("latest_materializations", latest, [first, None])
+    found = await sets(store, "orders")
+    assert found["materialized"] == ((0, 1),), differs("materialized", found, "((0, 1),)")
+    [state] = await store.asset_states(["orders"])
+    assert (state.data_version, state.materializations) == ("v1", 1)
+    assert await store.asset_states(["unknown"]) == []
+
+
+@CASES.case("assets: downstream marks apply when the data version changed, not otherwise")
+async def _marks(store: Store) -> None:
+    mark = StaleMark("report", [(0, 1)], {"reason": "upstream-changed", "upstream": "orders"})
+    await store.write(WriteBatch(assets=[mat("orders", "v1"), mat("report", "r1")]))
+    await store.write(WriteBatch(assets=[mat("orders", "v1", downstream=[mark])]))
+    assert (await sets(store, "report"))["stale"] == (), "same data version: downstream fresh"
+    await store.write(WriteBatch(assets=[mat("orders", "v2", downstream=[mark])]))
+    assert (await sets(store, "report"))["stale"] == ((0, 1),), "a new version marks it"
+    [state] = await store.asset_states(["report"])
+    assert state.cause == mark.cause, differs("cause", state.cause, mark.cause)
+    consumed = [("orders", None, "v2", 0)]
+    await store.write(WriteBatch(assets=[mat("report", "r2", consumed=consumed)]))
+    assert (await sets(store, "report"))["stale"] == (), "rebuilt from the current version"
+
+
+@CASES.case("assets: a materialisation from an upstream version since replaced stays stale")
+async def _outdated(store: Store) -> None:
+    await store.write(WriteBatch(assets=[mat("orders", "v1"), mat("orders", "v2")]))
+    consumed = [("orders", None, "v1", 0)]
+    await store.write(WriteBatch(assets=[mat("report", "r1", consumed=consumed)]))
+    assert (await sets(store, "report"))["stale"] == ((0, 1),)
+    [state] = await store.asset_states(["report"])
+    assert state.cause.get("upstream") == "orders" and state.cause.get("current") == "v2"
+
+
+@CASES.case("assets: a failing blocking check marks the partition, a rebuild clears it")
+async def _checks(store: Store) -> None:
+    check = CheckResultRecord("orders", "not_empty", False, 1000.0, "run", 0, index=3)
+    warn = CheckResultRecord("orders", "small", False, 1000.0, "run", 0, blocking=False)
+    await store.write(WriteBatch(assets=[mat("orders", "v1", 3), check, warn]))
+    assert (await sets(store, "orders"))["failed"] == ((3, 4),)
+    results = await store.check_results("orders")
+    assert results == [warn, check], differs("check_results", results, [warn, check])
+    await store.write(WriteBatch(assets=[mat("orders", "v2", 3)]))
+    assert (await sets(store, "orders"))["failed"] == ()
+
+
+@CASES.case("assets: a definition synced with another code version makes it stale")
+async def _code_change(store: Store) -> None:
+    mark = StaleMark("report", [(0, 1)], {"reason": "upstream-stale", "upstream": "orders"})
+    assert await store.sync_assets([AssetDefRecord("orders", "1")], {}) == {}
+    await store.write(WriteBatch(assets=[mat("orders", "v1", 0), mat("orders", "v1", 5)]))
+    await store.write(WriteBatch(assets=[mat("report", "r1")]))
+    changed = await store.sync_assets([AssetDefRecord("orders", "2")], {"orders": [mark]})
+    assert changed == {"orders": "1"}, differs("sync_assets", changed, {"orders": "1"})
+    assert (await sets(store, "orders"))["stale"] == ((0, 1), (5, 6))
+    assert (await sets(store, "report"))["stale"] == ((0, 1),)
+    defs = await store.list_asset_defs()
+    assert [(d.key, d.code_version) for d in defs] == [("orders", "2")]
+
+
+@CASES.handles_case("assets: two handles materialising partitions at once lose nothing")
+async def _race(store: Store, open_store: OpenStore) -> None:
+    other = await open_store()
+
+    async def write(handle: Store, start: int) -> None:
+        for index in range(start, 200, 2):  # interleaved: each write splits the other's ranges
+            await handle.write(WriteBatch(assets=[mat("orders", "v", index)]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write, store, 0)
+        tg.start_soon(write, other, 1)
+    found = await sets(store, "orders")
+    assert found["materialized"] == ((0, 200),), differs("materialized", found, "((0, 200),)")
+    [state] = await other.asset_states(["orders"])
+    assert state.materializations == 200
+
+
+@CASES.handles_case("assets: dynamic partition keys are numbered once, in the order added")
+async def _dynamic(store: Store, open_store: OpenStore) -> None:
+    other = await open_store()
+    assert await store.add_dynamic_partitions("customers", ["acme", "globex"], 1.0) == [0, 1]
+    got = await other.add_dynamic_partitions("customers", ["initech", "acme"], 2.0)
+    assert got == [2, 0], differs("add_dynamic_partitions", got, [2, 0])
+    keys = await store.dynamic_partitions("customers")
+    assert keys == ["acme", "globex", "initech"], differs("dynamic_partitions", keys, "3 keys")
+    assert await store.dynamic_partitions("nobody") == []
