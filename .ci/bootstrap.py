@@ -24,7 +24,10 @@ def _venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_venv(extras: str = "") -> None:
+def ensure_venv(extras: str = "ui") -> None:
+    """See the module's docstring. ``extras``: what to install with flowcore; by default
+    the web UI's (``flowcore ui`` works after the README's first command), ``dev`` for
+    the tests (which holds the UI's too)."""
     if sys.version_info < (3, 11):
         sys.exit(f"flowcore needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if Path(sys.prefix).resolve() == VENV.resolve():

@@ -1,7 +1,8 @@
 """The ``flowcore`` command: run or resume a flow, list runs, show one run's tree of
 task runs and their results, draw a run's trace, list and clear cache entries; serve
 flows by their schedules (``serve``), queue runs for servers (``trigger``), list served
-flows and pause or resume their schedules (``flows ls``, ``schedules``).
+flows and pause or resume their schedules (``flows ls``, ``schedules``); serve a web UI
+over the store (``ui``).
 
 Every flowcore error ends the command with ``error: <message>`` on stderr and
 exit code 1, never a traceback: its message already says what went wrong and
@@ -29,6 +30,7 @@ from .serve import serve_command
 from .support import Group
 from .trace import trace
 from .trigger import trigger_command
+from .ui import ui_command
 
 __all__ = ["cli", "main"]
 
@@ -67,6 +69,7 @@ cli.add_command(serve_command)
 cli.add_command(trigger_command)
 cli.add_command(flows)
 cli.add_command(schedules)
+cli.add_command(ui_command)
 
 
 def main() -> NoReturn:

@@ -10,7 +10,10 @@ plain data.
 - :mod:`.runs`: runs and task runs (lists, one run with its page of task runs);
 - :mod:`.results`: stored task results, read back (``flowcore.task_result``);
 - :mod:`.cache`: cache entries; :mod:`.trace`: a run's spans; :mod:`.limits`:
-  shared limits.
+  shared limits;
+- :mod:`.graph`: a run's task graph (task runs, or task names aggregated for big
+  runs); :mod:`.timeline`: a page of task runs as Gantt bars with their attempts;
+  :mod:`.triggers`: a trigger's parameter names checked against a served flow's schema.
 """
 
 from .format import json_fallback, to_json, visible

@@ -16,8 +16,11 @@ from .results import StoredResult, inspect_result, result_to_json
 
 __all__ = [
     "FAILED_HOOKS_SHOWN",
+    "SCAN_LIMIT",
     "RunDetails",
+    "RunsPage",
     "failed_hooks",
+    "find_runs",
     "list_runs",
     "run_details",
     "run_details_to_json",
@@ -212,3 +215,62 @@ def task_run_to_json(tr: TaskRunRecord) -> dict[str, Any]:
         "result_ref": tr.result_ref,
         "has_result": tr.result is not None or tr.result_ref is not None,
     }
+
+
+@dataclass
+class RunsPage:
+    """One page of the runs list: the runs, and whether more follow."""
+
+    runs: list[FlowRunRecord]
+    offset: int
+    limit: int
+    more: bool
+
+
+#: How many runs a filtered page reads ahead at most, looking for matches of a time range.
+SCAN_LIMIT: Final = 100_000
+
+
+async def find_runs(
+    store: Store,
+    *,
+    flow: str | None = None,
+    state: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> RunsPage:
+    """Runs newest first, of ``flow`` and in ``state`` when given, created in
+    ``[since, until)`` when given: ``limit`` of them from ``offset`` (paged on the
+    server). The store filters flow and state; the time range is filtered here, from
+    newest, reading at most :data:`SCAN_LIMIT` runs (what a store query by time would
+    make cheap: see the UI's notes)."""
+    await mark_crashed_runs(store)
+    want = offset + limit + 1
+    if since is None and until is None:
+        rows = await store.list_runs(name=flow, state=state, limit=want)
+    else:
+        # Newest first, reading more each time (the store has no time filter): a
+        # range near now costs about what it holds, one further back what lies before it.
+        rows = []
+        size = max(want * 4, 1000)
+        while True:
+            fetched = await store.list_runs(name=flow, state=state, limit=size)
+            rows = []
+            done = len(fetched) < size or size >= SCAN_LIMIT
+            for r in fetched:
+                if until is not None and r.created >= until:
+                    continue
+                if since is not None and r.created < since:
+                    done = True  # newest first: every later one is older still
+                    break
+                rows.append(r)
+                if len(rows) >= want:
+                    done = True
+                    break
+            if done:
+                break
+            size = min(size * 4, SCAN_LIMIT)
+    page = rows[offset : offset + limit]
+    return RunsPage(page, offset, limit, len(rows) > offset + limit)
