@@ -21,7 +21,11 @@ What fires which hooks:
 - ``on_cancellation``: the run was cancelled (Ctrl-C, SIGTERM, an outer cancel
   scope): its hooks run while the run is being cancelled;
 - ``on_crashed``: the run's process died (found by another process);
-- ``on_retry``: an attempt failed and the run is Retrying, before the backoff wait.
+- ``on_retry``: an attempt failed and the run is Retrying, before the backoff wait;
+- ``on_overdue`` (an asset's option, ``@flowcore.asset(freshness=..., on_overdue=...)``):
+  the asset is past its freshness deadline, found by ``flowcore serve``, once per
+  overdue period across servers; the event's ``asset`` says which and since when, its
+  ``flow_run`` is the run that last materialised it (a placeholder when none did).
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ __all__ = [
 ]
 
 #: What happened: the ``kind`` of a :class:`HookEvent`.
-HookKind: TypeAlias = Literal["completion", "failure", "cancellation", "crashed", "retry"]
+HookKind: TypeAlias = Literal[
+    "completion", "failure", "cancellation", "crashed", "retry", "overdue"
+]
 #: A hook: called with one :class:`HookEvent`; a plain function runs in a worker thread,
 #: an ``async def`` on the event loop. What it returns is ignored.
 Hook: TypeAlias = Callable[["HookEvent"], Any]
@@ -272,6 +278,9 @@ class HookEvent:
     retry_delay: float | None = None
     #: When the hooks fired (unix seconds).
     time: float = field(default_factory=time.time)
+    #: For ``"overdue"``: ``{"key", "partition", "due_by", "last_materialized"}`` (times
+    #: as ISO 8601 UTC text, ``None`` when never).
+    asset: Mapping[str, Any] | None = None
 
     @property
     def run_id(self) -> str:
@@ -306,6 +315,7 @@ class HookEvent:
                 None if exc is None else {"type": error_name(exc), "message": error_message(exc)}
             ),
             "retry_delay": _jsonable(self.retry_delay),
+            **({} if self.asset is None else {"asset": _jsonable(dict(self.asset))}),
         }
 
 

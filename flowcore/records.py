@@ -327,6 +327,32 @@ class AssetDefRecord(msgspec.Struct, gc=False, omit_defaults=True):
     io: str = "result"
     checks: list[str] = []
     synced: float = 0.0
+    #: The definition's parameters as data (``flowcore.assets.description``: versioned,
+    #: rebuilt by readers without the code); ``None`` in rows of older versions.
+    description: dict[str, Any] | None = None
+
+
+class AssetEvaluationRecord(msgspec.Struct, gc=False, omit_defaults=True):
+    """One evaluation of an asset's automation by ``flowcore serve``: what was considered,
+    what was decided and why (``flowcore assets why NAME`` reads them).
+
+    ``policy``: ``"on_upstream_change"``, ``"on_cron"`` or ``"on_missing"``.
+    ``decision``: ``"materialize"`` (this server claimed it and started a run: ``run_id``),
+    ``"claimed-elsewhere"`` (another server claimed the same reaction), ``"wait"`` (a
+    debounce or a tick still to come: ``until``), or ``"skip"``. ``reason``: a sentence.
+    ``considered``: what the decision read (the upstreams' data versions, the tick, the
+    missing partitions), as plain data."""
+
+    key: str
+    at: float
+    policy: str
+    decision: str
+    reason: str
+    partition: str | None = None
+    considered: dict[str, Any] = {}
+    run_id: str | None = None
+    until: float | None = None
+    holder: str = ""
 
 
 class StaleMark(msgspec.Struct, gc=False, omit_defaults=True):

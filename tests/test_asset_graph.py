@@ -161,8 +161,9 @@ def test_checks_are_attached_from_the_asset_and_from_beside_it() -> None:
     assert all(c.asset_key == "rows" for c in attached)
     assert not_empty([]).passed is False  # calling a check calls its function
 
-    # A module holds both the check and the asset it was given to: attached once.
-    assert [c.name for c in AssetGraph([not_empty, rows]).checks["rows"]] == ["not_empty"]
+    # A module holds both the check and the asset it was given to: attached once; and
+    # `small`, made with the asset object, comes with it even when not listed.
+    assert [c.name for c in AssetGraph([not_empty, rows]).checks["rows"]] == ["not_empty", "small"]
 
     @asset_check
     def orphan(rows: list[int]) -> bool:

@@ -333,3 +333,34 @@ async def test_files_io_stores_the_value_as_a_file_and_loads_it_for_the_downstre
         assert mat.value is None and mat.io == "FilesIO"
         result = await materialize_async(["total"], graph=graph, engine=engine)
     assert result.data_versions[("total", None)] == flowcore.assets.data_version(7)
+
+
+async def test_a_check_made_with_the_asset_object_runs_when_only_assets_are_selected() -> None:
+    """Regression: ``@asset_check(asset=cleaned)`` was left out, silently, by a graph built
+    from the assets alone (``materialize([raw, cleaned, report])``), so a failing blocking
+    check blocked nothing; and listing the check in the selection was refused as a key."""
+
+    @asset
+    def raw() -> list[int]:
+        return [1, 1]
+
+    @asset
+    def cleaned(raw: list[int]) -> list[int]:
+        return raw
+
+    @asset_check(asset=cleaned)
+    def ids_unique(rows: list[int]) -> bool:
+        return len(set(rows)) == len(rows)
+
+    @asset
+    def report(cleaned: list[int]) -> int:
+        return len(cleaned)
+
+    for selection in ([raw, cleaned, report], [raw, cleaned, ids_unique, report]):
+        async with flowcore.Engine(store="memory") as engine:
+            result = await materialize_async(selection, engine=engine)
+        assert result.failed_checks == (("cleaned", None, "ids_unique"),)
+        assert keys(result.blocked) == {"report"}
+    assert AssetGraph([raw, cleaned, report]).checks["cleaned"] == (ids_unique,)
+    # Listed too (a module holds both): one check, not two.
+    assert AssetGraph([raw, cleaned, ids_unique, report]).checks["cleaned"] == (ids_unique,)

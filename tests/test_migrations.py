@@ -689,7 +689,7 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
-        "once", "flow_runs_active", *ASSET_SCHEMA,
+        "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA,
     }  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
@@ -700,6 +700,8 @@ ASSET_SCHEMA = {
     "asset_materializations_run", "asset_partitions", "asset_checks", "asset_checks_key",
     "asset_state", "asset_dynamic_keys",
 }  # fmt: skip
+#: What migration 10 adds: the evaluations of assets' automation.
+EVALUATION_SCHEMA = {"asset_evaluations", "asset_evaluations_key"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -734,7 +736,7 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
     assert set(before["schema"]) <= set(after["schema"]), "no v8 table or index changed"
     new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
-    assert new == ASSET_SCHEMA
+    assert new == ASSET_SCHEMA | EVALUATION_SCHEMA
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 

@@ -7,10 +7,12 @@ automation policies, code and data versions, and the I/O protocol with the files
 built-in. On top, what runs and reads them: :func:`materialize` (a flow run, a task
 run per asset per partition; :func:`backfill` for a range of partitions, resumable)
 and :func:`status_async` (fresh, stale and why, missing, failed-check, overdue, from
-the state the store keeps incrementally). Layers, bottom up:
-``keys``/``partition_set``/``versions``; ``partitions``;
-``mappings``/``freshness``/``automation``/``output``; ``checks``/``io``;
-``definition``; ``graph``; ``status``; ``materialize``.
+the state the store keeps incrementally). Definitions are stored with a versioned
+description of their parameters, which :func:`rebuild_definition` makes into values
+again, so readers without the code judge missing partitions and freshness too.
+Layers, bottom up: ``keys``/``partition_set``/``versions``; ``partitions``;
+``mappings``/``freshness``/``automation``/``output``; ``checks``/``io``/``description``;
+``definition``; ``graph``; ``status``/``marks``; ``materialize``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .automation import (
 )
 from .checks import AssetCheck, CheckResult, asset_check
 from .definition import PARTITION_PARAMETER, Asset, asset
+from .description import StoredDefinition, describe, rebuild_definition
 from .errors import (
     AssetDefinitionError,
     AssetValueMissing,
@@ -100,6 +103,7 @@ __all__ = [
     "Partitions",
     "StaticMapping",
     "StaticPartitions",
+    "StoredDefinition",
     "TimeWindowMapping",
     "TimeWindowPartitions",
     "add_partitions",
@@ -109,10 +113,12 @@ __all__ = [
     "backfill_async",
     "code_fingerprint",
     "data_version",
+    "describe",
     "materialize",
     "materialize_async",
     "on_cron",
     "on_missing",
     "on_upstream_change",
+    "rebuild_definition",
     "status_async",
 ]

@@ -169,13 +169,17 @@ def asset_check(
                 f"check {getattr(f, '__qualname__', f)!r} takes no positional parameter: its "
                 "first parameter receives the asset's value, e.g. def check(rows): ..."
             )
-        return AssetCheck(
+        check = AssetCheck(
             f,
             asset_key=key,
             name=name or f.__name__,
             severity=severity,
             blocking=severity == "error" if blocking is None else blocking,
         )
+        declare = getattr(asset, "declare_check", None)
+        if callable(declare):  # given the asset itself: it carries the check from now on
+            declare(check)
+        return check
 
     if fn is not None:
         return decorate(fn)

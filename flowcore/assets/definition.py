@@ -42,6 +42,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
 from .. import _validate
 from ..errors import ConfigurationError
+from ..hooks import Hook, HookOption
 from ..options import OPTION_NAMES, TaskOptions, task_options
 from ..task import check_function
 from .automation import Automation, automation_policies
@@ -98,6 +99,7 @@ class Asset(Generic[P, R]):
         automation: tuple[Automation, ...],
         io: AssetIO | str,
         options: TaskOptions,
+        on_overdue: tuple[Hook, ...] = (),
     ) -> None:
         self.fn = fn
         self.__wrapped__ = fn
@@ -121,9 +123,20 @@ class Asset(Generic[P, R]):
         self.freshness = freshness
         self.automation = automation
         self.io = io
+        #: Hooks fired by ``flowcore serve`` when it is overdue (once per overdue period).
+        self.on_overdue = on_overdue
         #: The task options of each materialisation (``name`` is the key).
         self.options = options
         self.description = (inspect.getdoc(fn) or "").partition("\n\n")[0]
+        #: Checks made with ``@asset_check(asset=this_asset)`` (the asset object, not its
+        #: key): a graph built from this asset runs them too, whether or not they are
+        #: listed beside it, so a check written next to its asset is never silently left out.
+        self.declared_checks: list[AssetCheck] = []
+
+    def declare_check(self, check: AssetCheck) -> None:
+        """Called by :func:`~flowcore.assets.asset_check` given this asset object."""
+        if all(c.fn is not check.fn for c in self.declared_checks):
+            self.declared_checks.append(check)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the plain function (nothing is loaded, stored or recorded)."""
@@ -168,6 +181,7 @@ def _build(
     automation: object,
     io: object,
     task_args: dict[str, Any],
+    on_overdue: object = None,
 ) -> Asset[Any, Any]:
     if isinstance(fn, Asset):
         raise AssetDefinitionError(f"{fn.key!r} is already an asset; apply @flowcore.asset once")
@@ -285,6 +299,12 @@ def _build(
     if freshness is not None and not isinstance(freshness, Freshness):
         problems.append(f"`freshness` must be a flowcore.Freshness(...), got {freshness!r}")
     policies = attempt(automation_policies, automation)
+    overdue_hooks = _overdue_hooks(on_overdue, problems)
+    if overdue_hooks and freshness is None:
+        problems.append(
+            "`on_overdue` fires when the asset is past its freshness deadline: give it "
+            "freshness=flowcore.Freshness(...) too"
+        )
     io_value = attempt(check_io, io)
 
     for option in sorted(set(task_args) & set(_REFUSED)):
@@ -323,7 +343,23 @@ def _build(
         automation=policies,
         io=io_value,
         options=options,
+        on_overdue=overdue_hooks,
     )
+
+
+def _overdue_hooks(value: object, problems: list[str]) -> tuple[Hook, ...]:
+    """``on_overdue``: a hook (a function called with a ``HookEvent``) or a list of them."""
+    if value is None:
+        return ()
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    wrong = [item for item in items if not callable(item)]
+    if wrong:
+        problems.append(
+            "`on_overdue` must be a function called with a flowcore.HookEvent (sync or "
+            f"async), or a list of them, got {wrong[0]!r}"
+        )
+        return ()
+    return tuple(items)  # type: ignore[arg-type]  # checked: callables
 
 
 @overload
@@ -345,6 +381,7 @@ def asset(
     freshness: Freshness | None = None,
     automation: Automation | Sequence[Automation] | None = None,
     io: AssetIO | str | None = None,
+    on_overdue: HookOption = None,
     **task_args: Any,
 ) -> _AssetDecorator: ...
 def asset(
@@ -363,6 +400,7 @@ def asset(
     freshness: Freshness | None = None,
     automation: Automation | Sequence[Automation] | None = None,
     io: AssetIO | str | None = None,
+    on_overdue: HookOption = None,
     **task_args: Any,
 ) -> Asset[Any, Any] | _AssetDecorator:
     """Make a function (async or sync) an asset: ``@flowcore.asset`` or
@@ -373,8 +411,9 @@ def asset(
     ``"default"``). ``code_version``: default a fingerprint of the function's source.
     ``deps``: upstreams for ordering only. ``ins``: parameter → upstream key.
     ``partitions``, ``partition_mapping`` (parameter or dep → mapping), ``checks``,
-    ``freshness``, ``automation``, ``io`` (default ``"result"``: the run store), and
-    the task options (module docstring). Every problem is reported at once.
+    ``freshness``, ``automation``, ``io`` (default ``"result"``: the run store),
+    ``on_overdue`` (hooks ``flowcore serve`` fires once per overdue period), and the
+    task options (module docstring). Every problem is reported at once.
 
     >>> @flowcore.assets.asset(key="raw/events", retries=2)
     ... def events() -> list[int]:
@@ -400,6 +439,7 @@ def asset(
         "freshness": freshness,
         "automation": automation,
         "io": io,
+        "on_overdue": on_overdue,
     }
 
     def decorate(f: Callable[..., Any]) -> Asset[Any, Any]:

@@ -26,7 +26,7 @@ import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from fnmatch import fnmatchcase
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import Any, Final
 
 from .checks import AssetCheck
 from .definition import Asset
@@ -35,6 +35,9 @@ from .keys import parameter_of_key
 from .mappings import PartitionMapping, default_mapping
 
 __all__ = ["AssetGraph"]
+
+#: What makes a pattern more than a key (``fnmatch``'s special characters).
+_GLOB: Final = frozenset("*?[")
 
 
 def _closest(name: str, known: Iterable[str]) -> str:
@@ -165,6 +168,8 @@ class AssetGraph:
         for key, definition in assets.items():
             for check in definition.checks:
                 checks[key][check.name] = check
+        # Checks made with @asset_check(asset=<the asset object>) come with their asset.
+        loose = [*loose, *(c for d in assets.values() for c in d.declared_checks)]
         given_to_assets = {id(c.fn) for found in checks.values() for c in found.values()}
         for check in loose:
             if check.asset_key is None and id(check.fn) in given_to_assets:
@@ -321,6 +326,10 @@ class AssetGraph:
         else:
             chosen = set()
             for pattern in patterns:
+                if pattern in self.assets and not _GLOB.intersection(pattern):
+                    # A key matches itself only: no scan (1,000 keys by 1,000 keys is 1 s).
+                    chosen.add(pattern)
+                    continue
                 matched = [k for k in self.assets if fnmatchcase(k, pattern)]
                 if not matched:
                     raise AssetDefinitionError(

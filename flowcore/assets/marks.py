@@ -27,6 +27,7 @@ from ..errors import ConfigurationError
 from ..records import AssetDefRecord, StaleMark
 from ..store import Store
 from .definition import Asset
+from .description import describe
 from .graph import AssetGraph
 from .mappings import AllPartitionsMapping, IdentityMapping, TimeWindowMapping
 from .partitions import DynamicPartitions, Partitions, TimeWindowPartitions
@@ -123,6 +124,13 @@ def _definition_record(
         io=definition.io if isinstance(definition.io, str) else repr(definition.io),
         checks=[c.name for c in graph.checks[key]],
         synced=now,
+        description=describe(
+            definition.partitions,
+            {up: graph.mapping(key, up) for up in graph.upstream[key]},
+            definition.freshness,
+            definition.automation,
+            on_overdue=bool(definition.on_overdue),
+        ),
     )
 
 

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias
+
+import msgspec
 
 from ..ranges import RangeSet, encode
 from ..records import AssetStateRecord
 from ..store import Store, resolve_store
-from .definition import Asset
+from .description import StoredDefinition, rebuild_definition
+from .freshness import Freshness
 from .graph import AssetGraph
-from .partitions import DynamicPartitions, TimeWindowPartitions
+from .partitions import DynamicPartitions, Partitions, TimeWindowPartitions
 
 __all__ = ["AssetStatus", "Status", "status_async", "status_of"]
 
@@ -39,8 +41,7 @@ _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _ONE: Final = encode([0, 1])
 
 
-@dataclass(frozen=True, slots=True)
-class AssetStatus:
+class AssetStatus(msgspec.Struct, frozen=True, gc=False):
     """One asset's status, JSON-ready through :meth:`as_dict` (for ``assets ls --json``).
 
     ``cause``: why it is stale (``{"reason": "code-changed", "from", "to"}``,
@@ -52,16 +53,20 @@ class AssetStatus:
 
     key: str
     status: Status
-    cause: Mapping[str, Any] = field(default_factory=dict)
+    cause: Mapping[str, Any] = _EMPTY
     last_materialized: datetime | None = None
     last_run_id: str | None = None
     data_version: str | None = None
     code_version: str | None = None
     partitions: Mapping[str, int | None] | None = None
     materializations: int = 0
+    #: What could not be judged and why (a definition stored by an older flowcore).
+    notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"notes": list(self.notes)} if self.notes else {}
         return {
+            **extra,
             "key": self.key,
             "status": self.status,
             "cause": dict(self.cause),
@@ -76,13 +81,44 @@ class AssetStatus:
         }
 
 
+class _Defined(Protocol):
+    """What a status needs of a definition: an :class:`Asset`, or one rebuilt from the
+    store (:class:`~flowcore.assets.description.StoredDefinition`)."""
+
+    @property
+    def partitions(self) -> Partitions | None: ...
+
+    @property
+    def freshness(self) -> Freshness | None: ...
+
+
+def _definition_of(
+    key: str, graph: AssetGraph | None, stored: Mapping[str, StoredDefinition] | None
+) -> _Defined | None:
+    if graph is not None and (found := graph.assets.get(key)) is not None:
+        return found
+    if stored is not None and (rebuilt := stored.get(key)) is not None and rebuilt.complete:
+        return rebuilt
+    return None
+
+
 def status_of(
-    key: str, state: AssetStateRecord | None, graph: AssetGraph | None, now: datetime
+    key: str,
+    state: AssetStateRecord | None,
+    graph: AssetGraph | None,
+    now: datetime,
+    *,
+    stored: Mapping[str, StoredDefinition] | None = None,
 ) -> AssetStatus:
-    """The status of ``key`` from its stored state (``None``: never materialised)."""
+    """The status of ``key`` from its stored state (``None``: never materialised), judged
+    with its definition from ``graph``, else as rebuilt from the store (``stored``)."""
+    notes: tuple[str, ...] = ()
+    if stored is not None and (graph is None or key not in graph.assets):
+        rebuilt = stored.get(key)
+        notes = () if rebuilt is None else rebuilt.problems
     if state is None:
-        return AssetStatus(key, "missing", {"reason": "never-materialized"})
-    definition = graph.assets.get(key) if graph is not None else None
+        return AssetStatus(key, "missing", {"reason": "never-materialized"}, notes=notes)
+    definition = _definition_of(key, graph, stored)
     if _plainly_fresh(state, definition):
         # The common case, an unpartitioned asset built and fresh: no range arithmetic.
         return AssetStatus(
@@ -93,6 +129,7 @@ def status_of(
             data_version=state.data_version,
             code_version=state.code_version,
             materializations=state.materializations,
+            notes=notes,
         )
     materialized = RangeSet.from_bytes(state.materialized)
     stale = RangeSet.from_bytes(state.stale) & materialized
@@ -150,10 +187,11 @@ def status_of(
         code_version=state.code_version,
         partitions=None if counts is None else MappingProxyType(counts),
         materializations=state.materializations,
+        notes=notes,
     )
 
 
-def _plainly_fresh(state: AssetStateRecord, definition: Asset[Any, Any] | None) -> bool:
+def _plainly_fresh(state: AssetStateRecord, definition: _Defined | None) -> bool:
     """An unpartitioned asset built, not stale, not failing, with no freshness policy: the
     common case, answered by comparing bytes (no range arithmetic, no objects)."""
     return (
@@ -173,31 +211,39 @@ async def status_async(
     now: datetime | None = None,
 ) -> list[AssetStatus]:
     """The status of each asset (of ``keys``; of the graph's when ``graph`` is given; else
-    of every asset with a stored state), by key. ``stale_only``: only those not fresh.
-    ``store``: a store, a path or ``"memory"`` (default ``$FLOWCORE_HOME/flowcore.db``;
-    opened and closed here unless it is a store object). ``now``: for missing partitions
-    and freshness (default: the current time)."""
+    of every asset with a stored definition or state), by key. ``stale_only``: only those
+    not fresh. ``store``: a store, a path or ``"memory"`` (default
+    ``$FLOWCORE_HOME/flowcore.db``; opened and closed here unless it is a store object).
+    ``now``: for missing partitions and freshness (default: the current time).
+
+    Without ``graph``, the definitions are rebuilt from the store
+    (:mod:`flowcore.assets.description`), so missing partitions and overdue are judged
+    without the code; an asset stored by an older flowcore says so in its ``notes``."""
     now = now or datetime.now(UTC)
     opened = store is None or isinstance(store, str | os.PathLike)
     handle = resolve_store(store)
     if opened:
         await handle.open()
+    stored: dict[str, StoredDefinition] | None = None
     try:
         wanted = list(keys) if keys is not None else (list(graph.order) if graph else None)
         states = {s.key: s for s in await handle.asset_states(wanted)}
+        if graph is None:
+            defs = await handle.list_asset_defs(wanted)
+            stored = {d.key: rebuild_definition(d) for d in defs}
     finally:
         if opened:
             await handle.close()
-    order = wanted if wanted is not None else sorted(states)
+    order = wanted if wanted is not None else sorted({*states, *(stored or ())})
     if not stale_only:
-        return [status_of(key, states.get(key), graph, now) for key in order]
-    assets = graph.assets if graph is not None else {}
+        return [status_of(key, states.get(key), graph, now, stored=stored) for key in order]
     out = []
     for key in order:
         state = states.get(key)
-        if state is not None and _plainly_fresh(state, assets.get(key)):
+        definition = _definition_of(key, graph, stored)
+        if state is not None and _plainly_fresh(state, definition):
             continue
-        found = status_of(key, state, graph, now)
+        found = status_of(key, state, graph, now, stored=stored)
         if found.status != "fresh":
             out.append(found)
     return out

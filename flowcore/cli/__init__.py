@@ -2,7 +2,7 @@
 task runs and their results, draw a run's trace, list and clear cache entries; serve
 flows by their schedules (``serve``), queue runs for servers (``trigger``), list served
 flows and pause or resume their schedules (``flows ls``, ``schedules``); serve a web UI
-over the store (``ui``).
+over the store (``ui``); list, explain and materialise assets (``assets``).
 
 Every flowcore error ends the command with ``error: <message>`` on stderr and
 exit code 1, never a traceback: its message already says what went wrong and
@@ -20,6 +20,7 @@ from typing import NoReturn
 
 import click
 
+from .assets import assets
 from .cache import cache
 from .flows import flows
 from .limits import limits
@@ -69,6 +70,7 @@ cli.add_command(serve_command)
 cli.add_command(trigger_command)
 cli.add_command(flows)
 cli.add_command(schedules)
+cli.add_command(assets)
 cli.add_command(ui_command)
 
 

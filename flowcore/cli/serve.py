@@ -1,27 +1,52 @@
-"""``flowcore serve FILE.py[:flow] ...``: serve flows by their schedules and triggers."""
+"""``flowcore serve FILE.py[:flow] ...``: serve flows by their schedules and triggers, and
+the assets the files define by their automation policies."""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import click
 
+from ..assets import Asset
 from ..entrypoints import flows_in, load_module, split_target
 from ..errors import FlowLoadError
 from ..flow import Flow
 from ..serve import serve
 from .support import Count
 
-__all__ = ["serve_command", "served_in"]
+__all__ = ["assets_in", "serve_command", "served_in"]
+
+
+def _has_assets(module: ModuleType) -> bool:
+    return any(isinstance(v, Asset) for v in vars(module).values())
+
+
+def assets_in(targets: tuple[str, ...]) -> list[ModuleType]:
+    """The modules of ``FILE.py`` targets (not ``FILE.py:flow``) that define assets: their
+    assets are served with the flows (each by its automation policy)."""
+    return _served(targets)[1]
 
 
 def served_in(targets: tuple[str, ...]) -> list[Flow[Any, Any]]:
     """The flows ``targets`` name: ``FILE.py:flow`` that flow; ``FILE.py`` every flow of
-    the file that has a schedule, or every flow when none has."""
+    the file that has a schedule, or every flow when none has (none for a file that
+    defines assets only)."""
+    return _served(targets)[0]
+
+
+def _served(targets: tuple[str, ...]) -> tuple[list[Flow[Any, Any]], list[ModuleType]]:
+    """The flows and the asset modules of ``targets``, each file imported once."""
     found: dict[str, Flow[Any, Any]] = {}
+    modules: dict[str, ModuleType] = {}
+    loaded: dict[str, ModuleType] = {}
     for target in targets:
         path, name = split_target(target)
-        module = load_module(path)
+        module = loaded.get(str(path))
+        if module is None:
+            module = loaded[str(path)] = load_module(path)
+        if name is None and _has_assets(module):
+            modules[module.__name__] = module
         flows = flows_in(module)
         available = ", ".join(flows) or "none"
         if name is not None:
@@ -32,6 +57,8 @@ def served_in(targets: tuple[str, ...]) -> list[Flow[Any, Any]]:
                 )
             chosen = [value]
         else:
+            if not flows and _has_assets(module):
+                continue  # its assets are served (assets_in)
             if not flows:
                 raise FlowLoadError(
                     f"{path} defines no flow; decorate an `async def` in it with "
@@ -47,7 +74,7 @@ def served_in(targets: tuple[str, ...]) -> list[Flow[Any, Any]]:
                     "one (@flowcore.flow(name=...))"
                 )
             found[flow.name] = flow
-    return list(found.values())
+    return list(found.values()), list(modules.values())
 
 
 @click.command("serve")
@@ -66,7 +93,9 @@ def serve_command(targets: tuple[str, ...], max_runs: int, grace: float) -> None
     (`flowcore trigger`), until SIGTERM or Ctrl-C.
 
     FILE.py:FLOW serves that flow; FILE.py every flow in it that has a schedule (every
-    flow when none has). Any number of `flowcore serve` processes may share a store:
+    flow when none has), and the assets it defines: those with an automation policy
+    (on_upstream_change, on_cron, on_missing) are materialised by it, once across every
+    server sharing the store. Any number of `flowcore serve` processes may share a store:
     each slot and trigger runs once. On SIGTERM or Ctrl-C, runs in flight get --grace
     seconds to finish, then are cancelled (recorded Cancelled); a second Ctrl-C cancels
     them at once. Exits 0.
@@ -75,5 +104,5 @@ def serve_command(targets: tuple[str, ...], max_runs: int, grace: float) -> None
     flowcore serve examples/scheduled.py
     flowcore serve flows.py:ingest flows.py:report --max-runs 10 --grace 60
     """
-    flows = served_in(targets)
-    serve(*flows, max_runs=max_runs, grace=grace)
+    flows, modules = _served(targets)
+    serve(*flows, assets=modules or None, max_runs=max_runs, grace=grace)

@@ -17,10 +17,12 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 from .. import _validate
 from .._sync import run_sync
+from ..assets import Asset, AssetGraph
 from ..clock import Clock
 from ..engine.core import Engine
 from ..errors import ConfigurationError
@@ -29,14 +31,35 @@ from ..store import Store
 from .logs import log, on_stderr
 from .server import Server
 
-__all__ = ["aserve", "check_options", "serve"]
+__all__ = ["Served", "aserve", "asset_graph", "check_options", "serve"]
+
+#: What ``assets=`` takes: a graph, assets (and checks), or modules holding them.
+Served = AssetGraph | Sequence[object] | ModuleType | None
 
 
-def check_options(flows: Sequence[object], max_runs: object, grace: object) -> None:
+def asset_graph(assets: Served) -> AssetGraph | None:
+    """``assets=`` as a graph (``None``: no assets); modules give the assets they define."""
+    if assets is None or isinstance(assets, AssetGraph):
+        return assets
+    items: list[object] = [assets] if isinstance(assets, ModuleType | Asset) else list(assets)
+    modules = [i for i in items if isinstance(i, ModuleType)]
+    rest = [i for i in items if not isinstance(i, ModuleType)]
+    found = AssetGraph.from_module(*modules) if modules else None
+    if not rest:
+        return found
+    return AssetGraph([*(found.assets.values() if found else ()), *rest])  # type: ignore[list-item]
+
+
+def check_options(
+    flows: Sequence[object], max_runs: object, grace: object, *, assets: object = None
+) -> None:
     """Every problem with ``serve``'s arguments, in one ``ConfigurationError``."""
     problems = []
-    if not flows:
-        problems.append("give at least one flow: flowcore.serve(my_flow, ...)")
+    if not flows and not assets:
+        problems.append(
+            "give at least one flow or assets: flowcore.serve(my_flow, ...) or "
+            "flowcore.serve(assets=[...])"
+        )
     wrong = [f for f in flows if not isinstance(f, Flow)]
     if wrong:
         problems.append(f"serve takes @flowcore.flow functions, got {wrong[0]!r}")
@@ -57,6 +80,7 @@ def check_options(flows: Sequence[object], max_runs: object, grace: object) -> N
 
 async def aserve(
     *flows: Flow[Any, Any],
+    assets: Served = None,
     max_runs: int = 100,
     grace: float = 30.0,
     store: Store | str | os.PathLike[str] | None = None,
@@ -74,14 +98,20 @@ async def aserve(
     ``handle_signals``: stop gracefully on SIGTERM and SIGINT (from the main thread,
     where those have their default handlers). ``on_ready(server)`` is called once the
     flows are registered (``server.stop()`` stops it).
+
+    ``assets``: an ``AssetGraph``, assets, or modules defining them: those with an
+    ``automation=`` policy are materialised by it (``on_upstream_change``,
+    ``on_cron``, ``on_missing``), once across every server sharing the store
+    (:mod:`flowcore.serve.reactions`).
     """
-    check_options(flows, max_runs, grace)
+    check_options(flows, max_runs, grace, assets=assets)
+    graph = asset_graph(assets)
     with on_stderr():
         if engine is None:
             async with Engine(store, clock=clock) as opened:
-                await _serve(flows, opened, max_runs, grace, handle_signals, on_ready)
+                await _serve(flows, opened, max_runs, grace, handle_signals, on_ready, graph)
         else:
-            await _serve(flows, engine, max_runs, grace, handle_signals, on_ready)
+            await _serve(flows, engine, max_runs, grace, handle_signals, on_ready, graph)
 
 
 async def _serve(
@@ -91,8 +121,9 @@ async def _serve(
     grace: float,
     handle_signals: bool,
     on_ready: Callable[[Server], None] | None,
+    graph: AssetGraph | None = None,
 ) -> None:
-    server = Server(flows, engine=engine, max_runs=max_runs, grace=grace)
+    server = Server(flows, engine=engine, max_runs=max_runs, grace=grace, assets=graph)
     # The handlers stay while the server drains: a second signal then cancels at once.
     with _signals(server) if handle_signals else _nothing():
         async with server:
@@ -103,6 +134,7 @@ async def _serve(
 
 def serve(
     *flows: Flow[Any, Any],
+    assets: Served = None,
     max_runs: int = 100,
     grace: float = 30.0,
     store: Store | str | os.PathLike[str] | None = None,
@@ -110,9 +142,9 @@ def serve(
     """:func:`aserve` from synchronous code (a service's ``main``); blocks until SIGTERM
     or Ctrl-C, then returns once runs in flight have finished (or were cancelled after
     ``grace`` seconds)."""
-    check_options(flows, max_runs, grace)
+    check_options(flows, max_runs, grace, assets=assets)
     run_sync(
-        lambda: aserve(*flows, max_runs=max_runs, grace=grace, store=store),
+        lambda: aserve(*flows, assets=assets, max_runs=max_runs, grace=grace, store=store),
         name="flowcore.serve",
         instead="await flowcore.aserve(...)",
         cancel_on_sigterm=False,

@@ -46,9 +46,13 @@ import anyio.abc
 import anyio.lowlevel
 import msgspec
 
+from ..assets import AssetGraph, materialize_async
+from ..assets.marks import sync_definitions
 from ..engine.core import Engine
+from ..engine.hooks import run_hooks
 from ..errors import ConfigurationError, ParameterError
 from ..flow import Flow
+from ..hooks import HOOK_TIMEOUT, HookEvent
 from ..ids import HOST, error_message, error_name
 from ..records import FlowRunRecord, Launch, ScheduleState, SlotClaim, Trigger, transition
 from ..schedules import Schedule, due_slots
@@ -56,6 +60,7 @@ from ..states import State
 from .crashes import CrashWatch
 from .launches import claimed_run, launch_of, schedule_by, slot_launch, trigger_by
 from .logs import log, text, when
+from .reactions import Reaction, Reactor
 from .registry import schedule_state, served_row
 
 __all__ = ["BEAT", "POLL", "Server"]
@@ -124,8 +129,12 @@ class Server:
         engine: Engine,
         max_runs: int = 100,
         grace: float = 30.0,
+        assets: AssetGraph | None = None,
     ) -> None:
         self.flows = {f.name: f for f in flows}
+        #: Assets served: those with an ``automation=`` policy are materialised by it.
+        self.assets = assets
+        self.reactor: Reactor | None = None
         self.engine = engine
         self.store = engine.store
         self.clock = engine.clock
@@ -166,6 +175,11 @@ class Server:
         await self.store.put_served(
             [served_row(f, self.holder, now, now) for f in self.flows.values()]
         )
+        if self.assets is not None:
+            # Stored with their descriptions: readers without the code judge them too.
+            await sync_definitions(self.assets, self.store, now)
+            reactor = Reactor(self.assets, self.store, self.holder, now)
+            self.reactor = reactor if reactor else None
         self._token = await self.store.changes()
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -379,6 +393,12 @@ class Server:
             await self._claim(plan, now)
         if free > 0 and (changed or self._triggers_due or now - self._last_trigger_look >= BEAT):
             await self._claim_triggers(now, free)
+        if self.reactor is not None:
+            free = self.max_runs - len(self.running)
+            reactions, react_at = await self.reactor.evaluate(now, changed, free)
+            for reaction in reactions:
+                self._react(reaction, now)
+            wake_at = min(wake_at, react_at)
         return wake_at
 
     async def _plan(
@@ -559,6 +579,81 @@ class Server:
         scope = anyio.CancelScope()
         self.running[claimed.id] = _Active(scope, flow.name, launch.by, now)
         tg.start_soon(self._drive, flow, dict(parameters), launch, scope, claimed)
+
+    def _react(self, reaction: Reaction, now: float) -> None:
+        """Start the materialisation of a reaction this server claimed (or fire an
+        overdue period's hooks)."""
+        tg = self._tg
+        if tg is None:
+            raise ConfigurationError("the server is not open; use `async with Server(...)`")
+        if reaction.overdue is not None:
+            log.info(
+                "asset %s: %s: firing its on_overdue hooks",
+                text(reaction.key),
+                text(reaction.reason),
+            )
+            tg.start_soon(self._fire_overdue, reaction)
+            return
+        scope = anyio.CancelScope()
+        where = "" if reaction.partition is None else f"/{reaction.partition}"
+        active = f"asset:{reaction.key}{where}"
+        self.running[active] = _Active(scope, "materialize", f"automation:{reaction.policy}", now)
+        log.info(
+            "asset %s%s: %s (%s): materialising",
+            text(reaction.key),
+            text(where),
+            text(reaction.reason),
+            reaction.policy,
+        )
+        tg.start_soon(self._materialize, reaction, scope, active)
+
+    async def _fire_overdue(self, reaction: Reaction) -> None:
+        """Call the asset's ``on_overdue`` hooks (each within the default hook timeout; a
+        failing hook is logged, as in a run)."""
+        assert self.assets is not None and reaction.overdue is not None
+        definition = self.assets.assets[reaction.key]
+        found = await self.store.asset_states([reaction.key])
+        state = found[0] if found else None
+        run: FlowRunRecord | None = None
+        if state is not None and state.last_run_id:
+            try:
+                run = await self.store.get_run(state.last_run_id)
+            except Exception:
+                run = None
+        if run is None:  # never materialised (or its run pruned): a placeholder
+            run = FlowRunRecord("", "materialize", State.PENDING, self.clock.time())
+        event = HookEvent(
+            "overdue", run, run.state, time=self.clock.time(), asset=dict(reaction.overdue)
+        )
+        await run_hooks(definition.on_overdue, event, HOOK_TIMEOUT, None, None)
+
+    async def _materialize(self, reaction: Reaction, scope: anyio.CancelScope, active: str) -> None:
+        assert self.assets is not None and self.reactor is not None
+        outcome, error, run_id = "materialized", "", ""
+        try:
+            with scope:
+                try:
+                    result = await materialize_async(
+                        [reaction.key],
+                        graph=self.assets,
+                        engine=self.engine,
+                        partition=reaction.partition,
+                        only_stale=reaction.only_stale,
+                    )
+                    run_id = result.run_id
+                    bad = [*result.failed, *result.failed_checks, *result.blocked]
+                    if bad:
+                        outcome, error = "failed", f"run {run_id[:8]}: {bad[0][2]}"
+                    elif not result.materialized:
+                        outcome = "skipped"
+                except Exception as exc:
+                    outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+            if scope.cancelled_caught:
+                outcome, error = "cancelled", "the server stopped"
+        finally:
+            self.running.pop(active, None)
+            self.reactor.ended(reaction, run_id, outcome, self.clock.time(), error)
+            self._notify()
 
     async def _drive(
         self,

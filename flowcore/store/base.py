@@ -34,6 +34,7 @@ from .. import ranges
 from ..errors import ConfigurationError
 from ..records import (
     AssetDefRecord,
+    AssetEvaluationRecord,
     AssetEvent,
     AssetStateRecord,
     CacheEntry,
@@ -427,6 +428,20 @@ class AssetStore(Protocol):
     async def dynamic_partitions(self, name: str) -> list[str]:
         """The keys of the dynamic partitions ``name``, in index order."""
 
+    async def add_asset_evaluations(self, records: Sequence[AssetEvaluationRecord]) -> None:
+        """Append evaluations of assets' automation (``flowcore serve``), in one
+        transaction."""
+
+    async def asset_evaluations(
+        self, key: str, *, until: float | None = None, limit: int = 100
+    ) -> list[AssetEvaluationRecord]:
+        """Evaluations of ``key`` made at or before ``until`` (default: all), newest first:
+        why it was or was not materialised at a given time."""
+
+
+#: The set {0} as stored: an unpartitioned asset once materialised.
+_ONLY_ZERO: Final = ranges.encode([0, 1])
+
 
 class AssetWrite:
     """What applying asset events changed, for the store to write back (see
@@ -454,9 +469,19 @@ class AssetWrite:
             self.states[key] = found
         return found
 
-    def version(self, key: str, index: int) -> str | None:
+    def version(self, key: str, index: int, partition: str | None = "") -> str | None:
+        """The current data version of ``key``'s partition ``index``. An unpartitioned
+        one (``partition=None``) is its state's: stores keep no partition row for it
+        (one row fewer per materialisation)."""
         mat = self.current.get((key, index))
-        return mat.data_version if mat is not None else self._version_of(key, index)
+        if mat is not None:
+            return mat.data_version
+        if partition is None:
+            state = self.states.get(key)
+            if state is None:
+                state = self._state_of(key)
+            return None if state is None else state.data_version
+        return self._version_of(key, index)
 
     def bounds(self, key: str, which: str) -> list[int]:
         """The bounds of set ``which`` of ``key``, decoded once per batch."""
@@ -466,6 +491,15 @@ class AssetWrite:
             found = ranges.decode(data) if data else []
             self._sets[(key, which)] = found
         return found
+
+    def settled(self, key: str) -> bool:
+        """Whether ``key``'s sets are exactly "partition 0 materialised, nothing stale or
+        failed", read from its state's bytes (none decoded in this batch)."""
+        sets = self._sets
+        if (key, "materialized") in sets or (key, "stale") in sets or (key, "failed") in sets:
+            return False
+        state = self.state(key)
+        return state.materialized == _ONLY_ZERO and not state.stale and not state.failed
 
     def finish(self) -> None:
         """Encode the changed sets back into their states."""
@@ -497,34 +531,24 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
     for event in events:
         if isinstance(event, MaterializationRecord):
             key, index = event.key, event.index
-            previous = write.version(key, index)
+            previous = write.version(key, index, event.partition)
             write.history.append(event)
-            ranges.add_range(write.bounds(key, "materialized"), index, index + 1)
-            ranges.discard_range(write.bounds(key, "failed"), index, index + 1)
-            stale = write.bounds(key, "stale")
             moved = next(
                 (
                     (up, part, seen, current)
-                    for up, part, seen, upstream_index in _consumed(event)
-                    if (current := write.version(up, upstream_index)) is not None
+                    for up, part, seen, upstream_index in event.consumed
+                    if (current := write.version(up, upstream_index, part)) is not None
                     and current != seen
                 ),
                 None,
             )
             state = write.state(key)
-            if moved is None:
-                ranges.discard_range(stale, index, index + 1)
-            else:
-                ranges.add_range(stale, index, index + 1)
-                state.cause = {
-                    "reason": "upstream-changed",
-                    "upstream": moved[0],
-                    "partition": moved[1],
-                    "consumed": moved[2],
-                    "current": moved[3],
-                }
-            if not stale:
+            if moved is None and index == 0 and write.settled(key):
+                # Re-materialised, not stale, not failed (the common case of an
+                # unpartitioned asset): no set changes, none decoded or encoded.
                 state.cause = {}
+            else:
+                _apply_sets(write, event, state, moved)
             write.current[(key, index)] = event
             state.last_at = event.at
             state.last_run_id = event.run_id
@@ -545,6 +569,31 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
     write.finish()
 
 
+def _apply_sets(
+    write: AssetWrite,
+    event: MaterializationRecord,
+    state: AssetStateRecord,
+    moved: tuple[str, str | None, str, str] | None,
+) -> None:
+    key, index = event.key, event.index
+    ranges.add_range(write.bounds(key, "materialized"), index, index + 1)
+    ranges.discard_range(write.bounds(key, "failed"), index, index + 1)
+    stale = write.bounds(key, "stale")
+    if moved is None:
+        ranges.discard_range(stale, index, index + 1)
+    else:
+        ranges.add_range(stale, index, index + 1)
+        state.cause = {
+            "reason": "upstream-changed",
+            "upstream": moved[0],
+            "partition": moved[1],
+            "consumed": moved[2],
+            "current": moved[3],
+        }
+    if not stale:
+        state.cause = {}
+
+
 def apply_code_change(
     write: AssetWrite, key: str, old: str, new: str, marks: Sequence[StaleMark]
 ) -> None:
@@ -560,10 +609,6 @@ def apply_code_change(
     for mark in marks:
         _mark(write, mark)
     write.finish()
-
-
-def _consumed(event: MaterializationRecord) -> list[tuple[str, str | None, str, int]]:
-    return [(up, part, version, index) for up, part, version, index in event.consumed]
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ import msgspec
 from ..errors import ConfigurationError, RunNotFound
 from ..records import (
     AssetDefRecord,
+    AssetEvaluationRecord,
     AssetStateRecord,
     CacheEntry,
     CheckResultRecord,
@@ -80,6 +81,7 @@ class MemoryStore:
         self._asset_history: dict[tuple[str, str | None], list[MaterializationRecord]] = {}
         self._asset_current: dict[tuple[str, int], MaterializationRecord] = {}
         self._asset_checks: dict[str, list[CheckResultRecord]] = {}
+        self._asset_evaluations: dict[str, list[AssetEvaluationRecord]] = {}
         self._asset_state: dict[str, AssetStateRecord] = {}
         self._dynamic: dict[str, dict[str, int]] = {}  # name -> key -> index
 
@@ -198,6 +200,21 @@ class MemoryStore:
 
     async def dynamic_partitions(self, name: str) -> list[str]:
         return list(self._dynamic.get(name, {}))
+
+    async def add_asset_evaluations(self, records: Sequence[AssetEvaluationRecord]) -> None:
+        if records:
+            self._changes += 1
+        for record in records:
+            self._asset_evaluations.setdefault(record.key, []).append(_clone(record))
+
+    async def asset_evaluations(
+        self, key: str, *, until: float | None = None, limit: int = 100
+    ) -> list[AssetEvaluationRecord]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        rows = self._asset_evaluations.get(key, [])
+        found = [r for r in reversed(rows) if until is None or r.at <= until]
+        return [_clone(r) for r in found[:limit]]
 
     async def check_results(
         self, key: str, *, partition: str | None = None, limit: int = 100

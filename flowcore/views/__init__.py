@@ -13,7 +13,8 @@ plain data.
   shared limits;
 - :mod:`.graph`: a run's task graph (task runs, or task names aggregated for big
   runs); :mod:`.timeline`: a page of task runs as Gantt bars with their attempts;
-  :mod:`.triggers`: a trigger's parameter names checked against a served flow's schema.
+  :mod:`.triggers`: a trigger's parameter names checked against a served flow's schema;
+- :mod:`.assets`: assets with their statuses, one asset's history, lineage trees.
 """
 
 from .format import json_fallback, to_json, visible

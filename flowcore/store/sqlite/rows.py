@@ -17,6 +17,7 @@ import msgspec
 
 from ...records import (
     AssetDefRecord,
+    AssetEvaluationRecord,
     AssetStateRecord,
     CacheEntry,
     CheckResultRecord,
@@ -76,6 +77,8 @@ __all__ = [
     "cache_record",
     "cache_row",
     "check_record",
+    "evaluation_body",
+    "evaluation_record",
     "flow_record",
     "flow_row",
     "log_record",
@@ -502,3 +505,15 @@ def check_record(body: bytes) -> CheckResultRecord:
 
 def asset_state_record(body: bytes) -> AssetStateRecord:
     return _state_decoder.decode(body)
+
+
+_evaluation_encoder = msgspec.msgpack.Encoder()
+_evaluation_decoder = msgspec.msgpack.Decoder(AssetEvaluationRecord)
+
+
+def evaluation_body(record: AssetEvaluationRecord) -> bytes:
+    return _evaluation_encoder.encode(record)
+
+
+def evaluation_record(body: bytes) -> AssetEvaluationRecord:
+    return _evaluation_decoder.decode(body)

@@ -299,6 +299,17 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                UNIQUE (name, idx)
            ) WITHOUT ROWID""",
     ),
+    # 10: evaluations of assets' automation by `flowcore serve` (what was considered,
+    #     decided, and why), append-only, read by key and time for `assets why`.
+    10: (
+        """CREATE TABLE asset_evaluations (
+               id INTEGER PRIMARY KEY,
+               key TEXT NOT NULL,
+               at REAL NOT NULL,
+               body BLOB NOT NULL
+           )""",
+        "CREATE INDEX asset_evaluations_key ON asset_evaluations (key, at, id)",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(

@@ -20,13 +20,14 @@ Settings and why:
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiosqlite
 import msgspec
@@ -35,6 +36,7 @@ from ...errors import ConfigurationError, RunNotFound
 from ...ids import HOST
 from ...records import (
     AssetDefRecord,
+    AssetEvaluationRecord,
     AssetEvent,
     AssetStateRecord,
     CacheEntry,
@@ -99,6 +101,8 @@ from .rows import (
     cache_record,
     cache_row,
     check_record,
+    evaluation_body,
+    evaluation_record,
     flow_record,
     flow_row,
     log_record,
@@ -992,6 +996,28 @@ class SQLiteStore:
 
         return await self._io.write(add, rows=len(given))
 
+    async def add_asset_evaluations(self, records: Sequence[AssetEvaluationRecord]) -> None:
+        rows = [(r.key, r.at, evaluation_body(r)) for r in records]
+        if not rows:
+            return
+
+        def run(db: sqlite3.Connection) -> None:
+            _many(db, "INSERT INTO asset_evaluations (key, at, body) VALUES {values}", rows)
+
+        await self._io.write(run, len(rows))
+
+    async def asset_evaluations(
+        self, key: str, *, until: float | None = None, limit: int = 100
+    ) -> list[AssetEvaluationRecord]:
+        if limit < 1:
+            raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        found = await self._io.fetch(
+            "SELECT body FROM asset_evaluations WHERE key = ? AND at <= ? "
+            "ORDER BY at DESC, id DESC LIMIT ?",
+            [key, math.inf if until is None else until, limit],
+        )
+        return [evaluation_record(r[0]) for r in found]
+
     async def dynamic_partitions(self, name: str) -> list[str]:
         rows = await self._io.fetch(
             "SELECT key FROM asset_dynamic_keys WHERE name = ? ORDER BY idx", [name]
@@ -1031,8 +1057,14 @@ def _asset_write(db: sqlite3.Connection, events: Sequence[AssetEvent] = ()) -> A
     for event in events:
         keys.add(event.key)
         if isinstance(event, MaterializationRecord):
-            pairs.add((event.key, event.index))
-            pairs.update((up, index) for up, _, _, index in event.consumed)
+            # An unpartitioned asset's version is its state's (no partition row).
+            if event.partition is not None:
+                pairs.add((event.key, event.index))
+            for up, part, _, index in event.consumed:
+                if part is None:
+                    keys.add(up)
+                else:
+                    pairs.add((up, index))
             keys.update(mark.key for mark in event.downstream)
     states: dict[str, AssetStateRecord | None] = dict.fromkeys(keys)
     if keys:
@@ -1069,11 +1101,30 @@ def _asset_write(db: sqlite3.Connection, events: Sequence[AssetEvent] = ()) -> A
 
 
 def _write_states(db: sqlite3.Connection, write: AssetWrite) -> None:
-    db.executemany(
-        "INSERT INTO asset_state (key, body) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET body = excluded.body",
-        [(key, asset_body(state)) for key, state in write.states.items()],
-    )
+    _many(db, _UPSERT_STATE, [(key, asset_body(state)) for key, state in write.states.items()])
+
+
+def _many(db: sqlite3.Connection, template: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``rows`` written with many rows per statement (a statement per row costs more
+    than the row)."""
+    for sql, params in multi_row(template, rows):
+        db.executemany(sql, params)
+
+
+_UPSERT_STATE: Final = (
+    "INSERT INTO asset_state (key, body) VALUES {values} "
+    "ON CONFLICT (key) DO UPDATE SET body = excluded.body"
+)
+_INSERT_HISTORY: Final = (
+    "INSERT INTO asset_materializations (id, key, partition, at, run_id, seq, body) VALUES {values}"
+)
+_INSERT_CHECKS: Final = "INSERT INTO asset_checks (key, partition, at, body) VALUES {values}"
+_UPSERT_PARTITIONS: Final = (
+    "INSERT INTO asset_partitions (key, idx, partition, data_version, materialization) "
+    "VALUES {values} ON CONFLICT (key, idx) DO UPDATE SET "
+    "partition = excluded.partition, data_version = excluded.data_version, "
+    "materialization = excluded.materialization"
+)
 
 
 def _write_assets(db: sqlite3.Connection, events: list[AssetEvent]) -> None:
@@ -1095,22 +1146,15 @@ def _write_assets(db: sqlite3.Connection, events: list[AssetEvent]) -> None:
             )
         else:
             checks.append((item.key, item.partition, item.at, asset_body(item)))
-    db.executemany(
-        "INSERT INTO asset_materializations (id, key, partition, at, run_id, seq, body) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        history,
-    )
-    db.executemany(
-        "INSERT INTO asset_checks (key, partition, at, body) VALUES (?, ?, ?, ?)", checks
-    )
-    db.executemany(
-        "INSERT INTO asset_partitions (key, idx, partition, data_version, materialization) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, idx) DO UPDATE SET "
-        "partition = excluded.partition, data_version = excluded.data_version, "
-        "materialization = excluded.materialization",
+    _many(db, _INSERT_HISTORY, history)
+    _many(db, _INSERT_CHECKS, checks)
+    _many(
+        db,
+        _UPSERT_PARTITIONS,
         [
             (key, index, m.partition, m.data_version, ids[id(m)])
             for (key, index), m in write.current.items()
+            if m.partition is not None  # unpartitioned: the state row has its version
         ],
     )
     _write_states(db, write)

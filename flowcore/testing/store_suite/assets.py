@@ -15,6 +15,7 @@ import anyio
 from ...ranges import RangeSet
 from ...records import (
     AssetDefRecord,
+    AssetEvaluationRecord,
     CheckResultRecord,
     MaterializationRecord,
     StaleMark,
@@ -146,3 +147,51 @@ async def _dynamic(store: Store, open_store: OpenStore) -> None:
     keys = await store.dynamic_partitions("customers")
     assert keys == ["acme", "globex", "initech"], differs("dynamic_partitions", keys, "3 keys")
     assert await store.dynamic_partitions("nobody") == []
+
+
+@CASES.case("assets: an unpartitioned asset's version is its state's, within a batch too")
+async def _unpartitioned(store: Store) -> None:
+    mark = StaleMark("report", [(0, 1)], {"reason": "upstream-changed", "upstream": "orders"})
+    check = CheckResultRecord("report", "not_empty", False, 1000.0, "run", 0)
+    await store.write(WriteBatch(assets=[mat("orders", "v1"), mat("report", "r1"), check]))
+    assert (await sets(store, "report"))["failed"] == ((0, 1),)
+    # In one batch: orders changes, then report is built from the version replaced.
+    old = [("orders", None, "v1", 0)]
+    await store.write(
+        WriteBatch(
+            assets=[mat("orders", "v2", downstream=[mark]), mat("report", "r2", consumed=old)]
+        )
+    )
+    found = await sets(store, "report")
+    assert found == {"materialized": ((0, 1),), "stale": ((0, 1),), "failed": ()}, found
+    new = [("orders", None, "v2", 0)]
+    await store.write(WriteBatch(assets=[mat("report", "r3", consumed=new)]))
+    assert (await sets(store, "report"))["stale"] == ()
+    [state] = await store.asset_states(["report"])
+    assert state.cause == {} and state.materializations == 3
+    # Re-materialised while settled: nothing changes but the counts and versions.
+    await store.write(WriteBatch(assets=[mat("report", "r4", consumed=new)]))
+    [state] = await store.asset_states(["report"])
+    assert (state.data_version, state.materializations) == ("r4", 4)
+    assert await sets(store, "report") == {"materialized": ((0, 1),), "stale": (), "failed": ()}
+
+
+@CASES.case("assets: automation evaluations are kept, read newest first up to a time")
+async def _evaluations(store: Store) -> None:
+    def evaluation(at: float, decision: str) -> AssetEvaluationRecord:
+        return AssetEvaluationRecord(
+            "report", at, "on_upstream_change", decision, f"at {at}", considered={"up": "v1"}
+        )
+
+    first, second, third = (
+        evaluation(1.0, "wait"),
+        evaluation(2.0, "materialize"),
+        evaluation(3.0, "skip"),
+    )
+    await store.add_asset_evaluations([first, second])
+    await store.add_asset_evaluations([third])
+    await store.add_asset_evaluations([])
+    found = await store.asset_evaluations("report")
+    assert found == [third, second, first], differs("asset_evaluations", found, "3, 2, 1")
+    assert await store.asset_evaluations("report", until=2.5, limit=1) == [second]
+    assert await store.asset_evaluations("orders") == []

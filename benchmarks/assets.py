@@ -1,0 +1,322 @@
+"""What assets cost: staleness queries, materialising, a backfill's memory, reaction time.
+
+Run::
+
+    python benchmarks/assets.py [--assets 10000] [--partitions 100000] [--repeat 5]
+
+Every row is measured in this run, on a SQLite store in a temporary folder, against a
+baseline measured in the same run:
+
+- **staleness, N assets**: ``flowcore.assets.status_async`` over every asset of a
+  store holding ``--assets`` materialised assets of which a tenth are stale (one
+  read of the state rows, O(ranges) arithmetic each), with the graph (missing
+  partitions and freshness need the code) and without; then what ``flowcore assets
+  ls`` adds (``views.assets.asset_list``, the definitions too, and the command's
+  text). Target: at most 50 ms for the query. Baseline: reading the state rows alone.
+- **staleness, one asset of P partitions**: the status of one daily asset with
+  ``--partitions`` partitions, every other hundred of them stale (a thousand ranges,
+  the fragmented worst case of a range set). Target: at most 50 ms.
+- **materialise 1,000 no-op assets**: ``materialize_async`` of 1,000 independent
+  no-op assets, per asset, against a flow gathering 1,000 tracked no-op tasks, per
+  task, in the same engine settings. Target: at most 2x.
+- **backfill, peak memory**: ``tracemalloc``'s peak during a backfill of 1,000 and of
+  10,000 daily partitions of a no-op asset: flat means the two peaks are close (a
+  backfill keeps no node once done).
+- **reaction time**: from an upstream materialisation to the downstream run starting
+  under ``flowcore serve``: reported as not measured while reactive automation is not
+  in the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import sqlite3
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from rich.console import Console
+from rich.table import Table
+
+import flowcore
+from flowcore import ranges
+from flowcore.assets import AssetGraph, DailyPartitions, asset, materialize_async, status_async
+from flowcore.cli import cli
+from flowcore.records import AssetDefRecord, MaterializationRecord, StaleMark, WriteBatch
+from flowcore.store import Store, resolve_store
+from flowcore.views import assets as views
+
+Row = tuple[str, float, str, str]  # what, value, unit, note
+
+
+async def best(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
+    """Best wall time of ``fn()`` over ``repeat`` calls, in ms."""
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        started = time.perf_counter()
+        await fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return min(times)
+
+
+def no_op_assets(n: int, prefix: str = "a") -> list[Any]:
+    """``n`` independent no-op assets (each its own code version, as real ones have)."""
+    made = []
+    for i in range(n):
+
+        def fn() -> int:
+            return 1
+
+        fn.__name__ = f"{prefix}{i}"
+        made.append(asset(key=f"{prefix}{i}", code_version="1")(fn))
+    return made
+
+
+async def fill_store(store: Store, n: int) -> None:
+    """``n`` materialised unpartitioned assets, a tenth of them stale (written as the
+    materialiser writes them: definitions synced, then materialisation events)."""
+    now = time.time()
+    await store.sync_assets(
+        [AssetDefRecord(key=f"a{i:05d}", code_version="1", synced=now) for i in range(n)], {}
+    )
+    events: list[Any] = [
+        MaterializationRecord(
+            key=f"a{i:05d}", at=now, run_id="bench", seq=i, code_version="1", data_version="d"
+        )
+        for i in range(n)
+    ]
+    events += [
+        StaleMark(
+            key=f"a{i:05d}", ranges=[(0, 1)], cause={"reason": "upstream-stale", "upstream": "u"}
+        )
+        for i in range(0, n, 10)
+    ]
+    await store.write(WriteBatch(assets=events))
+
+
+async def staleness_rows(n: int, repeat: int, home: Path) -> list[Row]:
+    """Staleness over ``n`` assets, in ``home/flowcore.db`` (which ``assets ls`` reads
+    afterwards; created by the caller)."""
+    store = resolve_store(home / "flowcore.db")
+    await store.open()
+    try:
+        await fill_store(store, n)
+        states = await best(lambda: store.asset_states(), repeat)
+        bare = await best(lambda: status_async(store=store), repeat)
+        stale = await best(lambda: status_async(store=store, stale_only=True), repeat)
+        listed = await best(lambda: views.asset_list(store), repeat)
+        found = await status_async(store=store, stale_only=True)
+        assert len(found) == len(range(0, n, 10)), len(found)
+    finally:
+        await store.close()
+    return [
+        (f"state rows of {n:,} assets (baseline)", states, "ms", "one query"),
+        (f"staleness of {n:,} assets", bare, "ms", f"{bare / states:.1f}x baseline; <= 50"),
+        (f"  only the stale ({n // 10:,})", stale, "ms", f"{stale / states:.1f}x baseline"),
+        ("  assets ls view (with definitions)", listed, "ms", f"{listed / states:.1f}x baseline"),
+    ]
+
+
+def cli_ls_ms(home: Path, repeat: int) -> float:
+    """``flowcore assets ls`` in this process (store opened, read, text printed)."""
+    previous = os.environ.get("FLOWCORE_HOME")
+    os.environ["FLOWCORE_HOME"] = str(home)
+    try:
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = CliRunner().invoke(cli, ["assets", "ls"], catch_exceptions=False)
+            times.append((time.perf_counter() - started) * 1000)
+            assert result.exit_code == 0, result.output
+        return min(times)
+    finally:
+        if previous is None:
+            os.environ.pop("FLOWCORE_HOME", None)
+        else:
+            os.environ["FLOWCORE_HOME"] = previous
+
+
+async def partitions_rows(count: int, repeat: int, folder: Path) -> list[Row]:
+    """One daily asset of ``count`` partitions, all materialised, one in a hundred stale
+    in a thousand separate ranges."""
+    days = DailyPartitions("1700-01-01")
+    start = days.key_of(0)
+
+    @asset(key="big", partitions=days)
+    def big(partition_key: str) -> int:
+        return 1
+
+    graph = AssetGraph([big])
+    store = resolve_store(folder / "partitions.db")
+    await store.open()
+    try:
+        now = time.time()
+        await store.sync_assets(
+            [AssetDefRecord(key="big", code_version=big.code_version, partitions=repr(days))], {}
+        )
+        step = max(count // 1000, 2)
+        events: list[Any] = []
+        for i in range(count):
+            events.append(
+                MaterializationRecord(
+                    key="big", at=now, run_id="bench", seq=i, code_version=big.code_version,
+                    data_version="d", partition=days.key_of(i), index=i,
+                )
+            )  # fmt: skip
+            if len(events) == 20_000:
+                await store.write(WriteBatch(assets=events))
+                events = []
+        events.append(
+            StaleMark(
+                key="big",
+                ranges=[(i, i + 1) for i in range(0, count, step)],
+                cause={"reason": "upstream-changed", "upstream": "u"},
+            )
+        )
+        await store.write(WriteBatch(assets=events))
+        [state] = await store.asset_states(["big"])
+        stale_ranges = len(ranges.decode(state.stale)) // 2
+        bare = await best(lambda: status_async(["big"], store=store), repeat)
+        coded = await best(lambda: status_async(store=store, graph=graph), repeat)
+        one = await best(lambda: views.partition_state(store, "big", days.key_of(count // 2)), 3)
+        [status] = await status_async(store=store, graph=graph)
+        assert status.status == "stale", status
+    finally:
+        await store.close()
+    label = f"one asset, {count:,} partitions from {start}"
+    return [
+        (label, bare, "ms", f"{stale_ranges:,} stale ranges; <= 50"),
+        ("  with the graph (missing, freshness)", coded, "ms", "counts missing by now"),
+        ("  one partition's status (why --partition)", one, "ms", "two queries"),
+    ]
+
+
+async def materialize_rows(n: int, repeat: int, folder: Path) -> list[Row]:
+    graph = AssetGraph(no_op_assets(n, prefix="m"))
+
+    @flowcore.task
+    async def noop() -> int:
+        return 1
+
+    @flowcore.flow
+    async def tasks(count: int) -> int:
+        return sum(await asyncio.gather(*(noop() for _ in range(count))))
+
+    async with flowcore.Engine(folder / "materialize.db") as engine:
+
+        async def run_tasks() -> None:
+            await tasks(n)
+
+        async def run_assets() -> None:
+            result = await materialize_async(list(graph.order), graph=graph, only_stale=False)
+            assert result.ok and result.counts["materialized"] == n, result.counts
+
+        await run_tasks()  # warm up both
+        await run_assets()
+        task_ms = await best(run_tasks, repeat)
+        asset_ms = await best(run_assets, repeat)
+        assert engine is not None
+    per_task = task_ms * 1000 / n
+    per_asset = asset_ms * 1000 / n
+    return [
+        (f"tracked no-op task, {n:,} in a flow (baseline)", per_task, "µs each", ""),
+        (
+            f"materialise {n:,} no-op assets",
+            per_asset,
+            "µs each",
+            f"{per_asset / per_task:.1f}x a tracked task; target <= 2x",
+        ),
+    ]
+
+
+async def backfill_rows(sizes: list[int], folder: Path) -> list[Row]:
+    rows: list[Row] = []
+    peaks = []
+    for size in sizes:
+        days = DailyPartitions("1900-01-01")
+
+        @asset(key=f"daily{size}", partitions=days)
+        def daily(partition_key: str) -> int:
+            return 1
+
+        first, last = days.key_of(0), days.key_of(size - 1)
+        async with flowcore.Engine(folder / f"backfill{size}.db"):
+            gc.collect()
+            tracemalloc.start()
+            started = time.perf_counter()
+            result = await flowcore.assets.backfill_async(daily, first, last, concurrency=64)
+            elapsed = time.perf_counter() - started
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        assert result.counts["materialized"] == size, result.counts
+        peaks.append(peak)
+        note = f"{elapsed:.1f} s under tracemalloc"
+        if len(peaks) > 1:
+            note += f"; {peak / peaks[0]:.2f}x the {sizes[0]:,}-partition peak"
+        rows.append((f"backfill {size:,} partitions: peak memory", peak / 2**20, "MiB", note))
+    return rows
+
+
+async def measure(args: argparse.Namespace, folder: Path) -> list[Row]:
+    rows = await staleness_rows(args.assets, args.repeat, folder / "ls-home")
+    rows += await partitions_rows(args.partitions, args.repeat, folder)
+    rows += await materialize_rows(args.materialize, args.repeat, folder)
+    rows += await backfill_rows([args.backfill // 10, args.backfill], folder)
+    rows.append(
+        (
+            "reaction time, upstream materialised -> downstream run",
+            float("nan"),
+            "-",
+            "not measured: reactive automation not in this build",
+        )
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--assets", type=int, default=10_000, help="assets for staleness")
+    parser.add_argument("--partitions", type=int, default=100_000, help="partitions of one")
+    parser.add_argument("--materialize", type=int, default=1_000, help="no-op assets to run")
+    parser.add_argument("--backfill", type=int, default=10_000, help="partitions to backfill")
+    parser.add_argument("--repeat", type=int, default=5, help="timings; the best is shown")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["FLOWCORE_HOME"] = folder  # nothing lands in ~/.flowcore
+        (Path(folder) / "ls-home").mkdir()
+        rows = asyncio.run(measure(args, Path(folder)))
+        ls = cli_ls_ms(Path(folder) / "ls-home", args.repeat)  # its own event loop
+    rows.insert(
+        4,
+        (f"  flowcore assets ls ({args.assets:,} assets)", ls, "ms", "open, read, print"),
+    )
+    table = Table(
+        title=(
+            f"assets, best of {args.repeat} (Python {platform.python_version()}, "
+            f"{platform.machine()}, SQLite {sqlite3.sqlite_version})"
+        )
+    )
+    for column in ("what", "value", "unit", "against the baseline / target"):
+        table.add_column(
+            column,
+            justify="right" if column == "value" else "left",
+            no_wrap=True,
+            min_width=8 if column in ("value", "unit") else None,
+        )
+    for what, value, unit, note in rows:
+        shown = "-" if value != value else (f"{value:.1f}" if value >= 10 else f"{value:.2f}")
+        table.add_row(what, shown, unit, note)
+    Console(width=max(Console().width, 150)).print(table)
+
+
+if __name__ == "__main__":
+    main()
