@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,11 +21,15 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 
 from flowcore import ranges
+from flowcore.assets import AssetGraph, asset, on_upstream_change
+from flowcore.assets.materialize import materialize_async
 from flowcore.cli import cli
-from flowcore.cli.assets import WIDTH, _poll
+from flowcore.cli.assets import WIDTH, _poll, parse_at
 from flowcore.engine import Engine
 from flowcore.records import AssetDefRecord, AssetStateRecord
+from flowcore.serve import Server
 from flowcore.store import Store, resolve_store
+from flowcore.testing import FakeClock
 from flowcore.views import assets as views
 
 ASSETS = """
@@ -461,3 +467,92 @@ def test_materialize_and_ls_in_a_subprocess(flowcore_home: Path, assets_file: Pa
     assert listed.returncode == 0, listed.stderr
     assert "4 assets: 4 fresh" in listed.stdout
     fits(listed.stdout)
+
+
+# -- why: the stored evaluations of flowcore serve ------------------------------------------
+
+#: 2026-01-10 00:00:00 UTC, the fake clock's start.
+T0 = datetime(2026, 1, 10, tzinfo=UTC).timestamp()
+
+
+def react_once() -> str:
+    """A real server on a fake clock and the SQLite store of FLOWCORE_HOME: ``up`` built at
+    T0, ``down`` waits out its 5 s debounce (T0+1), then is materialised (T0+6); the tick at
+    T0+7 stores that it ran. The run id."""
+
+    @asset
+    def up() -> int:
+        return 1
+
+    @asset(automation=on_upstream_change(debounce=5))
+    def down(up: int) -> int:
+        return up + 1
+
+    graph = AssetGraph([up, down])
+
+    async def main() -> str:
+        clock = FakeClock(start=T0)
+        async with (
+            Engine(resolve_store(None), clock=clock, tracing=False) as engine,
+            Server([], engine=engine, assets=graph) as server,
+        ):
+            await materialize_async(["up"], graph=graph, engine=engine)
+            clock.advance(1)
+            await server.tick()
+            await server.wait_idle()
+            clock.advance(5)
+            await server.tick()
+            await server.wait_idle()
+            clock.advance(1)
+            await server.tick()  # stores what the run it started did
+            history = await engine.store.asset_history("down")
+            return history[0].run_id
+
+    return anyio.run(main)
+
+
+def test_why_shows_the_stored_evaluation_at_a_time(flowcore_home: Path) -> None:
+    run_id = react_once()
+    now = as_json("assets", "why", "down")
+    assert now["status"] == "fresh"
+    found = now["evaluations"]  # newest first: fresh now, the run, its claim, the debounce
+    assert [e["decision"] for e in found] == ["skip", "materialized", "materialize", "wait"]
+    assert {e["policy"] for e in found} == {"on_upstream_change"}
+    assert found[1]["run_id"] == run_id and found[1]["at"] == "2026-01-10T00:00:06.000000Z"
+    assert all(e["server"] for e in found) and all(e["at"] <= now["at"] for e in found)
+    assert all(e["at"] <= now["at"] for e in now["evaluations"])
+    # Between the wait and the run: the debounce was what held it back.
+    before = as_json("assets", "why", "down", "--at", "2026-01-10T00:00:03+00:00")
+    assert before["at"] == "2026-01-10T00:00:03.000000Z"
+    [waiting] = before["evaluations"]
+    assert waiting["decision"] == "wait" and waiting["until"] == "2026-01-10T00:00:05.000000Z"
+    assert waiting["run_id"] is None and waiting["reason"]
+    assert as_json("assets", "why", "down", "--at", "-1d")["evaluations"] == now["evaluations"]
+    text = ok("assets", "why", "down", "--at", "2026-01-10T00:00:03Z").stdout
+    assert "automation as of" in text and ": wait (until 2026-01-10" in text
+    fits(text)
+    ran = ok("assets", "why", "down", "--at", "2026-01-10T00:00:06+00:00").stdout
+    assert f": materialized (run {run_id[:8]}" in ran
+    never = ok("assets", "why", "up").stdout  # no automation: said, not left out
+    assert "no evaluation stored" in never
+
+
+def test_why_at_a_naive_time_is_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        local = parse_at("2026-01-10T05:30", datetime.now(UTC))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert local == T0
+    now = datetime(2026, 1, 10, 2, tzinfo=UTC)
+    assert parse_at("-2h", now) == T0 and parse_at(" -120m ", now) == T0
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "-10x", "10m", "2026-13-01"])
+def test_why_at_a_bad_time_names_the_accepted_forms(flowcore_home: Path, bad: str) -> None:
+    result = invoke("assets", "why", "raw", "--at", bad)
+    assert result.exit_code == 2
+    assert "\nerror: --at: " in result.stderr
+    assert "ISO 8601" in result.stderr and "-10m" in result.stderr

@@ -5,7 +5,11 @@ An I/O is any object with two async methods, ``store(key, partition, value)`` an
 missing value raises :class:`~flowcore.assets.errors.AssetValueMissing`. The default,
 :data:`RESULT_IO` (``"result"``), keeps values in the run store as task results
 (msgspec msgpack, large ones as blobs); ``io="files"`` or :class:`FilesIO` keeps them
-in files. Plugins add others by name (an entry-point group, with the store).
+in files. Plugins add others by name: an entry point in the group ``flowcore.asset_io``
+names a class or factory that, called with no arguments, gives an :class:`AssetIO`
+(as executors come from ``flowcore.executors``). The name is resolved when the asset
+is defined, so a misspelt or uninstalled one fails there, listing the installed names,
+and not half-way through a materialisation; the plugin is loaded then, once per asset.
 
 :class:`FilesIO` places each value at ``FOLDER/<key>/=value.<format>`` (unpartitioned)
 or ``FOLDER/<key>/=partitions/<encoded partition key>.<format>``: an asset key is a
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeAlias, get_args, runtime_checkable
 
@@ -37,12 +42,24 @@ from ..store import flowcore_home
 from .errors import AssetValueMissing
 from .keys import check_asset_key, check_partition_key
 
-__all__ = ["RESULT_IO", "AssetIO", "FileFormat", "FilesIO", "check_io", "partition_file_name"]
+__all__ = [
+    "IO_ENTRY_POINTS",
+    "RESULT_IO",
+    "AssetIO",
+    "FileFormat",
+    "FilesIO",
+    "PluginIO",
+    "check_io",
+    "load_io_plugin",
+    "partition_file_name",
+]
 
 #: The name of the default I/O: values kept in the run store as task results.
 RESULT_IO: Final = "result"
 #: The name of :class:`FilesIO` with its defaults.
 FILES_IO: Final = "files"
+#: The entry-point group plugins register their I/Os in.
+IO_ENTRY_POINTS: Final = "flowcore.asset_io"
 
 FileFormat: TypeAlias = Literal["msgpack", "json", "bytes"]
 _FORMATS: Final = get_args(FileFormat)
@@ -60,17 +77,77 @@ class AssetIO(Protocol):
 
 
 def check_io(io: object) -> AssetIO | str:
-    """``io=``: a name (``"result"``, ``"files"``, a plugin's) or an :class:`AssetIO`."""
+    """``io=``: a name (``"result"``, ``"files"``, a plugin's) or an :class:`AssetIO`.
+
+    The built-in names stay names (the materialiser knows them); a plugin's name becomes
+    a :class:`PluginIO` here, so an unknown one is an error at definition time."""
     if io is None:
         return RESULT_IO
     if isinstance(io, str) and io:
-        return io
+        if io in (RESULT_IO, FILES_IO):
+            return io
+        return load_io_plugin(io)
     if isinstance(io, AssetIO):
         return io
     raise ConfigurationError(
-        f"`io` must be the name of an I/O ('result', 'files') or an object with async "
+        f"`io` must be the name of an I/O ('result', 'files', or one installed in the "
+        f"{IO_ENTRY_POINTS!r} entry-point group) or an object with async "
         f"store(key, partition, value) and load(key, partition) methods, got {io!r}"
     )
+
+
+class PluginIO:
+    """An I/O a plugin gave under ``name``: delegates to it, and shows (and compares) as
+    its name, so the definition stored for the asset says which plugin keeps its values
+    and not an object's address that changes per process."""
+
+    __slots__ = ("inner", "name")
+
+    def __init__(self, name: str, inner: AssetIO) -> None:
+        self.name = name
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"PluginIO({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PluginIO) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((PluginIO, self.name))
+
+    async def store(self, key: str, partition: str | None, value: Any) -> None:
+        await self.inner.store(key, partition, value)
+
+    async def load(self, key: str, partition: str | None) -> Any:
+        return await self.inner.load(key, partition)
+
+
+def load_io_plugin(name: str) -> PluginIO:
+    """The I/O the plugin registered as ``name`` in :data:`IO_ENTRY_POINTS` made."""
+    plugins = {ep.name: ep for ep in entry_points(group=IO_ENTRY_POINTS)}
+    if name not in plugins:
+        installed = ", ".join(sorted({RESULT_IO, FILES_IO, *plugins}))
+        raise ConfigurationError(
+            f"no asset I/O named {name!r}; installed: {installed}. Install the plugin that "
+            f"provides it (one with a {IO_ENTRY_POINTS!r} entry point named {name!r}), or "
+            "pass an object with async store(key, partition, value) and load(key, partition)"
+        )
+    entry = plugins[name]
+    try:
+        factory: Any = entry.load()
+        made = factory()
+    except Exception as exc:
+        raise ConfigurationError(
+            f"the asset I/O plugin {name!r} ({entry.value}) failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(made, AssetIO):
+        raise ConfigurationError(
+            f"the asset I/O plugin {name!r} ({entry.value}) made {made!r}, which is not an "
+            "asset I/O (it needs async store(key, partition, value) and load(key, partition))"
+        )
+    return PluginIO(name, made)
 
 
 def partition_file_name(partition: str) -> str:

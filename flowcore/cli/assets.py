@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import click
@@ -42,7 +43,7 @@ from ..entrypoints import load_module
 from ..records import AssetDefRecord, AssetStateRecord
 from ..store import Store, resolve_store
 from ..views import assets as views
-from ..views.format import cut, format_local_time, to_json, visible
+from ..views.format import cut, format_local_time, iso_utc, to_json, visible
 from .support import CliUsageError, Count, Group, database
 
 __all__ = ["assets"]
@@ -239,7 +240,7 @@ def assets() -> None:
     flowcore assets ls [--stale] [--group G] [--json]
     flowcore assets show NAME [--partition K]
     flowcore assets lineage NAME [--upstream] [--downstream] [--depth N]
-    flowcore assets why NAME [--partition K]
+    flowcore assets why NAME [--partition K] [--at TIME]
     flowcore assets materialize -f FILE.py [NAME ...] [--stale] [--downstream]
     flowcore assets backfill -f FILE.py NAME --from A --to B [--stale-only]
 
@@ -585,14 +586,29 @@ def _tree_lines(node: views.LineageNode, defs: Mapping[str, AssetDefRecord]) -> 
 @click.argument("name")
 @_file_option
 @click.option("--partition", metavar="K", help="Explain this partition.")
+@click.option(
+    "--at",
+    "at_text",
+    metavar="TIME",
+    help="Automation decisions as of TIME: ISO (2026-01-10T06:00, local time without a "
+    "zone) or relative (-10m, -2h, -1d). Default: now.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def assets_why(name: str, files: tuple[Path, ...], partition: str | None, as_json: bool) -> None:
+def assets_why(
+    name: str,
+    files: tuple[Path, ...],
+    partition: str | None,
+    at_text: str | None,
+    as_json: bool,
+) -> None:
     """Why NAME (a partition of it) is in its status: which upstream changed from which
     data version to which, which check failed, the code version from and to, or since
-    when it is overdue."""
+    when it is overdue; and why flowcore serve did or did not materialise it as of
+    --at (its stored evaluations: policy, decision, reason, what it read, run, server)."""
+    now = datetime.now(UTC)
+    at = now.timestamp() if at_text is None else parse_at(at_text, now)
     graph = _graph(files)
     _check_partition(graph, name, partition)
-    now = datetime.now(UTC)
     judge = _judge(graph, now) if graph is not None else None
 
     async def fetch(store: Store) -> dict[str, Any] | list[str]:
@@ -612,7 +628,10 @@ def assets_why(name: str, files: tuple[Path, ...], partition: str | None, as_jso
             if judge
             else views.stored_status(name, state, partitioned=partitioned)
         )
-        return await _explain(store, name, partition, row, definition, partitioned)
+        found = await _explain(store, name, partition, row, definition, partitioned)
+        found["at"] = iso_utc(at)
+        found["evaluations"] = await _evaluations(store, name, partition, at)
+        return found
 
     found = _read(fetch)
     if isinstance(found, list):
@@ -623,6 +642,42 @@ def assets_why(name: str, files: tuple[Path, ...], partition: str | None, as_jso
         click.echo(to_json(found))
         return
     click.echo("\n".join(_why_lines(found)))
+
+
+#: Evaluations ``why`` reads (newest first, at or before --at); the text shows the newest.
+_EVALUATIONS: Final = 20
+_RELATIVE: Final = re.compile(r"-(\d+)([smhd])")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_at(text: str, now: datetime) -> float:
+    """``--at``: ISO 8601 text (local time when it names no zone) or ``-N`` seconds,
+    minutes, hours or days before ``now``; Unix seconds."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        return now.timestamp() - int(relative[1]) * _UNIT_SECONDS[relative[2]]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliUsageError(
+            f"--at: {visible(text)!s} is not a time; give ISO 8601 (2026-01-10T06:00, "
+            "2026-01-10 06:00:00+01:00; local time without a zone) or a relative form "
+            "(-30s, -10m, -2h, -1d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # naive: the reader's local time
+    return when.timestamp()
+
+
+async def _evaluations(
+    store: Store, key: str, partition: str | None, at: float
+) -> list[dict[str, Any]]:
+    """The stored evaluations of ``key``'s automation at or before ``at``, newest first;
+    with a partition, those about it and those about the whole asset."""
+    found = await store.asset_evaluations(key, until=at, limit=_EVALUATIONS * 5)
+    if partition is not None:
+        found = [e for e in found if e.partition in (None, partition)]
+    return [views.evaluation_to_json(e) for e in found[:_EVALUATIONS]]
 
 
 async def _explain(
@@ -772,6 +827,33 @@ def _why_lines(found: Mapping[str, Any]) -> Iterator[str]:
             f"    ... {len(upstreams) - _UPSTREAM_LINES} more upstream values read "
             f"({changed} changed in all; --json lists every one)"
         )
+    yield from _evaluation_lines(found.get("evaluations") or [], found.get("at"))
+
+
+def _evaluation_lines(evaluations: Sequence[Mapping[str, Any]], at: str | None) -> Iterator[str]:
+    """The newest automation decision at ``at``: the policy, what it decided and why, the
+    run it started, the server, and what it read."""
+    v = visible
+    if not evaluations:
+        yield cut(f"  automation as of {_when(at)}: no evaluation stored", WIDTH)
+        return
+    e = evaluations[0]
+    part = f" [{v(str(e['partition']))}]" if e.get("partition") is not None else ""
+    yield cut(f"  automation as of {_when(at)} ({v(e['policy'])}{part}):", WIDTH)
+    extra = []
+    if e.get("run_id"):
+        extra.append(f"run {v(e['run_id'])[:8]}")
+    if e.get("until"):
+        extra.append(f"until {_when(e['until'])}")
+    if e.get("server"):
+        extra.append(f"server {v(e['server'])}")
+    more = f" ({', '.join(extra)})" if extra else ""
+    yield cut(f"    {_when(e['at'])}: {v(e['decision'])}{more}", WIDTH)
+    yield cut(f"      why: {v(e['reason'])}", WIDTH)
+    if e.get("considered"):
+        yield cut(f"      considered: {v(views.metadata_preview(e['considered'], WIDTH))}", WIDTH)
+    if len(evaluations) > 1:
+        yield cut(f"    ({len(evaluations) - 1} earlier evaluations: --json lists them)", WIDTH)
 
 
 # -- materialize and backfill ----------------------------------------------------------------

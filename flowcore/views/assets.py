@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .. import ranges
-from ..records import AssetDefRecord, AssetStateRecord, CheckResultRecord, MaterializationRecord
+from ..records import (
+    AssetDefRecord,
+    AssetEvaluationRecord,
+    AssetStateRecord,
+    CheckResultRecord,
+    MaterializationRecord,
+)
 from ..store import Store
 from .format import cut, iso_utc, safe_repr
 
@@ -218,6 +224,21 @@ def materialization_to_json(m: MaterializationRecord) -> dict[str, Any]:
         ],
         "metadata": dict(m.metadata),
         "io": m.io,
+    }
+
+
+def evaluation_to_json(e: AssetEvaluationRecord) -> dict[str, Any]:
+    """One stored evaluation of an asset's automation, every field, times in ISO UTC."""
+    return {
+        "at": iso_utc(e.at),
+        "policy": e.policy,
+        "decision": e.decision,
+        "reason": e.reason,
+        "partition": e.partition,
+        "considered": e.considered,
+        "run_id": e.run_id,
+        "until": None if e.until is None else iso_utc(e.until),
+        "server": e.holder or None,
     }
 
 
