@@ -125,4 +125,4 @@ async def test_a_plugin_io_stores_and_the_downstream_loads_through_it(
         assert second.ok
         assert seen == [[10, 20]]
         (stored,) = await engine.store.asset_history("raw")
-        assert stored.io == "PluginIO"  # the materialiser records the I/O's class name
+        assert stored.io == "memory"  # the plugin's name: which plugin keeps the value

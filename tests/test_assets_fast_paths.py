@@ -1,0 +1,114 @@
+"""The materialiser's fast paths keep their guarantees: definitions synced once per
+graph and store handle (again when a code version or the handle differs), an event made
+only when a downstream waits, and short previews made without ``reprlib``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowcore
+from flowcore.assets import AssetGraph, asset
+from flowcore.assets.marks import sync_definitions
+from flowcore.assets.materialize import _metadata, _repr, materialize_async
+from flowcore.records import AssetDefRecord
+from flowcore.store import resolve_store
+
+pytestmark = pytest.mark.anyio
+
+
+class Counting:
+    """Counts the store's ``list_asset_defs`` calls (what a sync reads first)."""
+
+    def __init__(self, store: Any) -> None:
+        self.calls = 0
+        self._list = store.list_asset_defs
+        store.list_asset_defs = self
+
+    async def __call__(self, keys: list[str] | None = None) -> list[AssetDefRecord]:
+        self.calls += 1
+        result: list[AssetDefRecord] = await self._list(keys)
+        return result
+
+
+def graph_of(version: str) -> AssetGraph:
+    @asset(code_version=version)
+    def raw() -> int:
+        return 1
+
+    @asset
+    def down(raw: int) -> int:
+        return raw + 1
+
+    return AssetGraph([raw, down])
+
+
+async def test_definitions_are_synced_once_per_graph_and_store() -> None:
+    graph = graph_of("1")
+    async with flowcore.Engine(store="memory") as engine:
+        counting = Counting(engine.store)
+        for _ in range(3):
+            result = await materialize_async(["raw", "down"], graph=graph, only_stale=False)
+            assert result.ok
+        assert counting.calls == 1
+        assert await sync_definitions(graph, engine.store, 0.0) == {}
+        assert counting.calls == 1
+
+
+async def test_a_changed_code_version_is_synced_and_marks_downstream_stale() -> None:
+    async with flowcore.Engine(store="memory") as engine:
+        await materialize_async(["raw", "down"], graph=graph_of("1"), only_stale=False)
+        changed = graph_of("2")
+        assert await sync_definitions(changed, engine.store, 0.0) == {"raw": "1"}
+        states = {s.key: s for s in await engine.store.asset_states()}
+        assert states["raw"].stale and states["down"].stale
+        result = await materialize_async(["raw", "down"], graph=changed)
+        assert sorted(k for k, _ in result.materialized) == ["down", "raw"]
+
+
+async def test_another_store_handle_is_synced(tmp_path: Path) -> None:
+    graph = graph_of("1")
+    for _ in range(2):
+        store = resolve_store(tmp_path / "one.db")
+        await store.open()
+        try:
+            counting = Counting(store)
+            await sync_definitions(graph, store, 0.0)
+            assert counting.calls == 1
+        finally:
+            await store.close()
+    other = resolve_store(tmp_path / "other.db")
+    await other.open()
+    try:
+        await sync_definitions(graph, other, 0.0)
+        assert [d.key for d in await other.list_asset_defs()] == ["down", "raw"]
+    finally:
+        await other.close()
+
+
+async def test_a_downstream_waits_for_its_upstream_outcome() -> None:
+    seen: list[str] = []
+
+    @asset
+    async def first() -> int:
+        seen.append("first")
+        return 1
+
+    @asset
+    async def second(first: int) -> int:
+        seen.append("second")
+        return first + 1
+
+    async with flowcore.Engine(store="memory"):
+        result = await materialize_async(
+            ["second", "first"], graph=AssetGraph([first, second]), only_stale=False
+        )
+    assert result.ok and seen == ["first", "second"]
+    assert result.data_versions  # both materialised
+
+
+def test_short_previews_are_those_reprlib_makes() -> None:
+    for value in (0, -3, 10**14, 1.5, True, None, float("nan"), float("inf"), 10**300):
+        assert _metadata(value) == {"preview": _repr.repr(value)}
