@@ -87,11 +87,13 @@ async def best(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
 
 
 def no_op_assets(n: int, prefix: str = "a") -> list[Any]:
-    """``n`` independent no-op assets (each its own code version, as real ones have)."""
+    """``n`` independent async no-op assets (each its own code version, as real ones have):
+    async, like the tracked no-op tasks they are compared with (a sync function would be
+    measured with a worker thread's hop on one side only)."""
     made = []
     for i in range(n):
 
-        def fn() -> int:
+        async def fn() -> int:
             return 1
 
         fn.__name__ = f"{prefix}{i}"
