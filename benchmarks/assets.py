@@ -65,6 +65,7 @@ from flowcore.assets import (
     on_upstream_change,
     status_async,
 )
+from flowcore.assets.description import describe
 from flowcore.cli import cli
 from flowcore.records import AssetDefRecord, MaterializationRecord, StaleMark, WriteBatch
 from flowcore.serve import Server
@@ -105,8 +106,13 @@ async def fill_store(store: Store, n: int) -> None:
     """``n`` materialised unpartitioned assets, a tenth of them stale (written as the
     materialiser writes them: definitions synced, then materialisation events)."""
     now = time.time()
+    plain = describe(None, {}, None)  # the description an unpartitioned asset is stored with
     await store.sync_assets(
-        [AssetDefRecord(key=f"a{i:05d}", code_version="1", synced=now) for i in range(n)], {}
+        [
+            AssetDefRecord(key=f"a{i:05d}", code_version="1", synced=now, description=plain)
+            for i in range(n)
+        ],
+        {},
     )
     events: list[Any] = [
         MaterializationRecord(

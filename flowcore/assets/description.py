@@ -264,6 +264,16 @@ def rebuild_definition(record: AssetDefRecord) -> StoredDefinition:
                 f"this flowcore reads format {DESCRIPTION_VERSION}: upgrade flowcore to read it",
             ),
         )
+    if not (
+        found.get("partitions")
+        or found.get("mappings")
+        or found.get("freshness")
+        or found.get("automation")
+        or found.get("on_overdue")
+    ):
+        # Most assets: unpartitioned, no freshness, no automation; nothing to rebuild
+        # (a status over 10,000 assets makes this call 10,000 times).
+        return StoredDefinition(key, code, group, upstream=upstream)
     problems: list[str] = []
     partitions: Partitions | None = None
     freshness: Freshness | None = None
