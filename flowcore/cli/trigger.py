@@ -19,6 +19,7 @@ from ..store import Store, resolve_store
 from ..store.crash import mark_crashed_runs
 from ..views.format import to_json, visible
 from ..views.serving import flow_schema
+from ..views.triggers import check_parameter_names, form_value
 from .params import params_from_json
 
 __all__ = ["trigger_command", "trigger_parameters"]
@@ -33,18 +34,6 @@ def _user() -> str:
         return f"{getpass.getuser()}@{HOST}"
     except Exception:  # no user name (a container without one)
         return HOST
-
-
-def _value(raw: str, schema: Any) -> Any:
-    """A ``--param`` value: kept as text where the schema takes text (the server converts
-    text by the annotation, as `flowcore run` does: ``"20"`` → ``20``), else read as JSON
-    when it is JSON (lists, objects, null), else kept as text."""
-    if isinstance(schema, dict) and schema.get("type") == "string":
-        return raw
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return raw
 
 
 def trigger_parameters(
@@ -68,28 +57,8 @@ def trigger_parameters(
             raise ConfigurationError(
                 f"parameter {name!r} is given twice (by --param and {where}); give it once"
             )
-        values[name] = _value(raw, properties.get(name))
-    if schema is not None:
-        problems = []
-        unknown = [n for n in values if n not in properties]
-        if unknown and not schema.get("additionalProperties", False):
-            known = ", ".join(properties) or "none"
-            problems.append(
-                f"unknown parameter{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(map(repr, unknown))} (the flow's parameters: {known})"
-            )
-        missing = [n for n in schema.get("required", []) if n not in values]
-        if missing:
-            problems.append(
-                f"missing parameter{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(map(repr, missing))}, which ha{'ve' if len(missing) > 1 else 's'} "
-                "no default"
-            )
-        if problems:
-            title = schema.get("title", "the flow")
-            raise ConfigurationError(
-                f"flow {title!r} (as its server registered it): " + "; ".join(problems)
-            )
+        values[name] = form_value(raw, properties.get(name))
+    check_parameter_names(values, schema)
     return values
 
 
