@@ -112,3 +112,70 @@ async def test_a_downstream_waits_for_its_upstream_outcome() -> None:
 def test_short_previews_are_those_reprlib_makes() -> None:
     for value in (0, -3, 10**14, 1.5, True, None, float("nan"), float("inf"), 10**300):
         assert _metadata(value) == {"preview": _repr.repr(value)}
+
+
+def test_stored_definitions_read_back_whole_and_share_identical_descriptions() -> None:
+    """SQLite rows decode the description once per distinct bytes: every field still reads
+    back as written (none, plain, partitioned), and identical descriptions are one object."""
+    from flowcore.assets import DailyPartitions
+    from flowcore.assets.description import describe
+    from flowcore.store.sqlite.rows import asset_body, asset_def_record
+
+    daily = describe(DailyPartitions(start="2026-01-01"), {}, None)
+    plain = describe(None, {}, None)
+    records = [
+        AssetDefRecord(key="old", code_version="1"),
+        AssetDefRecord(
+            key="a", code_version="2", group="g", partitions="daily", upstream=[("u", "id")],
+            freshness="1h", io="files", checks=["c"], synced=1.5, description=daily,
+        ),
+        AssetDefRecord(key="b", code_version="3", description=plain),
+        AssetDefRecord(key="c", code_version="3", description=plain),
+    ]  # fmt: skip
+    read = [asset_def_record(asset_body(r)) for r in records]
+    assert read == records
+    assert read[2].description is read[3].description
+    assert read[1].upstream == [("u", "id")] and read[1].upstream is not read[2].upstream
+
+
+async def test_a_status_reads_plain_and_rebuilt_definitions_alike(tmp_path: Path) -> None:
+    """The status of many stored assets shares one judgement for plain definitions, and a
+    partitioned or old-format one next to them is still judged by its own definition."""
+    from flowcore.assets import DailyPartitions, status_async
+    from flowcore.assets.description import describe
+    from flowcore.records import MaterializationRecord, WriteBatch
+
+    store = resolve_store(tmp_path / "s.db")
+    await store.open()
+    try:
+        plain = describe(None, {}, None)
+        daily = describe(DailyPartitions(start="2026-01-01"), {}, None)
+        await store.sync_assets(
+            [
+                AssetDefRecord(key="p1", code_version="1", description=plain),
+                AssetDefRecord(key="p2", code_version="1", description=plain),
+                AssetDefRecord(key="d", code_version="1", description=daily),
+                AssetDefRecord(key="old", code_version="1"),
+            ],
+            {},
+        )
+        events: list[Any] = [
+            MaterializationRecord(
+                key=k,
+                at=1.0,
+                run_id="r",
+                seq=i,
+                code_version="1",
+                data_version="x",
+                partition="2026-01-01" if k == "d" else None,
+            )
+            for i, k in enumerate(["p1", "d", "old"])
+        ]
+        await store.write(WriteBatch(assets=events))
+        found = {s.key: s for s in await status_async(store=store)}
+    finally:
+        await store.close()
+    assert found["p1"].status == "fresh" and not found["p1"].notes
+    assert found["p2"].status == "missing"
+    assert found["d"].status == "missing" and found["d"].partitions is not None
+    assert found["old"].notes and "older flowcore" in found["old"].notes[0]

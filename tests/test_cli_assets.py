@@ -321,6 +321,19 @@ def test_a_bad_partition_key_says_the_form_expected(assets_file: Path) -> None:
     assert result.exit_code == 2 and "asset 'raw' is not partitioned" in result.stderr
 
 
+def test_a_bad_range_end_is_named_by_its_option(assets_file: Path) -> None:
+    """A bad --from or --to is reported as that option, not as --partition."""
+    cases = [
+        ("backfill", "daily", "--from", "soon", "--to", "2026-01-02"),
+        ("backfill", "daily", "--from", "2026-01-01", "--to", "soon"),
+        ("materialize", "daily", "--from", "soon", "--to", "2026-01-02"),
+    ]
+    for args, option in zip(cases, ("--from", "--to", "--from"), strict=True):
+        result = invoke("assets", *args, "-f", str(assets_file))
+        assert result.exit_code == 2, result.output
+        assert f"error: {option}: asset 'daily'" in result.stderr, result.stderr
+
+
 def test_materialize_needs_the_code(assets_file: Path) -> None:
     result = invoke("assets", "materialize", "raw")
     assert result.exit_code == 2 and "-f FILE.py" in result.stderr

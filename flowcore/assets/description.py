@@ -50,6 +50,7 @@ __all__ = [
     "describe_freshness",
     "describe_mapping",
     "describe_partitions",
+    "is_plain",
     "rebuild_definition",
 ]
 
@@ -232,6 +233,22 @@ def _automation(found: Any) -> Automation:
     raise ValueError(f"an automation policy of an unknown kind {kind!r}")
 
 
+def is_plain(description: Mapping[str, Any] | None) -> bool:
+    """A description of this format with nothing to rebuild: unpartitioned, no mappings,
+    freshness or automation (most assets). Readers of many assets skip those."""
+    return (
+        description is not None
+        and description.get("v") == DESCRIPTION_VERSION
+        and not (
+            description.get("partitions")
+            or description.get("mappings")
+            or description.get("freshness")
+            or description.get("automation")
+            or description.get("on_overdue")
+        )
+    )
+
+
 def rebuild_definition(record: AssetDefRecord) -> StoredDefinition:
     """The partitions, mappings, freshness and automation of a stored definition, made
     again from its description; what cannot be is named in ``problems`` (module
@@ -264,13 +281,7 @@ def rebuild_definition(record: AssetDefRecord) -> StoredDefinition:
                 f"this flowcore reads format {DESCRIPTION_VERSION}: upgrade flowcore to read it",
             ),
         )
-    if not (
-        found.get("partitions")
-        or found.get("mappings")
-        or found.get("freshness")
-        or found.get("automation")
-        or found.get("on_overdue")
-    ):
+    if is_plain(found):
         # Most assets: unpartitioned, no freshness, no automation; nothing to rebuild
         # (a status over 10,000 assets makes this call 10,000 times).
         return StoredDefinition(key, code, group, upstream=upstream)

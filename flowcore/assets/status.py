@@ -26,9 +26,9 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 import msgspec
 
 from ..ranges import RangeSet, encode
-from ..records import AssetStateRecord
+from ..records import AssetDefRecord, AssetStateRecord
 from ..store import Store, resolve_store
-from .description import StoredDefinition, rebuild_definition
+from .description import is_plain, rebuild_definition
 from .freshness import Freshness
 from .graph import AssetGraph
 from .partitions import DynamicPartitions, Partitions, TimeWindowPartitions
@@ -92,8 +92,44 @@ class _Defined(Protocol):
     def freshness(self) -> Freshness | None: ...
 
 
+class _Stored(_Defined, Protocol):
+    """A definition as rebuilt from the store, with what could not be rebuilt."""
+
+    @property
+    def problems(self) -> tuple[str, ...]: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+
+class _Plain(msgspec.Struct, frozen=True):
+    """What a status needs of the stored definition of a plain asset (nothing to rebuild:
+    :func:`~flowcore.assets.description.is_plain`), one object shared by all of them."""
+
+    partitions: None = None
+    freshness: None = None
+    problems: tuple[str, ...] = ()
+    complete: bool = True
+
+
+_PLAIN: Final = _Plain()
+
+
+def _rebuild_all(defs: Sequence[AssetDefRecord]) -> dict[str, _Stored]:
+    """The stored definitions by key, plain ones as the one shared :data:`_PLAIN`: a status
+    of 10,000 assets builds no object per plain asset."""
+    out: dict[str, _Stored] = {}
+    plain: dict[int, bool] = {}  # by the description's identity: the store shares them
+    for d in defs:
+        found = plain.get(id(d.description))
+        if found is None:
+            found = plain[id(d.description)] = is_plain(d.description)
+        out[d.key] = _PLAIN if found else rebuild_definition(d)
+    return out
+
+
 def _definition_of(
-    key: str, graph: AssetGraph | None, stored: Mapping[str, StoredDefinition] | None
+    key: str, graph: AssetGraph | None, stored: Mapping[str, _Stored] | None
 ) -> _Defined | None:
     if graph is not None and (found := graph.assets.get(key)) is not None:
         return found
@@ -108,7 +144,7 @@ def status_of(
     graph: AssetGraph | None,
     now: datetime,
     *,
-    stored: Mapping[str, StoredDefinition] | None = None,
+    stored: Mapping[str, _Stored] | None = None,
 ) -> AssetStatus:
     """The status of ``key`` from its stored state (``None``: never materialised), judged
     with its definition from ``graph``, else as rebuilt from the store (``stored``)."""
@@ -224,13 +260,12 @@ async def status_async(
     handle = resolve_store(store)
     if opened:
         await handle.open()
-    stored: dict[str, StoredDefinition] | None = None
+    stored: dict[str, _Stored] | None = None
     try:
         wanted = list(keys) if keys is not None else (list(graph.order) if graph else None)
         states = {s.key: s for s in await handle.asset_states(wanted)}
         if graph is None:
-            defs = await handle.list_asset_defs(wanted)
-            stored = {d.key: rebuild_definition(d) for d in defs}
+            stored = _rebuild_all(await handle.list_asset_defs(wanted))
     finally:
         if opened:
             await handle.close()

@@ -161,19 +161,22 @@ def _unknown(name: str, known: Sequence[str]) -> CliUsageError:
     return CliUsageError(f"unknown asset {name!r}{hint}")
 
 
-def _check_partition(graph: AssetGraph | None, key: str, partition: str | None) -> None:
-    """A bad ``--partition`` is a usage error saying the form expected (exit 2)."""
+def _check_partition(
+    graph: AssetGraph | None, key: str, partition: str | None, option: str = "--partition"
+) -> None:
+    """A bad partition key given as ``option`` is a usage error naming that option and
+    the form expected (exit 2)."""
     if partition is None or graph is None or key not in graph.assets:
         return
     parts = graph[key].partitions
     if parts is None:
-        raise CliUsageError(f"--partition: asset {key!r} is not partitioned")
+        raise CliUsageError(f"{option}: asset {key!r} is not partitioned")
     if isinstance(parts, DynamicPartitions):
         return  # any key may be added at run time
     try:
         parts.check_key(partition)
     except PartitionKeyError as exc:
-        raise CliUsageError(f"--partition: asset {key!r}: {exc}") from None
+        raise CliUsageError(f"{option}: asset {key!r}: {exc}") from None
 
 
 def _file_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -1010,9 +1013,9 @@ def assets_materialize(
         raise CliUsageError("--from and --to go together: give both")
     keys = _select(graph, names, downstream)
     for key in keys:
-        for given in (partition, first, last):
+        for option, given in (("--partition", partition), ("--from", first), ("--to", last)):
             if given is not None and graph[key].partitions is not None:
-                _check_partition(graph, key, given)
+                _check_partition(graph, key, given, option)
     span = None if first is None or last is None else (first, last)
 
     def call(engine: Engine) -> Any:
@@ -1066,8 +1069,8 @@ def assets_backfill(
     parts = graph[name].partitions
     if parts is None:
         raise CliUsageError(f"asset {name!r} is not partitioned: materialize it instead")
-    _check_partition(graph, name, first)
-    _check_partition(graph, name, last)
+    _check_partition(graph, name, first, "--from")
+    _check_partition(graph, name, last, "--to")
     total = None
     if not isinstance(parts, DynamicPartitions):
         total = max(parts.index_of(last) - parts.index_of(first) + 1, 0)
