@@ -35,8 +35,12 @@ constant, not per task: caches that warm once).
 
 Tracing: the flowcore columns have tracing on (spans made and persisted, the
 default); "tracing off" reruns the same workload with ``Engine(tracing=False)``,
-and "dead collector" with an OTLP exporter aimed at a loopback port nobody
+and "dead collector" with ``OTEL_EXPORTER_OTLP_ENDPOINT`` at a loopback port nobody
 listens on (its time divided by the tracing-on time, no exporter).
+
+Span export: one-shot runs (open an engine, run the gathered flow, close it) with no
+collector, with a live loopback collector (spans received / made: every span once),
+and with the collector down; each divided by the no-collector time.
 
 Targets (reported by the reader, not asserted here):
 
@@ -44,7 +48,9 @@ Targets (reported by the reader, not asserted here):
 - peak memory growth at most 2 KB per task at 100,000 tasks;
 - all memory returned when the flow ends;
 - tracing adds at most 20 µs per task on gathered no-op tasks;
-- with a dead collector, at most 1.15x the time of the run with no exporter.
+- with a dead collector, at most 1.1x the time of the run with no exporter (one-shot
+  runs included: closing never waits for a collector that failed);
+- a live collector receives every span, once.
 """
 
 from __future__ import annotations
@@ -267,14 +273,20 @@ async def measure(
         untraced_s = await best_time(_tracked(engine, flow_body, n), repeat)
 
     progress(f"{name}, N={n:,}: flowcore, exporting to a collector that is down")
-    exporter = _dead_collector_exporter()
-    dead_s = float("nan")
-    if exporter is not None:
-        async with flowcore.Engine(
-            store=folder / f"dead-{db.name}", tracing=flowcore.Tracing(exporter=exporter)
-        ) as engine:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    saved = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = down
+    try:
+        async with flowcore.Engine(store=folder / f"dead-{db.name}") as engine:
             await flow_body(min(n, WARMUP_TASKS))
             dead_s = await best_time(_tracked(engine, flow_body, n), repeat)
+    finally:
+        if saved is None:
+            del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        else:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = saved
     return Result(
         name, n, raw_s, flowcore_s, raw_mem, flowcore_mem, rows_written, untraced_s, dead_s
     )
@@ -288,18 +300,6 @@ def _tracked(engine: flowcore.Engine, flow_body: Body, n: int) -> Callable[[], A
     return tracked
 
 
-def _dead_collector_exporter() -> Any:
-    """An OTLP exporter aimed at a loopback port nobody listens on (None if not installed)."""
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError:
-        return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", timeout=1)
-
-
 async def measure_all(
     sizes: list[int], repeat: int, progress: Callable[[str], None]
 ) -> list[Result]:
@@ -309,6 +309,136 @@ async def measure_all(
             for n in sizes:
                 results.append(await measure(name, n, repeat, Path(folder), progress))
     return results
+
+
+# -- export to a collector -------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    """One-shot runs (open an engine, run the flow, close it), best of ``repeat``."""
+
+    n: int
+    plain_s: float  # no collector configured
+    live_s: float  # OTEL_EXPORTER_OTLP_ENDPOINT at a loopback collector answering 200
+    down_s: float  # ... at a loopback port nobody listens on
+    made: int  # spans made by the live runs
+    received: int  # spans the live collector received (each once)
+    unique: int
+
+
+class _Collector:
+    """A loopback OTLP/HTTP receiver that keeps the bodies (decoded after the timing)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        bodies = self.bodies = []  # type: list[bytes]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def span_ids(self) -> list[bytes]:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        ids = []
+        for body in self.bodies:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            ids += [
+                s.span_id
+                for rs in request.resource_spans
+                for ss in rs.scope_spans
+                for s in ss.spans
+            ]
+        return ids
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def measure_export(n: int, repeat: int, folder: Path) -> ExportResult:
+    """Spans made vs received, and the wall time of a one-shot run, with no collector,
+    a live one and one that is down (the standard variable, as a new user sets it)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+    for key in saved:
+        del os.environ[key]
+    collector = _Collector()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+
+    async def one_shot(endpoint: str | None, db: Path) -> None:
+        if endpoint is None:
+            os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        else:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        async with flowcore.Engine(store=db):
+            await flow_gathered(n)
+
+    try:
+        times: dict[str, list[float]] = {"plain": [], "live": [], "down": []}
+        for i in range(repeat):
+            for kind, endpoint in (("plain", None), ("live", collector.base), ("down", down)):
+                db = folder / f"export-{kind}-{n}-{i}.db"
+                t0 = time.perf_counter()
+                await one_shot(endpoint, db)
+                times[kind].append(time.perf_counter() - t0)
+        ids = collector.span_ids()
+    finally:
+        collector.close()
+        os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        os.environ.update(saved)
+    return ExportResult(
+        n,
+        min(times["plain"]),
+        min(times["live"]),
+        min(times["down"]),
+        made=repeat * (n + 1),
+        received=len(ids),
+        unique=len(set(ids)),
+    )
+
+
+def make_export_table(results: list[ExportResult], repeat: int) -> Table:
+    table = Table(
+        title=f"span export, one-shot runs (open, gathered no-op flow, close), best of {repeat}"
+    )
+    table.add_column("N", justify="right")
+    table.add_column("no collector", justify="right")
+    table.add_column("live collector", justify="right")
+    table.add_column("÷ no collector", justify="right")
+    table.add_column("spans received / made", justify="right")
+    table.add_column("collector down", justify="right")
+    table.add_column("÷ no collector", justify="right")
+    for r in results:
+        table.add_row(
+            f"{r.n:,}",
+            fmt_time(r.plain_s),
+            fmt_time(r.live_s),
+            f"{r.live_s / r.plain_s:.2f}x",
+            f"{r.unique:,} / {r.made:,}"
+            + ("" if r.received == r.unique else f" ({r.received - r.unique:,} twice)"),
+            fmt_time(r.down_s),
+            f"{r.down_s / r.plain_s:.2f}x",
+        )
+    return table
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -462,8 +592,14 @@ def main(argv: list[str] | None = None) -> int:
         results = runner.run(
             measure_all(sizes, repeat, lambda text: status.update(f"measuring {text}..."))
         )
+        exports = []
+        with tempfile.TemporaryDirectory(prefix="flowcore-bench-") as folder:
+            for n in sizes:
+                status.update(f"measuring span export, N={n:,}...")
+                exports.append(runner.run(measure_export(n, repeat, Path(folder))))
 
     console.print(make_table(results, repeat))
+    console.print(make_export_table(exports, repeat))
     console.print(
         "µs/task = wall / N. Flowcore wall includes persisting every task run to SQLite "
         "(until `engine.recorder.flush()` returns). Peak B/task = tracemalloc peak growth / N; "
@@ -479,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": repeat,
             "residual_tolerance_bytes": RESIDUAL_TOLERANCE,
             "results": [r.as_json() for r in results],
+            "export": [asdict(r) for r in exports],
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {args.json}")

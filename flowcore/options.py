@@ -271,11 +271,16 @@ class Tracing:
     ``provider``: an OpenTelemetry SDK ``TracerProvider`` to make spans with
     (default: the application's global one if it set one, else flowcore's own
     light spans). ``exporter``: an SDK ``SpanExporter`` for flowcore's own spans
-    (default: OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set). ``parameters``:
+    (default: OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set); flowcore's own spans
+    are shipped to it from the store once their run ended (durably: a collector that
+    is down gets them when it is back). ``parameters``:
     put parameter values on flow spans (off by default: they can be secrets).
     ``retention_days`` (or ``$FLOWCORE_TRACE_RETENTION_DAYS``): span rows older
     than this are deleted when an engine opens (default: kept).
-    ``export_timeout``: the longest closing the engine waits for the exporter.
+    ``export_timeout``: the longest closing the engine waits to ship its runs' spans to
+    a collector that takes them (never for one that failed: they wait in the store).
+    ``export_catchup``: runs older than this (seconds) are not shipped after an outage
+    (``None``: all; default one day).
 
     ``Engine(tracing=True)`` is ``Tracing()``; ``tracing=False`` makes no spans.
     """
@@ -285,6 +290,7 @@ class Tracing:
     parameters: bool = False
     retention_days: float | None = None
     export_timeout: float = 2.0
+    export_catchup: float | None = 86400.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -304,6 +310,8 @@ class Tracing:
         if problem := _validate.seconds("retention_days", self.retention_days):
             problems.append(problem.replace("seconds", "days"))
         if problem := _validate.seconds("export_timeout", self.export_timeout, zero=True):
+            problems.append(problem)
+        if problem := _validate.seconds("export_catchup", self.export_catchup):
             problems.append(problem)
         if problems:
             raise ConfigurationError("invalid tracing options: " + "; ".join(problems))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 import anyio
@@ -140,7 +141,8 @@ async def test_an_unknown_executor_name_lists_the_installed_ones() -> None:
         with pytest.raises(flowcore.ConfigurationError) as info:
             await work()
     message = str(info.value)
-    assert "'nowhere'" in message and "installed: local" in message
+    installed = sorted({"local", *(ep.name for ep in entry_points(group="flowcore.executors"))})
+    assert "'nowhere'" in message and f"installed: {', '.join(installed)}." in message
     assert "pip install flowcore-nowhere" in message
     with pytest.raises(flowcore.ConfigurationError, match="no flowcore executor named 'gone'"):
         async with flowcore.Engine("memory", executor="gone"):

@@ -1,40 +1,47 @@
-"""Span export never slows or fails a flow, whatever the collector does.
+"""Spans reach the collector whole, from the store, and never slow or fail a flow.
 
-Collectors here are real loopback servers — down (a closed port: connection
-refused), hanging (accepts, never answers), slow (answers after 0.15 s), failing
-(500, 503) and working — spoken to by OpenTelemetry's real OTLP/HTTP exporter,
-given explicitly (``Engine(tracing=Tracing(exporter=OTLPSpanExporter(...)))``) or through the
-standard environment variables. Bounds on time are generous on purpose: the
-benchmark (benchmarks/overhead.py) measures the ratios.
+Spans are shipped from the store once their run ended (``flowcore.telemetry.shipper``).
+Collectors here are real loopback servers — down (a closed port: connection refused),
+hanging (accepts, never answers), slow (answers after 0.15 s), failing (500, 503) and
+working — configured by the standard environment variables or given as an SDK
+exporter. What is checked: every span arrives exactly once; a collector that fails
+costs the flow nothing and its spans go out when it is back; two engines on one store
+never ship a run twice; one warning per outage. Bounds on time are generous on
+purpose: benchmarks/overhead.py measures the ratios.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import http.server
+import json
 import logging
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.lowlevel
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 import flowcore
-import flowcore.engine.core
 from flowcore import ConfigurationError
 from flowcore.records import SpanRecord
-from flowcore.telemetry.export import SpanExport, from_environment
+from flowcore.store import resolve_store
+from flowcore.telemetry.otlp import encode_json, encode_protobuf
+from flowcore.telemetry.shipper import (
+    ExportFailed,
+    OtlpHttpSender,
+    SdkSender,
+    SpanShipper,
+    from_environment,
+)
 from flowcore.views.trace import read_trace
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +49,7 @@ pytestmark = pytest.mark.anyio
 N_TASKS = 200
 N_SPANS = N_TASKS + 1  # the tasks' and the flow's
 FLOW_BOUND_S = 2.0  # a flow of 200 no-op tasks takes well under 0.2 s here
-SHUTDOWN_TIMEOUT = 0.5  # Tracing(export_timeout=...): how long closing waits for export
+EXPORT_TIMEOUT = 0.5  # Tracing(export_timeout=...): the longest closing waits to ship
 CLOSE_SLACK_S = 1.5
 
 
@@ -66,14 +73,8 @@ class Collector:
     port: int
     kind: str
     requests: list[tuple[str, bytes]] = field(default_factory=list)
-    #: Span exports whose daemon threads may still be talking to this collector: joined
-    #: after the collector stops (a hanging one lets go of them only then).
-    exports: list[SpanExport] = field(default_factory=list)
-
-    def join_exports(self) -> None:
-        for export in self.exports:
-            export._thread.join(15)
-            assert not export._thread.is_alive()
+    #: The HTTP status it answers (changed by a test: a collector that comes back).
+    status: int = 200
 
     @property
     def endpoint(self) -> str:
@@ -96,12 +97,14 @@ class Collector:
 
 def _http_collector(kind: str) -> Iterator[Collector]:
     collector = Collector(port=0, kind=kind)
-    status = {"ok": 200, "slow": 200, "500": 500, "503": 503}[kind]
+    collector.status = {"ok": 200, "slow": 200, "500": 500, "503": 503}[kind]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            collector.requests.append((self.path, body))
+            status = collector.status
+            if status < 300:
+                collector.requests.append((self.path, body))
             if kind == "slow":
                 time.sleep(0.15)
             self.send_response(status)
@@ -123,7 +126,6 @@ def _http_collector(kind: str) -> Iterator[Collector]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-        collector.join_exports()
 
 
 def _hanging_collector() -> Iterator[Collector]:
@@ -156,7 +158,6 @@ def _hanging_collector() -> Iterator[Collector]:
         for conn in held:
             conn.close()
         listener.close()
-        collector.join_exports()
 
 
 def _down_collector() -> Iterator[Collector]:
@@ -166,7 +167,6 @@ def _down_collector() -> Iterator[Collector]:
         port = s.getsockname()[1]
     collector = Collector(port=port, kind="down")
     yield collector
-    collector.join_exports()
 
 
 @pytest.fixture
@@ -180,7 +180,12 @@ def collector(request: pytest.FixtureRequest) -> Iterator[Collector]:
         yield from _http_collector(kind)
 
 
-BAD = ["down", "hang", "slow", "500", "503"]
+@pytest.fixture
+def working() -> Iterator[Collector]:
+    yield from _http_collector("ok")
+
+
+BAD = ["down", "hang", "500", "503"]
 
 
 # -- the flow --------------------------------------------------------------------------------
@@ -193,8 +198,6 @@ async def noop(i: int) -> int:
 
 @flowcore.flow
 async def many(n: int) -> int:
-    import asyncio
-
     return sum(await asyncio.gather(*(noop(i) for i in range(n))))
 
 
@@ -204,18 +207,17 @@ class Outcome:
     close_s: float
     run_id: str
     stats: flowcore.EngineStatistics
-    export: SpanExport | None
     spans: list[SpanRecord]
 
 
-async def run_with(exporter: Any = None) -> Outcome:
-    """Run the flow of N_TASKS tasks; time the flow and the engine's close."""
-    tracing = flowcore.Tracing(exporter=exporter, export_timeout=SHUTDOWN_TIMEOUT)
-    engine = flowcore.Engine(store="memory", tracing=tracing)
+async def run_with(db: Path, exporter: Any = None, n: int = N_TASKS) -> Outcome:
+    """Run the flow of ``n`` tasks on the store ``db``; time the flow and the close."""
+    tracing = flowcore.Tracing(exporter=exporter, export_timeout=EXPORT_TIMEOUT)
+    engine = flowcore.Engine(store=db, tracing=tracing)
     await engine.__aenter__()
     try:
         t0 = time.perf_counter()
-        assert await many(N_TASKS) == sum(range(N_TASKS))
+        assert await many(n) == sum(range(n))
         flow_s = time.perf_counter() - t0
         assert engine.last_run is not None
         run_id = engine.last_run.id
@@ -224,384 +226,333 @@ async def run_with(exporter: Any = None) -> Outcome:
         t0 = time.perf_counter()
         await engine.__aexit__(None, None, None)
         close_s = time.perf_counter() - t0
-    export = engine.tracing.export if engine.tracing is not None else None
-    return Outcome(flow_s, close_s, run_id, engine.statistics(), export, spans)
+    return Outcome(flow_s, close_s, run_id, engine.statistics(), spans)
 
 
-def check_flow_unaffected(outcome: Outcome) -> None:
-    assert outcome.flow_s < FLOW_BOUND_S, f"the flow took {outcome.flow_s:.2f} s"
-    assert outcome.close_s < SHUTDOWN_TIMEOUT + CLOSE_SLACK_S, f"close took {outcome.close_s:.2f} s"
-    # Spans are persisted whatever export did: the flow's and every task's.
-    assert len(outcome.spans) == N_SPANS
-    assert sum(s.name == "task noop" for s in outcome.spans) == N_TASKS
+def received_ids(collector: Collector) -> list[str]:
+    return [span.span_id.hex() for _, span in collector.spans()]
 
 
-def check_counts(outcome: Outcome, collector: Collector) -> None:
-    stats = outcome.stats
-    assert outcome.export is not None
-    detail = outcome.export.statistics()
-    assert detail["queued"] == 0 and detail["in_flight"] == 0
-    assert stats.spans_exported + stats.spans_dropped == N_SPANS, (stats, detail)
-    if collector.kind in ("ok", "slow"):
-        assert stats.spans_exported == N_SPANS and stats.spans_dropped == 0
-    else:
-        assert stats.spans_exported == 0 and stats.spans_dropped == N_SPANS
-    if collector.kind == "500":
-        # Refused at once: the export was tried and failed, not cut short by the shutdown.
-        assert detail["failed"] == N_SPANS
-
-
-async def test_baseline_without_an_exporter() -> None:
-    outcome = await run_with()
-    check_flow_unaffected(outcome)
-    assert outcome.export is None and outcome.close_s < 1.0
-    assert outcome.stats.spans_exported == outcome.stats.spans_dropped == 0
-
-
-@pytest.mark.parametrize("collector", [*BAD, "ok"], indirect=True)
-async def test_an_explicit_otlp_exporter_never_slows_or_fails_the_flow(
-    collector: Collector, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="flowcore")
-    # The exporter's own timeout (retries with back-off included) is longer than the
-    # engine waits at close: the close is capped by SpanExport, not by the exporter.
-    exporter = OTLPSpanExporter(endpoint=collector.endpoint, timeout=8)
-    outcome = await run_with(exporter)
-    assert outcome.export is not None
-    collector.exports.append(outcome.export)
-    check_flow_unaffected(outcome)
-    check_counts(outcome, collector)
-    warned = [r.getMessage() for r in caplog.records if r.name == "flowcore"]
-    if collector.kind in ("ok", "slow"):
-        assert warned == []
-        assert len(collector.spans()) == N_SPANS
-        assert {path for path, _ in collector.requests} == {"/v1/traces"}
-    else:
-        assert any(f"{N_SPANS} spans were not exported" in m for m in warned), warned
-
-
-@pytest.mark.parametrize("collector", [*BAD, "ok"], indirect=True)
-async def test_the_environment_configures_export_that_never_slows_the_flow(
-    collector: Collector, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="flowcore")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.base)  # + /v1/traces
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "etl-service")
-    outcome = await run_with()  # the exporter's default timeout: 10 s
-    assert isinstance(outcome.export, SpanExport)
-    collector.exports.append(outcome.export)
-    assert isinstance(outcome.export.exporter, OTLPSpanExporter)
-    check_flow_unaffected(outcome)
-    check_counts(outcome, collector)
-    if collector.kind in ("ok", "slow"):
-        received = collector.spans()
-        assert len(received) == N_SPANS
-        (service,) = {
-            a.value.string_value
-            for resource, _ in received
-            for a in resource.attributes
-            if a.key == "service.name"
-        }
-        assert service == "etl-service"
-        names = sorted(span.name for _, span in received)
-        assert names == ["flow many"] + ["task noop"] * N_TASKS
-    else:
-        warned = [r.getMessage() for r in caplog.records if r.name == "flowcore"]
-        assert any(f"{N_SPANS} spans were not exported" in m for m in warned), warned
-
-
-@pytest.mark.parametrize("collector", ["hang"], indirect=True)
-async def test_memory_stays_bounded_with_a_hanging_collector(
-    collector: Collector, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    max_queue, batch_size = 16, 8
-    monkeypatch.setattr(
-        flowcore.engine.core,
-        "SpanExport",
-        functools.partial(SpanExport, max_queue=max_queue, batch_size=batch_size),
-    )
-    seen: list[int] = []
-
-    @flowcore.task
-    async def step(i: int) -> int:
-        engine = flowcore.current_run().engine
-        assert engine.tracing is not None and engine.tracing.export is not None
-        seen.append(engine.tracing.export.statistics()["queued"])
-        await anyio.lowlevel.checkpoint()
-        return i
-
-    @flowcore.flow
-    async def steps(n: int) -> None:
-        for i in range(n):
-            await step(i)
-
-    exporter = OTLPSpanExporter(endpoint=collector.endpoint, timeout=30)
-    engine = flowcore.Engine(
-        store="memory", tracing=flowcore.Tracing(exporter=exporter, export_timeout=SHUTDOWN_TIMEOUT)
-    )
-    async with engine:
-        await steps(N_TASKS)
-        export = engine.tracing.export if engine.tracing else None
-        assert export is not None
-        collector.exports.append(export)
-        during = export.statistics()
-    assert max(seen) <= max_queue
-    assert during["queued"] <= max_queue and during["in_flight"] <= batch_size
-    assert during["dropped"] >= N_SPANS - max_queue - batch_size
-    stats = engine.statistics()
-    assert stats.spans_exported == 0 and stats.spans_dropped == N_SPANS
-
-
-class BlockingExporter(SpanExporter):
-    """Hangs in ``export`` until released; records the batches it was given."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[int] = []
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.batches.append(len(spans))
-        self.entered.set()
-        self.release.wait(30)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        self.release.set()
-
-
-def record(i: int) -> SpanRecord:
-    return SpanRecord(trace_id=f"{i + 1:032x}", span_id=f"{i + 1:016x}", name=f"s{i}", start=i)
-
-
-def test_the_queue_never_exceeds_max_queue_and_counts_the_rest() -> None:
-    exporter = BlockingExporter()
-    export = SpanExport(exporter, max_queue=10, batch_size=4, interval=0.01, shutdown_timeout=0.5)
+async def unshipped(db: Path) -> list[str]:
+    """Runs of the store still to ship (claimed and given back at once)."""
+    store = resolve_store(db)
+    await store.open()
     try:
-        for i in range(4):
-            export.submit(record(i))
-        assert exporter.entered.wait(5)  # the first batch is stuck in the exporter
-        for i in range(4, 104):
-            export.submit(record(i))
-            assert len(export._queue) <= 10
-        stats = export.statistics()
-        assert stats == {"exported": 0, "dropped": 90, "failed": 0, "queued": 10, "in_flight": 4}
-        # Full: flowcore does not even build the spans it would drop, and counts them.
-        assert not export.accepting()
-        export.reject()
-        assert export.dropped == 91
-        t0 = time.perf_counter()
-        export.shutdown()
-        assert time.perf_counter() - t0 < 0.5 + 0.5
-        # Shutdown gave up on the stuck batch and the queue: all counted, and final.
-        assert export.statistics() == {
-            "exported": 0,
-            "dropped": 105,
-            "failed": 0,
-            "queued": 0,
-            "in_flight": 0,
-        }
+        runs = await store.claim_span_exports("probe", now=time.time(), lease=1.0, limit=100)
+        await store.end_span_exports([r.id for r in runs], "probe", shipped=False)
     finally:
-        exporter.release.set()
-        export._thread.join(5)
-    assert export.dropped == 105 and export.exported == 0  # a late success changes nothing
-    assert not export.accepting()
-    export.submit(record(0))
-    assert export.dropped == 106  # nothing is queued after shutdown
+        await store.close()
+    return [r.id for r in runs]
 
 
-def test_a_working_exporter_gets_everything_in_batches() -> None:
-    exporter = BlockingExporter()
-    exporter.release.set()
-    export = SpanExport(exporter, batch_size=4, interval=0.01)
-    for i in range(10):
-        export.submit(record(i))
-    export.shutdown()
-    assert sum(exporter.batches) == 10 and max(exporter.batches) <= 4
-    assert export.statistics()["exported"] == 10 and export.dropped == 0
-    export.shutdown()  # a second shutdown does nothing
+# -- a working collector ---------------------------------------------------------------------
 
 
-def test_an_exporter_that_raises_is_counted_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(SpanExporter):
-        calls = 0
+async def test_a_healthy_collector_receives_every_span_once(
+    working: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)  # + /v1/traces
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "etl-service")
+    outcome = await run_with(tmp_path / "s.db")
+    got = received_ids(working)
+    assert sorted(got) == sorted(s.span_id for s in outcome.spans)  # every span, each once
+    assert len(got) == N_SPANS and outcome.stats.spans_exported == N_SPANS
+    assert {path for path, _ in working.requests} == {"/v1/traces"}
+    services = {
+        a.value.string_value
+        for resource, _ in working.spans()
+        for a in resource.attributes
+        if a.key == "service.name"
+    }
+    assert services == {"etl-service"}
+    names = sorted(span.name for _, span in working.spans())
+    assert names == ["flow many"] + ["task noop"] * N_TASKS
+    assert await unshipped(tmp_path / "s.db") == []
 
-        def export(self, spans: Any) -> SpanExportResult:
-            Broken.calls += 1
-            raise OSError("disk on fire")
 
-        def shutdown(self) -> None:
-            raise RuntimeError("and this too")
+async def test_an_sdk_exporter_is_shipped_to_from_the_store(
+    working: Collector, tmp_path: Path
+) -> None:
+    outcome = await run_with(tmp_path / "s.db", OTLPSpanExporter(endpoint=working.endpoint))
+    assert sorted(received_ids(working)) == sorted(s.span_id for s in outcome.spans)
 
+
+async def test_without_an_exporter_nothing_is_shipped(tmp_path: Path) -> None:
+    outcome = await run_with(tmp_path / "s.db")
+    assert outcome.stats.spans_exported == 0 and outcome.close_s < 1.0
+    assert len(outcome.spans) == N_SPANS
+
+
+# -- collectors that fail --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("collector", BAD, indirect=True)
+async def test_a_failing_collector_costs_nothing_and_gets_the_spans_when_back(
+    collector: Collector,
+    working: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
     caplog.set_level(logging.WARNING, logger="flowcore")
-    export = SpanExport(Broken(), batch_size=2, interval=0.01)
-    for i in range(3):
-        export.submit(record(i))
-    time.sleep(0.2)
-    for i in range(3, 5):
-        export.submit(record(i))  # the thread survived the first errors
-    export.shutdown()
-    assert export.statistics()["failed"] + export.statistics()["exported"] <= 5
-    assert export.dropped == 5 and export.exported == 0 and Broken.calls >= 2
-    messages = [r.getMessage() for r in caplog.records if r.name == "flowcore"]
-    assert sum("disk on fire" in m for m in messages) == 1  # warned once, not per batch
-    assert any("5 spans were not exported" in m for m in messages)
-
-
-class FlakyExporter(SpanExporter):
-    """Fails its first ``failures`` calls, then succeeds; counts the calls."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.calls = 0
-
-    def export(self, spans: Any) -> SpanExportResult:
-        self.calls += 1
-        if self.calls <= self.failures:
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-
-def test_a_failing_collector_is_backed_off_not_hammered() -> None:
-    exporter = FlakyExporter(failures=10**9)
-    export = SpanExport(exporter, max_queue=100, batch_size=10, interval=0.01)
-    for i in range(1000):
-        export.submit(record(i))
-        if i % 10 == 9:
-            time.sleep(0.001)  # ~0.1 s of a busy flow: 100 batches' worth of spans
-        assert len(export._queue) <= 100
-    # One batch was tried and failed; then the export waits out its back-off (1 s) instead
-    # of encoding and sending every batch to a collector that is down.
-    assert exporter.calls == 1
-    stats = export.statistics()
-    assert stats["failed"] == 10 and stats["queued"] == 100
-    assert stats["dropped"] == 1000 - 100
-    t0 = time.perf_counter()
-    export.shutdown()  # one last try, which fails: the rest is abandoned, not tried
-    assert time.perf_counter() - t0 < 1.0
-    assert exporter.calls == 2
-    assert export.statistics() == {
-        "exported": 0,
-        "dropped": 1000,
-        "failed": 20,
-        "queued": 0,
-        "in_flight": 0,
-    }
-
-
-def test_export_resumes_when_the_collector_comes_back() -> None:
-    exporter = FlakyExporter(failures=1)
-    export = SpanExport(exporter, batch_size=10, interval=0.01)
-    export.first_backoff = 0.05
-    for i in range(50):
-        export.submit(record(i))
-    deadline = time.monotonic() + 5
-    while export.exported < 40 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    export.shutdown()
-    # The first batch was lost to the failure; the queue waited and went out after it.
-    assert export.statistics() == {
-        "exported": 40,
-        "dropped": 10,
-        "failed": 10,
-        "queued": 0,
-        "in_flight": 0,
-    }
-    assert export._backoff == 0.0
-
-
-def test_resource_attributes_and_service_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    exporter = BlockingExporter()
-    export = SpanExport(
-        exporter, service_name="svc", resource_attributes={"openinference.project.name": "etl"}
+    db = tmp_path / "s.db"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")  # ms: a hanging one times out
+    first = await run_with(db)
+    assert first.flow_s < FLOW_BOUND_S, f"the flow took {first.flow_s:.2f} s"
+    assert first.close_s < EXPORT_TIMEOUT + CLOSE_SLACK_S, f"close took {first.close_s:.2f} s"
+    assert len(first.spans) == N_SPANS  # persisted whatever the collector did
+    assert first.stats.spans_exported == 0 and first.stats.spans_failed >= 1
+    assert await unshipped(db) == [first.run_id]  # left in the store, not dropped
+    warned = [r.getMessage() for r in caplog.records if "did not take spans" in r.getMessage()]
+    assert len(warned) == 1, warned
+    # The collector is back (another one at the same variables): the next engine on the
+    # store ships the earlier run too, each span once.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", working.endpoint)
+    second = await run_with(db)
+    assert sorted(received_ids(working)) == sorted(
+        [s.span_id for s in first.spans] + [s.span_id for s in second.spans]
     )
-    export.shutdown()
-    attributes = export.resource.attributes
-    assert attributes["service.name"] == "svc"
-    assert attributes["openinference.project.name"] == "etl"
-    # With no service name given, OTEL_SERVICE_NAME wins over the default.
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci")
-    export = SpanExport(BlockingExporter())
-    export.shutdown()
-    assert export.resource.attributes["service.name"] == "from-env"
-    assert export.resource.attributes["deployment.environment"] == "ci"
-    monkeypatch.delenv("OTEL_SERVICE_NAME")
-    export = SpanExport(BlockingExporter())
-    export.shutdown()
-    assert export.resource.attributes["service.name"] == "flowcore"
+    assert await unshipped(db) == []
 
 
-def test_bad_export_options_are_refused() -> None:
-    with pytest.raises(ConfigurationError) as info:
-        SpanExport(BlockingExporter(), max_queue=0, batch_size=True, interval=0)
-    for name in ("max_queue", "batch_size", "interval"):
-        assert name in str(info.value)
-    with pytest.raises(ConfigurationError, match="SpanExporter"):
-        SpanExport(object())  # type: ignore[arg-type]
+async def test_a_collector_down_then_up_gets_the_runs_of_the_same_engine(
+    working: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """One engine, one outage: one warning when it starts, one when it ends, and every
+    run of the outage shipped once the collector takes spans again."""
+    caplog.set_level(logging.WARNING, logger="flowcore")
+    working.status = 503
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)
+    engine = flowcore.Engine(store=tmp_path / "s.db")
+    async with engine:
+        shipper = engine.shipper
+        assert shipper is not None
+        shipper.first_backoff = shipper.max_backoff = 0.01
+        for _ in range(3):
+            await many(5)
+            assert await shipper.ship_pending() == 0
+        assert shipper.failures >= 3 and not shipper.healthy
+        working.status = 200
+        while await shipper.ship_pending():
+            pass
+        recovered: bool = shipper.healthy
+        assert recovered
+    assert len(received_ids(working)) == len(set(received_ids(working))) == 3 * 6
+    messages = [r.getMessage() for r in caplog.records if r.name == "flowcore"]
+    assert sum("did not take spans" in m for m in messages) == 1, messages
+    assert sum("takes spans again" in m for m in messages) == 1, messages
 
 
-# -- configuration from the environment ------------------------------------------------------
+# -- several processes, one store ----------------------------------------------------------
+
+
+async def test_two_engines_on_one_store_never_ship_a_run_twice(
+    working: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)
+    db = tmp_path / "s.db"
+    made: list[str] = []
+
+    async def engine_runs(count: int) -> None:
+        async with flowcore.Engine(store=db) as engine:
+            for _ in range(count):
+                await many(20)
+                assert engine.last_run is not None
+                made.extend(s.span_id for s in await read_trace(engine.store, engine.last_run.id))
+
+    await asyncio.gather(engine_runs(5), engine_runs(5))
+    got = received_ids(working)
+    assert len(got) == len(set(got)) == len(made) == 10 * 21
+
+
+async def test_a_process_that_died_before_shipping_leaves_its_runs_to_the_next(
+    working: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A run ended and committed, then the process died (its engine never closed, its
+    shipper never ran): the next engine on the store ships it."""
+    db = tmp_path / "s.db"
+    async with flowcore.Engine(store=db) as engine:  # no collector configured yet
+        await many(10)
+        assert engine.last_run is not None
+        lost = engine.last_run.id
+    assert await unshipped(db) == [lost]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)
+    async with flowcore.Engine(store=db):
+        pass
+    assert len(received_ids(working)) == 11
+    assert await unshipped(db) == []
+
+
+async def test_runs_older_than_the_catch_up_are_skipped(working: Collector, tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with flowcore.Engine(store=db):
+        await many(3)
+    store = resolve_store(db)
+    await store.open()
+    try:
+        sender = OtlpHttpSender(working.endpoint)
+        late = SpanShipper(store, sender, catchup=60.0, clock=lambda: time.time() + 3600)
+        assert await late.ship_pending() == 0
+        assert await unshipped_in(store) == []
+    finally:
+        await store.close()
+    assert working.requests == []
+
+
+async def unshipped_in(store: Any) -> list[str]:
+    runs = await store.claim_span_exports("probe", now=time.time(), lease=1.0, limit=10)
+    return [r.id for r in runs]
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def full_span() -> SpanRecord:
+    return SpanRecord(
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+        span_id="b7ad6b7169203331",
+        parent_id="00f067aa0ba902b7",
+        name="task <script>ünï ✓",
+        start=1_700_000_000_000_000_001,
+        end=1_700_000_000_500_000_002,
+        run_id="r",
+        kind="CLIENT",
+        status="ERROR",
+        status_message="ValueError: bad",
+        attributes={
+            "s": "text", "b": True, "i": 2**40, "f": 1.5, "l": [1, 2], "big": 2**70,
+            "o": {"x": 1},
+        },
+        events=[("retry", 1_700_000_000_100_000_000, {"flowcore.attempt": 1})],
+        links=[("1" * 32, "2" * 16)],
+        scope="my.lib",
+    )  # fmt: skip
+
+
+def test_protobuf_carries_every_field() -> None:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(encode_protobuf([full_span()], {"service.name": "svc"}))
+    (rs,) = request.resource_spans
+    assert [(a.key, a.value.string_value) for a in rs.resource.attributes] == [
+        ("service.name", "svc")
+    ]
+    (ss,) = rs.scope_spans
+    assert ss.scope.name == "my.lib"
+    (span,) = ss.spans
+    assert span.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"
+    assert span.span_id.hex() == "b7ad6b7169203331"
+    assert span.parent_span_id.hex() == "00f067aa0ba902b7"
+    assert span.name == "task <script>ünï ✓" and span.kind == 3
+    assert span.start_time_unix_nano == 1_700_000_000_000_000_001
+    assert span.end_time_unix_nano == 1_700_000_000_500_000_002
+    assert span.status.code == 2 and span.status.message == "ValueError: bad"
+    values = {a.key: a.value for a in span.attributes}
+    assert values["s"].string_value == "text" and values["b"].bool_value is True
+    assert values["i"].int_value == 2**40 and values["f"].double_value == 1.5
+    assert [v.int_value for v in values["l"].array_value.values] == [1, 2]
+    assert values["big"].string_value == str(2**70)  # beyond int64: its repr
+    assert values["o"].string_value == "{'x': 1}"
+    (event,) = span.events
+    assert event.name == "retry" and event.attributes[0].value.int_value == 1
+    (link,) = span.links
+    assert link.trace_id.hex() == "1" * 32 and link.span_id.hex() == "2" * 16
+
+
+def test_json_follows_the_otlp_json_mapping() -> None:
+    data = json.loads(encode_json([full_span()], {"service.name": "svc"}))
+    span = data["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span["traceId"] == "0af7651916cd43dd8448eb211c80319c"
+    assert span["startTimeUnixNano"] == "1700000000000000001"
+    assert span["kind"] == 3 and span["status"] == {"code": 2, "message": "ValueError: bad"}
+    attributes = {a["key"]: a["value"] for a in span["attributes"]}
+    assert attributes["i"] == {"intValue": str(2**40)}
+    assert attributes["l"] == {"arrayValue": {"values": [{"intValue": "1"}, {"intValue": "2"}]}}
+
+
+async def test_http_json_is_posted_as_json(
+    working: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    await run_with(tmp_path / "s.db", n=3)
+    sent = [json.loads(body) for _, body in working.requests]
+    spans = [
+        s for r in sent for rs in r["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
+    ]
+    assert sorted(s["name"] for s in spans) == ["flow many"] + ["task noop"] * 3
+
+
+# -- configuration ---------------------------------------------------------------------------
 
 
 def test_no_endpoint_no_export(monkeypatch: pytest.MonkeyPatch) -> None:
     assert from_environment() is None
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    assert from_environment() is None
-    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert from_environment() is None
+    monkeypatch.delenv("OTEL_SDK_DISABLED")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert from_environment() is None
 
 
-def test_a_traces_endpoint_is_used_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/custom/path")
-    export = from_environment()
-    assert export is not None
-    try:
-        assert export.exporter._endpoint == "http://127.0.0.1:9/custom/path"  # type: ignore[attr-defined]
-    finally:
-        export.shutdown()
-
-
-def test_a_missing_exporter_package_says_how_to_install_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
-    with pytest.raises(ConfigurationError) as info:
-        from_environment()
-    assert "pip install 'flowcore[otlp]'" in str(info.value)
-    assert "opentelemetry-exporter-otlp-proto-http" in str(info.value)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
-    with pytest.raises(ConfigurationError) as info:
-        from_environment()
-    assert "pip install 'flowcore[otlp]'" in str(info.value)
-    assert "opentelemetry-exporter-otlp-proto-grpc" in str(info.value)
-
-
-async def test_a_missing_exporter_package_fails_the_engine_at_open(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
-    with pytest.raises(ConfigurationError, match=r"pip install 'flowcore\[otlp\]'"):
-        async with flowcore.Engine(store="memory"):
-            pass
-    # tracing=False reads no OTEL_* variable at all.
-    async with flowcore.Engine(store="memory", tracing=False) as engine:
-        assert engine.tracing is None
+def test_the_variables_are_read_as_the_specification_says() -> None:
+    sender = from_environment(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s%3Dcret,x-team=etl",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "2500",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod",
+        }
+    )
+    assert isinstance(sender, OtlpHttpSender)
+    assert sender.target == "http://collector:4318/v1/traces"
+    assert sender._client.headers["api-key"] == "s=cret"
+    assert sender._client.timeout.read == 2.5
+    assert sender.resource == {"deployment.environment": "prod", "service.name": "flowcore"}
+    given = from_environment({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:1/traces"})
+    assert given is not None and given.target == "http://c:1/traces"
 
 
 @pytest.mark.parametrize(
-    "variable", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
+    ("variable", "value", "problem"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon", "is not supported"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon", "not a number of milliseconds"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "is not supported"),
+    ],
 )
-def test_an_unsupported_protocol_is_refused(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setenv(variable, "http/json")
-    with pytest.raises(ConfigurationError, match="http/json"):
-        from_environment()
+def test_bad_variables_are_refused_naming_them(variable: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem) as info:
+        from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:1", variable: value})
+    assert variable in str(info.value)
+
+
+def test_grpc_without_its_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    with pytest.raises(ConfigurationError, match="opentelemetry-exporter-otlp-proto-grpc"):
+        from_environment(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        )
+
+
+def test_an_sdk_exporter_that_raises_is_a_failed_batch() -> None:
+    class Broken:
+        def export(self, spans: Any) -> Any:
+            raise RuntimeError("boom")
+
+        def shutdown(self) -> None:
+            pass
+
+    with pytest.raises(ExportFailed, match="RuntimeError: boom"):
+        SdkSender(Broken()).send([full_span()])
+
+
+async def test_bad_tracing_options_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="export_catchup"):
+        flowcore.Tracing(export_catchup=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -130,17 +131,40 @@ def v1_database(path: Path, *, big_run: bool = False) -> None:
         conn.execute("COMMIT")
 
 
-def snapshot(path: Path) -> dict[str, Any]:
-    """Everything about the schema and the rows, to compare before and after."""
+def snapshot(path: Path, like: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything about the schema and the rows, to compare before and after. With
+    ``like`` (an earlier snapshot), the rows of its tables are read with its columns
+    only, and a table's statement with columns added since (ALTER TABLE ADD COLUMN
+    appends them) is read as it was: what an upgrade kept compares equal."""
     with closing(sqlite3.connect(path)) as conn:
         schema = conn.execute(
             "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
             "ORDER BY type, name"
         ).fetchall()
         tables = [name for kind, name, _ in schema if kind == "table"]
-        rows = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+        known = (like or {}).get("columns", {})
+        all_columns = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+        cols = {t: known.get(t) or all_columns[t] for t in tables}
+        rows = {
+            t: sorted(conn.execute(f"SELECT {', '.join(cols[t])} FROM {t}").fetchall(), key=repr)
+            for t in tables
+        }
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-    return {"schema": schema, "rows": rows, "user_version": version}
+    if like is not None:
+        # SQLite writes an added column into the table's statement, after the last
+        # column (", name TYPE"): read without them, the statement is as it was.
+        added = {t: set(all_columns[t]) - set(cols[t]) for t in tables}
+        schema = [
+            (kind, name, _without_columns(sql, added[name]) if kind == "table" else sql)
+            for kind, name, sql in schema
+        ]
+    return {"schema": schema, "rows": rows, "user_version": version, "columns": cols}
+
+
+def _without_columns(sql: str, names: set[str]) -> str:
+    for name in names:
+        sql = re.sub(rf",\s*{name}\b[^,\n)]*", "", sql, count=1)
+    return sql
 
 
 def meta(path: Path) -> dict[str, str]:
@@ -681,7 +705,7 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     assert claimed == [True] and [t.run_id for t in triggered] == ["trigger-run"]
     assert once == ["running"] and [s.flow for s in served] == ["ingest"]
     assert [(s.cursor, s.next_fire) for s in schedules] == [(T0 + 300, T0 + 600)]
-    after = snapshot(path)
+    after = snapshot(path, like=before)
     assert after["user_version"] == SCHEMA_VERSION
     for table in ("flow_runs", "task_runs", "logs"):  # the v7 rows as they were, and new ones
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
@@ -689,7 +713,7 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
-        "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA,
+        "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA, *EXPORT_SCHEMA,
     }  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
@@ -702,6 +726,8 @@ ASSET_SCHEMA = {
 }  # fmt: skip
 #: What migration 10 adds: the evaluations of assets' automation.
 EVALUATION_SCHEMA = {"asset_evaluations", "asset_evaluations_key"}
+#: What migration 11 adds: the index of runs whose spans are still to ship.
+EXPORT_SCHEMA = {"flow_runs_export"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -730,13 +756,13 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
     assert read == runs and read_tasks == tasks and read_logs == logs
     assert changed == {} and history == [mat]
     assert RangeSet.from_bytes(state.materialized).ranges() == ((0, 1),)
-    after = snapshot(path)
+    after = snapshot(path, like=before)
     assert after["user_version"] == SCHEMA_VERSION
     for table in ("flow_runs", "task_runs", "logs", "schedules", "served"):
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
     assert set(before["schema"]) <= set(after["schema"]), "no v8 table or index changed"
     new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
-    assert new == ASSET_SCHEMA | EVALUATION_SCHEMA
+    assert new == ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 

@@ -87,6 +87,7 @@ def test_every_case_has_a_name_of_its_area() -> None:
         "reads",
         "cache",
         "spans",
+        "exports",
         "leases",
         "rates",
         "blobs",

@@ -33,7 +33,7 @@ from ..options import Logs, Tracing
 from ..records import FlowRunRecord
 from ..store import SQLiteStore, Store, resolve_store
 from ..store.crash import mark_crashed_runs
-from ..telemetry import SpanExport, SpanMaker, configured_provider, from_environment
+from ..telemetry import SdkSender, SpanMaker, SpanShipper, configured_provider, from_environment
 from .executor import Executor, LocalExecutor, load_executor
 from .gates import Limits, RunGate
 from .inflight import InFlight
@@ -78,8 +78,9 @@ class EngineStatistics:
     flushes: int
     spans_written: int = 0
     spans_exported: int = 0
-    spans_dropped: int = 0  # will not reach the collector: queue full, or export failed
-    spans_failed: int = 0  # the part of spans_dropped whose export was tried and failed
+    #: Always 0: spans not shipped yet wait in the store (kept for older callers).
+    spans_dropped: int = 0
+    spans_failed: int = 0  # requests the collector did not accept (their spans wait)
     logs_written: int = 0  # lines of run logs written to the store
 
 
@@ -193,6 +194,8 @@ class Engine:
         self._tracing_options = tracing
         #: Makes the spans of runs; ``None`` when tracing is off.
         self.tracing: SpanMaker | None = None
+        #: Ships spans of ended runs to the collector, when one is configured.
+        self.shipper: SpanShipper | None = None
         self.strict = durability == "strict"
         self.cache_enabled = cache
         self.refresh_cache = refresh_cache
@@ -270,6 +273,8 @@ class Engine:
         self._task_group = tg
         tg.start_soon(self.recorder.run)
         tg.start_soon(self.limits.leases.keep)
+        if self.shipper is not None:
+            tg.start_soon(self.shipper.run)
         self._tokens = (_engine_var.set(self), current_limits.set(self.limits))
         if self.logs is not None:
             capture_logs(_run_var)  # from here nothing can fail: __aexit__ undoes it
@@ -298,6 +303,10 @@ class Engine:
             # leaving because of a cancellation or Ctrl-C.
             with anyio.CancelScope(shield=True):
                 await self.recorder.flush()
+                if self.shipper is not None:
+                    # Bounded, and only while the collector takes spans: a sick one
+                    # never holds the exit; what is left waits in the store.
+                    await self.shipper.close(self._export_timeout())
         finally:
             if self._capturing:
                 self._capturing = False
@@ -308,15 +317,8 @@ class Engine:
                     await tg.__aexit__(None, None, None)
             finally:
                 with anyio.CancelScope(shield=True):
-                    try:
-                        await self._close_executors()
-                        await self.store.close()
-                    finally:
-                        export = self.tracing.export if self.tracing is not None else None
-                        if export is not None:
-                            # Bounded (export.shutdown_timeout), off the loop: a hung
-                            # collector delays the exit by at most that, and fails nothing.
-                            await anyio.to_thread.run_sync(export.shutdown)
+                    await self._close_executors()
+                    await self.store.close()
 
     async def executor(self, name: str) -> Executor:
         """The open executor called ``name`` (opened, or loaded and opened, on first use)."""
@@ -346,6 +348,10 @@ class Engine:
             raise ConfigurationError("the engine is not open; use `async with Engine():`")
         tg.start_soon(fn)
 
+    def _export_timeout(self) -> float:
+        options = self._tracing_options
+        return (options if isinstance(options, Tracing) else Tracing()).export_timeout
+
     def _make_tracing(self) -> SpanMaker | None:
         options = self._tracing_options
         if options is False:
@@ -353,17 +359,19 @@ class Engine:
         if options is True:
             options = Tracing()
         provider = options.provider or configured_provider()
-        export = None
-        if provider is None:  # flowcore's own light spans, exported if asked
-            if options.exporter is not None:
-                export = SpanExport(options.exporter, shutdown_timeout=options.export_timeout)
-            else:
-                export = from_environment(shutdown_timeout=options.export_timeout)
-        return SpanMaker(self.recorder.spans, provider, export, options.parameters)
+        if provider is None:  # flowcore's own light spans, shipped from the store if asked
+            sender = (
+                SdkSender(options.exporter) if options.exporter is not None else from_environment()
+            )
+            if sender is not None:
+                self.shipper = SpanShipper(
+                    self.store, sender, catchup=options.export_catchup, clock=self.clock.time
+                )
+        return SpanMaker(self.recorder.spans, provider, options.parameters)
 
     def statistics(self) -> EngineStatistics:
         r = self.recorder
-        export = self.tracing.export if self.tracing is not None else None
+        shipper = self.shipper
         return EngineStatistics(
             tasks_started=self.tasks_started,
             tasks_completed=self.tasks_completed,
@@ -374,9 +382,8 @@ class Engine:
             rows_written=r.rows_written,
             flushes=r.flushes,
             spans_written=r.spans_written,
-            spans_exported=export.exported if export is not None else 0,
-            spans_dropped=export.dropped if export is not None else 0,
-            spans_failed=export.failed if export is not None else 0,
+            spans_exported=shipper.spans_shipped if shipper is not None else 0,
+            spans_failed=shipper.failures if shipper is not None else 0,
             logs_written=r.logs_written,
         )
 

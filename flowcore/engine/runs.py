@@ -238,6 +238,8 @@ async def _drive(
             # and the run is never recorded Completed: see Recorder.end_run).
             with anyio.CancelScope(shield=True):
                 await recorder.end_run(record)
+            if engine.shipper is not None:
+                engine.shipper.wake()  # its spans (and its subflows') can go now
         if interrupted is not None:
             raise interrupted
 

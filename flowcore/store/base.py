@@ -187,6 +187,24 @@ class SpanStore(Protocol):
         the newest ``keep_runs`` top-level runs, or with both, those matching both;
         returns how many were deleted."""
 
+    async def claim_span_exports(
+        self, holder: str, *, now: float, lease: float, limit: int, since: float | None = None
+    ) -> list[FlowRunRecord]:
+        """Ended flow runs whose spans were not shipped to the collector yet, claimed by
+        ``holder`` until ``now + lease``, oldest first, at most ``limit``.
+
+        A run claimed (by any holder) whose lease has not run out is left out, so two
+        shippers racing (any handles, any processes) never get the same run, and a
+        shipper that died holding runs leaves them to the next one once its lease runs
+        out. Runs created before ``since`` are marked skipped
+        instead (the catch-up after an outage is bounded), and never offered again.
+        Runs recorded before the store knew about export are skipped too."""
+
+    async def end_span_exports(self, run_ids: Sequence[str], holder: str, *, shipped: bool) -> None:
+        """``shipped``: the spans of these runs reached the collector: they are never
+        offered again. Otherwise ``holder``'s claims on them are given back, and the runs
+        are offered again at once (to any shipper)."""
+
 
 class LogStore(Protocol):
     """Lines of run logs (``WriteBatch.logs``), written with the batches and read in order.

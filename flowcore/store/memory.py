@@ -62,6 +62,9 @@ class MemoryStore:
         self._tasks: dict[str, dict[int, TaskRunRecord]] = {}
         self._cache: dict[str, CacheEntry] = {}
         self._spans: dict[tuple[str, str], SpanRecord] = {}
+        #: Span export of ended runs by run id: ``(holder, until)`` claimed, or
+        #: ``None`` once shipped or skipped (a run without an entry was never claimed).
+        self._exports: dict[str, tuple[str, float] | None] = {}
         self._leases: dict[str, tuple[str, str, str, int, float, int, float]] = {}
         self._rates: dict[str, float] = {}  # shared rate limits: name -> tat (see SQLiteStore)
         self._logs: dict[str, list[LogRecord]] = {}  # lines of run logs, by run, in id order
@@ -292,6 +295,37 @@ class MemoryStore:
         self._runs[run.id] = _copy(run)  # checked and written without an await: atomic
         self._changes += 1
         return None
+
+    async def claim_span_exports(
+        self, holder: str, *, now: float, lease: float, limit: int, since: float | None = None
+    ) -> list[FlowRunRecord]:
+        exports = self._exports
+        ended = sorted(
+            (r for r in self._runs.values() if r.state in TERMINAL),
+            key=lambda r: r.created,
+        )
+        out: list[FlowRunRecord] = []
+        for run in ended:
+            if run.id in exports and exports[run.id] is None:
+                continue  # shipped or skipped
+            if since is not None and run.created < since:
+                exports[run.id] = None
+                continue
+            claim = exports.get(run.id)
+            if claim is not None and claim[1] > now:
+                continue
+            if len(out) < limit:
+                exports[run.id] = (holder, now + lease)
+                out.append(_copy(run))
+        return out
+
+    async def end_span_exports(self, run_ids: Sequence[str], holder: str, *, shipped: bool) -> None:
+        for run_id in run_ids:
+            claim = self._exports.get(run_id)
+            if shipped:
+                self._exports[run_id] = None
+            elif claim is not None and claim[0] == holder:
+                del self._exports[run_id]
 
     async def list_spans(self, trace_id: str) -> list[SpanRecord]:
         spans = [_copy_span(s) for (t, _), s in self._spans.items() if t == trace_id]

@@ -4,12 +4,21 @@
 - :mod:`.task_spans`: a task run's span rebuilt from its record;
 - :mod:`.sdk`: the bridge to the OpenTelemetry SDK (the application's provider,
   SDK span objects);
-- :mod:`.export`: shipping spans to a collector without ever blocking a flow.
+- :mod:`.otlp`: OTLP requests made straight from span records;
+- :mod:`.shipper`: shipping the spans of ended runs to a collector from the store,
+  durably, never from the hot path.
 """
 
-from .export import SpanExport, from_environment
 from .sdk import configured_provider
+from .shipper import SdkSender, SpanShipper, from_environment
 from .task_spans import task_span
 from .tracing import SpanMaker
 
-__all__ = ["SpanExport", "SpanMaker", "configured_provider", "from_environment", "task_span"]
+__all__ = [
+    "SdkSender",
+    "SpanMaker",
+    "SpanShipper",
+    "configured_provider",
+    "from_environment",
+    "task_span",
+]

@@ -11,8 +11,8 @@ Two ways to make spans, chosen when the engine opens:
 - **flowcore's own** (no provider configured): spans are light records that
   flowcore persists itself, several times cheaper than SDK spans; if an
   exporter is configured (``Tracing(exporter=...)`` or the standard
-  ``OTEL_EXPORTER_OTLP_*`` variables) they are also exported, from a
-  background thread with a bounded queue (see :mod:`.export`). The
+  ``OTEL_EXPORTER_OTLP_*`` variables) they are shipped to it from the store
+  once their run ended (see :mod:`.shipper`): nothing here pays for it. The
   trace context is still current inside task code, so spans user code makes
   with a configured provider nest under the task's span.
 
@@ -26,7 +26,7 @@ import random
 import time
 from collections import deque
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -36,10 +36,7 @@ from .._current import current_task_run
 from ..ids import error_message, error_name, safe_text, traceback_text
 from ..records import SpanRecord, TaskRunRecord
 from .sdk import PersistProcessor, span_route
-from .task_spans import task_end_attributes, task_span
-
-if TYPE_CHECKING:
-    from .export import SpanExport
+from .task_spans import task_end_attributes
 
 __all__ = ["SpanMaker"]
 
@@ -122,12 +119,6 @@ class _TaskHandle:
     def finish_task(self, rec: TaskRunRecord, error: BaseException | None) -> None:
         if self.token is not None:
             otel_context.detach(self.token)  # type: ignore[arg-type]
-        export = self.tracing.export
-        if export is not None:
-            if export.accepting():
-                export.submit(task_span(rec, f"{self.trace_id:032x}", error))
-            else:  # queue full (say, a collector that is down): do not build a span to drop
-                export.reject()
 
 
 class _Handle:
@@ -247,7 +238,6 @@ class SpanMaker:
         self,
         spans: deque[SpanRecord],
         provider: Any = None,
-        export: SpanExport | None = None,
         record_parameters: bool = False,
     ) -> None:
         self._spans = spans  # the recorder's queue of finished spans to persist
@@ -255,7 +245,6 @@ class SpanMaker:
         # with getrandbits and a format spec cost 0.4 µs, a slice costs 0.08.
         self._ids = ""
         self._ids_at = 0
-        self.export = export
         self.record_parameters = record_parameters
         self.tracer: Any = None
         if provider is not None:
@@ -310,7 +299,7 @@ class SpanMaker:
 
         With flowcore's own spans nothing but an id is made here: the task run
         record itself is the persisted span (see :func:`task_span`), built into a
-        full span only when an exporter needs one, and the run's span stands in
+        full span only when a reader or the shipper needs one, and the run's span stands in
         for it as the current span (see :class:`_RunSpan`). Returns the handle to
         finish, or ``None`` when there is nothing to finish.
         """
@@ -335,10 +324,8 @@ class SpanMaker:
         run_span = _current_span()
         if type(run_span) is _RunSpan and run_span.run_id == rec.run_id:
             # The run's span is current and speaks for this task run (see _RunSpan):
-            # nothing to switch, and nothing to finish unless a span is exported.
-            if self.export is None:
-                return None
-            return _TaskHandle(self, None, run_span.trace_id)
+            # nothing to switch, and nothing to finish.
+            return None
         # Something else is current (a span user code made current in the flow):
         # make the task run's span current under it, the general way.
         current = trace.get_current_span().get_span_context()
@@ -348,12 +335,10 @@ class SpanMaker:
                 NonRecordingSpan(SpanContext(trace_id, int(span_hex, 16), False, _SAMPLED))
             )
         )
-        return _TaskHandle(self, token, trace_id)  # hex only if a span is exported
+        return _TaskHandle(self, token, trace_id)
 
     def _emit(self, record: SpanRecord) -> None:
         self._spans.append(record)
-        if self.export is not None:
-            self.export.submit(record)
 
     @staticmethod
     def ids_of(handle: _Handle) -> tuple[str, str]:

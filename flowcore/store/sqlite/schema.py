@@ -310,6 +310,19 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
            )""",
         "CREATE INDEX asset_evaluations_key ON asset_evaluations (key, at, id)",
     ),
+    # 11: durable span export (flowcore.telemetry.shipper): each ended flow run's spans are
+    #     shipped to the collector from the store, and the run marked; a claim with a
+    #     lease keeps two processes from shipping the same run. Runs recorded before
+    #     are marked skipped (2): `flowcore trace export` sends them when asked.
+    11: (
+        "ALTER TABLE flow_runs ADD COLUMN export_state INTEGER",
+        "ALTER TABLE flow_runs ADD COLUMN export_holder TEXT",
+        "ALTER TABLE flow_runs ADD COLUMN export_until REAL",
+        "UPDATE flow_runs SET export_state = 2",
+        "CREATE INDEX flow_runs_export ON flow_runs (created) WHERE export_state IS NULL AND "
+        "state IN ('Cached', 'Cancelled', 'Completed', 'Crashed', 'Failed', 'TimedOut', "
+        "'UpstreamFailed')",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(

@@ -88,6 +88,7 @@ from .rows import (
     SCHEDULE_COLS,
     SERVED_COLS,
     TASK_COLS,
+    TERMINAL_SQL,
     TRIGGER_COLS,
     UPSERT_CACHE,
     UPSERT_CURSOR,
@@ -470,6 +471,50 @@ class SQLiteStore:
 
         # Any number of rows: on the connection's thread, never blocking the event loop.
         return await self._io.write(delete, rows=1 << 30)
+
+    async def claim_span_exports(
+        self, holder: str, *, now: float, lease: float, limit: int, since: float | None = None
+    ) -> list[FlowRunRecord]:
+        # Both statements read the partial index flow_runs_export: they touch only the
+        # runs still to ship, however many runs the store keeps.
+        pending = f"export_state IS NULL AND state IN ({TERMINAL_SQL})"
+
+        def claim(db: sqlite3.Connection) -> list[FlowRunRecord]:
+            if since is not None:
+                db.execute(
+                    f"UPDATE flow_runs SET export_state = 2 WHERE {pending} AND created < ?",
+                    (since,),
+                )
+            rows = db.execute(
+                f"UPDATE flow_runs SET export_holder = ?, export_until = ? WHERE id IN ("
+                f"SELECT id FROM flow_runs WHERE {pending} AND (export_until IS NULL OR "
+                "export_until <= ?) ORDER BY created LIMIT ?) "
+                f"RETURNING {FLOW_COLS}",
+                (holder, now + lease, now, limit),
+            ).fetchall()
+            return sorted((flow_record(r) for r in rows), key=lambda r: r.created)
+
+        return await self._io.write(claim, rows=limit)
+
+    async def end_span_exports(self, run_ids: Sequence[str], holder: str, *, shipped: bool) -> None:
+        ids = msgspec.json.encode(list(run_ids)).decode()
+        if shipped:
+            sql = (
+                "UPDATE flow_runs SET export_state = 1, export_holder = NULL, "
+                "export_until = NULL WHERE id IN (SELECT value FROM json_each(?))"
+            )
+            params: tuple[Any, ...] = (ids,)
+        else:
+            sql = (
+                "UPDATE flow_runs SET export_holder = NULL, export_until = NULL "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND export_holder = ?"
+            )
+            params = (ids, holder)
+
+        def end(db: sqlite3.Connection) -> None:
+            db.execute(sql, params)
+
+        await self._io.write(end, rows=len(run_ids))
 
     async def list_logs(
         self,

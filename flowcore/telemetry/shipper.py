@@ -1,0 +1,453 @@
+"""Shipping spans to a collector from the store, durably.
+
+Spans are persisted with the runs (a task run's record is its span); the shipper
+sends them from there, never from the hot path. Once a flow run ended, the store
+offers it (:meth:`~flowcore.store.base.SpanStore.claim_span_exports`: claimed with a
+lease, so two processes never ship one run), the shipper reads the run's spans in
+pages, encodes each page straight from the records (:mod:`.otlp`) and posts it on a
+worker thread, and only then marks the run shipped. So:
+
+- a collector that is down loses nothing: runs stay unshipped and go out once it is
+  back (catch-up bounded by ``catchup``, in seconds: older runs are skipped), by
+  this process or whichever comes next, or by ``flowcore trace export``;
+- a process that dies before shipping leaves its runs to the next shipper once its
+  lease runs out;
+- closing an engine waits for a healthy collector (at most ``export_timeout``), never
+  for one that failed: its runs are left for later;
+- warnings are one line when an outage starts and one when it ends.
+
+Senders are ``send(spans)`` callables run on a worker thread: :class:`OtlpHttpSender`
+(``http/protobuf`` or ``http/json`` with httpx, from the standard
+``OTEL_EXPORTER_OTLP_*`` variables) or :class:`SdkSender` around any OpenTelemetry
+``SpanExporter`` (``Tracing(exporter=...)``, or OTLP over gRPC).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Final, Protocol
+from urllib.parse import unquote
+
+import anyio
+
+from ..errors import ConfigurationError
+from ..ids import HOST
+from ..records import FlowRunRecord, SpanRecord
+from ..store.base import Store
+from .otlp import encode_json, encode_protobuf, protobuf_available
+from .sdk import to_readable
+from .task_spans import task_span
+
+__all__ = [
+    "ExportFailed",
+    "OtlpHttpSender",
+    "SdkSender",
+    "Sender",
+    "SpanShipper",
+    "from_environment",
+    "resource_attributes",
+]
+
+log = logging.getLogger("flowcore")
+
+#: HTTP statuses after which the same request may succeed (OTLP/HTTP's retryable ones).
+_RETRYABLE: Final = frozenset({408, 429, 502, 503, 504})
+
+
+class ExportFailed(Exception):
+    """A batch the collector did not accept. ``retryable``: sending it again later may
+    work (the collector is down, busy, or timed out); otherwise it refused the data."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Sender(Protocol):
+    """Sends one batch of spans, blocking (called on a worker thread); raises
+    :class:`ExportFailed` when the collector did not take it."""
+
+    #: Where spans go, for messages.
+    target: str
+
+    def send(self, spans: Sequence[SpanRecord]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def resource_attributes(
+    environ: Mapping[str, str], service_name: str | None = None
+) -> dict[str, Any]:
+    """The resource of exported spans: ``OTEL_RESOURCE_ATTRIBUTES`` (``k=v,...``), then
+    ``service.name`` (``service_name``, ``$OTEL_SERVICE_NAME``, else ``"flowcore"``)."""
+    attributes: dict[str, Any] = {}
+    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            attributes[unquote(key.strip())] = unquote(value.strip())
+    name = service_name or environ.get("OTEL_SERVICE_NAME") or attributes.get("service.name")
+    attributes["service.name"] = name or "flowcore"
+    return attributes
+
+
+class OtlpHttpSender:
+    """OTLP over HTTP: protobuf (default) or JSON, optionally gzip, posted with httpx."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        protocol: str = "http/protobuf",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        compression: str | None = None,
+        resource: Mapping[str, Any] | None = None,
+    ) -> None:
+        import httpx
+
+        if protocol not in ("http/protobuf", "http/json"):
+            raise ConfigurationError(
+                f"OTLP protocol {protocol!r} is not one flowcore sends itself; use "
+                "'http/protobuf' (default), 'http/json' or 'grpc'"
+            )
+        if protocol == "http/protobuf" and not protobuf_available():
+            raise ConfigurationError(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP protobuf messages are not "
+                "installed (opentelemetry-proto); install them with `pip install "
+                "'flowcore[otlp]'`, or set OTEL_EXPORTER_OTLP_PROTOCOL=http/json, or unset "
+                "the variable"
+            )
+        if compression not in (None, "", "none", "gzip"):
+            raise ConfigurationError(
+                f"OTEL_EXPORTER_OTLP_COMPRESSION={compression!r} is not supported; use "
+                "'gzip' or 'none'"
+            )
+        self.target = endpoint
+        self.protocol = protocol
+        self._encode = encode_protobuf if protocol == "http/protobuf" else encode_json
+        self._gzip = compression == "gzip"
+        self.resource = dict(resource or resource_attributes(os.environ))
+        content_type = (
+            "application/x-protobuf" if protocol == "http/protobuf" else "application/json"
+        )
+        base = {"Content-Type": content_type, **dict(headers or {})}
+        if self._gzip:
+            base["Content-Encoding"] = "gzip"
+        self._client = httpx.Client(headers=base, timeout=timeout)
+
+    def send(self, spans: Sequence[SpanRecord]) -> None:
+        import httpx
+
+        body = self._encode(spans, self.resource)
+        if self._gzip:
+            body = gzip.compress(body, 5)
+        try:
+            response = self._client.post(self.target, content=body)
+        except httpx.HTTPError as exc:
+            raise ExportFailed(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code >= 300:
+            raise ExportFailed(
+                f"HTTP {response.status_code} {response.text[:200]!r}",
+                retryable=response.status_code in _RETRYABLE or response.status_code >= 500,
+            )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class SdkSender:
+    """Any OpenTelemetry SDK ``SpanExporter`` (``Tracing(exporter=...)``, OTLP over gRPC):
+    spans are made SDK objects only here, on the worker thread."""
+
+    def __init__(self, exporter: Any, resource: Mapping[str, Any] | None = None) -> None:
+        from opentelemetry.sdk.resources import Resource
+
+        self.exporter = exporter
+        self.target = type(exporter).__name__
+        self._resource = Resource.create(dict(resource or resource_attributes(os.environ)))
+
+    def send(self, spans: Sequence[SpanRecord]) -> None:
+        try:
+            result = self.exporter.export([to_readable(s, self._resource) for s in spans])
+        except Exception as exc:  # a broken exporter is a failed batch, never a crash
+            raise ExportFailed(f"{type(exc).__name__}: {exc}") from None
+        if getattr(result, "name", "") != "SUCCESS":
+            raise ExportFailed(f"the exporter answered {result!r}")
+
+    def close(self) -> None:
+        try:
+            self.exporter.shutdown()
+        except Exception:
+            pass
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> Sender | None:
+    """A sender configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables, or ``None``
+    when no endpoint is set (or ``OTEL_SDK_DISABLED=true``, ``OTEL_TRACES_EXPORTER=none``).
+
+    Read as the OpenTelemetry specification says: ``..._TRACES_ENDPOINT`` as given, else
+    ``..._ENDPOINT`` + ``/v1/traces``; ``..._HEADERS`` (``k=v,...``, URL-encoded);
+    ``..._TIMEOUT`` in milliseconds (default 10 s); ``..._COMPRESSION``; ``..._PROTOCOL``
+    (``http/protobuf``, ``http/json``, ``grpc``), each with its ``TRACES_`` form first."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}")
+        value = value or env.get(f"OTEL_EXPORTER_OTLP_{name}")
+        return value.strip() if value else None
+
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if not (endpoint or base):
+        return None
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return None
+    protocol = get("PROTOCOL") or "http/protobuf"
+    resource = resource_attributes(env)
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:
+            raise ConfigurationError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc but the gRPC exporter is not installed "
+                f"({exc}); install it with `pip install opentelemetry-exporter-otlp-proto-grpc`,"
+                " or use http/protobuf (the default)"
+            ) from exc
+        return SdkSender(OTLPSpanExporter(), resource)
+    if protocol == "http":
+        protocol = "http/protobuf"
+    if protocol not in ("http/protobuf", "http/json"):
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use "
+            "'http/protobuf' (default), 'http/json' or 'grpc'"
+        )
+    if not endpoint:
+        endpoint = base.rstrip("/") + "/v1/traces"
+    headers: dict[str, str] = {}
+    for pair in (get("HEADERS") or "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            headers[unquote(key.strip())] = unquote(value.strip())
+    raw_timeout = get("TIMEOUT")
+    try:
+        timeout = float(raw_timeout) / 1000 if raw_timeout else 10.0
+    except ValueError:
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_TIMEOUT={raw_timeout!r} is not a number of milliseconds"
+        ) from None
+    return OtlpHttpSender(
+        endpoint,
+        protocol=protocol,
+        headers=headers,
+        timeout=timeout,
+        compression=get("COMPRESSION"),
+        resource=resource,
+    )
+
+
+class SpanShipper:
+    """Ships the spans of ended runs from ``store`` through ``sender`` (module docstring).
+
+    ``catchup``: runs created longer ago than this (seconds) are skipped rather than
+    shipped (``None``: no bound). ``batch``: spans per request. ``lease``: how long a
+    claim holds before another shipper may take the run. ``interval``: how often the
+    store is asked when nothing woke the shipper (runs other processes ended).
+    """
+
+    first_backoff = 1.0
+    max_backoff = 30.0
+
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        *,
+        catchup: float | None = 86400.0,
+        batch: int = 2000,
+        lease: float = 120.0,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.catchup = catchup
+        self.batch = batch
+        self.lease = lease
+        self.interval = interval
+        self.clock = clock
+        self.holder = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Spans and runs the collector accepted; batches it did not.
+        self.spans_shipped = 0
+        self.runs_shipped = 0
+        self.failures = 0
+        self._outage: str | None = None  # the error of the outage going on, if any
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._wake = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
+        self._lock = anyio.Lock()  # one pass at a time (the loop's, or the close's)
+        self._closing = False
+
+    @property
+    def healthy(self) -> bool:
+        """No outage going on: the last batch sent was accepted (or none was sent)."""
+        return self._outage is None
+
+    def wake(self) -> None:
+        """A run ended (its records are committed): ship now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Ship until cancelled (the engine's task group runs it) or :meth:`close`."""
+        try:
+            with anyio.CancelScope() as self._scope:
+                await self._loop()
+        finally:
+            self._stopped.set()
+
+    async def _loop(self) -> None:
+        while not self._closing:
+            with anyio.move_on_after(self.interval):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            if time.monotonic() < self._retry_at:
+                continue
+            try:
+                while not self._closing and await self.ship_pending():
+                    pass
+            except Exception as exc:  # a store error: try again at the next poll
+                log.debug("flowcore: shipping spans failed: %s", exc)
+
+    async def close(self, timeout: float) -> None:
+        """Ship what is left (this engine's last runs), waiting at most ``timeout`` seconds
+        and only while the collector is healthy (a pass already going is let finish
+        first, so no run is sent twice); what is left goes out later (module docstring)."""
+        self._closing = True
+        try:
+            with anyio.move_on_after(timeout if self.healthy else 0):
+                while self.healthy and await self.ship_pending():
+                    pass
+        except Exception as exc:
+            log.debug("flowcore: shipping spans at close failed: %s", exc)
+        finally:
+            if self._scope is not None:
+                self._scope.cancel()  # a pass still going (a hung collector) gives up
+                await self._stopped.wait()
+            await anyio.to_thread.run_sync(self.sender.close)
+
+    async def ship_pending(self) -> int:
+        """Claim ended runs and ship them; returns how many were shipped (0: nothing to
+        ship, or the collector failed: the claims are given back)."""
+        async with self._lock:
+            return await self._ship_pending()
+
+    async def _ship_pending(self) -> int:
+        now = self.clock()
+        runs = await self.store.claim_span_exports(
+            self.holder,
+            now=now,
+            lease=self.lease,
+            limit=16,
+            since=None if self.catchup is None else now - self.catchup,
+        )
+        shipped: list[str] = []
+        try:
+            for run in runs:
+                await self.ship_run(run)
+                shipped.append(run.id)
+                self.runs_shipped += 1
+        except ExportFailed as exc:
+            self._failed(exc)
+            return 0
+        finally:
+            with anyio.CancelScope(shield=True):
+                if shipped:
+                    await self.store.end_span_exports(shipped, self.holder, shipped=True)
+                rest = [r.id for r in runs if r.id not in shipped]
+                if rest:
+                    await self.store.end_span_exports(rest, self.holder, shipped=False)
+        if shipped:
+            self._recovered()
+        return len(shipped)
+
+    async def ship_run(self, run: FlowRunRecord) -> int:
+        """Send every span of ``run`` (raises :class:`ExportFailed`); returns how many."""
+        sent = 0
+        try:
+            async with anyio.create_task_group() as tg:
+                # One page is sent (on a worker thread) while the next is read.
+                sending = anyio.Event()
+                sending.set()
+                async for spans in _pages(self.store, run, self.batch):
+                    await sending.wait()
+                    sending = anyio.Event()
+                    tg.start_soon(self._send, spans, sending)
+                    sent += len(spans)
+        except BaseExceptionGroup as group:
+            failed = group.subgroup(ExportFailed)
+            if failed is None:
+                raise
+            first = failed.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        return sent
+
+    async def _send(self, spans: list[SpanRecord], done: anyio.Event) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.sender.send, spans, abandon_on_cancel=True)
+            self.spans_shipped += len(spans)
+        finally:
+            done.set()
+
+    def _failed(self, exc: ExportFailed) -> None:
+        self.failures += 1
+        if self._outage is None:
+            self._outage = str(exc)
+            log.warning(
+                "flowcore: the span collector %s did not take spans (%s); they stay in the "
+                "store and are shipped when it does (`flowcore trace export` sends them too)",
+                self.sender.target,
+                exc,
+            )
+        self._backoff = min(self.max_backoff, max(self.first_backoff, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
+
+    def _recovered(self) -> None:
+        if self._outage is not None:
+            log.warning("flowcore: the span collector %s takes spans again", self.sender.target)
+        self._outage = None
+        self._backoff = self._retry_at = 0.0
+
+
+async def _pages(store: Store, run: FlowRunRecord, size: int) -> AsyncIterator[list[SpanRecord]]:
+    """The spans of ``run`` in pages of ``size``, read as they are sent (a run of a million
+    tasks is never held whole): its span rows (a top-level run also takes the rows of its
+    trace that name no run), then its task runs' spans."""
+    trace_id = run.trace_id
+    if trace_id is None:
+        return
+    own = [
+        s
+        for s in await store.list_spans(trace_id)
+        if s.run_id == run.id or (s.run_id is None and run.parent_run_id is None)
+    ]
+    for i in range(0, len(own), size):
+        yield own[i : i + size]
+    offset = 0
+    while True:
+        records = await store.list_task_runs(run.id, offset=offset, limit=size)
+        offset += len(records)
+        spans = [task_span(r, trace_id) for r in records if r.span_id]
+        if spans:
+            yield spans
+        if len(records) < size:
+            return
