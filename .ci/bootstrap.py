@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def ensure_venv(extras: str = "ui") -> None:
         print(f"setting up {VENV} (first run only) ...", file=sys.stderr, flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     spec = f".[{extras}]" if extras else "."
+    # The tests also cover the plugins (plugins/*/, each its own distribution).
+    plugins = _plugins() if extras == "dev" else []
     stamp = VENV / f".flowcore-installed{('-' + extras) if extras else ''}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    tomls = [ROOT / "pyproject.toml", *(ROOT / p / "pyproject.toml" for p in plugins)]
+    digest = hashlib.sha256(b"".join(t.read_bytes() for t in tomls)).hexdigest()
     if not stamp.exists() or stamp.read_text() != digest:
         print(
             f"installing flowcore{f' [{extras}]' if extras else ''} into {VENV} ...",
@@ -46,6 +50,8 @@ def ensure_venv(extras: str = "ui") -> None:
             flush=True,
         )
         cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", spec]
+        for plugin in plugins:
+            cmd += ["-e", plugin]
         result = subprocess.run(cmd, cwd=ROOT)
         if result.returncode != 0:
             sys.exit(
@@ -54,3 +60,13 @@ def ensure_venv(extras: str = "ui") -> None:
             )
         stamp.write_text(digest)
     os.execv(str(python), [str(python), *sys.argv])
+
+
+def _plugins() -> list[str]:
+    """Each plugin folder as pip takes it, with its ``dev`` extra when it has one."""
+    found = []
+    for toml in sorted(ROOT.glob("plugins/*/pyproject.toml")):
+        folder = toml.parent.relative_to(ROOT).as_posix()
+        extras = tomllib.loads(toml.read_text()).get("project", {}).get("optional-dependencies", {})
+        found.append(f"{folder}[dev]" if "dev" in extras else folder)
+    return found

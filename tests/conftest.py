@@ -16,6 +16,7 @@ def flowcore_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own FLOWCORE_HOME, so no test touches ~/.flowcore."""
     home = tmp_path / "flowcore-home"
     monkeypatch.setenv("FLOWCORE_HOME", str(home))
+    monkeypatch.delenv("FLOWCORE_DB_URL", raising=False)  # would win over FLOWCORE_HOME
     return home
 
 

@@ -21,4 +21,6 @@ args = sys.argv[1:]
 workers = (
     [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args) else ["-n", "4"]
 )
-sys.exit(pytest.main(["-p", "no:cacheprovider", *workers, str(bootstrap.ROOT / "tests"), *args]))
+# The core's tests, then each plugin's (plugins/*/tests).
+paths = [bootstrap.ROOT / "tests", *sorted(bootstrap.ROOT.glob("plugins/*/tests"))]
+sys.exit(pytest.main(["-p", "no:cacheprovider", *workers, *map(str, paths), *args]))

@@ -717,3 +717,31 @@ async def test_changes_sees_every_commit_and_never_waits_for_the_writer(tmp_path
             other.execute("COMMIT")
         assert await store.changes() != third
         assert await store.claim_once("k", ["x", "y"], "me", 2.0) == ["y"]
+
+
+def test_flowcore_db_url_names_the_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$FLOWCORE_DB_URL`` wins over ``$FLOWCORE_HOME``: ``flowcore.run`` and the CLI
+    read and write the store it names, and its password is never shown."""
+    from click.testing import CliRunner
+
+    from flowcore.cli import cli
+
+    db = tmp_path / "shared.db"
+    monkeypatch.setenv("FLOWCORE_DB_URL", f"sqlite:///{db}")
+    store = resolve_store(None)
+    assert isinstance(store, SQLiteStore) and Path(store.path) == db
+
+    @flowcore.flow
+    async def hello_from_the_url() -> str:
+        return "hi"
+
+    assert flowcore.run(hello_from_the_url) == "hi"
+    assert db.exists() and not (tmp_path / "flowcore-home" / "flowcore.db").exists()
+    listed = CliRunner().invoke(cli, ["runs", "ls", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert "hello_from_the_url" in listed.output
+    monkeypatch.setenv("FLOWCORE_DB_URL", "nosuchdb://u:secret@h/db")
+    shown = CliRunner().invoke(cli, ["runs", "ls"])
+    assert shown.exit_code != 0 and "secret" not in shown.output

@@ -11,9 +11,10 @@ visible: they quote names and errors a run recorded.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import click
@@ -179,8 +180,31 @@ def read(fn: Callable[[Store], Awaitable[T]]) -> T:
     return anyio.run(main)
 
 
-def database() -> Path:
-    return flowcore_home() / "flowcore.db"
+class Location:
+    """Where the commands read: the store at ``$FLOWCORE_DB_URL`` when it is set (shown
+    without its password), else the SQLite file in ``$FLOWCORE_HOME``."""
+
+    def __init__(self) -> None:
+        self.url = os.environ.get("FLOWCORE_DB_URL", "").strip()
+        self.path = flowcore_home() / "flowcore.db"
+
+    def exists(self) -> bool:
+        """Whether there is a store to read (a URL is taken to name one)."""
+        return bool(self.url) or self.path.exists()
+
+    def __str__(self) -> str:
+        if not self.url:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.netloc.rpartition("@")[2]
+        shown: str = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+        return shown
+
+
+def database() -> Location:
+    return Location()
 
 
 def check_state(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

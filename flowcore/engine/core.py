@@ -31,7 +31,7 @@ from ..errors import ConfigurationError, UnsupportedBackend, deprecated
 from ..limits import Limit
 from ..options import Logs, Tracing
 from ..records import FlowRunRecord
-from ..store import SQLiteStore, Store, resolve_store
+from ..store import Store, resolve_store
 from ..store.crash import mark_crashed_runs
 from ..telemetry import SdkSender, SpanMaker, SpanShipper, configured_provider, from_environment
 from .executor import Executor, LocalExecutor, load_executor
@@ -239,10 +239,11 @@ class Engine:
     async def __aenter__(self) -> Engine:
         if self._opened:
             raise ConfigurationError("this Engine is already open; an engine is entered once")
-        if isinstance(self.store, SQLiteStore) and not _on_asyncio():
+        # A store declares it needs asyncio (aiosqlite, asyncpg) with `asyncio_only`.
+        if getattr(self.store, "asyncio_only", False) and not _on_asyncio():
             raise UnsupportedBackend(
-                "the SQLite store needs asyncio (it uses aiosqlite, which is asyncio-only); "
-                "run flows with asyncio (the default of flowcore.run), or use "
+                f"the store {self.store.location} needs asyncio (its driver is "
+                "asyncio-only); run flows with asyncio (the default of flowcore.run), or use "
                 "Engine(store='memory') on trio"
             )
         self._executor_lock = anyio.Lock()

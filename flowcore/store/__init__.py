@@ -45,13 +45,17 @@ def flowcore_home() -> Path:
 def resolve_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
     """The store for ``spec``.
 
-    - ``None``: SQLite at ``$FLOWCORE_HOME/flowcore.db``.
+    - ``None``: the URL in ``$FLOWCORE_DB_URL`` when it is set (a PostgreSQL store shared
+      by several hosts, say), else SQLite at ``$FLOWCORE_HOME/flowcore.db``.
     - ``"memory"`` or ``":memory:"``: a :class:`MemoryStore`.
     - a path, or ``"sqlite:///path"``: SQLite at that path.
     - ``"scheme://..."``: the store plugin registered for that scheme.
     - a store object: itself.
     """
     if spec is None:
+        url = os.environ.get("FLOWCORE_DB_URL", "").strip()
+        if url:
+            return resolve_store(url)
         return SQLiteStore(flowcore_home() / "flowcore.db")
     if isinstance(spec, os.PathLike):
         return SQLiteStore(spec)

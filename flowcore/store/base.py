@@ -99,6 +99,8 @@ class RunStore(Protocol):
 
     #: Where the data lives, for messages (a path or a URL without password).
     location: str
+    # A store whose driver runs on asyncio only (aiosqlite, asyncpg) also has a class
+    # attribute ``asyncio_only = True``: an engine on trio refuses it at open, naming it.
 
     async def open(self) -> None:
         """Connect, create or migrate the schema. Raises a ``StoreError`` subclass on failure."""

@@ -177,6 +177,9 @@ class SQLiteStore:
     in ``results/`` beside the database (:class:`~flowcore.store.files.FileBlobs`).
     """
 
+    #: aiosqlite runs on asyncio only (see Engine.__aenter__).
+    asyncio_only = True
+
     def __init__(
         self,
         path: str | os.PathLike[str],
