@@ -41,8 +41,7 @@ def ensure_venv(extras: str = "ui") -> None:
     # The tests also cover the plugins (plugins/*/, each its own distribution).
     plugins = _plugins() if extras == "dev" else []
     stamp = VENV / f".flowcore-installed{('-' + extras) if extras else ''}"
-    tomls = [ROOT / "pyproject.toml", *(ROOT / p / "pyproject.toml" for p in plugins)]
-    digest = hashlib.sha256(b"".join(t.read_bytes() for t in tomls)).hexdigest()
+    digest = hashlib.sha256(b"".join(t.read_bytes() for t in _stamp_inputs(plugins))).hexdigest()
     if not stamp.exists() or stamp.read_text() != digest:
         print(
             f"installing flowcore{f' [{extras}]' if extras else ''} into {VENV} ...",
@@ -70,3 +69,12 @@ def _plugins() -> list[str]:
         extras = tomllib.loads(toml.read_text()).get("project", {}).get("optional-dependencies", {})
         found.append(f"{folder}[dev]" if "dev" in extras else folder)
     return found
+
+
+def _stamp_inputs(plugins: list[str]) -> list[Path]:
+    """The files whose change means installing again: the project's and each plugin's
+    ``pyproject.toml`` (``plugins`` as :func:`_plugins` gives them, extras included)."""
+    return [
+        ROOT / "pyproject.toml",
+        *(ROOT / p.partition("[")[0] / "pyproject.toml" for p in plugins),
+    ]

@@ -24,7 +24,8 @@ from flowcore import ranges
 from flowcore.assets import AssetGraph, asset, on_upstream_change
 from flowcore.assets.materialize import materialize_async
 from flowcore.cli import cli
-from flowcore.cli.assets import WIDTH, _poll, parse_at
+from flowcore.cli.assets import WIDTH, _poll
+from flowcore.cli.support import parse_at
 from flowcore.engine import Engine
 from flowcore.records import AssetDefRecord, AssetStateRecord
 from flowcore.serve import Server
@@ -554,13 +555,13 @@ def test_why_at_a_naive_time_is_local_time(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TZ", "Asia/Kolkata")
     time.tzset()
     try:
-        local = parse_at("2026-01-10T05:30", datetime.now(UTC))
+        local = parse_at("2026-01-10T05:30", datetime.now(UTC), "--at")
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
     assert local == T0
     now = datetime(2026, 1, 10, 2, tzinfo=UTC)
-    assert parse_at("-2h", now) == T0 and parse_at(" -120m ", now) == T0
+    assert parse_at("-2h", now, "--at") == T0 and parse_at(" -120m ", now, "--at") == T0
 
 
 @pytest.mark.parametrize("bad", ["yesterday", "-10x", "10m", "2026-13-01"])

@@ -472,3 +472,85 @@ def test_formats() -> None:
     assert format_ns(-5) == "0 µs"
     assert iso_ns(T0 + 123_456_789) == "2023-11-14T22:13:20.123456Z"
     assert iso_ns(0) is None
+
+
+# -- flowcore trace export -------------------------------------------------------------------
+
+
+class _Receiver:
+    """A loopback OTLP/HTTP receiver answering ``status``; keeps the span ids it took."""
+
+    def __init__(self, status: int = 200) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        ids = self.ids = []  # type: list[str]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if status < 300:
+                    request = ExportTraceServiceRequest()
+                    request.ParseFromString(body)
+                    for rs in request.resource_spans:
+                        for ss in rs.scope_spans:
+                            ids.extend(s.span_id.hex() for s in ss.spans)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Any:
+    found = _Receiver()
+    yield found
+    found.close()
+
+
+def test_trace_export_sends_a_runs_spans_and_its_subflows(
+    run_id: str, receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.base)
+    stored = sorted(s["span_id"] for s in trace_json(run_id))
+    result = invoke("trace", "export", run_id[:8])
+    assert result.exit_code == 0, result.output
+    assert sorted(receiver.ids) == stored  # the run's spans and its subflow's, each once
+    assert f"sent {len(stored)} spans of 2 runs to {receiver.base}/v1/traces" in result.stdout
+    again = invoke("trace", "export", "--since", "-1d")
+    assert again.exit_code == 0, again.output
+    assert len(receiver.ids) == 2 * len(stored)  # asked again: sent again
+
+
+def test_trace_export_says_what_is_missing(run_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    none = invoke("trace", "export", run_id)
+    assert none.exit_code == 1 and "set OTEL_EXPORTER_OTLP_ENDPOINT" in none.stderr
+    usage = invoke("trace", "export")
+    assert usage.exit_code == 2 and "RUN_ID..., --since TIME" in usage.stderr
+    bad_time = invoke("trace", "export", "--since", "yesterday-ish")
+    assert bad_time.exit_code == 2 and "--since: yesterday-ish is not a time" in bad_time.stderr
+    down = _Receiver(status=503)
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", down.base)
+        refused = invoke("trace", "export", run_id)
+    finally:
+        down.close()
+    assert refused.exit_code == 1
+    assert "did not take the spans" in refused.stderr and "HTTP 503" in refused.stderr

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +43,7 @@ from ..records import AssetDefRecord, AssetStateRecord
 from ..store import Store, resolve_store
 from ..views import assets as views
 from ..views.format import cut, format_local_time, iso_utc, to_json, visible
-from .support import CliUsageError, Count, Group, database
+from .support import CliUsageError, Count, Group, database, parse_at
 
 __all__ = ["assets"]
 
@@ -609,7 +608,7 @@ def assets_why(
     when it is overdue; and why flowcore serve did or did not materialise it as of
     --at (its stored evaluations: policy, decision, reason, what it read, run, server)."""
     now = datetime.now(UTC)
-    at = now.timestamp() if at_text is None else parse_at(at_text, now)
+    at = now.timestamp() if at_text is None else parse_at(at_text, now, "--at")
     graph = _graph(files)
     _check_partition(graph, name, partition)
     judge = _judge(graph, now) if graph is not None else None
@@ -649,29 +648,6 @@ def assets_why(
 
 #: Evaluations ``why`` reads (newest first, at or before --at); the text shows the newest.
 _EVALUATIONS: Final = 20
-_RELATIVE: Final = re.compile(r"-(\d+)([smhd])")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_at(text: str, now: datetime) -> float:
-    """``--at``: ISO 8601 text (local time when it names no zone) or ``-N`` seconds,
-    minutes, hours or days before ``now``; Unix seconds."""
-    relative = _RELATIVE.fullmatch(text.strip())
-    if relative:
-        return now.timestamp() - int(relative[1]) * _UNIT_SECONDS[relative[2]]
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliUsageError(
-            f"--at: {visible(text)!s} is not a time; give ISO 8601 (2026-01-10T06:00, "
-            "2026-01-10 06:00:00+01:00; local time without a zone) or a relative form "
-            "(-30s, -10m, -2h, -1d)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # naive: the reader's local time
-    return when.timestamp()
-
-
 async def _evaluations(
     store: Store, key: str, partition: str | None, at: float
 ) -> list[dict[str, Any]]:

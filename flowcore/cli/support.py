@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from datetime import datetime
+from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -164,6 +166,30 @@ class Days(click.types.FloatParamType):
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+_RELATIVE: Final = re.compile(r"-(\d+)([smhd])")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_at(text: str, now: datetime, option: str) -> float:
+    """A time given as ``option``: ISO 8601 text (local time when it names no zone) or
+    ``-N`` seconds, minutes, hours or days before ``now``; Unix seconds."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        return now.timestamp() - int(relative[1]) * _UNIT_SECONDS[relative[2]]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliUsageError(
+            f"{option}: {visible(text)!s} is not a time; give ISO 8601 (2026-01-10T06:00, "
+            "2026-01-10 06:00:00+01:00; local time without a zone) or a relative form "
+            "(-30s, -10m, -2h, -1d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # naive: the reader's local time
+    return when.timestamp()
+
+
 
 
 def read(fn: Callable[[Store], Awaitable[T]]) -> T:

@@ -1,19 +1,23 @@
-"""``flowcore trace``: draw a run's trace as a waterfall, and prune stored spans."""
+"""``flowcore trace``: draw a run's trace as a waterfall, prune stored spans, and send
+runs' spans to a collector."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import click
 from rich.console import Console
 
+from ..errors import ConfigurationError, RunNotFound
 from ..records import FlowRunRecord, SpanRecord
 from ..store import Store
 from ..store.crash import mark_crashed_runs
-from ..views.format import to_json
+from ..telemetry.shipper import ExportFailed, SpanShipper, from_environment
+from ..views.format import to_json, visible
 from ..views.trace import load_trace, span_to_json, tree_order
 from . import waterfall
-from .support import CliError, Count, Days, Group, database, read
+from .support import CliError, CliUsageError, Count, Days, Group, database, parse_at, read
 
 # -- flowcore trace --------------------------------------------------------------------------
 
@@ -36,16 +40,20 @@ class _TraceGroup(Group):
         formatter.write_usage(
             ctx.command_path, "prune [--older-than DAYS] [--keep-runs N] [--yes]", prefix="   or: "
         )
+        formatter.write_usage(
+            ctx.command_path, "export [RUN_ID]... [--since TIME]", prefix="   or: "
+        )
 
 
 @click.group(cls=_TraceGroup)
 def trace() -> None:
-    """Draw a run's trace as a waterfall, or prune stored spans.
+    """Draw a run's trace as a waterfall, prune stored spans, or send spans to a collector.
 
     \b
     flowcore trace 3f2a9c1b              (short for: flowcore trace show 3f2a9c1b)
     flowcore trace 3f2a9c1b --json
     flowcore trace prune --older-than 30
+    flowcore trace export 3f2a9c1b       (to OTEL_EXPORTER_OTLP_ENDPOINT)
     """
 
 
@@ -134,3 +142,84 @@ def trace_prune(older_than: float | None, keep_runs: int | None, yes: bool) -> N
     deleted = read(lambda store: store.prune_spans(before=before, keep_runs=keep_runs))
     plural = "" if deleted == 1 else "s"
     click.echo(f"deleted {deleted} span row{plural} {what} (task spans stay with their task runs)")
+
+
+# -- flowcore trace export ---------------------------------------------------------------------
+
+#: The most runs ``--since`` sends in one command (the newest); narrow the time to send more.
+MAX_EXPORT_RUNS = 100_000
+
+
+@trace.command("export")
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
+@click.option(
+    "--since", "since_text", metavar="TIME",
+    help="Every run created since TIME: ISO 8601 (local time without a zone) or -30m, -2h, -1d.",
+)  # fmt: skip
+def trace_export(run_ids: tuple[str, ...], since_text: str | None) -> None:
+    """Send the spans of runs (and their subflows) to the collector the standard
+    OTEL_EXPORTER_OTLP_* variables name, now, whether they were shipped before or not.
+
+    Engines ship the spans of ended runs on their own, and a collector that was down
+    gets them once it is back; this sends them when you ask (runs from before the
+    store knew about export, runs skipped after a long outage, a second collector).
+
+    \b
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 flowcore trace export 3f2a9c1b
+    flowcore trace export --since -1d
+    """
+    if not run_ids and since_text is None:
+        raise CliUsageError("say which runs: RUN_ID..., --since TIME, or both")
+    since = None if since_text is None else parse_at(since_text, datetime.now(UTC), "--since")
+    try:
+        sender = from_environment()
+    except ConfigurationError as exc:
+        raise CliError(str(exc)) from None
+    if sender is None:
+        raise CliError(
+            "no collector is configured: set OTEL_EXPORTER_OTLP_ENDPOINT (for example "
+            "http://127.0.0.1:4318) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        )
+    db = database()
+    if not db.exists():
+        raise CliError(f"there are no runs yet in {db}")
+
+    async def send(store: Store) -> list[tuple[FlowRunRecord, int]]:
+        runs: dict[str, FlowRunRecord] = {}
+        for run_id in run_ids:
+            try:
+                run = await store.get_run(run_id)
+            except RunNotFound as exc:
+                raise CliError(str(exc)) from None
+            pending = [run]
+            while pending:  # the run, then its subflows (a subflow is a run of its own)
+                current = pending.pop()
+                if current.id not in runs:
+                    runs[current.id] = current
+                    pending.extend(await store.child_runs(current.id))
+        if since is not None:
+            found = await store.list_runs(limit=MAX_EXPORT_RUNS)
+            runs.update((r.id, r) for r in found if r.created >= since)
+        shipper = SpanShipper(store, sender)
+        sent: list[tuple[FlowRunRecord, int]] = []
+        try:
+            for run in sorted(runs.values(), key=lambda r: r.created):
+                sent.append((run, await shipper.ship_run(run)))
+                await store.end_span_exports([run.id], shipper.holder, shipped=True)
+        except ExportFailed as exc:
+            done = f" after {len(sent)} of {len(runs)} runs" if sent else ""
+            raise CliError(
+                f"the collector {sender.target} did not take the spans{done} ({exc}); "
+                "the runs not sent stay in the store: run this again once it is up"
+            ) from None
+        finally:
+            sender.close()
+        return sent
+
+    sent = read(send)
+    for run, count in sent:
+        click.echo(visible(f"{run.id[:8]} {run.name}: {count} span{'' if count == 1 else 's'}"))
+    total = sum(count for _, count in sent)
+    click.echo(
+        f"sent {total} spans of {len(sent)} run{'' if len(sent) == 1 else 's'} to {sender.target}"
+    )
