@@ -648,6 +648,8 @@ def assets_why(
 
 #: Evaluations ``why`` reads (newest first, at or before --at); the text shows the newest.
 _EVALUATIONS: Final = 20
+
+
 async def _evaluations(
     store: Store, key: str, partition: str | None, at: float
 ) -> list[dict[str, Any]]:

@@ -190,8 +190,6 @@ def parse_at(text: str, now: datetime, option: str) -> float:
     return when.timestamp()
 
 
-
-
 def read(fn: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store of ``$FLOWCORE_HOME``, run ``fn`` on it, and always close it."""
 
