@@ -20,7 +20,7 @@ import msgspec
 
 from . import _validate
 from ._sync import run_sync
-from .engine.core import Engine, _engine_var
+from .engine.core import Engine, _engine_var, ambient_engine, entered
 from .engine.inputs import has_futures, resolve_flow_inputs
 from .engine.logs import print_scope
 from .engine.runs import run_flow
@@ -348,10 +348,14 @@ async def _call_flow(
     if failed_upstream is not None:
         refused = failed_upstream  # parameters as given: futures are recorded as such
     engine = _engine_var.get()
-    if engine is None:
-        async with Engine() as engine:
-            return await _start(engine, flow, args, kwargs, parameters, upstream, refused, launch)
-    return await _start(engine, flow, args, kwargs, parameters, upstream, refused, launch)
+    if engine is not None:
+        return await _start(engine, flow, args, kwargs, parameters, upstream, refused, launch)
+    ambient = ambient_engine()  # a web app's engine, opened in its lifespan
+    if ambient is not None:
+        with entered(ambient):
+            return await _start(ambient, flow, args, kwargs, parameters, upstream, refused, launch)
+    async with Engine() as engine:
+        return await _start(engine, flow, args, kwargs, parameters, upstream, refused, launch)
 
 
 def _start(

@@ -488,3 +488,116 @@ async def test_a_batch_refused_for_a_value_is_made_recordable_and_written() -> N
     (task_run,) = await store.list_task_runs(run.id)
     assert task_run.state is State.COMPLETED
     assert task_run.name == "caf\\xe9.csv"
+
+
+# -- group commit of run ends ---------------------------------------------------------------
+
+
+class SlowWriteStore(RecordingStore):
+    """Each write takes a turn of a gate (an event the test sets), so run ends pile up
+    while one is in flight, as they do behind a commit on a busy disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.writing = anyio.Event()
+        self.fail_next = False
+
+    async def write(self, batch: WriteBatch) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise flowcore.StoreError("disk full (simulated)")
+        await super().write(batch)
+
+
+@flowcore.flow
+async def handler(gate: int) -> int:
+    return await noop(gate)
+
+
+@pytest.mark.anyio
+async def test_run_ends_arriving_during_a_commit_share_the_next_one() -> None:
+    """The flow runs of a service: ends that arrive while a commit is in flight all go in
+    the next single transaction, and each caller returns with its own run committed."""
+    store = SlowWriteStore()
+    async with flowcore.Engine(store=store, flush_interval=60) as engine:
+        first = asyncio.ensure_future(handler(0))
+        await store.writing.wait()  # the first run's end is being written
+        rest = [asyncio.ensure_future(handler(i)) for i in range(1, 31)]
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()  # let all 30 reach their end
+        writes_before = len(store.batches)
+        store.gate.set()
+        assert await first == 0
+        assert await asyncio.gather(*rest) == list(range(1, 31))
+        ends = [b for b in store.batches[writes_before:] if any(s == "Completed" for _, s in b[0])]
+        # The 30 ends that waited: one transaction (the first run's end was its own).
+        assert len(ends) == 2, [len(b[0]) for b in ends]
+        assert sorted(len(b[0]) for b in ends) == [1, 30]
+        for run in await store.list_runs(limit=100):  # each caller's run: committed
+            assert run.state is State.COMPLETED
+        assert engine.recorder.pending == 0
+
+
+_go = anyio.Event()
+
+
+@flowcore.flow
+async def waiting_handler(i: int) -> int:
+    await _go.wait()
+    return await noop(i)
+
+
+@pytest.mark.anyio
+async def test_run_ends_of_one_turn_of_the_loop_share_one_commit() -> None:
+    """Requests ending together (a store that writes without waiting, so nothing piles up
+    behind a write in flight): one transaction for all their ends, not one each."""
+    global _go
+    _go = anyio.Event()
+    store = RecordingStore()
+    async with flowcore.Engine(store=store, flush_interval=60):
+        callers = [asyncio.ensure_future(waiting_handler(i)) for i in range(30)]
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()  # every run started, waiting
+        writes_before = len(store.batches)
+        _go.set()
+        assert await asyncio.gather(*callers) == list(range(30))
+        ends = [b for b in store.batches[writes_before:] if b[0]]
+        assert [len(b[0]) for b in ends] == [30]
+        assert all(r.state is State.COMPLETED for r in await store.list_runs(limit=100))
+
+
+@pytest.mark.anyio
+async def test_a_failed_group_commit_fails_every_caller_and_keeps_their_records() -> None:
+    store = SlowWriteStore()
+    store.fail_next = True
+    async with flowcore.Engine(store=store, flush_interval=60) as engine:
+        callers = [asyncio.ensure_future(handler(i)) for i in range(10)]
+        await store.writing.wait()
+        store.gate.set()
+        outcomes = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(o, flowcore.StoreError) for o in outcomes), outcomes
+        assert engine.recorder.pending > 0  # kept, written when the engine closes
+    runs = await store.list_runs(limit=100)
+    assert len(runs) == 10
+    assert all(r.state is State.FAILED and "could not be recorded" in str(r.history) for r in runs)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_caller_does_not_hold_back_the_others() -> None:
+    store = SlowWriteStore()
+    async with flowcore.Engine(store=store, flush_interval=60):
+        first = asyncio.ensure_future(handler(0))
+        await store.writing.wait()
+        others = [asyncio.ensure_future(handler(i)) for i in range(1, 6)]
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        others[0].cancel()
+        store.gate.set()
+        assert await first == 0
+        outcomes = await asyncio.gather(*others, return_exceptions=True)
+        assert outcomes[1:] == [2, 3, 4, 5]
+        runs = {r.name: r for r in await store.list_runs(limit=100)}
+        assert all(r.state in (State.COMPLETED, State.CANCELLED) for r in runs.values())

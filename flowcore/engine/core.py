@@ -13,9 +13,10 @@ a service that runs many flows opens one for its lifetime::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .. import _validate
 from .._current import current_limits, current_task_run
@@ -53,7 +55,9 @@ __all__ = [
     "Engine",
     "EngineStatistics",
     "RunContext",
+    "ambient_engine",
     "current_run",
+    "entered",
     "get_run_logger",
     "in_engine",
 ]
@@ -224,6 +228,7 @@ class Engine:
         self._executor_lock: anyio.Lock | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._tokens: tuple[Token[Any], ...] = ()
+        self._loop: object = None  # the event loop it is open on (see ambient_engine)
         self._opened = False
         self._capturing = False  # this engine installed the capture of logging
         # Counters, bumped on the hot path (plain ints: no locks needed on one loop).
@@ -277,6 +282,8 @@ class Engine:
         if self.shipper is not None:
             tg.start_soon(self.shipper.run)
         self._tokens = (_engine_var.set(self), current_limits.set(self.limits))
+        self._loop = _loop_key()
+        _open_engines.setdefault(self._loop, []).append(self)
         if self.logs is not None:
             capture_logs(_run_var)  # from here nothing can fail: __aexit__ undoes it
             self._capturing = True
@@ -290,6 +297,11 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         tokens, self._tokens = self._tokens, ()
+        engines = _open_engines.get(self._loop)
+        if engines is not None and self in engines:
+            engines.remove(self)
+            if not engines:
+                del _open_engines[self._loop]
         if tokens:
             try:
                 current_limits.reset(tokens[1])
@@ -320,6 +332,19 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await self._close_executors()
                     await self.store.close()
+
+    async def run(self, flow: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """``await flow(*args, **kwargs)`` in this engine, from any context: a request
+        handler of a web app whose lifespan opened the engine (its context does not
+        hold it), or a process with several engines open. With one engine open on the
+        event loop, calling the flow directly does the same (:func:`ambient_engine`)."""
+        if not self._opened:
+            raise ConfigurationError(
+                "this Engine is not open: open it first (`async with engine:`, or in your "
+                "web app's lifespan), then call engine.run(flow, ...)"
+            )
+        with entered(self):
+            return await flow(*args, **kwargs)
 
     async def executor(self, name: str) -> Executor:
         """The open executor called ``name`` (opened, or loaded and opened, on first use)."""
@@ -547,12 +572,57 @@ def get_run_logger() -> RunLogger:
 
 
 async def in_engine(call: Callable[[Engine], Awaitable[T]]) -> T:
-    """``await call(engine)`` with the current engine, or in one opened for the call."""
+    """``await call(engine)`` with the current engine (:func:`ambient_engine` when the
+    context has none), or in one opened for the call."""
     engine = _engine_var.get()
-    if engine is None:
-        async with Engine() as engine:
-            return await call(engine)
-    return await call(engine)
+    if engine is not None:
+        return await call(engine)
+    ambient = ambient_engine()
+    if ambient is not None:
+        with entered(ambient):
+            return await call(ambient)
+    async with Engine() as engine:
+        return await call(engine)
+
+
+#: Engines open in this process, by the event loop they were opened on.
+_open_engines: dict[object, list[Engine]] = {}
+
+
+def _loop_key() -> object:
+    return anyio.lowlevel.current_token()
+
+
+def ambient_engine() -> Engine | None:
+    """The engine a flow called outside any engine's context runs in: the one engine open
+    on this event loop, if there is exactly one.
+
+    Why: a web app opens its engine once, in its lifespan, and its request handlers run
+    in contexts that do not inherit the lifespan's (so they would see no engine, and
+    open and close one per request: a SQLite store opened per call). With one engine
+    open on the loop there is no doubt which one is meant; with several, a call must
+    be made inside one (``async with engine:`` or :meth:`Engine.run`).
+    """
+    try:
+        engines = _open_engines.get(_loop_key())
+    except RuntimeError:  # no event loop running
+        return None
+    return engines[0] if engines is not None and len(engines) == 1 else None
+
+
+@contextlib.contextmanager
+def entered(engine: Engine) -> Iterator[None]:
+    """``engine`` current for the calls made inside (its context variables set, then
+    reset), as inside ``async with engine:``."""
+    tokens = (_engine_var.set(engine), current_limits.set(engine.limits))
+    try:
+        yield
+    finally:
+        try:
+            current_limits.reset(tokens[1])
+            _engine_var.reset(tokens[0])
+        except ValueError:  # reset from another context: nothing to restore there
+            pass
 
 
 def _on_asyncio() -> bool:

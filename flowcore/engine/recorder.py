@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from ..errors import StoreError, StoreUnavailable
@@ -221,8 +222,8 @@ class Recorder:
             await self._flushed.wait()
 
     async def end_run(self, record: FlowRunRecord) -> None:
-        """Flush at the end of the top-level run ``record``: a durability point, whose
-        error reaches the run's caller.
+        """Wait until the end of the top-level run ``record`` is committed: a durability
+        point, whose error reaches the run's caller (:meth:`_group_commit`).
 
         If the run's end could not be written, the caller gets the error, so the run
         must not be recorded as completed later, when the store recovers: its end is
@@ -232,13 +233,36 @@ class Recorder:
         records failed, the run's end is durable: nothing is raised here.
         """
         try:
-            await self.flush()
+            await self._group_commit()
         except StoreError as exc:
             if id(record) not in self._flows:
                 return  # committed already; the others are retried, and reported at close
             if record.state is State.COMPLETED:
                 self._end_unwritten(record, exc)
             raise
+
+    async def _group_commit(self) -> None:
+        """Wait until every change made before this call is committed, sharing the
+        transaction with every run that ends meanwhile (group commit).
+
+        The first caller to find no write in flight leads: it lets the event loop turn
+        once (other runs ending in the same turn join), then flushes everything queued.
+        A caller arriving while a write is in flight waits for it, then for the next
+        one, led by the first of them to wake: so ends arriving during a commit share
+        the next commit, and none waits for more than the write in flight plus its
+        own. Needs no writer task (a run ending while the engine is being cancelled
+        still commits), and a failed write fails every caller waiting on it.
+        """
+        target = self._started + 1
+        while self._completed < target:
+            if self._failed >= target and self._failure is not None:
+                raise _copy(self._failure)
+            if self._lock.locked():
+                await self._flushed.wait()
+                continue
+            await anyio.lowlevel.checkpoint()
+            if self._completed < target and not self._lock.locked():
+                await self.flush()
 
     def _end_unwritten(self, record: FlowRunRecord, exc: StoreError) -> None:
         reached = record.history.pop()  # the end that was never written

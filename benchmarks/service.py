@@ -1,0 +1,269 @@
+"""Flows as request handlers: a service whose endpoint is a flow, against the same
+endpoint in plain asyncio.
+
+Each request runs a handler that gathers two tasks sleeping 1 ms and calls a third
+(in flowcore: a ``@flowcore.flow`` calling three ``@flowcore.task`` runs, each tracked
+and persisted, with one long-lived ``Engine``). Two measurements, each printed as a
+table with requests/s, p50 and p99 latency and their ratios to plain asyncio:
+
+- **in process**: N requests driven by coroutines at a given number in flight (no
+  HTTP), for the SQLite store (the default) and the memory store;
+- **over HTTP**: a Starlette app served by uvicorn in a process of its own on
+  127.0.0.1, driven by an httpx client at 1, 10, 100 and 500 requests in flight.
+
+Run: ``python benchmarks/service.py`` (``--requests N``, ``--quick``). The HTTP part
+needs the web extra (starlette, uvicorn: ``pip install 'flowcore[ui]'``). Targets (at
+100 in flight): throughput at least 0.4x plain asyncio, p50 and p99 at most 3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import flowcore
+
+# -- the handler, both ways -------------------------------------------------------------------
+
+
+@flowcore.task
+async def fetch(i: int) -> int:
+    await asyncio.sleep(0.001)
+    return i
+
+
+@flowcore.task
+async def combine(a: int, b: int) -> int:
+    return a + b
+
+
+@flowcore.flow
+async def handle(i: int) -> int:
+    a, b = await asyncio.gather(fetch(i), fetch(i + 1))
+    return await combine(a, b)
+
+
+async def plain_fetch(i: int) -> int:
+    await asyncio.sleep(0.001)
+    return i
+
+
+async def plain_combine(a: int, b: int) -> int:
+    return a + b
+
+
+async def plain_handle(i: int) -> int:
+    a, b = await asyncio.gather(plain_fetch(i), plain_fetch(i + 1))
+    return await plain_combine(a, b)
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    what: str
+    inflight: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def drive(
+    call: Callable[[int], Awaitable[Any]], requests: int, inflight: int
+) -> tuple[float, float, float]:
+    """Requests per second, p50 and p99 latency (ms) of ``requests`` calls, ``inflight``
+    at a time."""
+    latencies: list[float] = []
+    next_i = 0
+
+    async def worker() -> None:
+        nonlocal next_i
+        while next_i < requests:
+            i = next_i
+            next_i += 1
+            t0 = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    wall = time.perf_counter() - t0
+    latencies.sort()
+    return (
+        requests / wall,
+        latencies[len(latencies) // 2] * 1e3,
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+    )
+
+
+async def in_process(requests: int, inflight: int, folder: Path) -> list[Row]:
+    rows = [Row("plain asyncio", inflight, *await drive(plain_handle, requests, inflight))]
+    for name, store in (("flowcore, SQLite store", folder / "service.db"), ("memory", "memory")):
+        async with flowcore.Engine(store=store):
+            await drive(handle, min(requests, 500), inflight)  # warm up
+            label = name if name != "memory" else "flowcore, memory store"
+            rows.append(Row(label, inflight, *await drive(handle, requests, inflight)))
+    return rows
+
+
+# -- over HTTP --------------------------------------------------------------------------------
+
+
+def make_app(mode: str, db: str) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    engine = flowcore.Engine(store=db) if mode == "flowcore" else None
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        i = int(request.query_params.get("i", "0"))
+        result = await (handle(i) if engine is not None else plain_handle(i))
+        return PlainTextResponse(str(result))
+
+    async def lifespan(app: Any) -> Any:
+        if engine is None:
+            yield
+            return
+        async with engine:
+            yield
+
+    from contextlib import asynccontextmanager
+
+    return Starlette(routes=[Route("/", endpoint)], lifespan=asynccontextmanager(lifespan))
+
+
+def serve(mode: str, port: int, db: str) -> None:
+    import uvicorn
+
+    # Keep-alive longer than a measurement: a connection the server closes while idle
+    # would be an error of the client's next request, not a cost of the handler.
+    uvicorn.run(
+        make_app(mode, db),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=300,
+        backlog=4096,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def over_http(requests: int, levels: list[int], folder: Path) -> list[Row]:
+    import httpx
+
+    rows = []
+    for mode, label in (("plain", "plain asyncio"), ("flowcore", "flowcore, SQLite store")):
+        port = free_port()
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--serve", mode, str(port), str(folder / "http.db"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        try:
+            limits = httpx.Limits(
+                max_connections=max(levels), max_keepalive_connections=max(levels)
+            )
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", limits=limits
+            ) as client:
+                for _ in range(200):
+                    try:
+                        await client.get("/", params={"i": 0})
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+
+                async def call(i: int) -> None:
+                    response = await client.get("/", params={"i": i})
+                    response.raise_for_status()
+
+                await drive(call, 200, 10)  # warm up
+                for inflight in levels:
+                    rows.append(Row(label, inflight, *await drive(call, requests, inflight)))
+        finally:
+            server.terminate()
+            await server.wait()
+    return rows
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+
+def table(title: str, rows: list[Row]) -> Table:
+    out = Table(title=title)
+    for column in ("handler", "in flight", "requests/s", "p50", "p99", "throughput", "p50", "p99"):
+        out.add_column(column, justify="left" if column == "handler" else "right")
+    base = {r.inflight: r for r in rows if r.what == "plain asyncio"}
+    for r in rows:
+        b = base[r.inflight]
+        out.add_row(
+            r.what,
+            str(r.inflight),
+            f"{r.rps:,.0f}",
+            f"{r.p50_ms:.1f} ms",
+            f"{r.p99_ms:.1f} ms",
+            f"{r.rps / b.rps:.2f}x",
+            f"{r.p50_ms / b.p50_ms:.1f}x",
+            f"{r.p99_ms / b.p99_ms:.1f}x",
+        )
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000, help="requests per measurement")
+    parser.add_argument("--quick", action="store_true", help="1,000 requests, 100 in flight")
+    parser.add_argument("--no-http", action="store_true", help="only the in-process table")
+    args = parser.parse_args()
+    requests = 1000 if args.quick else args.requests
+    levels = [100] if args.quick else [1, 10, 100, 500]
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    with tempfile.TemporaryDirectory(prefix="flowcore-service-") as name:
+        folder = Path(name)
+        rows: list[Row] = []
+        for inflight in [100] if args.quick else [1, 100, 500]:
+            place = folder / f"p{inflight}"
+            place.mkdir()
+            rows += asyncio.run(in_process(requests, inflight, place))
+        console.print(table(f"in process, {requests:,} requests (ratios: to plain asyncio)", rows))
+        if not args.no_http:
+            try:
+                import httpx  # noqa: F401
+                import starlette  # noqa: F401
+                import uvicorn  # noqa: F401
+            except ImportError as exc:
+                console.print(f"over HTTP: skipped ({exc}); pip install 'flowcore[ui]'")
+                return 0
+            http_rows = asyncio.run(over_http(requests, levels, folder))
+            console.print(table(f"over HTTP (uvicorn, httpx), {requests:,} requests", http_rows))
+    console.print("Targets at 100 in flight: throughput >= 0.4x plain asyncio; p50, p99 <= 3x.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
