@@ -186,3 +186,33 @@ def test_executors_must_be_executors() -> None:
     with pytest.raises(flowcore.ConfigurationError, match="`executor` must be a non-empty str"):
         flowcore.task(executor="")
     assert isinstance(flowcore.LocalExecutor(), flowcore.Executor)
+
+
+class Unreachable(Recording):
+    """An executor whose cluster cannot be reached: every open fails, slowly."""
+
+    async def open(self) -> None:
+        self.opened += 1
+        await anyio.sleep(0.01)
+        raise ConnectionRefusedError("the scheduler at tcp://nowhere:8786 refused")
+
+
+async def test_tasks_queued_behind_a_failed_open_get_its_error_without_trying_again() -> None:
+    unreachable = Unreachable()
+
+    @flowcore.task(executor="far")
+    async def work(i: int) -> int:
+        return i
+
+    @flowcore.flow
+    async def fan_out() -> list[Any]:
+        import asyncio
+
+        return await asyncio.gather(*(work(i) for i in range(8)), return_exceptions=True)
+
+    async with flowcore.Engine("memory", executors={"far": unreachable}):
+        outcomes = await fan_out()
+        assert all(isinstance(o, ConnectionRefusedError) for o in outcomes), outcomes
+        assert unreachable.opened == 1  # the 7 queued behind it were told, not retried
+        await fan_out()
+        assert unreachable.opened == 2  # a later call tries again (a server recovers)

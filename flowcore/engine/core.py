@@ -228,6 +228,9 @@ class Engine:
         self._executor_lock: anyio.Lock | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._tokens: tuple[Token[Any], ...] = ()
+        #: Failed opens of executors: how many so far, and the last error of each name.
+        self._executor_attempts = 0
+        self._executor_failures: dict[str, tuple[int, Exception]] = {}
         self._loop: object = None  # the event loop it is open on (see ambient_engine)
         self._opened = False
         self._capturing = False  # this engine installed the capture of logging
@@ -354,13 +357,25 @@ class Engine:
         lock = self._executor_lock
         if lock is None:
             raise ConfigurationError("the engine is not open; use `async with Engine():`")
+        # The failures seen so far: a call that queued behind a failed open gets that
+        # error rather than trying again (a map of 100 tasks on an unreachable cluster
+        # would otherwise try to connect 100 times in a row); later calls try again.
+        attempts = self._executor_attempts
         async with lock:
+            failed = self._executor_failures.get(name)
+            if failed is not None and failed[0] > attempts:
+                raise failed[1]
             found = self.executors.get(name)
-            if found is None:
-                found = self.executors[name] = load_executor(name)
-            if found not in self._opened_executors:
-                await found.open()
-                self._opened_executors.append(found)
+            try:
+                if found is None:
+                    found = self.executors[name] = load_executor(name)
+                if found not in self._opened_executors:
+                    await found.open()
+                    self._opened_executors.append(found)
+            except Exception as exc:
+                self._executor_attempts += 1
+                self._executor_failures[name] = (self._executor_attempts, exc)
+                raise
         return found
 
     async def _close_executors(self) -> None:
