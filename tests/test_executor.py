@@ -208,7 +208,10 @@ async def test_tasks_queued_behind_a_failed_open_get_its_error_without_trying_ag
     async def fan_out() -> list[Any]:
         import asyncio
 
-        return await asyncio.gather(*(work(i) for i in range(8)), return_exceptions=True)
+        results: list[Any] = await asyncio.gather(
+            *(work(i) for i in range(8)), return_exceptions=True
+        )
+        return results
 
     async with flowcore.Engine("memory", executors={"far": unreachable}):
         outcomes = await fan_out()
