@@ -283,6 +283,21 @@ async def test_without_an_exporter_nothing_is_shipped(tmp_path: Path) -> None:
     assert len(outcome.spans) == N_SPANS
 
 
+@pytest.mark.parametrize("collector", ["slow"], indirect=True)
+async def test_closing_waits_for_a_collector_that_keeps_taking_spans(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Closing ships a big run whole to a collector that answers each request in time,
+    even when all of them together take longer than ``export_timeout``."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.base)  # 0.15 s a request
+    tracing = flowcore.Tracing(export_timeout=EXPORT_TIMEOUT)
+    async with flowcore.Engine(store=tmp_path / "s.db", tracing=tracing) as engine:
+        assert engine.shipper is not None
+        engine.shipper.batch = 20  # 11 requests: 1.65 s in all, 0.15 s each
+        await many(N_TASKS)
+    assert len(set(received_ids(collector))) == N_SPANS
+
+
 # -- collectors that fail --------------------------------------------------------------------
 
 
@@ -510,8 +525,8 @@ def test_the_variables_are_read_as_the_specification_says() -> None:
     )
     assert isinstance(sender, OtlpHttpSender)
     assert sender.target == "http://collector:4318/v1/traces"
-    assert sender._client.headers["api-key"] == "s=cret"
-    assert sender._client.timeout.read == 2.5
+    assert sender._headers["api-key"] == "s=cret"
+    assert sender._timeout == 2.5
     assert sender.resource == {"deployment.environment": "prod", "service.name": "flowcore"}
     given = from_environment({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:1/traces"})
     assert given is not None and given.target == "http://c:1/traces"

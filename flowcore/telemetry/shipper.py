@@ -24,13 +24,14 @@ Senders are ``send(spans)`` callables run on a worker thread: :class:`OtlpHttpSe
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote
 
 import anyio
@@ -42,6 +43,9 @@ from ..store.base import Store
 from .otlp import encode_json, encode_protobuf, protobuf_available
 from .sdk import to_readable
 from .task_spans import task_span
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ExportFailed",
@@ -108,8 +112,6 @@ class OtlpHttpSender:
         compression: str | None = None,
         resource: Mapping[str, Any] | None = None,
     ) -> None:
-        import httpx
-
         if protocol not in ("http/protobuf", "http/json"):
             raise ConfigurationError(
                 f"OTLP protocol {protocol!r} is not one flowcore sends itself; use "
@@ -138,7 +140,8 @@ class OtlpHttpSender:
         base = {"Content-Type": content_type, **dict(headers or {})}
         if self._gzip:
             base["Content-Encoding"] = "gzip"
-        self._client = httpx.Client(headers=base, timeout=timeout)
+        self._headers, self._timeout = base, timeout
+        self._client: httpx.Client | None = None  # made at the first send (an import)
 
     def send(self, spans: Sequence[SpanRecord]) -> None:
         import httpx
@@ -146,6 +149,8 @@ class OtlpHttpSender:
         body = self._encode(spans, self.resource)
         if self._gzip:
             body = gzip.compress(body, 5)
+        if self._client is None:
+            self._client = httpx.Client(headers=self._headers, timeout=self._timeout)
         try:
             response = self._client.post(self.target, content=body)
         except httpx.HTTPError as exc:
@@ -157,7 +162,8 @@ class OtlpHttpSender:
             )
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 class SdkSender:
@@ -295,6 +301,8 @@ class SpanShipper:
         self._stopped = anyio.Event()
         self._lock = anyio.Lock()  # one pass at a time (the loop's, or the close's)
         self._closing = False
+        #: The longest one request may take (set when closing: ``export_timeout``).
+        self._send_limit: float | None = None
 
     @property
     def healthy(self) -> bool:
@@ -327,14 +335,24 @@ class SpanShipper:
                 log.debug("flowcore: shipping spans failed: %s", exc)
 
     async def close(self, timeout: float) -> None:
-        """Ship what is left (this engine's last runs), waiting at most ``timeout`` seconds
-        and only while the collector is healthy (a pass already going is let finish
-        first, so no run is sent twice); what is left goes out later (module docstring)."""
+        """Ship what is left (this engine's last runs) while the collector is healthy and
+        answers each request within ``timeout`` seconds: a big run's spans all go out
+        (a collector taking them is waited for), a collector that failed is not tried,
+        and one that does not answer in time is left; what is left goes out later
+        (module docstring). A pass already going is let finish first (at most
+        ``timeout``), so no run is sent twice."""
         self._closing = True
         try:
-            with anyio.move_on_after(timeout if self.healthy else 0):
-                while self.healthy and await self.ship_pending():
-                    pass
+            if self.healthy and timeout > 0:
+                self._send_limit = timeout
+                free = False
+                with anyio.move_on_after(timeout):
+                    await self._lock.acquire()
+                    free = True
+                if free:
+                    self._lock.release()
+                    while self.healthy and await self.ship_pending():
+                        pass
         except Exception as exc:
             log.debug("flowcore: shipping spans at close failed: %s", exc)
         finally:
@@ -402,9 +420,13 @@ class SpanShipper:
         return sent
 
     async def _send(self, spans: list[SpanRecord], done: anyio.Event) -> None:
+        limit = self._send_limit
         try:
-            await anyio.to_thread.run_sync(self.sender.send, spans, abandon_on_cancel=True)
+            with anyio.fail_after(limit) if limit is not None else contextlib.nullcontext():
+                await anyio.to_thread.run_sync(self.sender.send, spans, abandon_on_cancel=True)
             self.spans_shipped += len(spans)
+        except TimeoutError:
+            raise ExportFailed(f"no answer within {limit:g} s") from None
         finally:
             done.set()
 
