@@ -6,18 +6,36 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 import flowcore
+from flowcore.assets import (
+    AssetGraph,
+    CheckResult,
+    DailyPartitions,
+    Freshness,
+    Output,
+    asset,
+    asset_check,
+    materialize_async,
+)
+from flowcore.assets.description import describe
 from flowcore.records import (
+    AssetDefRecord,
+    CheckResultRecord,
     FlowRunRecord,
     LogRecord,
+    MaterializationRecord,
     ScheduleState,
     ServedFlow,
+    StaleMark,
     TaskRunRecord,
     WriteBatch,
 )
@@ -202,3 +220,118 @@ async def serve_flow(store: Store, flow: str = "report", *, heartbeat: float | N
             )
         ]
     )
+
+
+# -- assets ----------------------------------------------------------------------------------
+
+
+#: Text for metadata, check messages, groups and keys written straight into the store.
+SCRIPT = "<script>alert(1)</script>"
+
+
+@asset(group="ingest", freshness=Freshness(max_lag=timedelta(hours=1)))
+def raw() -> list[int]:
+    return [int(x) for x in os.environ.get("TEST_UI_RAW", "1,2,3").split(",")]
+
+
+@asset(group="warehouse")
+def clean(raw: list[int]) -> Output[list[int]]:
+    return Output(sorted(raw), metadata={"note": SCRIPT, "rows": len(raw)})
+
+
+@asset_check(asset=clean)
+def positive(rows: list[int]) -> CheckResult:
+    return CheckResult(all(r > 0 for r in rows), metadata={"why": SCRIPT})
+
+
+@asset(group="warehouse", partitions=DailyPartitions("2026-01-01", end="2026-01-21"))
+def daily(clean: list[int], partition_key: str) -> int:
+    return sum(clean) + int(partition_key[-2:])
+
+
+@asset(group="reports")
+def report(daily: dict[str, int]) -> int:
+    return sum(daily.values())
+
+
+ASSET_GRAPH = AssetGraph([raw, clean, positive, daily, report])
+
+
+async def seed_assets_async() -> None:
+    """The pipeline raw → clean (a blocking check) → daily (20 daily partitions) → report
+    in ``$FLOWCORE_HOME``: raw, clean and ten partitions of daily
+    materialised; then raw again with a negative value (fresh, a new data version) and
+    clean from it (its check fails): raw fresh, clean failed-check, daily's ten
+    partitions stale and ten missing, report missing (never materialised)."""
+    async with flowcore.Engine() as engine:
+        await materialize_async(["raw", "clean", "daily"], graph=ASSET_GRAPH, engine=engine,
+                                partitions=("2026-01-01", "2026-01-10"))  # fmt: skip
+        os.environ["TEST_UI_RAW"] = "-4,5,6"
+        try:
+            for key in ("raw", "clean"):
+                await materialize_async([key], graph=ASSET_GRAPH, engine=engine, only_stale=False)
+        finally:
+            del os.environ["TEST_UI_RAW"]
+
+
+def seed_assets() -> None:
+    anyio.run(seed_assets_async)
+
+
+def asset_defs(
+    count: int, *, layers: int = 10, groups: int = 5, fan_in: int = 2
+) -> tuple[list[AssetDefRecord], str]:
+    """``count`` assets in ``layers`` layers, each reading ``fan_in`` assets of the layer
+    before; in the middle layer, a hub reading the whole layer before it, and read by
+    the rest of its layer: the hub's lineage is every asset. Returns them and the hub."""
+    width = max(1, count // layers)
+    plain = describe(None, {}, None)
+    keys = [[f"l{layer}/a{i:04d}" for i in range(width)] for layer in range(layers)]
+    middle = layers // 2
+    hub = f"l{middle}/a0000"
+    out = []
+    for layer, row in enumerate(keys):
+        for i, key in enumerate(row):
+            ups: list[str] = []
+            if key == hub:
+                ups = keys[middle - 1]
+            elif layer == middle:
+                ups = [hub]
+            elif layer:
+                ups = sorted({keys[layer - 1][(i * 7 + k * 13) % width] for k in range(fan_in)})
+            out.append(
+                AssetDefRecord(
+                    key=key, code_version="1", group=f"g{(i // 7) % groups}", synced=1.0,
+                    upstream=[(up, "IdentityMapping()") for up in ups], description=plain,
+                )
+            )  # fmt: skip
+    return out, hub
+
+
+async def write_asset_graph(store: Store, count: int, **shape: int) -> str:
+    """:func:`asset_defs` stored, all but every 10th materialised, every 9th of those
+    stale and every 23rd failing a check; the hub's key."""
+    defs, hub = asset_defs(count, **shape)
+    await store.sync_assets(defs, {})
+    now = time.time()
+    events: list[Any] = []
+    for n, d in enumerate(defs):
+        if n % 10 == 9:
+            continue
+        events.append(
+            MaterializationRecord(
+                key=d.key, at=now, run_id="seeded", seq=n, code_version="1", data_version="d"
+            )
+        )
+        if n % 9 == 4:
+            events.append(
+                StaleMark(d.key, [(0, 1)], {"reason": "upstream-changed", "upstream": "x"})
+            )
+        if n % 23 == 5:
+            events.append(
+                CheckResultRecord(
+                    key=d.key, check="c", passed=False, at=now, run_id="seeded", seq=n
+                )
+            )
+    await store.write(WriteBatch(assets=events))
+    return hub

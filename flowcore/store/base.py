@@ -61,6 +61,7 @@ __all__ = [
     "CacheStore",
     "LeaseStore",
     "LogStore",
+    "RunQueries",
     "RunStore",
     "ServingStore",
     "SpanStore",
@@ -629,6 +630,40 @@ def apply_code_change(
     for mark in marks:
         _mark(write, mark)
     write.finish()
+
+
+@runtime_checkable
+class RunQueries(Protocol):
+    """What makes the web UI's big pages fast: the runs list filtered and paged by the
+    store, and a run's task graph read without whole records. A role of its own, not
+    part of :class:`Store` yet: a store without it still backs every page, the views
+    then reading what the other roles give (slower on 100,000 runs or task runs).
+    ``check_store`` checks it on a store that has it."""
+
+    async def filter_runs(
+        self,
+        *,
+        name: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tag: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[FlowRunRecord]:
+        """Flow runs, newest first, of flow ``name``, in ``state``, created in ``[since,
+        until)``, with a task run of a task tagged ``tag`` (its own: a subflow's task
+        runs tag the subflow), each when given; ``offset`` matches skipped, then at most
+        ``limit``. A page costs about the runs it skips and shows, however many the store
+        holds (``ConfigurationError`` for a ``limit`` below 1 or a negative ``offset``)."""
+
+    async def task_run_edges(
+        self, run_id: str, *, after: int = -1, limit: int | None = None
+    ) -> list[tuple[int, str, str, int | None, list[int] | None]]:
+        """``(seq, name, state, parent_seq, upstream)`` of run ``run_id``'s task runs
+        with ``seq`` greater than ``after``, in ``seq`` order, at most ``limit``: the shape
+        of a run's task graph without whole records (the web UI aggregates the graph of
+        a run of 100,000 task runs from it, in pages)."""
 
 
 @runtime_checkable

@@ -232,15 +232,37 @@ class MemoryStore:
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
     ) -> list[FlowRunRecord]:
+        return await self.filter_runs(name=name, state=state, limit=limit)
+
+    async def filter_runs(
+        self,
+        *,
+        name: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tag: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[FlowRunRecord]:
         if limit < 1:
             raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        if offset < 0:
+            raise ConfigurationError(f"`offset` must be >= 0, got {offset}")
         runs = [
             r
             for r in self._runs.values()
-            if (name is None or r.name == name) and (state is None or r.state == state)
+            if (name is None or r.name == name)
+            and (state is None or r.state == state)
+            and (since is None or r.created >= since)
+            and (until is None or r.created < until)
+            and (tag is None or self._has_tag(r.id, tag))
         ]
         runs.sort(key=lambda r: r.created, reverse=True)
-        return [_copy(r) for r in runs[:limit]]
+        return [_copy(r) for r in runs[offset : offset + limit]]
+
+    def _has_tag(self, run_id: str, tag: str) -> bool:
+        return any(tag in (t.tags or ()) for t in self._tasks.get(run_id, {}).values())
 
     async def get_run(self, run_id: str) -> FlowRunRecord:
         if run_id in self._runs:
@@ -269,6 +291,24 @@ class MemoryStore:
         )
         end = None if limit is None else offset + limit
         return [_copy(t) for t in tasks[offset:end]]
+
+    async def task_run_edges(
+        self, run_id: str, *, after: int = -1, limit: int | None = None
+    ) -> list[tuple[int, str, str, int | None, list[int] | None]]:
+        tasks = sorted(
+            (t for t in self._tasks.get(run_id, {}).values() if t.seq > after),
+            key=lambda t: t.seq,
+        )
+        return [
+            (
+                t.seq,
+                t.name,
+                str(t.state),
+                t.parent_seq,
+                None if t.upstream is None else list(t.upstream),
+            )
+            for t in tasks[:limit]
+        ]
 
     async def count_task_runs(self, run_id: str, *, tag: str | None = None) -> dict[str, int]:
         return dict(

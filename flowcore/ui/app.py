@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..store import resolve_store
 from ..store.base import Store
-from . import actions, flows, run, runs
+from . import actions, assets, flows, run, runs
 from .config import UIConfig, check_bind
 from .security import COOKIE, security_middleware, session_value, token_matches
 from .templating import render
@@ -71,6 +71,7 @@ def create_app(config: UIConfig, store: Store | None = None) -> Starlette:
         *runs.routes(),
         *run.routes(),
         *flows.routes(),
+        *assets.routes(),
         Route("/login", _login_form, methods=["GET"]),
         Route("/login", _login, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
@@ -99,6 +100,7 @@ def create_app(config: UIConfig, store: Store | None = None) -> Starlette:
     app.state.config = config
     app.state.store = the_store
     app.state.graphs = OrderedDict()
+    app.state.graph_jobs = {}  # graphs being computed ahead of their request (ui.run)
     app.state.children = []  # `flowcore resume` processes the resume action started
     return app
 

@@ -28,6 +28,9 @@ class UIConfig:
     #: loopback (a defence against DNS rebinding), any when bound beyond it (the token
     #: guards it then).
     allowed_hosts: tuple[str, ...] | None = None
+    #: Files defining the assets (``-f``, ``$FLOWCORE_ASSETS``): what the materialise and
+    #: backfill actions give ``flowcore assets materialize`` (the UI never imports them).
+    asset_files: tuple[Path, ...] = ()
 
     def hosts(self) -> tuple[str, ...] | None:
         if self.allowed_hosts is not None:

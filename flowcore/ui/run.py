@@ -5,11 +5,15 @@ A run of 100,000 task runs stays fast because nothing here reads them all for th
 the header and the counts by state are one query each, the timeline and the task table
 are a page of task runs, the logs pane a page of lines. The graph is a separate JSON
 request the page's script makes, aggregated by task name past a few hundred task runs
-(:mod:`flowcore.views.graph`) and kept for ended runs, whose task runs never change.
+(:func:`flowcore.views.runs.aggregated_graph`, from the store's ``task_run_edges``: no
+whole record is read) and kept for ended runs, whose task runs never change; for a big
+ended run its computing starts as the page goes out, so it overlaps the page's loading.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -22,9 +26,9 @@ from ..errors import RunNotFound
 from ..records import FlowRunRecord
 from ..store.base import Store
 from ..views.format import decode_recorded
-from ..views.graph import task_graph
+from ..views.graph import MAX_NODES, task_graph
 from ..views.logs import LEVELS, level_name, parse_level
-from ..views.runs import RunDetails, run_details
+from ..views.runs import RunDetails, aggregated_graph, run_details
 from ..views.timeline import timeline
 from ..views.trace import load_trace, tree_order
 from .pages import STATES, query_int, query_state, query_text, store_of
@@ -93,6 +97,8 @@ async def run_page(request: Request) -> Response:
     level = _level(request)
     logs = await store.list_logs(run.id, task=log_task, min_level=level, limit=200)
     params = {k: v for k, v in request.query_params.items() if k != "offset"}
+    if run.state.is_terminal and max(run.task_count, sum(details.counts.values())) > MAX_NODES:
+        _prefetch_graph(request, run)
     return render(
         request,
         "run.html",
@@ -113,21 +119,55 @@ async def run_page(request: Request) -> Response:
     )
 
 
+async def _compute_graph(request: Request, run: FlowRunRecord) -> dict[str, Any]:
+    """The graph of ``run``, labels made visible; kept when the run has ended (its task
+    runs never change again)."""
+    store = store_of(request)
+    graph = await aggregated_graph(store, run.id, max_nodes=MAX_NODES)
+    if graph is None:
+        graph = await task_graph(store, run.id)
+    for node in graph["nodes"]:
+        node["label"] = show(node["label"])
+    if run.state.is_terminal:
+        cache: OrderedDict[str, dict[str, Any]] = request.app.state.graphs
+        cache[run.id] = graph
+        while len(cache) > _GRAPHS_KEPT:
+            cache.popitem(last=False)
+    return graph
+
+
+def _prefetch_graph(request: Request, run: FlowRunRecord) -> None:
+    """Start computing the graph of a big ended run while its page goes out: the page's
+    script asks for it once the page is parsed, a few hundred milliseconds later, and
+    finds it computed, or being computed (:func:`graph_json` waits for that job)."""
+    jobs: dict[str, asyncio.Task[dict[str, Any]]] = request.app.state.graph_jobs
+    if run.id in jobs or run.id in request.app.state.graphs:
+        return
+    job = asyncio.get_running_loop().create_task(_compute_graph(request, run))
+    jobs[run.id] = job
+
+    def done(task: asyncio.Task[dict[str, Any]]) -> None:
+        jobs.pop(run.id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure is computed again by graph_json
+
+    job.add_done_callback(done)
+
+
 async def graph_json(request: Request) -> Response:
     store = store_of(request)
     run = await _run(store, request.path_params["run_id"])
     cache: OrderedDict[str, dict[str, Any]] = request.app.state.graphs
     graph = cache.get(run.id)
-    if graph is None:
-        graph = await task_graph(store, run.id)
-        for node in graph["nodes"]:
-            node["label"] = show(node["label"])
-        if run.state.is_terminal:
-            cache[run.id] = graph
-            while len(cache) > _GRAPHS_KEPT:
-                cache.popitem(last=False)
-    else:
+    if graph is not None:
         cache.move_to_end(run.id)
+    else:
+        job = request.app.state.graph_jobs.get(run.id)
+        if job is not None:
+            with contextlib.suppress(Exception):
+                graph = await asyncio.shield(job)  # this request going away leaves the job
+        if graph is None:
+            graph = await _compute_graph(request, run)
     return Response(page_json(graph), media_type="application/json")
 
 

@@ -1,5 +1,6 @@
-"""The runs list: filters (flow, state, time range), paged on the server, live while runs
-are in flight.
+"""The runs list: filters (flow, state, time range, a tag of its tasks), paged on the
+server by the store's query (a page of 100,000 runs reads about the runs it skips and
+shows), live while runs are in flight.
 
 Live updates poll: the page's script asks for the same URL with ``fragment=1`` every two
 seconds while the page shows the newest runs or a run in flight, and swaps in the rows the
@@ -23,7 +24,7 @@ __all__ = ["routes"]
 #: Runs per page, and the most a page may ask for.
 PER_PAGE = 50
 MAX_PER_PAGE = 500
-#: How deep paging goes (the store pages by reading ahead).
+#: How deep paging goes (a page costs about the runs it skips).
 MAX_OFFSET = 100_000
 
 
@@ -32,6 +33,7 @@ async def runs_page(request: Request) -> Response:
     state = query_state(request)
     since = query_time(request, "since")
     until = query_time(request, "until")
+    tag = query_text(request, "tag")
     offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
     limit = query_int(request, "limit", PER_PAGE, 1, MAX_PER_PAGE)
     page = await find_runs(
@@ -40,6 +42,7 @@ async def runs_page(request: Request) -> Response:
         state=state,
         since=since,
         until=until,
+        tag=tag,
         offset=offset,
         limit=limit,
     )
@@ -55,6 +58,7 @@ async def runs_page(request: Request) -> Response:
         params=params,
         flow=flow or "",
         state=state or "",
+        tag=tag or "",
         since=request.query_params.get("since", ""),
         until=request.query_params.get("until", ""),
     )

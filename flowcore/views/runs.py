@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..hooks import HOOKS_LOGGER
 from ..records import FlowRunRecord, LogRecord, TaskRunRecord
-from ..store.base import Store
+from ..store.base import RunQueries, Store
 from ..store.crash import mark_crashed_runs
 from .format import decode_recorded, iso_utc
 from .results import StoredResult, inspect_result, result_to_json
 
 __all__ = [
     "FAILED_HOOKS_SHOWN",
-    "SCAN_LIMIT",
     "RunDetails",
     "RunsPage",
+    "aggregated_graph",
     "failed_hooks",
     "find_runs",
     "list_runs",
@@ -227,10 +228,6 @@ class RunsPage:
     more: bool
 
 
-#: How many runs a filtered page reads ahead at most, looking for matches of a time range.
-SCAN_LIMIT: Final = 100_000
-
-
 async def find_runs(
     store: Store,
     *,
@@ -238,39 +235,121 @@ async def find_runs(
     state: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    tag: str | None = None,
     offset: int = 0,
     limit: int = 50,
 ) -> RunsPage:
     """Runs newest first, of ``flow`` and in ``state`` when given, created in
-    ``[since, until)`` when given: ``limit`` of them from ``offset`` (paged on the
-    server). The store filters flow and state; the time range is filtered here, from
-    newest, reading at most :data:`SCAN_LIMIT` runs (what a store query by time would
-    make cheap: see the UI's notes)."""
+    ``[since, until)`` when given, with a task run of a task tagged ``tag`` when given:
+    ``limit`` of them from ``offset``, paged by the store's query
+    (:class:`~flowcore.store.base.RunQueries`: a page of 100,000 runs reads about what
+    it skips and shows). A store without that role is read newest first and filtered
+    here: right, and slower the further back the page."""
     await mark_crashed_runs(store)
+    if isinstance(store, RunQueries):
+        rows = await store.filter_runs(
+            name=flow, state=state, since=since, until=until, tag=tag, offset=offset,
+            limit=limit + 1,
+        )  # fmt: skip
+        return RunsPage(rows[:limit], offset, limit, len(rows) > limit)
     want = offset + limit + 1
-    if since is None and until is None:
-        rows = await store.list_runs(name=flow, state=state, limit=want)
-    else:
-        # Newest first, reading more each time (the store has no time filter): a
-        # range near now costs about what it holds, one further back what lies before it.
-        rows = []
-        size = max(want * 4, 1000)
-        while True:
-            fetched = await store.list_runs(name=flow, state=state, limit=size)
-            rows = []
-            done = len(fetched) < size or size >= SCAN_LIMIT
-            for r in fetched:
-                if until is not None and r.created >= until:
-                    continue
-                if since is not None and r.created < since:
-                    done = True  # newest first: every later one is older still
-                    break
-                rows.append(r)
-                if len(rows) >= want:
-                    done = True
-                    break
-            if done:
-                break
-            size = min(size * 4, SCAN_LIMIT)
-    page = rows[offset : offset + limit]
-    return RunsPage(page, offset, limit, len(rows) > offset + limit)
+    if since is None and until is None and tag is None:
+        rows = (await store.list_runs(name=flow, state=state, limit=want))[offset:]
+        return RunsPage(rows[:limit], offset, limit, len(rows) > limit)
+    every = await store.list_runs(name=flow, state=state, limit=_EVERY)
+    found: list[FlowRunRecord] = []
+    for r in every:
+        if (until is not None and r.created >= until) or (since is not None and r.created < since):
+            continue
+        if tag is not None and not await store.list_task_runs(r.id, tag=tag, limit=1):
+            continue
+        found.append(r)
+        if len(found) >= want:
+            break
+    rows = found[offset:]
+    return RunsPage(rows[:limit], offset, limit, len(rows) > limit)
+
+
+#: As many runs as a store without :class:`~flowcore.store.base.RunQueries` is asked
+#: for, to filter by time or tag here (every run: the answer must be right).
+_EVERY: Final = 2**62
+
+
+#: Task runs read at a time to aggregate a big run's graph.
+_EDGES_PAGE: Final = 50_000
+
+
+async def aggregated_graph(store: Store, run_id: str, *, max_nodes: int) -> dict[str, Any] | None:
+    """The task graph of run ``run_id`` (an exact id) aggregated by task name, as
+    :func:`flowcore.views.graph.task_graph` gives it past ``max_nodes`` task runs;
+    ``None`` when the run has at most ``max_nodes`` (draw its task runs, with
+    :func:`~flowcore.views.graph.task_graph`). Read with ``store.task_run_edges`` (seq,
+    name, state and edges of each task run, never whole records) and aggregated from
+    those tuples: a run of 100,000 task runs in about half the time of reading its
+    records. ``None`` too for a store without :class:`~flowcore.store.base.RunQueries`."""
+    if not isinstance(store, RunQueries):
+        return None  # the caller reads the records (views.graph)
+    page = await store.task_run_edges(run_id, limit=max_nodes + 1)
+    if len(page) <= max_nodes:
+        return None
+    # Per task name: its task runs' states, the seqs its task runs read (upstream) and
+    # were called from (parent); counted at the end, in C (Counter over lists), so the
+    # loop over the rows only appends.
+    states: dict[str, list[str]] = {}
+    reads: dict[str, list[int]] = {}
+    called: dict[str, list[int]] = {}
+    name_of: dict[int, str] = {}
+    total = 0
+    while True:
+        for seq, name, state, parent, upstream in page:
+            name_of[seq] = name
+            found = states.get(name)
+            if found is None:
+                found = states[name] = []
+                reads[name], called[name] = [], []
+            found.append(state)
+            if upstream:
+                reads[name].extend(upstream)
+            if parent is not None:
+                called[name].append(parent)
+        total += len(page)
+        if len(page) < (max_nodes + 1 if total == len(page) else _EDGES_PAGE):
+            break
+        page = await store.task_run_edges(run_id, after=page[-1][0], limit=_EDGES_PAGE)
+    edges: Counter[tuple[str, str, str]] = Counter()
+    source_of = name_of.get
+    for kind, by_target in (("upstream", reads), ("parent", called)):
+        for target, seqs in by_target.items():
+            for source, n in Counter(map(source_of, seqs)).items():
+                if source is not None:
+                    edges[(source, target, kind)] += n
+    counts = {name: Counter(found) for name, found in states.items()}
+    nodes = [
+        {
+            "id": name,
+            "label": name,
+            "count": sum(by_state.values()),
+            "states": dict(sorted(by_state.items())),
+            "state": _dominant(by_state),
+        }
+        for name, by_state in sorted(counts.items())
+    ]
+    return {
+        "mode": "task_names",
+        "nodes": nodes,
+        "edges": [
+            {"source": s, "target": t, "kind": k, "count": n}
+            for (s, t, k), n in sorted(edges.items())
+            if s != t or k == "upstream"
+        ],
+        "total": total,
+    }
+
+
+def _dominant(counts: Counter[str]) -> str:
+    """The state an aggregated node is coloured by, as :mod:`flowcore.views.graph` says:
+    a failure if any, else running work, else the most common state."""
+    for state in ("Failed", "Crashed", "TimedOut", "UpstreamFailed", "Running", "Retrying"):
+        if counts.get(state):
+            return state
+    return counts.most_common(1)[0][0] if counts else "Pending"

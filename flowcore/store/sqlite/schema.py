@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -37,7 +38,16 @@ from .rows import (
     v1_task_record,
 )
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "configure", "migrate"]
+__all__ = [
+    "ADD_RUN_TAG",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TAG_END",
+    "configure",
+    "migrate",
+    "run_tag_params",
+    "tag_text",
+]
 
 #: Numbered migrations; each runs in one transaction. Never edit a released one: add a new one.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -323,6 +333,16 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "state IN ('Cached', 'Cancelled', 'Completed', 'Crashed', 'Failed', 'TimedOut', "
         "'UpstreamFailed')",
     ),
+    # 12: a flow run's tags: those of the tasks its task runs ran (`flowcore ui` filters
+    #     the runs list by one). Text, each tag followed by \x1f (see tag_text), searched
+    #     with instr() while the created index is walked newest first: a page costs the
+    #     runs it passes over, and no index is kept up to date on the write path. Runs
+    #     recorded before get the tags of their task runs (only bodies holding "tags"
+    #     are decoded).
+    12: (
+        "ALTER TABLE flow_runs ADD COLUMN tags TEXT",
+        "_fill_run_tags",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(
@@ -383,10 +403,45 @@ async def _crash_all_but_the_newest_running_resumption(db: aiosqlite.Connection)
         )
 
 
+#: What ends each tag in ``flow_runs.tags`` (migration 12): ``"api\x1fdb\x1f"``, read
+#: from a leading separator (``"\x1fapi\x1fdb\x1f"``) so that every tag sits between two.
+TAG_END: Final = "\x1f"
+#: Adds tag ``?1`` (as :func:`tag_text` gives it) to run ``?2`` unless it has it already.
+ADD_RUN_TAG: Final = (
+    "UPDATE flow_runs SET tags = coalesce(tags, char(31)) || substr(?1, 2) "
+    "WHERE id = ?2 AND instr(coalesce(tags, ''), ?1) = 0"
+)
+
+
+def tag_text(tag: str) -> str:
+    """``tag`` as ``flow_runs.tags`` holds it, between separators (what a search looks
+    for): a backslash doubled and a separator written ``\\x1f``, so no tag holds one and
+    two tags never read as each other."""
+    return TAG_END + tag.replace("\\", "\\\\").replace(TAG_END, "\\x1f") + TAG_END
+
+
+def run_tag_params(run_id: str, tags: Iterable[str]) -> list[tuple[str, str]]:
+    """:data:`ADD_RUN_TAG`'s parameters for these tags of run ``run_id``."""
+    return [(tag_text(tag), run_id) for tag in tags]
+
+
+async def _fill_run_tags(db: aiosqlite.Connection) -> None:
+    """Data step of migration 12: each run gets the tags of its task runs. Only bodies
+    holding the key ``tags`` (msgpack ``\\xa4tags``) are decoded."""
+    async with db.execute(
+        f"SELECT {TASK_COLS} FROM task_runs WHERE instr(body, X'a474616773') > 0"
+    ) as cur:
+        while rows := await cur.fetchmany(10_000):
+            pairs = {(t.run_id, tag) for t in map(task_record, rows) for tag in t.tags or ()}
+            params = [p for run_id, tag in sorted(pairs) for p in run_tag_params(run_id, [tag])]
+            await db.executemany(ADD_RUN_TAG, params)
+
+
 #: Migration steps that are Python (data conversions), by the name used in MIGRATIONS.
 DATA_STEPS: Final = {
     "_copy_task_runs_v1_to_v2": _copy_task_runs_v1_to_v2,
     "_crash_all_but_the_newest_running_resumption": _crash_all_but_the_newest_running_resumption,
+    "_fill_run_tags": _fill_run_tags,
 }
 
 

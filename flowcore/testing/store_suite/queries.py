@@ -15,7 +15,7 @@ from typing import Any
 from ...errors import ConfigurationError, RunNotFound
 from ...records import FlowRunRecord, TaskRunRecord, WriteBatch
 from ...states import State
-from ...store.base import Store
+from ...store.base import RunQueries, Store
 from .assertions import differs, raises
 from .cases import Cases
 from .records import flow_run, task_run
@@ -99,6 +99,77 @@ async def _list_runs_bad_limit(store: Store) -> None:
             ConfigurationError, store.list_runs(limit=limit), f"list_runs(limit={limit})"
         )
         assert "limit" in str(error), f"the error should name `limit`: {error}"
+
+
+def _queries(store: Store) -> RunQueries | None:
+    """The store's optional role :class:`RunQueries`, checked when it has it."""
+    return store if isinstance(store, RunQueries) else None
+
+
+@CASES.case("runs: filter_runs (RunQueries) filters by a time range, name, state, and pages")
+async def _filter_runs_time_range(store: Store) -> None:
+    queries = _queries(store)
+    if queries is None:
+        return  # an optional role: the views read without it
+    await _write_listing_runs(store)
+    checks: list[tuple[dict[str, Any], list[str]]] = [
+        ({"since": 300.0}, ["r4", "r5", "r2"]),  # since is included
+        ({"until": 300.0}, ["r3", "r1"]),  # until is not
+        ({"since": 150.0, "until": 450.0}, ["r5", "r2", "r3"]),
+        ({"since": 150.0, "until": 450.0, "name": "etl"}, ["r3"]),
+        ({"since": 150.0, "state": "Failed"}, ["r2", "r3"]),
+        ({"since": 600.0}, []),
+        ({"offset": 1, "limit": 2}, ["r5", "r2"]),
+        ({"offset": 2, "name": "etl"}, ["r1"]),
+        ({"offset": 5}, []),
+        ({"since": 150.0, "offset": 1, "limit": 1}, ["r5"]),
+    ]
+    for kwargs, want in checks:
+        got = await _ids(queries.filter_runs(**kwargs))
+        assert got == want, differs(f"ids of filter_runs(**{kwargs})", got, want)
+    refused: list[dict[str, Any]] = [{"offset": -1}, {"limit": 0}]
+    for bad in refused:
+        error = await raises(
+            ConfigurationError, queries.filter_runs(**bad), f"filter_runs(**{bad})"
+        )
+        [name] = bad
+        assert name in str(error), f"the error should name `{name}`: {error}"
+
+
+@CASES.case("runs: filter_runs (RunQueries) filters by a tag of the run's task runs")
+async def _filter_runs_tag(store: Store) -> None:
+    queries = _queries(store)
+    if queries is None:
+        return
+    await _write_listing_runs(store)
+    odd = "a\x1fb\\"  # a separator and a backslash: tags are compared whole
+    await store.write(
+        WriteBatch(
+            [],
+            [
+                task_run("r1", 0, tags=["api"]),
+                task_run("r1", 1, tags=["api", "db"]),
+                task_run("r3", 0, tags=["db"]),
+                task_run("r3", 1),
+                task_run("r5", 0, tags=[odd]),
+            ],
+        )
+    )
+    await store.write(WriteBatch([], [task_run("r4", 0, tags=["api"])]))  # a later batch
+    checks: list[tuple[dict[str, Any], list[str]]] = [
+        ({"tag": "api"}, ["r4", "r1"]),
+        ({"tag": "db"}, ["r3", "r1"]),
+        ({"tag": "db", "state": "Failed"}, ["r3"]),
+        ({"tag": "api", "until": 400.0}, ["r1"]),
+        ({"tag": odd}, ["r5"]),
+        ({"tag": "a"}, []),
+        ({"tag": "b"}, []),
+        ({"tag": ""}, []),
+        ({"tag": "ap"}, []),
+    ]
+    for kwargs, want in checks:
+        got = await _ids(queries.filter_runs(**kwargs))
+        assert got == want, differs(f"ids of filter_runs(**{kwargs})", got, want)
 
 
 # -- get_run ----------------------------------------------------------------------------
@@ -318,6 +389,38 @@ async def _count_task_runs(store: Store) -> None:
     assert counts == {"Cancelled": 1}, differs("count_task_runs('run2')", counts, {"Cancelled": 1})
     counts = await store.count_task_runs("unknown")
     assert counts == {}, differs("count_task_runs of an unknown run", counts, {})
+
+
+@CASES.case("task runs: task_run_edges (RunQueries) gives seq, name, state, edges, by seq")
+async def _task_run_edges(store: Store) -> None:
+    queries = _queries(store)
+    if queries is None:
+        return
+    await store.write(WriteBatch([flow_run("run1", state=State.RUNNING), flow_run("run2")], []))
+    await store.write(
+        WriteBatch(
+            [],
+            [
+                task_run("run1", 2, name="c", upstream=[0, 1], state=State.FAILED),
+                task_run("run1", 0, name="a", inputs=b"\x91\x01", history=[("Running", 1.0)]),
+                task_run("run1", 1, name="b", parent_seq=0, state=State.RUNNING),
+                task_run("run2", 0, name="other"),
+            ],
+        )
+    )
+    want = [
+        (0, "a", "Completed", None, None),
+        (1, "b", "Running", 0, None),
+        (2, "c", "Failed", None, [0, 1]),
+    ]
+    got = await queries.task_run_edges("run1")
+    assert got == want, differs("task_run_edges('run1')", got, want)
+    got = await queries.task_run_edges("run1", after=0, limit=1)
+    assert got == want[1:2], differs("task_run_edges('run1', after=0, limit=1)", got, want[1:2])
+    got = await queries.task_run_edges("run1", after=2)
+    assert got == [], differs("task_run_edges('run1', after=2)", got, [])
+    got = await queries.task_run_edges("unknown")
+    assert got == [], differs("task_run_edges of an unknown run", got, [])
 
 
 @CASES.case("task runs: count_task_runs follows upserts")

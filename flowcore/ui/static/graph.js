@@ -55,6 +55,7 @@
         ? data.total + " task runs, aggregated by task name"
         : data.total + " task runs";
       box.appendChild(note);
+      box.dataset.renderedMs = Math.round(performance.now());  // since navigation started
       box.dataset.ready = "1";
     })
     .catch(function (err) { box.textContent = "The graph could not be loaded (" + err + ")."; });
