@@ -8,6 +8,8 @@ table with requests/s, p50 and p99 latency and their ratios to plain asyncio:
 
 - **in process**: N requests driven by coroutines at a given number in flight (no
   HTTP), for the SQLite store (the default) and the memory store;
+- **what a flow run costs**: an empty flow run and a three-task flow run, one at a
+  time (each committed before the next), against a task run;
 - **over HTTP**: a Starlette app served by uvicorn in a process of its own on
   127.0.0.1, driven by an httpx client at 1, 10, 100 and 500 requests in flight.
 
@@ -117,6 +119,71 @@ async def in_process(requests: int, inflight: int, folder: Path) -> list[Row]:
             label = name if name != "memory" else "flowcore, memory store"
             rows.append(Row(label, inflight, *await drive(handle, requests, inflight)))
     return rows
+
+
+# -- what a flow run costs --------------------------------------------------------------------
+
+
+@flowcore.task
+async def noop(i: int) -> int:
+    return i
+
+
+@flowcore.flow
+async def empty() -> None:
+    return None
+
+
+@flowcore.flow
+async def three_tasks() -> int:
+    a, b = await asyncio.gather(noop(1), noop(2))
+    return await noop(a + b)
+
+
+@flowcore.flow
+async def gathered(n: int) -> int:
+    return len(await asyncio.gather(*(noop(i) for i in range(n))))
+
+
+async def run_costs(folder: Path, runs: int = 2000) -> list[tuple[str, float, float, float]]:
+    """µs per empty flow run, per three-task flow run (one at a time, each committed),
+    and per task run (10,000 gathered in one flow), for each store."""
+    out: list[tuple[str, float, float, float]] = []
+    stores: list[tuple[str, Path | str]] = [("SQLite", folder / "costs.db"), ("memory", "memory")]
+    for name, store in stores:
+        async with flowcore.Engine(store=store):
+            costs = []
+            for fn in (empty, three_tasks):
+                for _ in range(100):
+                    await fn()
+                best = float("inf")
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    for _ in range(runs):
+                        await fn()
+                    best = min(best, (time.perf_counter() - t0) / runs)
+                costs.append(best * 1e6)
+            await gathered(1000)
+            t0 = time.perf_counter()
+            await gathered(10_000)
+            costs.append((time.perf_counter() - t0) / 10_000 * 1e6)
+        out.append((name, costs[0], costs[1], costs[2]))
+    return out
+
+
+def costs_table(rows: list[tuple[str, float, float, float]]) -> Table:
+    out = Table(title="what a flow run costs (state persisted, tracing on), best of 3")
+    for column in ("store", "empty flow run", "3-task flow run", "task run", "empty ÷ task"):
+        out.add_column(column, justify="left" if column == "store" else "right")
+    for name, flow_us, three_us, task_us in rows:
+        out.add_row(
+            name,
+            f"{flow_us:.1f} µs",
+            f"{three_us:.1f} µs",
+            f"{task_us:.1f} µs",
+            f"{flow_us / task_us:.1f}x",
+        )
+    return out
 
 
 # -- over HTTP --------------------------------------------------------------------------------
@@ -251,6 +318,7 @@ def main() -> int:
             place.mkdir()
             rows += asyncio.run(in_process(requests, inflight, place))
         console.print(table(f"in process, {requests:,} requests (ratios: to plain asyncio)", rows))
+        console.print(costs_table(asyncio.run(run_costs(folder))))
         if not args.no_http:
             try:
                 import httpx  # noqa: F401
