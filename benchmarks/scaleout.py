@@ -10,7 +10,8 @@ CPU-bound fan-out on Dask against local threads and processes. Ratios in one run
   ``$FLOWCORE_TEST_POSTGRES`` when set, else one started with ``.ci/postgres.sh`` for
   the run (PostgreSQL installed), else the PostgreSQL rows are skipped, saying so.
 - **CPU-bound fan-out**: ``--cpu-tasks`` tasks of ``--cpu-seconds`` of pure-Python work
-  each, as flowcore sync tasks in local threads (the GIL: about serial), as plain
+  each (a fixed amount of work, calibrated on one core first), one after another, as
+  flowcore sync tasks in local threads (the GIL: about serial), as plain
   ``ProcessPoolExecutor`` calls (the floor for processes), and as flowcore tasks on a
   ``dask.distributed`` LocalCluster of 2 worker processes (``executor="dask"``): the wall
   time, the speed-up over threads, and what Dask and flowcore add per task over plain
@@ -52,29 +53,36 @@ async def fan_out(n: int) -> int:
     return len(await asyncio.gather(*(noop(i) for i in range(n))))
 
 
-def burn(seconds: float) -> int:
-    """Pure-Python work for about ``seconds`` (holds the GIL throughout)."""
-    end = time.perf_counter() + seconds
+def burn(rounds: int) -> int:
+    """A fixed amount of pure-Python work (holds the GIL throughout): ``rounds`` rounds,
+    calibrated by :func:`rounds_for` to take a given time on one core."""
     n = 0
-    while time.perf_counter() < end:
+    for _ in range(rounds):
         n += sum(i * i for i in range(200))
     return n
 
 
+def rounds_for(seconds: float) -> int:
+    """How many rounds of :func:`burn` take about ``seconds`` on one core, here."""
+    t0 = time.perf_counter()
+    burn(2000)
+    return max(1, int(2000 * seconds / (time.perf_counter() - t0)))
+
+
 @flowcore.task
-def burn_here(seconds: float) -> int:
-    return burn(seconds)
+def burn_here(rounds: int) -> int:
+    return burn(rounds)
 
 
 @flowcore.task(executor="dask")
-def burn_on_dask(seconds: float) -> int:
-    return burn(seconds)
+def burn_on_dask(rounds: int) -> int:
+    return burn(rounds)
 
 
 @flowcore.flow
-async def cpu_fan_out(count: int, seconds: float, where: str) -> int:
+async def cpu_fan_out(count: int, rounds: int, where: str) -> int:
     task = burn_on_dask if where == "dask" else burn_here
-    return len(await asyncio.gather(*(task(seconds) for _ in range(count))))
+    return len(await asyncio.gather(*(task(rounds) for _ in range(count))))
 
 
 # -- stores -------------------------------------------------------------------------------------
@@ -145,14 +153,19 @@ def processes_at_once(url: str, n: int, count: int) -> float:
 
 async def cpu_rows(count: int, seconds: float) -> list[tuple[str, float]]:
     rows: list[tuple[str, float]] = []
+    rounds = rounds_for(seconds)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        burn(rounds)
+    rows.append(("one after another, this process (no flowcore)", time.perf_counter() - t0))
     async with flowcore.Engine(store="memory", sync_threads=count):
         t0 = time.perf_counter()
-        await cpu_fan_out(count, seconds, "threads")
+        await cpu_fan_out(count, rounds, "threads")
         rows.append(("flowcore, sync tasks in local threads", time.perf_counter() - t0))
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
-        list(pool.map(burn, [0.0, 0.0]))  # the workers started
+        list(pool.map(burn, [0, 0]))  # the workers started
         t0 = time.perf_counter()
-        list(pool.map(burn, [seconds] * count))
+        list(pool.map(burn, [rounds] * count))
         rows.append(("ProcessPoolExecutor, 2 processes (no flowcore)", time.perf_counter() - t0))
     try:
         from flowcore_dask import DaskExecutor
@@ -160,9 +173,9 @@ async def cpu_rows(count: int, seconds: float) -> list[tuple[str, float]]:
         return rows
     executor = DaskExecutor()  # a LocalCluster of worker processes for the engine's life
     async with flowcore.Engine(store="memory", executors={"dask": executor}):
-        await cpu_fan_out(2, 0.0, "dask")  # the cluster started
+        await cpu_fan_out(2, 0, "dask")  # the cluster started
         t0 = time.perf_counter()
-        await cpu_fan_out(count, seconds, "dask")
+        await cpu_fan_out(count, rounds, "dask")
         rows.append(("flowcore tasks on Dask, LocalCluster", time.perf_counter() - t0))
     return rows
 
@@ -218,13 +231,13 @@ def main() -> int:
     cpu = Table(title=f"{args.cpu_tasks} CPU-bound tasks of {args.cpu_seconds:g} s each")
     for column in ("how", "wall", "speed-up over threads", "added per task over processes"):
         cpu.add_column(column, justify="left" if column == "how" else "right")
-    threads = rows[0][1]
-    processes = rows[1][1]
+    threads = rows[1][1]
+    processes = rows[2][1]
     for how, wall in rows:
         added = (wall - processes) / args.cpu_tasks * 1e3
         cpu.add_row(how, f"{wall:.2f} s", f"{threads / wall:.2f}x", f"{added:+.1f} ms")
     console.print(cpu)
-    if len(rows) < 3:
+    if len(rows) < 4:
         console.print("Dask rows skipped: pip install -e plugins/flowcore-dask")
     return 0
 
