@@ -16,40 +16,20 @@ The package is layered; each layer imports only the ones below it:
   :mod:`.http`, :mod:`.testing`;
 - what serves flows: :mod:`.serve` (schedules and triggers, run by ``flowcore serve``);
 - readers and front ends: :mod:`.views` (shared), :mod:`.cli`.
+
+Importing flowcore defines what a flow needs; the rest is imported when first used:
+the assets (:mod:`.assets`), serving (:mod:`.serve`), resuming (:mod:`.resume`), the
+HTTP helpers (:mod:`.http`) and reading results (:mod:`.views.results`), through this
+module's ``__getattr__``. So ``import flowcore`` costs what a first run uses (see
+``benchmarks/coldstart.py``), and ``flowcore.asset`` works as every name of ``__all__``.
 """
 
+import importlib as _importlib
+import sys as _sys
+import types as _types
+import typing as _typing
+
 from . import hooks
-from .assets import (
-    AllPartitionsMapping,
-    AssetCheck,
-    AssetDefinitionError,
-    AssetGraph,
-    AssetStatus,
-    CheckResult,
-    DailyPartitions,
-    DynamicPartitions,
-    FilesIO,
-    Freshness,
-    HourlyPartitions,
-    MaterializationFailed,
-    MaterializeResult,
-    Output,
-    PartitionKeyError,
-    StaticMapping,
-    StaticPartitions,
-    TimeWindowMapping,
-    add_partitions,
-    asset,
-    asset_check,
-    backfill,
-    backfill_async,
-    materialize,
-    materialize_async,
-    on_cron,
-    on_missing,
-    on_upstream_change,
-    status_async,
-)
 from .cache import CachePolicy
 from .engine import (
     Engine,
@@ -92,21 +72,126 @@ from .errors import (
 )
 from .flow import Flow, flow, run
 from .hooks import HookEvent
-from .http import http_client, http_retry
 from .limits import Limit, limit
 from .options import Logs, TaskOptions, Tracing
 from .records import FlowRunRecord, TaskRunRecord
-from .resume import resume, resume_async
 from .retry import Backoff, RetryPolicy, backoff
 from .schedules import CronSchedule, IntervalSchedule, Schedule, cron, every
 from .secret import Secret
-from .serve import aserve, serve
 from .states import State
 from .store import MemoryStore, SQLiteStore, Store
 from .task import Task, task, unmapped
-from .views.results import read_task_result, task_result
 
 __version__ = "0.1.0"
+
+if _typing.TYPE_CHECKING:
+    from .assets import (
+        AllPartitionsMapping,
+        AssetCheck,
+        AssetDefinitionError,
+        AssetGraph,
+        AssetStatus,
+        CheckResult,
+        DailyPartitions,
+        DynamicPartitions,
+        FilesIO,
+        Freshness,
+        HourlyPartitions,
+        MaterializationFailed,
+        MaterializeResult,
+        Output,
+        PartitionKeyError,
+        StaticMapping,
+        StaticPartitions,
+        TimeWindowMapping,
+        add_partitions,
+        asset,
+        asset_check,
+        backfill,
+        backfill_async,
+        on_cron,
+        on_missing,
+        on_upstream_change,
+        status_async,
+    )
+
+    # From their module: to mypy, `materialize` of `.assets` is also its submodule.
+    from .assets.materialize import materialize, materialize_async
+    from .http import http_client, http_retry
+    from .resume import resume, resume_async
+    from .serve import aserve, serve
+    from .views.results import read_task_result, task_result
+
+#: The names imported at their first use, and the module of each (relative to flowcore).
+_LAZY: dict[str, str] = {
+    "AllPartitionsMapping": ".assets",
+    "AssetCheck": ".assets",
+    "AssetDefinitionError": ".assets",
+    "AssetGraph": ".assets",
+    "AssetStatus": ".assets",
+    "CheckResult": ".assets",
+    "DailyPartitions": ".assets",
+    "DynamicPartitions": ".assets",
+    "FilesIO": ".assets",
+    "Freshness": ".assets",
+    "HourlyPartitions": ".assets",
+    "MaterializationFailed": ".assets",
+    "MaterializeResult": ".assets",
+    "Output": ".assets",
+    "PartitionKeyError": ".assets",
+    "StaticMapping": ".assets",
+    "StaticPartitions": ".assets",
+    "TimeWindowMapping": ".assets",
+    "add_partitions": ".assets",
+    "asset": ".assets",
+    "asset_check": ".assets",
+    "backfill": ".assets",
+    "backfill_async": ".assets",
+    "materialize": ".assets",
+    "materialize_async": ".assets",
+    "on_cron": ".assets",
+    "on_missing": ".assets",
+    "on_upstream_change": ".assets",
+    "status_async": ".assets",
+    "http_client": ".http",
+    "http_retry": ".http",
+    "resume": ".resume",
+    "resume_async": ".resume",
+    "aserve": ".serve",
+    "serve": ".serve",
+    "read_task_result": ".views.results",
+    "task_result": ".views.results",
+}
+
+
+if not _typing.TYPE_CHECKING:  # to mypy, flowcore has the names above and no others
+
+    def __getattr__(name: str) -> object:
+        """A name of :data:`_LAZY`, imported now (and kept, so this runs once per name)."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
+        value = getattr(_importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
+
+class _Flowcore(_types.ModuleType):
+    """flowcore itself: importing its subpackage ``flowcore.serve`` (or module
+    ``flowcore.resume``) binds it as an attribute of flowcore, which would hide the
+    function of that name; the function is what ``flowcore.serve`` means, so the
+    binding is skipped (the subpackage is in ``sys.modules`` all the same)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("serve", "resume") and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Flowcore
 
 __all__ = [
     "AllPartitionsMapping",

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -443,7 +442,10 @@ class _Webhook:
         self.shown = _shown_url(url)
 
     async def __call__(self, event: HookEvent) -> None:
-        import httpx  # imported when a webhook first fires: `import flowcore` stays light
+        # Imported when a webhook first fires: `import flowcore` stays light.
+        import json
+
+        import httpx
 
         data = event.to_dict() if self.payload is None else self.payload(event)
         if isinstance(data, Awaitable):

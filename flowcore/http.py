@@ -15,7 +15,6 @@ Usable by any task: ``@flowcore.task(retry=flowcore.http_retry(retries=5))``.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -62,6 +61,8 @@ def retry_after(exc: BaseException, now: float | None = None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # an HTTP date: rare, and the email package is some 5 ms to import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

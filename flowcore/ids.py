@@ -13,6 +13,7 @@ check when the text is plain (they run on failures and on cold paths only).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -86,9 +87,17 @@ def traceback_text(exc: BaseException) -> str:
 #: isolates, the line and paragraph separators, and lone surrogates (which cannot be
 #: written out at all). Joiners and other format characters stay: emoji need them.
 BIDI_AND_SEPARATORS = "\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
-_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{BIDI_AND_SEPARATORS}\ud800-\udfff]")
-_UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{BIDI_AND_SEPARATORS}\ud800-\udfff]")
+_UNSAFE = f"[\x00-\x1f\x7f-\x9f{BIDI_AND_SEPARATORS}\ud800-\udfff]"
+_UNSAFE_BUT_NEWLINE = f"[\x00-\x09\x0b-\x1f\x7f-\x9f{BIDI_AND_SEPARATORS}\ud800-\udfff]"
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled, at its first use: these classes of wide ranges take about half
+    a millisecond each to compile, which ``import flowcore`` need not pay (they are used
+    to show text on a terminal, and on text that is not valid Unicode)."""
+    return re.compile(pattern)
 
 
 def _escape_control(match: re.Match[str]) -> str:
@@ -110,7 +119,7 @@ def visible(text: str, *, multiline: bool = False) -> str:
     included, is left as it is. Markup is not this function's business: show the
     result as plain text (a rich ``Text``, not a markup string; escaped HTML).
     """
-    pattern = _UNSAFE_BUT_NEWLINE if multiline else _UNSAFE
+    pattern = _compiled(_UNSAFE_BUT_NEWLINE if multiline else _UNSAFE)
     if pattern.search(text) is None:  # nearly always: no copy
         return text
     return pattern.sub(_escape_control, text)
@@ -118,7 +127,7 @@ def visible(text: str, *, multiline: bool = False) -> str:
 
 # -- text that can always be recorded -------------------------------------------------------
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = "[\ud800-\udfff]"
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -138,7 +147,7 @@ def safe_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATE.sub(_escape, text)
+        return _compiled(_SURROGATE).sub(_escape, text)
     return text
 
 

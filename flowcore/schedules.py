@@ -73,16 +73,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeAlias, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from cronsim import CronSim, CronSimError
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
 
 from ._validate import count as _count
 from ._validate import flag as _flag
 from ._validate import is_number as _is_number
 from ._validate import name as _name
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from cronsim import CronSim
 
 __all__ = [
     "DUE_TOLERANCE",
@@ -329,6 +331,10 @@ class CronSchedule(Schedule):
     _elapsed: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # zoneinfo and cronsim are imported by the first cron schedule made, not with
+        # this module: every flow imports it, few flows have a cron schedule.
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
         problems = []
         tz: object = self.tz
         if isinstance(tz, ZoneInfo):
@@ -409,8 +415,9 @@ class CronSchedule(Schedule):
     def _copy(self) -> CronSim:
         # A shallow copy of the parsed template, its parsed fields shared (read-only):
         # what copy.copy does, at a fifth of its cost.
-        it = CronSim.__new__(CronSim)
-        it.__dict__.update(self._template.__dict__)
+        template = self._template
+        it = type(template).__new__(type(template))
+        it.__dict__.update(template.__dict__)
         return it
 
     def _naive_next(self, naive: datetime) -> datetime:
@@ -454,6 +461,8 @@ def _gap_end(naive: datetime, zone: tzinfo) -> datetime:
 
 def _parse(expr: str) -> tuple[CronSim | None, str]:
     """The parsed expression, or a phrase naming every bad field and the fix."""
+    from cronsim import CronSim, CronSimError  # see CronSchedule.__post_init__
+
     fields = _ALIASES.get(expr.lower(), expr).split()
     shown = f"`expr` {expr!r}"
     if len(fields) != 5:

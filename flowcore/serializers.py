@@ -15,7 +15,6 @@ not dicts.
 
 from __future__ import annotations
 
-import pickle
 import typing
 from collections.abc import Callable
 from typing import Any, Final
@@ -49,6 +48,8 @@ def encode_result(value: Any, serializer: str, task_name: str) -> bytes:
     """The stored form of ``value``; raises :class:`ResultNotSerializable` naming the fix."""
     try:
         if serializer == "pickle":
+            import pickle  # opted in to only (1 ms to import)
+
             payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         else:
             payload = _encoder.encode(value)
@@ -84,6 +85,8 @@ def decode_result(blob: bytes, *, allow_pickle: bool, type_: Any = Any) -> Any:
                 "the stored result is a pickle, but this task did not opt in to pickle "
                 '(serializer="pickle"); it was not loaded'
             )
+        import pickle  # see encode_result
+
         try:
             return pickle.loads(payload)
         except Exception as exc:

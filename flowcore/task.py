@@ -8,8 +8,6 @@ from collections.abc import Callable, Coroutine, Iterable, Sized
 from threading import get_ident
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
-import anyio.from_thread
-
 from .engine.attempt import run_task
 from .engine.core import RunContext, _run_var
 from .engine.futures import TaskFuture, TaskFutureList, allow_failure
@@ -227,6 +225,8 @@ def _from_worker_thread(
     wake the loop. So the call is handed to the loop, in this thread's context (the
     current task run stays the parent), and this thread waits the moment it takes.
     """
+    from anyio import from_thread  # only sync tasks calling from their thread need it (4 ms)
+
     context = contextvars.copy_context()
     reached = False
 
@@ -236,7 +236,7 @@ def _from_worker_thread(
         return context.run(method, *args, **kwargs)
 
     try:
-        return anyio.from_thread.run_sync(on_loop)
+        return from_thread.run_sync(on_loop)
     except RuntimeError:
         if reached:
             raise
@@ -287,6 +287,8 @@ def _call_from_worker_thread(
     context), this thread waits for its result, and its error is raised here. A
     timed-out or cancelled sync task cancels the call too.
     """
+    from anyio import from_thread  # see _from_worker_thread
+
     reached = False
 
     async def on_loop() -> Any:
@@ -295,7 +297,7 @@ def _call_from_worker_thread(
         return await run_task(task, args, kwargs, ctx)
 
     try:
-        return anyio.from_thread.run(on_loop)
+        return from_thread.run(on_loop)
     except RuntimeError:
         if reached:
             raise

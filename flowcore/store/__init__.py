@@ -10,15 +10,17 @@ loaded only when such a URL is used. The contract a store meets is in
 from __future__ import annotations
 
 import os
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from .base import BlobStore, CacheStore, LeaseStore, RunStore, SpanStore, Store
 from .files import FileBlobs
 from .memory import MemoryStore
 from .sqlite import SCHEMA_VERSION, SQLiteStore
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoints
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -34,6 +36,14 @@ __all__ = [
     "flowcore_home",
     "resolve_store",
 ]
+
+
+def entry_points(*, group: str) -> EntryPoints:
+    """``importlib.metadata.entry_points(group=group)``, imported at the first call: importing
+    it costs some 15 ms (email, zipfile, csv), and only a plugin's name needs it."""
+    from importlib.metadata import entry_points as installed
+
+    return installed(group=group)
 
 
 def flowcore_home() -> Path:

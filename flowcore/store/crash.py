@@ -27,8 +27,6 @@ import os
 import time
 from typing import Final
 
-import psutil
-
 from .._process import MACHINE
 from ..ids import HOST
 from ..records import FlowRunRecord, TaskRunRecord, WriteBatch, transition
@@ -55,6 +53,11 @@ def process_alive(pid: int, started: float | None = None) -> bool:
     is the one that was running then (not a later process that reused the pid)."""
     if pid <= 0:
         return False
+    # Imported here, not with the module: every engine opening looks for crashed runs,
+    # and on a store with no run of this machine left Running (the usual case) psutil,
+    # some 10 ms to import, is never asked anything.
+    import psutil
+
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +89,8 @@ class FileBlobs:
         if not target.parent.is_dir():
             for folder in (self.folder, target.parent):
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        import tempfile  # only a large result is a file: 3 ms to import, for most runs never
+
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")  # 0600
         try:
             with os.fdopen(fd, "wb") as f:

@@ -5,22 +5,29 @@
   inside flowcore runs (flowcore's own and user code's) to the run's store;
 - :func:`from_readable` / :func:`to_readable`: SDK spans to flowcore's stored
   records and back (exporters take SDK spans).
+
+The SDK itself (``opentelemetry.sdk``, some 30 ms to import) is imported only where
+an application's provider or an SDK exporter is there to use it: a run with
+flowcore's own spans never needs it, so ``import flowcore`` does not import it.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import weakref
 from collections import deque
 from contextvars import ContextVar
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from ..records import SpanRecord
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = ["PersistProcessor", "configured_provider", "from_readable", "span_route", "to_readable"]
 
@@ -34,17 +41,32 @@ span_route: ContextVar[tuple[deque[SpanRecord], str] | None] = ContextVar(
 
 
 def configured_provider() -> Any:
-    """The application's SDK tracer provider, if it set one globally; else ``None``."""
+    """The application's SDK tracer provider, if it set one globally; else ``None``.
+
+    An SDK provider is an instance of a class of ``opentelemetry.sdk.trace``: while that
+    module is not imported, and ``OTEL_PYTHON_TRACER_PROVIDER`` does not ask the API to
+    make one, there is none, and the SDK is not imported to find that out."""
+    if (
+        "opentelemetry.sdk.trace" not in sys.modules
+        and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+    ):
+        return None
     provider = trace.get_tracer_provider()
-    return provider if isinstance(provider, SdkTracerProvider) else None
+    from opentelemetry.sdk.trace import TracerProvider  # the SDK: an SDK provider may be set
+
+    return provider if isinstance(provider, TracerProvider) else None
 
 
-class PersistProcessor(SpanProcessor):
+class PersistProcessor:
     """Added to an application's provider: persists the spans made inside flowcore runs.
 
     A span started inside a run (flowcore's own, or user code's within a task)
     is tagged with the run id and, when it ends, queued for the run's engine.
     Spans outside runs are left alone.
+
+    What :meth:`install` adds is an SDK ``SpanProcessor`` (:func:`_sdk_processor`: this
+    class and that one, whose defaults answer the hooks the SDK calls and this class
+    does not define), made at the first install: only then is the SDK imported.
     """
 
     _installed: ClassVar[weakref.WeakSet[Any]] = weakref.WeakSet()
@@ -55,7 +77,7 @@ class PersistProcessor(SpanProcessor):
     @classmethod
     def install(cls, provider: Any) -> None:
         if provider not in cls._installed and hasattr(provider, "add_span_processor"):
-            processor = cls()
+            processor = _sdk_processor()()
             provider.add_span_processor(processor)
             cls._installed.add(provider)
 
@@ -80,6 +102,17 @@ class PersistProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+@functools.cache
+def _sdk_processor() -> type[PersistProcessor]:
+    """:class:`PersistProcessor` as an SDK ``SpanProcessor`` (see its docstring)."""
+    from opentelemetry.sdk.trace import SpanProcessor  # the SDK: only with a provider of it
+
+    class SdkPersistProcessor(PersistProcessor, SpanProcessor):
+        """:class:`PersistProcessor`, with the SDK's defaults for the rest of its hooks."""
+
+    return SdkPersistProcessor
 
 
 def from_readable(span: ReadableSpan, run_id: str | None) -> SpanRecord:
@@ -116,6 +149,10 @@ def _plain(value: Any) -> Any:
 
 def to_readable(record: SpanRecord, resource: Any) -> ReadableSpan:
     """An SDK span for exporters, from a stored record."""
+    # The SDK: imported by the exporter that calls this (a module lookup per span after).
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
     trace_id = int(record.trace_id, 16)
     context = SpanContext(trace_id, int(record.span_id, 16), False, _SAMPLED)
     parent = (

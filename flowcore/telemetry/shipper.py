@@ -25,7 +25,6 @@ Senders are ``send(spans)`` callables run on a worker thread: :class:`OtlpHttpSe
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
 import os
 import time
@@ -148,6 +147,8 @@ class OtlpHttpSender:
 
         body = self._encode(spans, self.resource)
         if self._gzip:
+            import gzip  # OTEL_EXPORTER_OTLP_COMPRESSION=gzip only
+
             body = gzip.compress(body, 5)
         if self._client is None:
             self._client = httpx.Client(headers=self._headers, timeout=self._timeout)
