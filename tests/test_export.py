@@ -571,3 +571,13 @@ def test_an_sdk_exporter_that_raises_is_a_failed_batch() -> None:
 async def test_bad_tracing_options_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="export_catchup"):
         flowcore.Tracing(export_catchup=-1)
+
+
+@pytest.mark.parametrize("collector", ["down"], indirect=True)
+def test_a_collector_that_is_down_costs_a_refused_connect_only(collector: Collector) -> None:
+    """Nothing listens: the first send fails at the connect, before the HTTP client is
+    made (an import of a tenth of a second) or a batch is encoded."""
+    sender = OtlpHttpSender(collector.endpoint)
+    with pytest.raises(ExportFailed, match="ConnectError"):
+        sender.send([full_span()])
+    assert sender._client is None

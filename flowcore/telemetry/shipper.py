@@ -27,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import anyio
 
@@ -143,7 +144,9 @@ class OtlpHttpSender:
         self._client: httpx.Client | None = None  # made at the first send (an import)
 
     def send(self, spans: Sequence[SpanRecord]) -> None:
-        import httpx
+        if self._client is None:
+            self._reachable()
+        import httpx  # ~0.1 s the first time: only once the collector answered a connect
 
         body = self._encode(spans, self.resource)
         if self._gzip:
@@ -161,6 +164,17 @@ class OtlpHttpSender:
                 f"HTTP {response.status_code} {response.text[:200]!r}",
                 retryable=response.status_code in _RETRYABLE or response.status_code >= 500,
             )
+
+    def _reachable(self) -> None:
+        """Raise :class:`ExportFailed` when nothing listens at the collector's address: a
+        run whose collector is down then costs a refused connect, not the import of the
+        HTTP client and the encoding of a batch."""
+        parts = urlsplit(self.target)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "localhost", port), self._timeout).close()
+        except OSError as exc:
+            raise ExportFailed(f"ConnectError: {exc}") from None
 
     def close(self) -> None:
         if self._client is not None:
@@ -302,6 +316,8 @@ class SpanShipper:
         self._stopped = anyio.Event()
         self._lock = anyio.Lock()  # one pass at a time (the loop's, or the close's)
         self._closing = False
+        #: A request of this shipper went through: pages are then read while one is sent.
+        self._confirmed = False
         #: The longest one request may take (set when closing: ``export_timeout``).
         self._send_limit: float | None = None
 
@@ -408,7 +424,10 @@ class SpanShipper:
                 async for spans in _pages(self.store, run, self.batch):
                     await sending.wait()
                     sending = anyio.Event()
-                    tg.start_soon(self._send, spans, sending)
+                    if self._confirmed:
+                        tg.start_soon(self._send, spans, sending)
+                    else:  # until a request went through: no page read for nothing
+                        await self._send(spans, sending)
                     sent += len(spans)
         except BaseExceptionGroup as group:
             failed = group.subgroup(ExportFailed)
@@ -426,6 +445,7 @@ class SpanShipper:
             with anyio.fail_after(limit) if limit is not None else contextlib.nullcontext():
                 await anyio.to_thread.run_sync(self.sender.send, spans, abandon_on_cancel=True)
             self.spans_shipped += len(spans)
+            self._confirmed = True
         except TimeoutError:
             raise ExportFailed(f"no answer within {limit:g} s") from None
         finally:
