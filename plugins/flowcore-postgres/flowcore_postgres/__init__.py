@@ -1,8 +1,8 @@
 """flowcore on PostgreSQL: ``flowcore.run(flow, store="postgresql://...")``.
 
 A store plugin (the ``flowcore.stores`` entry points ``postgresql`` and ``postgres``):
-every role of ``flowcore.store.base`` on one database that several hosts share. The
-package, a module per concept:
+every role of ``flowcore.store.base`` (the optional ``RunQueries`` too) on one database
+that several hosts share. The package, a module per concept:
 
 - :mod:`.store`: :class:`PostgresStore`, its claims and its queries;
 - :mod:`.batch`: the engine's write batches, one statement each;

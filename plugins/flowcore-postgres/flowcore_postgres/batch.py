@@ -21,6 +21,17 @@ takes a transaction-level advisory lock (one per store) before the first id and 
 to its commit, so ids grow in commit order across every writer, which is what a follower
 paging by id (``flowcore runs logs --follow``) needs. Only batches with log lines take it.
 
+A run's tags (those of the tasks its task runs ran, which ``RunQueries.filter_runs``
+filters by) are rows of ``run_tags`` (migration 3), one per run and tag, each with its
+run's ``created`` so that a tag's runs are an index range in time order. A batch whose
+task runs carry tags inserts them, once per run and tag (a few rows, whatever the batch
+size), skipping those already there, in two more clauses of the same statement
+(:data:`BATCH_TAGGED`); other batches run :data:`BATCH`, which has none. ``created`` is
+the stored run's, else the run's in this batch: the clauses of a statement all read the
+database as it was before it, so a run inserted by its ``flows`` clause is not seen by
+the others. A tag of a run recorded nowhere yet is dropped, as SQLite's store drops it
+(the engine records a flow run before any of its task runs).
+
 Asset events need their assets' state read, changed and written back in the same
 transaction (``store.base.AssetStore``), so a batch that carries some is a transaction:
 a lock per asset key (advisory, taken in key order, so two writers never deadlock on
@@ -53,6 +64,7 @@ from .rows import (
     FLOW_COLS,
     TASK_COLS,
     TERMINAL_SQL,
+    TERMINAL_VALUES,
     asset_body,
     asset_state_record,
     cache_columns,
@@ -60,16 +72,24 @@ from .rows import (
     flow_columns,
     flow_record,
     log_columns,
+    run_tags,
     span_columns,
+    tag_value,
     task_columns,
     task_record,
 )
 
-__all__ = ["BATCH", "PreparedBatch", "prepare", "write_assets", "write_late_completions"]
+__all__ = [
+    "BATCH",
+    "BATCH_TAGGED",
+    "PreparedBatch",
+    "RunTags",
+    "prepare",
+    "write_assets",
+    "write_late_completions",
+]
 
-#: The batch statement: $1-$10 flow runs, $11-$16 task runs, $17-$24 cache entries,
-#: $25-$29 spans, $30-$36 log lines, $37 the logs' lock name, $38 the channel, $39 notify?
-BATCH: Final = f"""
+_CLAUSES: Final = f"""
 WITH flows AS (
     INSERT INTO flow_runs AS f ({FLOW_COLS})
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
@@ -115,21 +135,43 @@ WITH flows AS (
     RETURNING 1
 ), notified AS (
     SELECT pg_notify($38::text, '')::text AS sent WHERE $39::bool
-)
+)"""
+# Each run's created is looked up by primary key in a subplan (a join there is planned
+# as a hash join over every stored run while flow_runs is small, and the plan is kept).
+_TAG_CLAUSES: Final = """, tag_rows AS MATERIALIZED (
+    SELECT p.r, p.t, coalesce((SELECT f.created FROM flow_runs AS f WHERE f.id = p.r), p.c) AS c
+    FROM unnest($40::text[], $41::bytea[], $42::float8[]) AS p(r, t, c)
+), tagged AS (
+    INSERT INTO run_tags (run_id, tag, created)
+    SELECT r, t, c FROM tag_rows WHERE c IS NOT NULL
+    ON CONFLICT (run_id, tag) DO NOTHING
+)"""
+_COUNTS: Final = """
 SELECT (SELECT count(*) FROM flows), (SELECT count(*) FROM tasks),
        (SELECT count(*) FROM notified), (SELECT count(*) FROM logs),
        (SELECT count(*) FROM cache), (SELECT count(*) FROM spans)
 """
+#: The batch statement: $1-$10 flow runs, $11-$16 task runs, $17-$24 cache entries,
+#: $25-$29 spans, $30-$36 log lines, $37 the logs' lock name, $38 the channel, $39 notify?
+BATCH: Final = _CLAUSES + _COUNTS
+#: The batch statement of a batch whose task runs carry tags: :data:`BATCH` and $40-$42,
+#: the runs' tags (run id, tag, the run's ``created`` when the run is in the batch). A
+#: statement of its own: a clause with nothing to insert still opens its table and
+#: indexes, ~15 µs a batch that untagged work has no reason to pay.
+BATCH_TAGGED: Final = _CLAUSES + _TAG_CLAUSES + _COUNTS
 
 
 @dataclass(slots=True)
 class PreparedBatch:
-    """A batch snapshot taken before the first await: the statement's arguments."""
+    """A batch snapshot taken before the first await: the statement and its arguments."""
 
+    sql: str
     args: list[Any]
     flows: int
     tasks: int
     assets: list[AssetEvent]
+    #: The tags the statement sends, by run (those :class:`RunTags` did not know).
+    tags: dict[str, set[str]]
 
     @property
     def flow_columns(self) -> list[list[Any]]:
@@ -140,10 +182,59 @@ class PreparedBatch:
         return self.args[10:16]
 
 
-def prepare(batch: WriteBatch, log_lock: str, channel: str) -> PreparedBatch:
-    """The batch statement's arguments, taken from the records now (they keep changing)."""
+class RunTags:
+    """The tags this handle has committed to ``run_tags``, for the runs whose records it
+    writes, so that a batch sends only the tags new to a run: a run's task runs bring the
+    same tags batch after batch, and sending them costs ~35 µs a batch (the clauses of
+    :data:`BATCH_TAGGED`), where skipping them costs a set difference per run.
+
+    A run is followed from the batch that writes its record unfinished (its row is then
+    there, so its tags are inserted) to the one that writes it finished, so memory holds
+    the runs in progress. Tags of runs not followed (task runs written after their run
+    ended, or marked crashed by a reader) are sent each time, and the statement skips
+    those already there: forgetting costs a few microseconds, never a tag.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, set[str]] = {}
+
+    def new(self, task_runs: Sequence[TaskRunRecord]) -> dict[str, set[str]]:
+        """The tags of ``task_runs`` not committed yet, by run."""
+        found = run_tags(task_runs)
+        known = self._runs
+        if known:
+            for run_id, tags in list(found.items()):
+                sent = known.get(run_id)
+                if sent is not None:
+                    tags -= sent
+                    if not tags:
+                        del found[run_id]
+        return found
+
+    def committed(self, prepared: PreparedBatch) -> None:
+        """``prepared`` was committed: its runs and their tags are in the database."""
+        known = self._runs
+        ids, states = prepared.flow_columns[0], prepared.flow_columns[3]
+        for run_id, state in zip(ids, states, strict=True):
+            if state in TERMINAL_VALUES:
+                known.pop(run_id, None)
+            elif run_id not in known:
+                known[run_id] = set()
+        for run_id, tags in prepared.tags.items():
+            sent = known.get(run_id)
+            if sent is not None:
+                sent |= tags
+
+    def clear(self) -> None:
+        self._runs.clear()
+
+
+def prepare(batch: WriteBatch, log_lock: str, channel: str, tags: RunTags) -> PreparedBatch:
+    """The batch statement and its arguments, taken from the records now (they keep
+    changing); of the runs' tags, those ``tags`` does not know committed."""
     flows = flow_columns(batch.flow_runs)
     tasks = task_columns(batch.task_runs)
+    new_tags = tags.new(batch.task_runs)
     # A batch that ends a flow run, or changes assets, is news for `flowcore serve`.
     notify = bool(batch.assets) or any(r.state in TERMINAL for r in batch.flow_runs)
     args: list[Any] = [
@@ -156,13 +247,25 @@ def prepare(batch: WriteBatch, log_lock: str, channel: str) -> PreparedBatch:
         channel,
         notify,
     ]
+    sql = BATCH
+    if new_tags:
+        # In key order (two writers racing lock their rows in one order), each with its
+        # run's created when the run is in this batch (else the stored run's is taken).
+        created = dict(zip(flows[0], flows[4], strict=True))
+        rows = sorted(
+            (run_id, tag_value(tag), created.get(run_id))
+            for run_id, names in new_tags.items()
+            for tag in names
+        )
+        sql = BATCH_TAGGED
+        args += columns(rows, 3)
     # Asset events are applied (never mutated): a copy of the list is their snapshot.
-    return PreparedBatch(args, len(flows[0]), len(tasks[0]), list(batch.assets))
+    return PreparedBatch(sql, args, len(flows[0]), len(tasks[0]), list(batch.assets), new_tags)
 
 
 async def run_batch(conn: asyncpg.Connection, prepared: PreparedBatch) -> tuple[int, int]:
     """The batch statement on ``conn``; how many flow runs and task runs it wrote."""
-    row = await conn.fetchrow(BATCH, *prepared.args)
+    row = await conn.fetchrow(prepared.sql, *prepared.args)
     assert row is not None
     return int(row[0]), int(row[1])
 

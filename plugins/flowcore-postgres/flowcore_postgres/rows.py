@@ -9,7 +9,9 @@ and one round trip for any number of rows, where a statement per row would cost 
 trip each. The ``*_columns`` functions turn records into those arrays.
 
 Log lines keep their text as UTF-8 ``bytea``: PostgreSQL's ``text`` cannot hold a NUL
-character, and a log line may (a line's text is whatever the program logged).
+character, and a log line may (a line's text is whatever the program logged). Run tags
+too (``run_tags.tag``): a tag is any ``str`` a task was given, and a write batch that
+failed on one would hold back every record in it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "SERVED_COLS",
     "TASK_COLS",
     "TERMINAL_SQL",
+    "TERMINAL_VALUES",
     "TRIGGER_COLS",
     "UNFINISHED_SQL",
     "asset_body",
@@ -57,6 +60,7 @@ __all__ = [
     "cache_record",
     "check_record",
     "columns",
+    "edges",
     "evaluation_body",
     "evaluation_record",
     "flow_columns",
@@ -65,6 +69,7 @@ __all__ = [
     "log_columns",
     "log_record",
     "materialization_record",
+    "run_tags",
     "schedule_record",
     "schedule_row",
     "served_record",
@@ -72,6 +77,7 @@ __all__ = [
     "slot_record",
     "span_columns",
     "span_record",
+    "tag_value",
     "task_columns",
     "task_record",
     "task_row",
@@ -86,6 +92,8 @@ TERMINAL_SQL: Final = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 UNFINISHED_SQL: Final = "'Pending', 'Running', 'Retrying'"
 #: The states a late completion is written in (``store.base.FINISHED``), as stored.
 FINISHED_VALUES: Final = frozenset(state.value for state in FINISHED)
+#: The terminal states, as stored.
+TERMINAL_VALUES: Final = frozenset(state.value for state in TERMINAL)
 
 FLOW_COLS: Final = (
     "id, name, kind, state, created, parent_run_id, parent_task_seq, trace_id, resumed_from, body"
@@ -159,6 +167,51 @@ def task_record(row: Row) -> TaskRunRecord:
     # The key columns are the truth (the body may predate a rename of the task).
     record.run_id, record.seq, record.name, record.state = row[0], row[1], row[2], State(row[3])
     return record
+
+
+class _Edges(msgspec.Struct, gc=False):
+    """What a task graph reads of a task run's body (the rest is skipped, not built)."""
+
+    parent_seq: int | None = None
+    upstream: list[int] | None = None
+
+
+_edges_dec = msgspec.msgpack.Decoder(_Edges)
+
+
+def edges(row: Row) -> tuple[int, str, str, int | None, list[int] | None]:
+    """``(seq, name, state, parent_seq, upstream)`` of a task run read as ``seq, name,
+    state, body`` (``RunQueries.task_run_edges``)."""
+    found = _edges_dec.decode(row[3])
+    return row[0], row[1], row[2], found.parent_seq, found.upstream
+
+
+# -- run tags -------------------------------------------------------------------------
+
+
+def tag_value(tag: str) -> bytes:
+    """A tag as ``run_tags.tag`` holds it: its UTF-8 bytes, compared whole, byte for byte
+    (a NUL is kept as it is; a lone surrogate never gets here: the task run's body refuses
+    it first, and the recorder makes the record writable)."""
+    return tag.encode()
+
+
+def run_tags(task_runs: Sequence[TaskRunRecord]) -> dict[str, set[str]]:
+    """The tags these task runs carry, by run: a batch holds a few runs, so a few sets. A
+    task's records share one tags list, so a run of them is looked at once: ~15 ns a
+    task run, tagged or not."""
+    by_run: dict[str, set[str]] = {}
+    last: list[str] | None = None
+    last_run = ""
+    for r in task_runs:
+        tags = r.tags
+        if tags and (tags is not last or r.run_id != last_run):
+            last, last_run = tags, r.run_id
+            found = by_run.get(last_run)
+            if found is None:
+                found = by_run[last_run] = set()
+            found.update(tags)
+    return by_run
 
 
 # -- cache entries, spans, logs -------------------------------------------------------

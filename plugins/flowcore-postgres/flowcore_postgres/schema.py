@@ -11,7 +11,10 @@ processes opening a new database together create it once (the second waits, then
 it done). A schema from a newer flowcore-postgres is refused with a message saying what
 to do, and so is a schema that holds tables but no version table (another
 application's): flowcore never writes into either. Never edit a released migration:
-add a new one (``tests/test_postgres_migrations.py`` pins the text of each).
+add a new one (``tests/test_postgres_migrations.py`` pins the text of each). A step of a
+migration is a statement, or the name of a Python function of :data:`DATA_STEPS` (a
+data conversion SQL cannot do, such as reading msgpack bodies), run in the same
+transaction.
 
 Key columns are ``COLLATE "C"``: byte order, which is what run id prefixes need (a
 range scan on the primary key) and cheaper to compare than a locale's order.
@@ -20,16 +23,26 @@ range scan on the primary key) and cheaper to compare than a locale's order.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import asyncpg
+import msgspec
 
 from flowcore.errors import SchemaTooNew, StoreCorrupted
 from flowcore.ids import HOST
 
+from .rows import tag_value
 from .url import quote_ident
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "VERSION_TABLE", "migrate", "schema_version"]
+__all__ = [
+    "DATA_STEPS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "VERSION_TABLE",
+    "migrate",
+    "schema_version",
+]
 
 VERSION_TABLE: Final = "flowcore_migrations"
 
@@ -260,8 +273,79 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "INSERT INTO span_exports (run_id, done) SELECT id, TRUE FROM flow_runs "
         "WHERE state NOT IN ('Pending', 'Running', 'Retrying')",
     ),
+    # 3: a flow run's tags: those of the tasks its task runs ran (`flowcore ui` filters the
+    #    runs list by one, through RunQueries.filter_runs). A row per run and tag, written
+    #    by the batch statement as tagged task runs are (batch.py), with the run's
+    #    `created`: a tag's runs newest first are a backward walk of `run_tags_tag`, a time
+    #    range its bounds, each row then joined to its run by primary key. The tag is its
+    #    UTF-8 bytes (rows.tag_value: text cannot hold a NUL). A table rather than a
+    #    column of flow_runs: there, a new tag would be an update, which in PostgreSQL
+    #    writes a new version of the whole run row (its body too) with new entries in its
+    #    indexes; here it is one small insert, and an index of its own orders a tag's runs.
+    #    Runs recorded before get the tags of their task runs (only bodies holding the
+    #    key "tags" are decoded).
+    3: (
+        """CREATE TABLE run_tags (
+               run_id TEXT COLLATE "C" NOT NULL,
+               tag BYTEA NOT NULL,
+               created DOUBLE PRECISION NOT NULL,
+               PRIMARY KEY (run_id, tag)
+           )""",
+        "CREATE INDEX run_tags_tag ON run_tags (tag, created, run_id)",
+        "_fill_run_tags",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
+
+
+class _Tags(msgspec.Struct, gc=False):
+    """What the data step of migration 3 reads of a task run's body."""
+
+    tags: list[str] | None = None
+
+
+_tags_dec = msgspec.msgpack.Decoder(_Tags)
+#: Task runs read at a time by the data step of migration 3.
+_FILL_CHUNK: Final = 10_000
+#: The msgpack key ``tags`` (a fixstr of 4 bytes): only bodies holding it are decoded.
+_TAGS_KEY: Final = b"\xa4tags"
+_ADD_RUN_TAGS: Final = """
+INSERT INTO run_tags (run_id, tag, created)
+SELECT p.r, p.t, f.created
+FROM unnest($1::text[], $2::bytea[]) AS p(r, t) JOIN flow_runs AS f ON f.id = p.r
+ORDER BY 1, 2
+ON CONFLICT (run_id, tag) DO NOTHING
+"""
+
+
+async def _fill_run_tags(conn: asyncpg.Connection) -> None:
+    """Data step of migration 3: each run gets the tags of its task runs, read a chunk at
+    a time in key order (memory stays bounded by a chunk). Only bodies holding the key
+    ``tags`` are decoded, and only that key of them; tags of task runs whose flow run is
+    not there are dropped, as the batch statement drops them."""
+    select = "SELECT run_id, seq, body FROM task_runs WHERE position($1::bytea IN body) > 0"
+    page = "ORDER BY run_id, seq LIMIT $2"
+    rows = await conn.fetch(f"{select} {page}", _TAGS_KEY, _FILL_CHUNK)
+    while rows:
+        # The next chunk starts after this one on the primary key (never from the start).
+        after = (rows[-1][0], rows[-1][1])
+        pairs = sorted(
+            {(r[0], tag_value(tag)) for r in rows for tag in _tags_dec.decode(r[2]).tags or ()}
+        )
+        if pairs:
+            await conn.execute(_ADD_RUN_TAGS, [p[0] for p in pairs], [p[1] for p in pairs])
+        rows = await conn.fetch(
+            f"{select} AND (run_id, seq) > ($3::text, $4::int4) {page}",
+            _TAGS_KEY,
+            _FILL_CHUNK,
+            *after,
+        )
+
+
+#: Migration steps that are Python (data conversions), by the name used in MIGRATIONS.
+DATA_STEPS: Final[dict[str, Callable[[asyncpg.Connection], Awaitable[None]]]] = {
+    "_fill_run_tags": _fill_run_tags,
+}
 
 
 async def schema_version(conn: asyncpg.Connection) -> int | None:
@@ -317,7 +401,11 @@ async def migrate(conn: asyncpg.Connection, schema: str, location: str) -> None:
             if number <= current:
                 continue
             for statement in MIGRATIONS[number]:
-                await conn.execute(statement)
+                step = DATA_STEPS.get(statement)
+                if step is not None:
+                    await step(conn)
+                else:
+                    await conn.execute(statement)
             await conn.execute(
                 f"INSERT INTO {VERSION_TABLE} (version, applied, by_host) VALUES ($1, $2, $3)",
                 number,

@@ -18,6 +18,9 @@ in its ``blobs`` table. What one process claims, every process sees claimed:
 
 Writes of the engine's batches are one statement each (:mod:`.batch`), and the
 ``changes()`` token of ``flowcore serve`` comes by ``LISTEN``/``NOTIFY`` (:mod:`.notify`).
+The store also plays the optional role ``RunQueries`` (the web UI's runs list, filtered
+and paged by an index, and task graphs read without whole records): a run's tags are
+rows of ``run_tags``, kept by the batch statement.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ from .rows import (
     cache_record,
     check_record,
     columns,
+    edges,
     evaluation_body,
     evaluation_record,
     flow_record,
@@ -95,6 +99,7 @@ from .rows import (
     served_row,
     slot_record,
     span_record,
+    tag_value,
     task_record,
     trigger_record,
     trigger_row,
@@ -118,6 +123,8 @@ WHERE id IN (SELECT id FROM chain) AND id <> $1
 ORDER BY state = 'Completed', created DESC
 LIMIT 1
 """
+#: ``FLOW_COLS`` of ``flow_runs AS f`` (in a join).
+_F_COLS = ", ".join("f." + c for c in FLOW_COLS.split(", "))
 _INSERT_NEW_FLOWS = f"""
 INSERT INTO flow_runs ({FLOW_COLS})
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[],
@@ -155,6 +162,8 @@ class PostgresStore:
         self.blobs: BlobStore | None = (
             FileBlobs(self.url.blobs) if self.url.blobs is not None else TableBlobs(self._io)
         )
+        #: The tags written for the runs in progress: a batch sends only new ones.
+        self._tags = batches.RunTags()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -174,6 +183,7 @@ class PostgresStore:
             raise
 
     async def close(self) -> None:
+        self._tags.clear()
         await self._listener.close()
         await self._io.close()
 
@@ -197,7 +207,7 @@ class PostgresStore:
 
     async def write(self, batch: WriteBatch) -> None:
         # Snapshot now, before the first await: the engine keeps mutating these records.
-        prepared = batches.prepare(batch, self._lock("logs"), self._channel)
+        prepared = batches.prepare(batch, self._lock("logs"), self._channel, self._tags)
 
         async def run(conn: asyncpg.Connection) -> tuple[int, int]:
             if prepared.assets:
@@ -208,6 +218,7 @@ class PostgresStore:
             written = await self._io.write(run)
         else:
             written = await self._io.write(run, transaction=False)
+        self._tags.committed(prepared)
         if written[0] < prepared.flows or written[1] < prepared.tasks:
 
             async def late(conn: asyncpg.Connection) -> None:
@@ -220,21 +231,68 @@ class PostgresStore:
     async def list_runs(
         self, *, name: str | None = None, state: str | None = None, limit: int = 50
     ) -> list[FlowRunRecord]:
+        return await self.filter_runs(name=name, state=state, limit=limit)
+
+    async def filter_runs(
+        self,
+        *,
+        name: str | None = None,
+        state: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tag: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[FlowRunRecord]:
+        """Flow runs newest first (``created``, then ``id``, both descending), filtered and
+        paged (``RunQueries.filter_runs``), each filter an index's:
+
+        - none, a time range: a backward walk of ``flow_runs_created`` (its bounds);
+        - ``name``, ``state``: of ``flow_runs_name_created``, ``flow_runs_state``;
+        - ``tag``: of ``run_tags_tag`` (the tag's runs in time order, a time range its
+          bounds), each row joined to its run by primary key, where ``name`` and
+          ``state`` are checked. The join also equates the two ``created``, so that the
+          planner may walk a run index instead and look each run's tag up (a rare name
+          or state with a common tag).
+
+        A page reads the runs it skips and shows (and, with filters an index does not
+        bound, those it passes over), however many the store holds.
+        """
         if limit < 1:
             raise ConfigurationError(f"`limit` must be >= 1, got {limit}")
+        if offset < 0:
+            raise ConfigurationError(f"`offset` must be >= 0, got {offset}")
         where, params = [], list[Any]()
+
+        def add(clause: str, value: Any) -> None:
+            params.append(value)
+            where.append(clause.replace("?", f"${len(params)}"))
+
+        if tag is None:
+            source, cols, order = "flow_runs", FLOW_COLS, "created DESC, id DESC"
+            if since is not None:
+                add("created >= ?", since)
+            if until is not None:
+                add("created < ?", until)
+        else:
+            source = "run_tags AS t JOIN flow_runs AS f ON f.id = t.run_id"
+            cols, order = _F_COLS, "t.created DESC, t.run_id DESC"
+            add("t.tag = ?", tag_value(tag))
+            if since is not None:
+                add("t.created >= ?", since)
+            if until is not None:
+                add("t.created < ?", until)
         if name is not None:
-            params.append(name)
-            where.append(f"name = ${len(params)}")
+            add("name = ?", name)
         if state is not None:
-            params.append(str(state))
-            where.append(f"state = ${len(params)}")
+            add("state = ?", str(state))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        params.append(limit)
+        n = len(params)
         rows = await self._io.fetch(
-            f"SELECT {FLOW_COLS} FROM flow_runs {clause} ORDER BY created DESC, id DESC "
-            f"LIMIT ${len(params)}",
+            f"SELECT {cols} FROM {source} {clause} ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}",
             *params,
+            limit,
+            offset,
         )
         return [flow_record(r) for r in rows]
 
@@ -283,6 +341,21 @@ class PostgresStore:
             offset,
         )
         return [task_record(r) for r in rows]
+
+    async def task_run_edges(
+        self, run_id: str, *, after: int = -1, limit: int | None = None
+    ) -> list[tuple[int, str, str, int | None, list[int] | None]]:
+        """``(seq, name, state, parent_seq, upstream)`` of run ``run_id``'s task runs after
+        ``after``, by ``seq`` (``RunQueries.task_run_edges``): a range of the primary key;
+        of each body only the two edge fields are decoded."""
+        rows = await self._io.fetch(
+            "SELECT seq, name, state, body FROM task_runs WHERE run_id = $1 AND seq > $2 "
+            "ORDER BY seq LIMIT $3",
+            run_id,
+            after,
+            limit,
+        )
+        return [edges(r) for r in rows]
 
     async def count_task_runs(self, run_id: str, *, tag: str | None = None) -> dict[str, int]:
         if tag is not None:

@@ -11,10 +11,11 @@ import pytest
 
 import flowcore
 from flowcore.errors import ConfigurationError, SchemaTooNew, StoreCorrupted, StoreUnavailable
-from flowcore.records import WriteBatch
+from flowcore.records import FlowRunRecord, TaskRunRecord, WriteBatch
 from flowcore.states import State
 from flowcore.store import resolve_store
 from flowcore_postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
+from flowcore_postgres import schema as schema_module
 from flowcore_postgres.url import parse_url, redact
 
 from .conftest import with_schema
@@ -22,7 +23,7 @@ from .conftest import with_schema
 pytestmark = pytest.mark.anyio
 
 #: The text of each released migration: a released migration is never edited (add one).
-RELEASED = {1: "b168775c63a5c9a7", 2: "f80381ba7688584e"}
+RELEASED = {1: "b168775c63a5c9a7", 2: "f80381ba7688584e", 3: "f100049d9ca168db"}
 
 
 async def versions(url: str, schema: str = "flowcore") -> list[int]:
@@ -55,6 +56,46 @@ async def test_reopening_keeps_the_data_and_migrates_nothing(pg_url: str) -> Non
     async with PostgresStore(pg_url) as store:
         assert [r.id for r in await store.list_runs()] == ["r1"]
     assert await versions(pg_url) == before
+
+
+async def test_migration_3_gives_the_runs_recorded_before_it_their_tags(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def task(run_id: str, seq: int, tags: list[str] | None, inputs: bytes = b"") -> TaskRunRecord:
+        return TaskRunRecord(run_id, seq, "step", State.COMPLETED, 1.0, tags=tags, inputs=inputs)
+
+    runs = [FlowRunRecord(f"r{i}", "etl", State.COMPLETED, float(i)) for i in range(6)]
+    runs.append(FlowRunRecord("sub", "child", State.COMPLETED, 2.5, parent_run_id="r2"))
+    tasks = [
+        task("r0", 0, ["api"]), task("r0", 1, ["api", "db"]), task("r0", 2, None),
+        task("r1", 0, None, inputs=b"\x91\xa4tags"),  # "tags" in its inputs, not its tags
+        task("r2", 0, ["db"]), task("sub", 0, ["ml"]),  # a subflow's tags are its own
+        task("r3", 0, []), task("r4", 0, ["a\x00b"]), task("r5", 7, ["api"]),
+        task("gone", 0, ["api"]),  # a task run whose flow run is not there: no run to tag
+    ]  # fmt: skip
+    async with PostgresStore(pg_url) as store:
+        await store.write(WriteBatch(runs, tasks))
+    # The database as schema version 2 had it: no run_tags.
+    conn = await asyncpg.connect(parse_url(pg_url).dsn)
+    try:
+        await conn.execute(
+            "DROP TABLE flowcore.run_tags; "
+            "DELETE FROM flowcore.flowcore_migrations WHERE version = 3"
+        )
+    finally:
+        await conn.close()
+    assert await versions(pg_url) == [1, 2]
+    monkeypatch.setattr(schema_module, "_FILL_CHUNK", 2)  # task runs read 2 at a time: many chunks
+    async with PostgresStore(pg_url) as store:
+        assert await versions(pg_url) == [1, 2, 3]
+        got = {
+            tag: [r.id for r in await store.filter_runs(tag=tag)]
+            for tag in ("api", "db", "ml", "a\x00b", "tags", "a")
+        }
+    assert got == {
+        "api": ["r5", "r0"], "db": ["r2", "r0"], "ml": ["sub"], "a\x00b": ["r4"], "tags": [],
+        "a": [],
+    }  # fmt: skip
 
 
 async def test_processes_creating_the_schema_at_once_create_it_once(pg_url: str) -> None:
