@@ -172,6 +172,20 @@ async def _filter_runs_tag(store: Store) -> None:
         assert got == want, differs(f"ids of filter_runs(**{kwargs})", got, want)
 
 
+@CASES.case("runs: filter_runs (RunQueries) finds a run written with its tagged task runs")
+async def _filter_runs_tag_same_batch(store: Store) -> None:
+    """A service's run: the run and its task runs reach the store in one batch (a store
+    that looks the run up among those already stored would miss it)."""
+    queries = _queries(store)
+    if queries is None:
+        return
+    await store.write(
+        WriteBatch([flow_run("new", 500.0)], [task_run("new", 0, tags=["api"]), task_run("new", 1)])
+    )
+    got = await _ids(queries.filter_runs(tag="api"))
+    assert got == ["new"], differs("ids of filter_runs(tag='api')", got, ["new"])
+
+
 # -- get_run ----------------------------------------------------------------------------
 
 
