@@ -65,6 +65,9 @@ class MemoryStore:
         #: Span export of ended runs by run id: ``(holder, until)`` claimed, or
         #: ``None`` once shipped or skipped (a run without an entry was never claimed).
         self._exports: dict[str, tuple[str, float] | None] = {}
+        #: Ended runs not shipped or skipped yet, in the order they ended: what a claim
+        #: reads (not every run the store holds, polled by a shipper every 2 s).
+        self._unshipped: dict[str, None] = {}
         self._leases: dict[str, tuple[str, str, str, int, float, int, float]] = {}
         self._rates: dict[str, float] = {}  # shared rate limits: name -> tat (see SQLiteStore)
         self._logs: dict[str, list[LogRecord]] = {}  # lines of run logs, by run, in id order
@@ -104,9 +107,9 @@ class MemoryStore:
         for fr in batch.flow_runs:
             old = self._runs.get(fr.id)
             if old is None or old.state not in TERMINAL:
-                self._runs[fr.id] = _copy(fr)
+                self._put_run(_copy(fr))
             elif replaces(old.state, fr.state):  # a late completion over Crashed
-                self._runs[fr.id] = late_completion(old, _copy(fr))
+                self._put_run(late_completion(old, _copy(fr)))
         for tr in batch.task_runs:
             by_seq = self._tasks.setdefault(tr.run_id, {})
             old_t = by_seq.get(tr.seq)
@@ -332,24 +335,25 @@ class MemoryStore:
             return _copy(holder)
         if run.id in self._runs:
             raise ConfigurationError(f"claim_resume: a run with id {run.id!r} exists already")
-        self._runs[run.id] = _copy(run)  # checked and written without an await: atomic
+        self._put_run(_copy(run))  # checked and written without an await: atomic
         self._changes += 1
         return None
+
+    def _put_run(self, run: FlowRunRecord) -> None:
+        self._runs[run.id] = run
+        if run.state in TERMINAL and self._exports.get(run.id, ()) is not None:
+            self._unshipped[run.id] = None
 
     async def claim_span_exports(
         self, holder: str, *, now: float, lease: float, limit: int, since: float | None = None
     ) -> list[FlowRunRecord]:
         exports = self._exports
-        ended = sorted(
-            (r for r in self._runs.values() if r.state in TERMINAL),
-            key=lambda r: r.created,
-        )
+        ended = sorted((self._runs[i] for i in self._unshipped), key=lambda r: r.created)
         out: list[FlowRunRecord] = []
         for run in ended:
-            if run.id in exports and exports[run.id] is None:
-                continue  # shipped or skipped
             if since is not None and run.created < since:
                 exports[run.id] = None
+                del self._unshipped[run.id]
                 continue
             claim = exports.get(run.id)
             if claim is not None and claim[1] > now:
@@ -364,6 +368,7 @@ class MemoryStore:
             claim = self._exports.get(run_id)
             if shipped:
                 self._exports[run_id] = None
+                self._unshipped.pop(run_id, None)
             elif claim is not None and claim[0] == holder:
                 del self._exports[run_id]
 
@@ -512,7 +517,7 @@ class MemoryStore:
                 continue
             self._slots[key] = (None if run is None else run.id, claim.skipped, now)
             if run is not None:
-                self._runs[run.id] = _copy(run)
+                self._put_run(_copy(run))
             state = self._schedules.get((claim.flow, claim.key))
             if state is None:
                 self._schedules[(claim.flow, claim.key)] = ScheduleState(
@@ -611,7 +616,7 @@ class MemoryStore:
         _refuse_taken_ids(runs, self._runs)  # before anything is written: all or nothing
         claimed: list[Trigger] = []
         for trigger, run in zip(pending, runs, strict=True):
-            self._runs[run.id] = _copy(run)
+            self._put_run(_copy(run))
             trigger.claimed_by, trigger.claimed, trigger.run_id = holder, now, run.id
             claimed.append(msgspec.structs.replace(trigger))
         self._changes += 1
