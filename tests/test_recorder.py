@@ -601,3 +601,46 @@ async def test_a_cancelled_caller_does_not_hold_back_the_others() -> None:
         assert outcomes[1:] == [2, 3, 4, 5]
         runs = {r.name: r for r in await store.list_runs(limit=100)}
         assert all(r.state in (State.COMPLETED, State.CANCELLED) for r in runs.values())
+
+
+class NoNulStore(RecordingStore):
+    """Refuses, as PostgreSQL's text does, a batch holding a NUL character (ValueError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    async def write(self, batch: WriteBatch) -> None:
+        # JSON writes a NUL of text as \u0000 (and bytes as base64: none of theirs count).
+        if b"\\u0000" in msgspec.json.encode([*batch.flow_runs, *batch.task_runs]):
+            self.refused += 1
+            raise ValueError("invalid byte sequence for encoding UTF8: 0x00")
+        await super().write(batch)
+
+
+@pytest.mark.anyio
+async def test_a_nul_character_a_store_refuses_is_written_escaped() -> None:
+    """A task that fails with a NUL in its message (bytes decoded as text, say): the
+    store refuses the batch, and the writer escapes the NUL and writes it, rather than
+    retrying the same batch for ever."""
+    store = NoNulStore()
+
+    @flowcore.task
+    async def parses() -> int:
+        raise ValueError("bad header: a\x00b")
+
+    @flowcore.flow
+    async def reads() -> str:
+        try:
+            await parses()
+        except ValueError:
+            return "handled"
+        return "no error"
+
+    async with flowcore.Engine(store=store, flush_interval=60):
+        assert await reads() == "handled"
+    assert store.refused == 1
+    (run,) = await store.list_runs()
+    (task_run,) = await store.list_task_runs(run.id)
+    assert task_run.state is State.FAILED
+    assert task_run.error_message == "bad header: a\\x00b"

@@ -468,7 +468,8 @@ _INT64 = (-(2**63), 2**64 - 1)
 
 def _scrub(batch: WriteBatch) -> bool:
     """Make every record of ``batch`` recordable, in place; returns whether anything
-    changed. Text with lone surrogates is escaped (``flowcore.ids.safe_text``), ints past
+    changed. Text with lone surrogates is escaped (``flowcore.ids.safe_text``), a NUL
+    character written ``\\x00``, ints past
     64 bits and values of other types become their repr, containers nested too deep a
     placeholder. Only called after a write failed, so it may take its time."""
     changed = False
@@ -497,6 +498,8 @@ def _recordable(value: Any, depth: int) -> Any:
         return value
     if isinstance(value, str):
         text = safe_text(value)
+        if "\x00" in text:  # a NUL: SQLite keeps it, PostgreSQL's text cannot
+            text = text.replace("\x00", "\\x00")
         return value if text is value else text
     if isinstance(value, int):
         return value if _INT64[0] <= value <= _INT64[1] else safe_repr(value, 200)

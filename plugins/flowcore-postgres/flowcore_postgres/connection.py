@@ -278,6 +278,11 @@ class Connection:
             return await shielded(coro)
         except StoreError:
             raise
+        except asyncpg.DataError as exc:
+            # A value PostgreSQL cannot hold (a NUL character in text): not a store failure.
+            # As SQLite's UnicodeEncodeError, a ValueError, which the engine's writer answers
+            # by making the batch recordable and writing it again (never retried as is).
+            raise ValueError(f"PostgreSQL refused a value of the batch: {exc}") from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise translate(exc, self.location) from exc
 

@@ -59,6 +59,31 @@ async def test_a_flow_runs_end_to_end_and_is_recorded_whole(pg_url: str) -> None
         assert await store.list_spans(run.trace_id or "") != []
 
 
+async def test_a_nul_character_is_recorded_escaped_not_retried_for_ever(pg_url: str) -> None:
+    """A task named from text holding a NUL (a file name read as bytes, say): PostgreSQL's
+    text columns cannot hold it, so the batch is refused as a value error, and the
+    engine's writer escapes it and writes the batch again (a store error would have
+    been retried as it is, for ever)."""
+
+    @flowcore.task(name="header\x00.csv")
+    async def opens() -> int:
+        return 1
+
+    @flowcore.flow
+    async def reads() -> int:
+        return await opens()
+
+    async with flowcore.Engine(store=pg_url) as engine:
+        assert await reads() == 1
+        assert engine.last_run is not None
+        run_id = engine.last_run.id
+    async with PostgresStore(pg_url) as store:
+        run = await store.get_run(run_id)
+        assert run.state is State.COMPLETED
+        (task,) = await store.list_task_runs(run_id)
+        assert task.state is State.COMPLETED and task.name == "header\\x00.csv"
+
+
 CROWD = textwrap.dedent(
     """
     import asyncio
