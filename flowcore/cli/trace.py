@@ -15,7 +15,7 @@ from ..store import Store
 from ..store.crash import mark_crashed_runs
 from ..telemetry.shipper import ExportFailed, SpanShipper, from_environment
 from ..views.format import to_json, visible
-from ..views.trace import load_trace, span_to_json, tree_order
+from ..views.trace import load_trace, span_to_json, subtree, tree_order
 from . import waterfall
 from .support import CliError, CliUsageError, Count, Days, Group, database, parse_at, read
 
@@ -191,12 +191,8 @@ def trace_export(run_ids: tuple[str, ...], since_text: str | None) -> None:
                 run = await store.get_run(run_id)
             except RunNotFound as exc:
                 raise CliError(str(exc)) from None
-            pending = [run]
-            while pending:  # the run, then its subflows (a subflow is a run of its own)
-                current = pending.pop()
-                if current.id not in runs:
-                    runs[current.id] = current
-                    pending.extend(await store.child_runs(current.id))
+            # The run and its subflows (a subflow is a run of its own).
+            runs.update((r.id, r) for r in await subtree(store, run))
         if since is not None:
             found = await store.list_runs(limit=MAX_EXPORT_RUNS)
             runs.update((r.id, r) for r in found if r.created >= since)

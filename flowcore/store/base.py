@@ -25,7 +25,7 @@ contract: a store that passes it can back flowcore.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -66,6 +66,7 @@ __all__ = [
     "ServingStore",
     "SpanStore",
     "Store",
+    "TagPage",
     "apply_asset_events",
     "apply_code_change",
     "claimed_source",
@@ -699,6 +700,38 @@ class Store(
 
     #: Where large results go (``None``: they stay inline in the records).
     blobs: BlobStore | None
+
+
+class TagPage:
+    """A page of task runs whose tags hold ``tag``, taken from chunks read in ``seq``
+    order (``list_task_runs(tag=...)`` of a store keeping tags in the record's body):
+    ``offset`` matches skipped, then at most ``limit`` kept (``None``: all). With
+    ``keep=False`` only what counting needs is kept of each match (id, name, state,
+    times), not the whole record. Shared so that every store pages a tag alike."""
+
+    def __init__(self, tag: str, offset: int, limit: int | None, *, keep: bool = True) -> None:
+        self.tag, self.limit, self.keep = tag, limit, keep
+        self._skip = offset
+        self.found: list[TaskRunRecord] = []
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and len(self.found) >= self.limit
+
+    def take(self, records: Iterable[TaskRunRecord]) -> None:
+        """Take the matches of one chunk, until the page is full."""
+        for record in records:
+            if self.tag not in (record.tags or ()):
+                continue
+            if self._skip:
+                self._skip -= 1
+                continue
+            self.found.append(record if self.keep else TaskRunRecord(
+                run_id=record.run_id, seq=record.seq, name=record.name,
+                state=record.state, created=record.created,
+            ))  # fmt: skip
+            if self.full:
+                return
 
 
 def claimed_source(run: FlowRunRecord) -> str:

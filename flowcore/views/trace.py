@@ -16,7 +16,7 @@ from ..store.base import Store
 from ..telemetry.task_spans import task_span
 from .format import iso_ns
 
-__all__ = ["Row", "load_trace", "read_trace", "span_to_json", "tree_order"]
+__all__ = ["Row", "load_trace", "read_trace", "span_to_json", "subtree", "tree_order"]
 
 
 async def read_trace(store: Store, run_id: str) -> list[SpanRecord]:
@@ -49,14 +49,20 @@ async def load_trace(store: Store, run_id: str) -> tuple[FlowRunRecord, list[Spa
     run = await store.get_run(run_id)
     spans = await read_trace(store, run.id)
     if run.parent_run_id is not None and spans:
-        mine, pending = {run.id}, [run.id]
-        while pending:
-            for child in await store.child_runs(pending.pop()):
-                if child.id not in mine:
-                    mine.add(child.id)
-                    pending.append(child.id)
+        mine = {r.id for r in await subtree(store, run)}
         spans = [s for s in spans if s.run_id in mine]
     return run, spans
+
+
+async def subtree(store: Store, run: FlowRunRecord) -> list[FlowRunRecord]:
+    """``run`` and the subflow runs it started, and theirs in turn, each once."""
+    found, pending = {run.id: run}, [run]
+    while pending:
+        for child in await store.child_runs(pending.pop().id):
+            if child.id not in found:
+                found[child.id] = child
+                pending.append(child)
+    return list(found.values())
 
 
 @dataclass(frozen=True)

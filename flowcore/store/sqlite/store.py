@@ -57,6 +57,7 @@ from ...states import TERMINAL
 from ..base import (
     AssetWrite,
     BlobStore,
+    TagPage,
     apply_asset_events,
     apply_code_change,
     claimed_source,
@@ -471,10 +472,9 @@ class SQLiteStore:
         reader's query, never on the engine's path. ``keep=False`` keeps only the
         state (for counting) rather than every matching record.
         """
-        found: list[TaskRunRecord] = []
-        skipped = 0
+        page = TagPage(tag, offset, limit, keep=keep)
         after = -1
-        while limit is None or len(found) < limit:
+        while not page.full:
             rows = await self._io.fetch(
                 f"SELECT {TASK_COLS} FROM task_runs WHERE {where} AND seq > ? "
                 "ORDER BY seq LIMIT 5000",
@@ -483,20 +483,8 @@ class SQLiteStore:
             if not rows:
                 break
             after = rows[-1][1]
-            for row in rows:
-                record = task_record(row)
-                if tag not in (record.tags or ()):
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                    continue
-                found.append(record if keep else TaskRunRecord(
-                    run_id=record.run_id, seq=record.seq, name=record.name,
-                    state=record.state, created=record.created,
-                ))  # fmt: skip
-                if limit is not None and len(found) >= limit:
-                    break
-        return found
+            page.take(task_record(row) for row in rows)
+        return page.found
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         rows = await self._io.fetch(

@@ -58,6 +58,7 @@ from flowcore.records import (
 )
 from flowcore.store.base import (
     BlobStore,
+    TagPage,
     apply_code_change,
     claimed_source,
     not_found_message,
@@ -381,11 +382,10 @@ class PostgresStore:
         Tags live in the body, so the rows are read in chunks and decoded here (memory
         stays bounded by a chunk and the page): a reader's query, never the engine's.
         """
-        found: list[TaskRunRecord] = []
-        skipped = 0
+        page = TagPage(tag, offset, limit, keep=keep)
         after = -1
         n = len(params)
-        while limit is None or len(found) < limit:
+        while not page.full:
             rows = await self._io.fetch(
                 f"SELECT {TASK_COLS} FROM task_runs WHERE {where} AND seq > ${n + 1} "
                 "ORDER BY seq LIMIT 5000",
@@ -395,20 +395,8 @@ class PostgresStore:
             if not rows:
                 break
             after = rows[-1][1]
-            for row in rows:
-                record = task_record(row)
-                if tag not in (record.tags or ()):
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                    continue
-                found.append(record if keep else TaskRunRecord(
-                    run_id=record.run_id, seq=record.seq, name=record.name,
-                    state=record.state, created=record.created,
-                ))  # fmt: skip
-                if limit is not None and len(found) >= limit:
-                    break
-        return found
+            page.take(task_record(row) for row in rows)
+        return page.found
 
     async def child_runs(self, run_id: str) -> list[FlowRunRecord]:
         rows = await self._io.fetch(
