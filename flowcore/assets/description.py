@@ -62,17 +62,9 @@ def describe_partitions(partitions: Partitions | None) -> dict[str, Any] | None:
     """The parameters of ``partitions`` (``None``: unpartitioned)."""
     if partitions is None:
         return None
-    if isinstance(partitions, DailyPartitions):
+    if isinstance(partitions, DailyPartitions | HourlyPartitions):
         return {
-            "kind": "daily",
-            "start": partitions.start.isoformat(),
-            "end": None if partitions.end is None else partitions.end.isoformat(),
-            "tz": partitions.tz,
-            "end_offset": partitions.end_offset,
-        }
-    if isinstance(partitions, HourlyPartitions):
-        return {
-            "kind": "hourly",
+            "kind": "daily" if isinstance(partitions, DailyPartitions) else "hourly",
             "start": partitions.start.isoformat(),
             "end": None if partitions.end is None else partitions.end.isoformat(),
             "tz": partitions.tz,
@@ -173,19 +165,16 @@ def _partitions(found: Any) -> Partitions | None:
     if found is None:
         return None
     kind = found["kind"]
-    if kind == "daily":
-        end = found.get("end")
-        return DailyPartitions(
-            date.fromisoformat(found["start"]),
-            None if end is None else date.fromisoformat(end),
-            tz=found["tz"],
-            end_offset=found.get("end_offset", 0),
+    if kind in ("daily", "hourly"):
+        window, parse = (
+            (DailyPartitions, date.fromisoformat)
+            if kind == "daily"
+            else (HourlyPartitions, datetime.fromisoformat)
         )
-    if kind == "hourly":
         end = found.get("end")
-        return HourlyPartitions(
-            datetime.fromisoformat(found["start"]),
-            None if end is None else datetime.fromisoformat(end),
+        return window(
+            parse(found["start"]),
+            None if end is None else parse(end),
             tz=found["tz"],
             end_offset=found.get("end_offset", 0),
         )
