@@ -533,7 +533,7 @@ async def test_new_writes_to_a_migrated_database_round_trip_every_field(tmp_path
     assert every_field.entrypoint_hash  # set too
     # Fields added after version 5.
     new_fields = {"machine", "entrypoint_hash", "upstream", "launched_by", "scheduled_for"}
-    new_fields |= {"interval_start", "interval_end"}
+    new_fields |= {"interval_start", "interval_end", "parent_span_id"}
     assert set(FlowRunRecord.__struct_fields__) - new_fields <= set(V5_FLOW_COLS.split(", "))
     async with SQLiteStore(path) as store:
         await store.write(WriteBatch([every_field], []))
@@ -714,6 +714,7 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
         "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA, *EXPORT_SCHEMA,
+        *RETENTION_SCHEMA,
     }  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
@@ -728,6 +729,8 @@ ASSET_SCHEMA = {
 EVALUATION_SCHEMA = {"asset_evaluations", "asset_evaluations_key"}
 #: What migration 11 adds: the index of runs whose spans are still to ship.
 EXPORT_SCHEMA = {"flow_runs_export"}
+#: What migration 13 adds: the indexes a prune walks (flowcore runs prune).
+RETENTION_SCHEMA = {"flow_runs_top", "triggers_run", "asset_materializations_value_ref"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -762,8 +765,40 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
     assert set(before["schema"]) <= set(after["schema"]), "no v8 table or index changed"
     new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
-    assert new == ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA
+    assert new == ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
+
+
+async def test_a_v12_database_upgrades_to_13_keeping_asset_blobs_and_pruning_old_runs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "flowcore.db"
+    old = FlowRunRecord(id="old", name="etl", state=State.COMPLETED, created=T0, ended=T0 + 1)
+    kept = FlowRunRecord(id="kept", name="etl", state=State.COMPLETED, created=T0 + 9e5)
+    tasks = [TaskRunRecord(run_id="old", seq=0, name="t", state=State.COMPLETED, created=T0)]
+    v7_database(path, [old, kept], tasks, [], version=12)
+    blob, inline = "ab" * 32, b"\x01"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executemany(
+            "INSERT INTO asset_materializations (key, partition, at, run_id, seq, body) "
+            "VALUES (?, NULL, ?, 'old', 0, ?)",
+            [
+                (key, T0, enc.encode(MaterializationRecord(
+                    key=key, at=T0, run_id="old", seq=0, code_version="1", data_version="v",
+                    value_ref=ref, value=value,
+                )))
+                for key, ref, value in (("big", blob, None), ("small", None, inline))
+            ],
+        )  # fmt: skip
+    async with SQLiteStore(path) as store:
+        refs = await store.result_refs()
+        pruned = await store.prune_runs(T0 + 5e5)
+        left = [r.id for r in await store.list_runs()]
+        history = await store.asset_history("big")
+    assert refs == {blob}, "a blob a materialisation written before the migration holds"
+    assert (pruned.runs, pruned.task_runs, left) == (1, 1, ["kept"])
+    assert [m.value_ref for m in history] == [blob], "asset history stays"
+    assert meta(path)["migration.12"] == "12.5" and "migration.13" in meta(path)
 
 
 # Released migrations never change: a database migrated by them must mean the same to

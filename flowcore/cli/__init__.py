@@ -24,6 +24,7 @@ from .assets import assets
 from .cache import cache
 from .flows import flows
 from .limits import limits
+from .logs import logs_group
 from .run import resume_command, run_command
 from .runs import runs
 from .schedules import schedules
@@ -66,6 +67,7 @@ cli.add_command(runs)
 cli.add_command(cache)
 cli.add_command(trace)
 cli.add_command(limits)
+cli.add_command(logs_group)
 cli.add_command(serve_command)
 cli.add_command(trigger_command)
 cli.add_command(flows)

@@ -1,16 +1,58 @@
-"""``flowcore runs logs``: print a run's log, or follow it while the run goes on."""
+"""``flowcore runs logs``: print a run's log, or follow it while the run goes on; and
+``flowcore logs prune``: delete old log lines. Also what the prune commands share (the
+age they take, the store they need)."""
 
 from __future__ import annotations
+
+import math
+import time
+from typing import Any
 
 import click
 
 from ..records import FlowRunRecord, LogRecord
 from ..store import Store
+from ..store.base import RunRetention
 from ..views import logs as views
-from ..views.format import to_json, visible
-from .support import CliError, Count, database, read
+from ..views.format import iso_utc, to_json, visible
+from .support import MAX_DAYS, CliError, Count, Group, database, read
 
-__all__ = ["logs"]
+__all__ = ["Age", "logs", "logs_group", "need_store"]
+
+
+class Age(click.types.FloatParamType):
+    """An age in days above 0 and at most :data:`MAX_DAYS` (fractions allowed: 0.5 is 12
+    hours): what a prune keeps. Zero, negative numbers, ``nan``, ``inf`` and words are
+    usage errors naming the option and the range; "delete everything" is not an age."""
+
+    name = "days"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            days = math.nan
+        if not (math.isfinite(days) and 0 < days <= MAX_DAYS):
+            self.fail(
+                f"expected a number of days above 0 and at most {MAX_DAYS} (0.5 is 12 hours), "
+                f"got {value!r}",
+                param,
+                ctx,
+            )
+        return days
+
+
+def need_store(what: str) -> None:
+    """Refuse, naming the fix, when there is no store to prune: a prune never creates one."""
+    db = database()
+    if not db.exists():
+        raise CliError(
+            f"there is no flowcore database at {db}, so no {what} to prune; point "
+            "FLOWCORE_HOME (or --home) at the folder holding flowcore.db, or FLOWCORE_DB_URL "
+            "at the store"
+        )
 
 
 def _check_level(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -91,3 +133,60 @@ async def _follow(
     async for page in views.follow_logs(store, run_id, task=task, min_level=level, limit=limit):
         for line in page:
             click.echo(views.log_to_json_line(line) if as_json else views.log_line_text(line))
+
+
+# -- flowcore logs prune ------------------------------------------------------------------------
+
+
+@click.group("logs", cls=Group)
+def logs_group() -> None:
+    """Delete old lines of run logs (read a run's log with `flowcore runs logs RUN_ID`)."""
+
+
+@logs_group.command("prune")
+@click.option(
+    "--older-than", type=Age(), required=True, metavar="DAYS",
+    help="Delete the log lines written more than DAYS days ago (0.5: 12 hours).",
+)  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Delete nothing: count the lines that would go.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the count as a JSON object.")
+def logs_prune(older_than: float, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Delete the log lines written more than DAYS days ago, of every run, kept or not
+    (the runs themselves stay: `flowcore runs prune` deletes old runs with their logs).
+
+    Lines go in the order they were written, a chunk per transaction, so running flows
+    keep writing theirs meanwhile.
+
+    \b
+    flowcore logs prune --older-than 7
+    flowcore logs prune --older-than 0.5 --dry-run
+    """
+    need_store("log lines")
+    db = database()
+    what = f"the log lines written more than {older_than:g} days ago"
+    if not (yes or dry_run):
+        click.confirm(f"delete {what} from {db}?", abort=True, err=True)
+    before = time.time() - older_than * 86400
+
+    async def prune(store: Store) -> int:
+        if not isinstance(store, RunRetention):
+            raise CliError(
+                f"the store {store.location} cannot prune log lines: {type(store).__name__} "
+                "has no prune_logs (the RunRetention role of flowcore.store.base); upgrade "
+                "the store's plugin"
+            )
+        return await store.prune_logs(before, dry_run=dry_run)
+
+    count = read(prune)
+    if as_json:
+        click.echo(
+            to_json(
+                {"dry_run": dry_run, "older_than_days": older_than, "before": iso_utc(before),
+                 "logs": count}
+            )
+        )  # fmt: skip
+        return
+    lines = f"{count:,} log line{'' if count == 1 else 's'}"
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {lines} written more than {older_than:g} days ago")

@@ -1,6 +1,9 @@
-"""``flowcore runs``: list recorded runs, and show one run's tree of task runs."""
+"""``flowcore runs``: list recorded runs, show one run's tree of task runs, and delete
+old runs (``prune``)."""
 
 from __future__ import annotations
+
+import time
 
 import click
 from rich.console import Console
@@ -8,10 +11,12 @@ from rich.text import Text
 
 from ..records import FlowRunRecord
 from ..store import Store
+from ..store.base import PruneCount, prune_runs_and_results
+from ..store.crash import mark_crashed_runs
 from ..views import runs as views
-from ..views.format import to_json, visible
+from ..views.format import iso_utc, to_json, visible
 from . import render
-from .logs import logs
+from .logs import Age, logs, need_store
 from .support import STATES, CliError, Count, Group, check_state, database, read
 
 __all__ = ["runs"]
@@ -142,3 +147,71 @@ def runs_show(
             ),
             highlight=False,
         )
+
+
+@runs.command("prune")
+@click.option(
+    "--older-than", type=Age(), required=True, metavar="DAYS",
+    help="Delete the runs that ended more than DAYS days ago (0.5: 12 hours).",
+)  # fmt: skip
+@click.option(
+    "--keep-runs", type=Count(0), metavar="N",
+    help="Keep the newest N top-level runs, however old.",
+)  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Delete nothing: count what would go.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as a JSON object.")
+def runs_prune(
+    older_than: float, keep_runs: int | None, dry_run: bool, yes: bool, as_json: bool
+) -> None:
+    """Delete the runs that ended more than DAYS days ago, with everything that is
+    theirs: subflows, task runs, log lines, spans, and the result files nothing else
+    uses. A run still going is never deleted; a run whose process died is marked
+    Crashed first, and goes once it is older than DAYS.
+
+    Asset history and state, cache entries and schedules stay (a cached or asset value
+    keeps its result file). Runs go in chunks, a transaction each, so flows running
+    meanwhile keep writing.
+
+    \b
+    flowcore runs prune --older-than 30
+    flowcore runs prune --older-than 7 --keep-runs 1000 --dry-run
+    """
+    need_store("runs")
+    db = database()
+    kept = "" if keep_runs is None else f" (but the newest {keep_runs:,} runs)"
+    what = f"the runs that ended more than {older_than:g} days ago{kept}"
+    if not (yes or dry_run):
+        click.confirm(
+            f"delete {what} from {db}, with their task runs, logs and spans?", abort=True, err=True
+        )
+    before = time.time() - older_than * 86400
+
+    async def prune(store: Store) -> PruneCount:
+        await mark_crashed_runs(store)  # a run whose process died goes once old enough
+        return await prune_runs_and_results(store, before, keep_runs=keep_runs, dry_run=dry_run)
+
+    count = read(prune)
+    if as_json:
+        click.echo(
+            to_json(
+                {"dry_run": dry_run, "older_than_days": older_than, "before": iso_utc(before),
+                 "keep_runs": keep_runs, **count.to_dict()}
+            )
+        )  # fmt: skip
+        return
+    verb = "would delete" if dry_run else "deleted"
+    ended = f"that ended more than {older_than:g} days ago{kept}"
+    click.echo(f"{verb} {_many(count.runs, 'run')} {ended}, with {prune_text(count)}")
+
+
+def _many(n: int, one: str) -> str:
+    return f"{n:,} {one}{'' if n == 1 else 's'}"
+
+
+def prune_text(count: PruneCount) -> str:
+    """What went with the runs: ``12 task runs, 40 log lines, 3 spans and 1 result file``."""
+    return (
+        f"{_many(count.task_runs, 'task run')}, {_many(count.logs, 'log line')}, "
+        f"{_many(count.spans, 'span')} and {_many(count.blobs, 'result file')}"
+    )

@@ -3,6 +3,9 @@ the assets the files define by their automation policies."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -13,6 +16,8 @@ from ..entrypoints import flows_in, load_module, split_target
 from ..errors import FlowLoadError
 from ..flow import Flow
 from ..serve import serve
+from ..serve.server import RETENTION_VARIABLE
+from .logs import Age
 from .support import Count
 
 __all__ = ["assets_in", "serve_command", "served_in"]
@@ -88,7 +93,14 @@ def _served(targets: tuple[str, ...]) -> tuple[list[Flow[Any, Any]], list[Module
     metavar="SECONDS",
     help="On SIGTERM or Ctrl-C: how long runs in flight may finish before they are cancelled.",
 )  # fmt: skip
-def serve_command(targets: tuple[str, ...], max_runs: int, grace: float) -> None:
+@click.option(
+    "--run-retention-days", type=Age(), metavar="DAYS",
+    help=f"Prune the runs that ended more than DAYS days ago, at start and then hourly "
+    f"(default: ${RETENTION_VARIABLE}, else keep them).",
+)  # fmt: skip
+def serve_command(
+    targets: tuple[str, ...], max_runs: int, grace: float, run_retention_days: float | None
+) -> None:
     """Serve flows: fire their schedules' slots and the runs triggered for them
     (`flowcore trigger`), until SIGTERM or Ctrl-C.
 
@@ -100,9 +112,32 @@ def serve_command(targets: tuple[str, ...], max_runs: int, grace: float) -> None
     seconds to finish, then are cancelled (recorded Cancelled); a second Ctrl-C cancels
     them at once. Exits 0.
 
+    With --run-retention-days (or FLOWCORE_RUN_RETENTION_DAYS) it also prunes old runs,
+    as `flowcore runs prune --older-than DAYS` does, when it starts and every hour.
+
     \b
     flowcore serve examples/scheduled.py
     flowcore serve flows.py:ingest flows.py:report --max-runs 10 --grace 60
+    flowcore serve flows.py --run-retention-days 30
     """
     flows, modules = _served(targets)
-    serve(*flows, assets=modules or None, max_runs=max_runs, grace=grace)
+    with _retention(run_retention_days):
+        serve(*flows, assets=modules or None, max_runs=max_runs, grace=grace)
+
+
+@contextmanager
+def _retention(days: float | None) -> Iterator[None]:
+    """``$FLOWCORE_RUN_RETENTION_DAYS`` set to ``days`` while serving (the server reads it),
+    as it was afterwards (which matters when the command runs embedded, in tests)."""
+    if days is None:
+        yield
+        return
+    previous = os.environ.get(RETENTION_VARIABLE)
+    os.environ[RETENTION_VARIABLE] = repr(days)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RETENTION_VARIABLE, None)
+        else:
+            os.environ[RETENTION_VARIABLE] = previous

@@ -28,6 +28,15 @@ What it polls
 process commits: a trigger, a pause, another server's claim) wakes it early; the
 registry heartbeat, the stored next fire times and crash marking go every
 :data:`BEAT` seconds.
+
+Retention
+---------
+With ``FLOWCORE_RUN_RETENTION_DAYS`` (``flowcore serve --run-retention-days``), a server
+prunes the runs that ended more than that many days ago (with their subflows, task
+runs, logs, spans and the result blobs nothing else uses) once when it starts, then
+every :data:`RETENTION_EVERY` seconds, in chunks that leave the store to its runs in
+between (``store.base.RunRetention``), and logs what it deleted. Several servers on one
+store each prune: a run is deleted once, whoever gets to it.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import anyio.abc
 import anyio.lowlevel
 import msgspec
 
+from .. import _validate
 from ..assets import AssetGraph, materialize_async
 from ..assets.marks import sync_definitions
 from ..engine.core import Engine
@@ -57,13 +67,14 @@ from ..ids import HOST, error_message, error_name
 from ..records import FlowRunRecord, Launch, ScheduleState, SlotClaim, Trigger, transition
 from ..schedules import Schedule, due_slots
 from ..states import State
+from ..store.base import PruneCount, RunRetention, prune_runs_and_results
 from .crashes import CrashWatch
 from .launches import claimed_run, launch_of, schedule_by, slot_launch, trigger_by
 from .logs import log, text, when
 from .reactions import Reaction, Reactor
 from .registry import schedule_state, served_row
 
-__all__ = ["BEAT", "POLL", "Server"]
+__all__ = ["BEAT", "POLL", "RETENTION_EVERY", "RETENTION_VARIABLE", "Server", "retention_days"]
 
 #: Seconds between two looks at ``store.changes()``.
 POLL: Final = 0.15
@@ -73,6 +84,35 @@ BEAT: Final = 5.0
 _MAX_SLEEP: Final = 5.0
 #: Seconds before a wake that failed (a store error) is tried again.
 _RETRY: Final = 1.0
+#: Seconds between two prunes of old runs (with a retention set).
+RETENTION_EVERY: Final = 3600.0
+#: The variable that sets the retention of runs, in days.
+RETENTION_VARIABLE: Final = "FLOWCORE_RUN_RETENTION_DAYS"
+
+
+def retention_days(given: float | None) -> float | None:
+    """The retention of runs in days: ``given``, else ``$FLOWCORE_RUN_RETENTION_DAYS`` (unset
+    or empty: none). Anything but a finite number above 0 is a ``ConfigurationError``."""
+    if given is not None:
+        if not _validate.is_number(given) or not given > 0:
+            raise ConfigurationError(
+                "`run_retention_days` must be a number of days above 0 (0.5 is 12 hours), "
+                f"got {given!r}"
+            )
+        return float(given)
+    raw = os.environ.get(RETENTION_VARIABLE, "").strip()
+    if not raw:
+        return None
+    try:
+        days = float(raw)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and days > 0):
+        raise ConfigurationError(
+            f"{RETENTION_VARIABLE} must be a number of days above 0 (0.5 is 12 hours), got "
+            f"{raw!r}; unset it to keep runs for ever"
+        )
+    return days
 
 
 @dataclass
@@ -130,6 +170,7 @@ class Server:
         max_runs: int = 100,
         grace: float = 30.0,
         assets: AssetGraph | None = None,
+        run_retention_days: float | None = None,
     ) -> None:
         self.flows = {f.name: f for f in flows}
         #: Assets served: those with an ``automation=`` policy are materialised by it.
@@ -155,6 +196,17 @@ class Server:
         self._token: int | None = None
         self._triggers_due = True
         self._last_trigger_look = -math.inf
+        #: Runs that ended more than this many days ago are pruned (``None``: kept).
+        self.run_retention_days = retention_days(run_retention_days)
+        if self.run_retention_days is not None and not isinstance(self.store, RunRetention):
+            raise ConfigurationError(
+                f"the store {self.store.location} cannot prune runs ({type(self.store).__name__}"
+                f" has no prune_runs), so a retention of {self.run_retention_days:g} days cannot "
+                f"be kept; unset {RETENTION_VARIABLE}, or upgrade the store's plugin"
+            )
+        #: Prunes done by the periodic retention, and an event set after each.
+        self.retention_passes = 0
+        self._retained = anyio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -281,6 +333,8 @@ class Server:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
             tg.start_soon(self._beat)
+            if self.run_retention_days is not None:
+                tg.start_soon(self._retain)
             try:
                 while True:
                     try:
@@ -335,6 +389,50 @@ class Server:
                 await self.beat()
             except Exception as error:  # a locked or unavailable store: next time
                 log.warning("heartbeat failed: %s: %s", type(error).__name__, text(error))
+
+    async def _retain(self) -> None:
+        """Prune old runs now, then every :data:`RETENTION_EVERY` seconds."""
+        while True:
+            try:
+                await self.retain()
+            except Exception as error:  # a locked or unavailable store: next time
+                log.warning(
+                    "retention: could not prune runs (next try in %gs): %s: %s",
+                    RETENTION_EVERY,
+                    type(error).__name__,
+                    text(error),
+                )
+            await anyio.sleep(RETENTION_EVERY)
+
+    async def retain(self) -> PruneCount:
+        """One prune of the runs that ended more than ``run_retention_days`` days ago (see
+        the module docstring); logged, and returned."""
+        days = self.run_retention_days
+        if days is None:
+            raise ConfigurationError("this server keeps runs for ever (no run_retention_days)")
+        try:
+            count = await prune_runs_and_results(self.store, self.clock.time() - days * 86400)
+        finally:
+            self.retention_passes += 1
+            self._retained.set()
+            self._retained = anyio.Event()
+        log.info(
+            "retention: deleted %d run%s that ended more than %g days ago, with %d task runs, "
+            "%d log lines, %d spans and %d result files",
+            count.runs,
+            "" if count.runs == 1 else "s",
+            days,
+            count.task_runs,
+            count.logs,
+            count.spans,
+            count.blobs,
+        )
+        return count
+
+    async def wait_retention(self, passes: int = 1) -> None:
+        """Wait until the periodic retention has pruned ``passes`` times (done or failed)."""
+        while self.retention_passes < passes:
+            await self._retained.wait()
 
     async def beat(self) -> None:
         """One heartbeat (see :meth:`_beat`)."""

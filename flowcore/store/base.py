@@ -19,18 +19,25 @@ The split says who calls what:
   materialised, stale, failing a check), kept incrementally on every write.
 - :class:`BlobStore` (``store.blobs``): large results, kept beside the records.
 
+Two optional roles, not part of :class:`Store`: :class:`RunQueries` (the web UI's big
+pages) and :class:`RunRetention` (deleting old runs and log lines, so that a store's
+size stays bounded); a store without one still backs the engine.
+
 ``flowcore.testing.check_store(factory)`` is the executable form of this
 contract: a store that passes it can back flowcore.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from .. import ranges
+from .. import _validate, ranges
 from ..errors import ConfigurationError
 from ..records import (
     AssetDefRecord,
@@ -55,13 +62,17 @@ from ..states import TERMINAL, State
 
 __all__ = [
     "FINISHED",
+    "LOG_CHUNK",
+    "PRUNE_CHUNK",
     "AssetStore",
     "AssetWrite",
     "BlobStore",
     "CacheStore",
     "LeaseStore",
     "LogStore",
+    "PruneCount",
     "RunQueries",
+    "RunRetention",
     "RunStore",
     "ServingStore",
     "SpanStore",
@@ -69,9 +80,13 @@ __all__ = [
     "TagPage",
     "apply_asset_events",
     "apply_code_change",
+    "check_prune",
     "claimed_source",
+    "ended_at",
+    "freed_results",
     "late_completion",
     "not_found_message",
+    "prune_runs_and_results",
     "replaces",
 ]
 
@@ -175,7 +190,9 @@ class CacheStore(Protocol):
         """Remove these cache entries."""
 
     async def result_refs(self) -> set[str]:
-        """Every result blob still referenced (by a task run or a cache entry)."""
+        """Every result blob still referenced: by a task run, a cache entry, or an asset
+        materialisation (its ``value_ref``: a large asset value is a blob no task run
+        names). Blob pruning deletes every blob not in this set."""
 
 
 class SpanStore(Protocol):
@@ -219,8 +236,8 @@ class LogStore(Protocol):
     ``after=N``, however writes of several processes interleave (that is how
     ``flowcore runs logs --follow`` pages). Lines are never changed once written.
 
-    Retention: lines stay as long as the store keeps them; nothing deletes runs yet,
-    and when something does, a run's lines go with it.
+    Retention: a run's lines go with it when it is pruned, and lines older than a time
+    go by themselves when pruned (:class:`RunRetention`); otherwise they stay.
     """
 
     async def list_logs(
@@ -667,6 +684,131 @@ class RunQueries(Protocol):
         a run of 100,000 task runs from it, in pages)."""
 
 
+#: Top-level runs deleted per transaction by :meth:`RunRetention.prune_runs` (by default).
+PRUNE_CHUNK: Final = 500
+#: Log lines looked at per transaction by :meth:`RunRetention.prune_logs` (by default).
+LOG_CHUNK: Final = 5000
+
+
+@dataclass(slots=True)
+class PruneCount:
+    """What a prune deleted (with ``dry_run``: what it would delete).
+
+    ``runs`` counts flow runs, top-level ones and their subflows; ``logs`` log lines;
+    ``spans`` span rows (task spans are part of their task runs). ``blobs``: result
+    blobs. A real prune leaves it 0 in the store's answer, and
+    :func:`prune_runs_and_results` sets it to what the blob pruning after it deleted; a
+    dry run counts the blobs that only the runs it would delete refer to.
+    """
+
+    runs: int = 0
+    task_runs: int = 0
+    logs: int = 0
+    spans: int = 0
+    blobs: int = 0
+
+    def __add__(self, other: PruneCount) -> PruneCount:
+        return PruneCount(
+            self.runs + other.runs,
+            self.task_runs + other.task_runs,
+            self.logs + other.logs,
+            self.spans + other.spans,
+            self.blobs + other.blobs,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@runtime_checkable
+class RunRetention(Protocol):
+    """Deleting old runs, with everything that is theirs, so a store's size stays bounded
+    (``flowcore runs prune``, ``flowcore serve`` with ``FLOWCORE_RUN_RETENTION_DAYS``).
+
+    A role of its own, not part of :class:`Store` yet: a store without it backs the
+    engine, and ``flowcore runs prune`` says it cannot prune there. ``check_store``
+    checks it on a store that has it.
+
+    What goes: top-level flow runs that *ended* (a terminal state: Completed, Failed,
+    Cancelled, TimedOut, Crashed, ...) before ``before``, never a run still Pending,
+    Running or Retrying, nor one that an unfinished run is resuming (its resumption
+    reads its task runs and results); with each, its whole tree of subflow runs, and
+    of every run in it: task runs, tags, log lines, span rows (those naming the run,
+    and those naming no run of a trace only the deleted runs have), span-export
+    claims, the claimed trigger that started it and its "crashed-hooks" one-shot claim.
+
+    What stays: asset history and state (staleness is judged from them: a
+    materialisation keeps naming the run that made it), cache entries, schedules and
+    their claimed slots (a slot's row is what keeps it from firing twice), and the
+    blobs still referenced by anything (:meth:`CacheStore.result_refs`); a real prune
+    deletes no blob itself: :func:`prune_runs_and_results` prunes them after it.
+
+    Work goes in chunks: at most ``chunk`` top-level runs per write transaction, and a
+    run of many rows (a million task runs, say) over several, so a prune of a million
+    old runs never holds the database long enough to stall running flows. Each chunk
+    is found and deleted through indexes: no table is scanned whole. A run's own rows
+    go before its flow run row, so a prune that stops half-way leaves no orphan: the
+    next one finishes the run.
+    """
+
+    async def prune_runs(
+        self,
+        before: float,
+        *,
+        keep_runs: int | None = None,
+        chunk: int = PRUNE_CHUNK,
+        dry_run: bool = False,
+    ) -> PruneCount:
+        """Delete the top-level runs (and their trees, as above) that ended before
+        ``before`` (unix seconds) and are not among the newest ``keep_runs`` top-level
+        runs (by ``created``); ``dry_run`` deletes nothing and counts what would go.
+        ``ConfigurationError`` for a ``before`` that is not a finite number, a negative
+        ``keep_runs`` or a ``chunk`` below 1 (:func:`check_prune`)."""
+
+    async def prune_logs(
+        self, before: float, *, chunk: int = LOG_CHUNK, dry_run: bool = False
+    ) -> int:
+        """Delete the log lines written before ``before`` (their ``time``), of any run,
+        kept or not; returns how many (``dry_run``: how many would go). Lines are
+        looked at in the order they were written (``id``), ``chunk`` per transaction,
+        from the oldest, until a chunk holds none older than ``before``: a line written
+        late with an older time (a clock behind the others') may stay."""
+
+
+def check_prune(before: object, keep_runs: object = None, chunk: object = 1) -> None:
+    """Every problem with the options of a prune, in one ``ConfigurationError``."""
+    problems = []
+    if not _validate.is_number(before):
+        problems.append(f"`before` must be a finite number of unix seconds, got {before!r}")
+    if problem := _validate.count("keep_runs", keep_runs, minimum=0):
+        problems.append(problem)
+    if problem := _validate.count("chunk", chunk, optional=False):
+        problems.append(problem)
+    if problems:
+        raise ConfigurationError("invalid prune options: " + "; ".join(problems))
+
+
+def ended_at(
+    ended: float | None, heartbeat: float | None, started: float | None, created: float
+) -> float:
+    """When a run in a terminal state ended: its ``ended``, or for a record that has none
+    (written by an older flowcore) the last time it is known to have been alive."""
+    for value in (ended, heartbeat, started):
+        if value is not None and math.isfinite(value):
+            return value
+    return created
+
+
+def freed_results(doomed: Counter[str], holders: Mapping[str, int], kept: set[str]) -> int:
+    """How many result blobs a prune frees: the refs of ``doomed`` (ref → how many of
+    the task runs to delete hold it) that no other task run holds (``holders``: every
+    task run holding each, as stored) and nothing else refers to (``kept``: cache entries'
+    and asset materialisations' refs)."""
+    return sum(
+        1 for ref, count in doomed.items() if holders.get(ref, 0) <= count and ref not in kept
+    )
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """Large results, by reference (the SHA-256 of their content).
@@ -793,3 +935,30 @@ def late_completion(crashed: _R, finished: _R) -> _R:
     else:
         history.append(entry)
     return msgspec.structs.replace(finished, history=history)
+
+
+async def prune_runs_and_results(
+    store: Store,
+    before: float,
+    *,
+    keep_runs: int | None = None,
+    chunk: int = PRUNE_CHUNK,
+    dry_run: bool = False,
+) -> PruneCount:
+    """:meth:`RunRetention.prune_runs`, then the blobs nothing refers to any more
+    (:meth:`BlobStore.prune` keeping :meth:`CacheStore.result_refs`, as ``flowcore cache
+    clear`` does: a blob younger than the prune's grace stays, in case its records are
+    not committed yet). Blobs are pruned only when runs were deleted.
+
+    ``ConfigurationError`` naming the store when it does not play :class:`RunRetention`.
+    """
+    if not isinstance(store, RunRetention):
+        raise ConfigurationError(
+            f"the store {store.location} cannot prune runs: {type(store).__name__} has no "
+            "prune_runs (the RunRetention role of flowcore.store.base); upgrade the store's "
+            "plugin, or delete old runs with the database's own tools"
+        )
+    count = await store.prune_runs(before, keep_runs=keep_runs, chunk=chunk, dry_run=dry_run)
+    if not dry_run and count.runs and store.blobs is not None:
+        count.blobs = await store.blobs.prune(await store.result_refs())
+    return count

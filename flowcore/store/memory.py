@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
@@ -31,11 +31,17 @@ from ..records import (
 )
 from ..states import TERMINAL, State
 from .base import (
+    LOG_CHUNK,
+    PRUNE_CHUNK,
     AssetWrite,
     BlobStore,
+    PruneCount,
     apply_asset_events,
     apply_code_change,
+    check_prune,
     claimed_source,
+    ended_at,
+    freed_results,
     late_completion,
     not_found_message,
     replaces,
@@ -500,10 +506,109 @@ class MemoryStore:
             self._cache.pop(key, None)
 
     async def result_refs(self) -> set[str]:
-        refs = {e.result_ref for e in self._cache.values() if e.result_ref}
+        refs = self._kept_refs()
         for tasks in self._tasks.values():
             refs.update(t.result_ref for t in tasks.values() if t.result_ref)
         return refs
+
+    def _kept_refs(self) -> set[str]:
+        """The result refs held by cache entries and asset materialisations."""
+        refs = {e.result_ref for e in self._cache.values() if e.result_ref}
+        for history in self._asset_history.values():
+            refs.update(m.value_ref for m in history if m.value_ref)
+        return refs
+
+    # -- retention (store.base.RunRetention) ---------------------------------------------
+
+    async def prune_runs(
+        self,
+        before: float,
+        *,
+        keep_runs: int | None = None,
+        chunk: int = PRUNE_CHUNK,
+        dry_run: bool = False,
+    ) -> PruneCount:
+        """The whole prune at once (no await: atomic, as every call of this store is)."""
+        check_prune(before, keep_runs, chunk)
+        runs = self._runs
+        tops = sorted(
+            (r for r in runs.values() if r.parent_run_id is None), key=lambda r: (r.created, r.id)
+        )
+        if keep_runs:
+            tops = tops[:-keep_runs]
+        resumed = {
+            r.resumed_from for r in runs.values() if r.state in _UNFINISHED and r.resumed_from
+        }
+        doomed = [
+            r.id
+            for r in tops
+            if r.state in TERMINAL
+            and r.id not in resumed
+            and ended_at(r.ended, r.heartbeat, r.started, r.created) < before
+        ]
+        kids: dict[str, list[str]] = {}
+        for r in runs.values():
+            if r.parent_run_id is not None:
+                kids.setdefault(r.parent_run_id, []).append(r.id)
+        tree: set[str] = set()
+        queue = deque(doomed)
+        while queue:
+            run_id = queue.popleft()
+            if run_id not in tree:
+                tree.add(run_id)
+                queue.extend(kids.get(run_id, ()))
+        traces = {runs[i].trace_id for i in tree if runs[i].trace_id}
+        shared = {r.trace_id for r in runs.values() if r.trace_id in traces and r.id not in tree}
+        spans = [
+            key
+            for key, span in self._spans.items()
+            if span.trace_id in traces and (span.trace_id not in shared or span.run_id in tree)
+        ]
+        count = PruneCount(
+            len(tree),
+            sum(len(self._tasks.get(i, ())) for i in tree),
+            sum(len(self._logs.get(i, ())) for i in tree),
+            len(spans),
+        )
+        if dry_run:
+            refs = Counter(
+                t.result_ref for i in tree for t in self._tasks.get(i, {}).values() if t.result_ref
+            )
+            holders = Counter(
+                ref
+                for tasks in self._tasks.values()
+                for t in tasks.values()
+                if (ref := t.result_ref) is not None and ref in refs
+            )
+            count.blobs = freed_results(refs, holders, self._kept_refs())
+            return count
+        for run_id in tree:
+            del runs[run_id]
+            self._tasks.pop(run_id, None)
+            self._logs.pop(run_id, None)
+            self._exports.pop(run_id, None)
+            self._unshipped.pop(run_id, None)
+            self._once.pop(("crashed-hooks", run_id), None)  # see serve.crashes.CLAIM_KIND
+        for key in spans:
+            del self._spans[key]
+        for trigger_id in [t.id for t in self._triggers.values() if t.run_id in tree]:
+            del self._triggers[trigger_id]
+        self._changes += 1
+        return count
+
+    async def prune_logs(
+        self, before: float, *, chunk: int = LOG_CHUNK, dry_run: bool = False
+    ) -> int:
+        check_prune(before, None, chunk)
+        deleted = 0
+        for run_id, lines in list(self._logs.items()):
+            kept = [line for line in lines if line.time >= before]
+            deleted += len(lines) - len(kept)
+            if not dry_run:
+                self._logs[run_id] = kept
+        if deleted and not dry_run:
+            self._changes += 1
+        return deleted
 
     # -- serving (flowcore serve) ----------------------------------------------------------
 

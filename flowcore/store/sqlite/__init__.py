@@ -2,6 +2,7 @@
 
 - :mod:`.store`: :class:`SQLiteStore`, its writes and its queries;
 - :mod:`.schema`: the numbered migrations and their runner;
+- :mod:`.retention`: old runs and log lines deleted in chunks (``flowcore runs prune``);
 - :mod:`.rows`: how records become rows and back;
 - :mod:`.connection`: the connections, write transactions and lock waits.
 """

@@ -343,6 +343,18 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE flow_runs ADD COLUMN tags TEXT",
         "_fill_run_tags",
     ),
+    # 13: retention (`flowcore runs prune`, store/sqlite/retention.py). Top-level runs by
+    #     creation time: a prune walks them oldest first, a page at a time from where the
+    #     last one stopped, reading no subflow on the way (one entry per top-level run
+    #     written: nothing per task run). The trigger that started a run, which goes
+    #     with it. Materialisations holding a blob, whose msgpack body has the key
+    #     "value_ref": blob pruning keeps their blobs, found without reading the history.
+    13: (
+        "CREATE INDEX flow_runs_top ON flow_runs (created, id) WHERE parent_run_id IS NULL",
+        "CREATE INDEX triggers_run ON triggers (run_id) WHERE run_id IS NOT NULL",
+        "CREATE INDEX asset_materializations_value_ref ON asset_materializations (id) "
+        "WHERE instr(body, X'a976616c75655f726566') > 0",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 OUR_TABLES: Final = frozenset(

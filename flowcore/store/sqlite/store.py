@@ -55,8 +55,11 @@ from ...records import (
 )
 from ...states import TERMINAL
 from ..base import (
+    LOG_CHUNK,
+    PRUNE_CHUNK,
     AssetWrite,
     BlobStore,
+    PruneCount,
     TagPage,
     apply_asset_events,
     apply_code_change,
@@ -65,6 +68,7 @@ from ..base import (
     not_found_message,
 )
 from ..files import FileBlobs
+from . import retention
 from .connection import Connection
 from .rows import (
     ACTIVE_RUNS,
@@ -616,6 +620,23 @@ class SQLiteStore:
         )
         return [log_record(r) for r in rows]
 
+    # -- retention (store.base.RunRetention) -----------------------------------------
+
+    async def prune_runs(
+        self,
+        before: float,
+        *,
+        keep_runs: int | None = None,
+        chunk: int = PRUNE_CHUNK,
+        dry_run: bool = False,
+    ) -> PruneCount:
+        return await retention.prune_runs(self._io, before, keep_runs, chunk, dry_run)
+
+    async def prune_logs(
+        self, before: float, *, chunk: int = LOG_CHUNK, dry_run: bool = False
+    ) -> int:
+        return await retention.prune_logs(self._io, before, chunk, dry_run)
+
     def get_cache_nowait(self, key: str) -> CacheEntry | None:
         """The cache entry with this key, read synchronously on the calling thread.
 
@@ -646,7 +667,7 @@ class SQLiteStore:
             "SELECT result_ref FROM cache_entries WHERE result_ref IS NOT NULL "
             "UNION SELECT result_ref FROM task_runs WHERE result_ref IS NOT NULL"
         )
-        return {r[0] for r in rows}
+        return {r[0] for r in rows} | await retention.asset_value_refs(self._io)
 
     async def lease_slots(
         self,

@@ -5,8 +5,9 @@ need from a database. This package checks it: every case writes through the
 public methods of a real store and asserts what a reader must see back (runs
 and task runs, cache entries, spans, shared leases and rates, blobs, run logs, what
 servers share: slots, schedules, triggers and one-shot claims, assets' history and
-state, two handles on one database at once, closing and reopening). A store that passes
-every case can back ``Engine(store=...)``, so a store plugin (PostgreSQL, say)
+state, two handles on one database at once, closing and reopening; and pruning old runs
+and log lines, for a store that plays the optional ``RunRetention`` role). A store that
+passes every case can back ``Engine(store=...)``, so a store plugin (PostgreSQL, say)
 proves itself with one test::
 
     @pytest.mark.anyio
@@ -27,8 +28,8 @@ The cases live a module per area, each importing only downwards:
 :mod:`.contract` (the running order and the runner) on :mod:`.concurrency` and
 :mod:`.lifecycle` (which borrow the lease and blob helpers) on the areas
 (:mod:`.writes`, :mod:`.queries`, :mod:`.cache`, :mod:`.spans`, :mod:`.leases`,
-:mod:`.blobs`, :mod:`.claims`, :mod:`.logs`, :mod:`.serving`, :mod:`.assets`) on
-:mod:`.cases`, :mod:`.records` and :mod:`.assertions`.
+:mod:`.blobs`, :mod:`.claims`, :mod:`.logs`, :mod:`.serving`, :mod:`.assets`,
+:mod:`.retention`) on :mod:`.cases`, :mod:`.records` and :mod:`.assertions`.
 """
 
 from __future__ import annotations

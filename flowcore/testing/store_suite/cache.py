@@ -1,15 +1,16 @@
 """Cases on cache entries: round trips, lookups, listing, deletion and the refs they hold.
 
 The engine reuses a task's result on the strength of ``get_cache`` alone, and
-``flowcore cache prune`` deletes blobs that ``result_refs`` no longer names, so
-a stale or forgotten entry here means a wrong result or a lost one.
+``flowcore cache clear`` and ``flowcore runs prune`` delete blobs that ``result_refs``
+no longer names (it names those of task runs, cache entries and asset
+materialisations), so a stale or forgotten entry here means a wrong result or a lost one.
 """
 
 from __future__ import annotations
 
 import anyio
 
-from ...records import WriteBatch
+from ...records import MaterializationRecord, WriteBatch
 from ...store.base import Store
 from .assertions import differs
 from .cases import Cases
@@ -152,3 +153,30 @@ async def _result_refs(store: Store) -> None:
     refs = await store.result_refs()
     # r3 is still the result of task run 2; r2 belonged to the deleted entry only.
     assert refs == {r1, r3}, differs("result_refs after deleting entries k1 and k3", refs, {r1, r3})
+
+
+@CASES.case("cache: result_refs holds the blobs of asset materialisations, history included")
+async def _result_refs_of_assets(store: Store) -> None:
+    # A large asset value is a blob that only its materialisation names (the asset's task
+    # run returns its data version): blob pruning must keep it, or the value is lost.
+    current, older = "d4" * 32, "e5" * 32
+
+    def materialisation(version: str, at: float, ref: str | None) -> MaterializationRecord:
+        return MaterializationRecord(
+            key="orders", at=at, run_id="run1", seq=0, code_version="1", data_version=version,
+            metadata={"value_ref": "not a ref: metadata"}, value_ref=ref,
+        )  # fmt: skip
+
+    await store.write(
+        WriteBatch(
+            [flow_run("run1")],
+            [task_run("run1", 0, result=b"inline")],
+            assets=[
+                materialisation("v1", 1.0, older),
+                materialisation("v2", 2.0, None),  # kept inline (or by another I/O)
+                materialisation("v3", 3.0, current),
+            ],
+        )
+    )
+    refs = await store.result_refs()
+    assert refs == {current, older}, differs("result_refs", refs, {current, older})

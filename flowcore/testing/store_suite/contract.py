@@ -27,6 +27,7 @@ from . import (
     lifecycle,
     logs,
     queries,
+    retention,
     serving,
     spans,
     writes,
@@ -50,6 +51,7 @@ STORE_CASES: dict[str, StoreCase] = join_cases(
     logs.CASES,
     serving.CASES,
     assets.CASES,
+    retention.CASES,
 )
 
 #: The suite's own folder: a failure is located at the last frame of a file in it.

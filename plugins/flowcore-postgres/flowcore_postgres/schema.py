@@ -294,6 +294,18 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX run_tags_tag ON run_tags (tag, created, run_id)",
         "_fill_run_tags",
     ),
+    # 4: retention (`flowcore runs prune`, retention.py). Top-level runs by creation time:
+    #    a prune walks them oldest first, a page at a time from where the last one
+    #    stopped, reading no subflow on the way (an entry per top-level run written:
+    #    nothing per task run). The trigger that started a run, which goes with it.
+    #    Materialisations holding a blob, whose msgpack body has the key "value_ref":
+    #    blob pruning keeps their blobs, found without reading the history.
+    4: (
+        "CREATE INDEX flow_runs_top ON flow_runs (created, id) WHERE parent_run_id IS NULL",
+        "CREATE INDEX triggers_run ON triggers (run_id) WHERE run_id IS NOT NULL",
+        "CREATE INDEX asset_materializations_value_ref ON asset_materializations (id) "
+        r"WHERE position('\xa976616c75655f726566'::bytea IN body) > 0",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 

@@ -18,9 +18,10 @@ in its ``blobs`` table. What one process claims, every process sees claimed:
 
 Writes of the engine's batches are one statement each (:mod:`.batch`), and the
 ``changes()`` token of ``flowcore serve`` comes by ``LISTEN``/``NOTIFY`` (:mod:`.notify`).
-The store also plays the optional role ``RunQueries`` (the web UI's runs list, filtered
-and paged by an index, and task graphs read without whole records): a run's tags are
-rows of ``run_tags``, kept by the batch statement.
+The store also plays the optional roles ``RunQueries`` (the web UI's runs list, filtered
+and paged by an index, and task graphs read without whole records: a run's tags are
+rows of ``run_tags``, kept by the batch statement) and ``RunRetention`` (old runs and
+log lines deleted in chunks, :mod:`.retention`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ from flowcore.records import (
     WriteBatch,
 )
 from flowcore.store.base import (
+    LOG_CHUNK,
+    PRUNE_CHUNK,
     BlobStore,
+    PruneCount,
     TagPage,
     apply_code_change,
     claimed_source,
@@ -66,6 +70,7 @@ from flowcore.store.base import (
 from flowcore.store.files import FileBlobs
 
 from . import batch as batches
+from . import retention
 from .blobs import TableBlobs
 from .connection import Connection, translate
 from .notify import Listener, channel_of
@@ -590,7 +595,24 @@ class PostgresStore:
             "SELECT result_ref FROM cache_entries WHERE result_ref IS NOT NULL "
             "UNION SELECT result_ref FROM task_runs WHERE result_ref IS NOT NULL"
         )
-        return {r[0] for r in rows}
+        return {r[0] for r in rows} | await retention.asset_value_refs(self._io)
+
+    # -- retention (store.base.RunRetention) ---------------------------------------------
+
+    async def prune_runs(
+        self,
+        before: float,
+        *,
+        keep_runs: int | None = None,
+        chunk: int = PRUNE_CHUNK,
+        dry_run: bool = False,
+    ) -> PruneCount:
+        return await retention.prune_runs(self._io, before, keep_runs, chunk, dry_run)
+
+    async def prune_logs(
+        self, before: float, *, chunk: int = LOG_CHUNK, dry_run: bool = False
+    ) -> int:
+        return await retention.prune_logs(self._io, before, chunk, dry_run)
 
     # -- shared limits -----------------------------------------------------------------
 

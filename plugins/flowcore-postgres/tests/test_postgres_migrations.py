@@ -23,7 +23,16 @@ from .conftest import with_schema
 pytestmark = pytest.mark.anyio
 
 #: The text of each released migration: a released migration is never edited (add one).
-RELEASED = {1: "b168775c63a5c9a7", 2: "f80381ba7688584e", 3: "f100049d9ca168db"}
+RELEASED = {
+    1: "b168775c63a5c9a7",
+    2: "f80381ba7688584e",
+    3: "f100049d9ca168db",
+    4: "da80ba7528d9e2c7",
+}
+
+
+#: The indexes migration 4 adds (retention).
+MIGRATION_4_INDEXES = ("flow_runs_top", "triggers_run", "asset_materializations_value_ref")
 
 
 async def versions(url: str, schema: str = "flowcore") -> list[int]:
@@ -80,14 +89,15 @@ async def test_migration_3_gives_the_runs_recorded_before_it_their_tags(
     try:
         await conn.execute(
             "DROP TABLE flowcore.run_tags; "
-            "DELETE FROM flowcore.flowcore_migrations WHERE version = 3"
+            f"DROP INDEX {', '.join('flowcore.' + name for name in MIGRATION_4_INDEXES)}; "
+            "DELETE FROM flowcore.flowcore_migrations WHERE version >= 3"
         )
     finally:
         await conn.close()
     assert await versions(pg_url) == [1, 2]
     monkeypatch.setattr(schema_module, "_FILL_CHUNK", 2)  # task runs read 2 at a time: many chunks
     async with PostgresStore(pg_url) as store:
-        assert await versions(pg_url) == [1, 2, 3]
+        assert await versions(pg_url) == [1, 2, 3, 4]
         got = {
             tag: [r.id for r in await store.filter_runs(tag=tag)]
             for tag in ("api", "db", "ml", "a\x00b", "tags", "a")
