@@ -435,6 +435,9 @@ class AssetStateRecord(msgspec.Struct, gc=False, omit_defaults=True):
     data_version: str | None = None
     code_version: str | None = None
     materializations: int = 0
+    #: The store's id of the newest materialisation, for a store that numbers them and
+    #: chains each to the one before (SQLite: the history is read by that chain).
+    last_materialization: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

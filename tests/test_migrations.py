@@ -22,6 +22,7 @@ from flowcore.encoding import decode_inputs
 from flowcore.ranges import RangeSet
 from flowcore.records import (
     AssetDefRecord,
+    AssetStateRecord,
     LogRecord,
     MaterializationRecord,
     ScheduleState,
@@ -714,8 +715,8 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
         "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA, *EXPORT_SCHEMA,
-        *RETENTION_SCHEMA,
-    }  # fmt: skip
+        *RETENTION_SCHEMA, *CHAIN_SCHEMA,
+    } - CHAIN_DROPPED  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
 
@@ -731,6 +732,10 @@ EVALUATION_SCHEMA = {"asset_evaluations", "asset_evaluations_key"}
 EXPORT_SCHEMA = {"flow_runs_export"}
 #: What migration 13 adds: the indexes a prune walks (flowcore runs prune).
 RETENTION_SCHEMA = {"flow_runs_top", "triggers_run", "asset_materializations_value_ref"}
+#: What migration 14 adds (the asset states' clock, partitions by key) and drops (the
+#: asset history's indexes by asset and by run: the history is chained instead).
+CHAIN_SCHEMA = {"asset_clock", "asset_partitions_key"}
+CHAIN_DROPPED = {"asset_materializations_key", "asset_materializations_run"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -765,7 +770,11 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
     assert set(before["schema"]) <= set(after["schema"]), "no v8 table or index changed"
     new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
-    assert new == ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA
+    assert (
+        new
+        == (ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA)
+        - CHAIN_DROPPED
+    )
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 
@@ -790,6 +799,13 @@ async def test_a_v12_database_upgrades_to_13_keeping_asset_blobs_and_pruning_old
                 for key, ref, value in (("big", blob, None), ("small", None, inline))
             ],
         )  # fmt: skip
+        conn.executemany(  # (each materialisation wrote its asset's state too)
+            "INSERT INTO asset_state (key, body) VALUES (?, ?)",
+            [
+                (key, enc.encode(AssetStateRecord(key, data_version="v")))
+                for key in ("big", "small")
+            ],
+        )
     async with SQLiteStore(path) as store:
         refs = await store.result_refs()
         pruned = await store.prune_runs(T0 + 5e5)
@@ -823,3 +839,60 @@ def test_released_migrations_are_never_edited() -> None:
             f"migration {number} was edited; add a new migration instead"
         )
     assert set(MIGRATIONS) - set(RELEASED) == set(range(max(RELEASED) + 1, SCHEMA_VERSION + 1))
+
+
+async def test_a_v13_database_upgrades_to_14_chaining_the_asset_history(tmp_path: Path) -> None:
+    """Migration 14 chains the history kept by an index by asset key: every history
+    (of an asset, of each partition) reads back as it did, newest first, and what is
+    written next goes on the chains."""
+    path = tmp_path / "flowcore.db"
+    v7_database(path, [], [], [], version=13)
+
+    def m(key: str, version: str, partition: str | None, index: int) -> MaterializationRecord:
+        return MaterializationRecord(
+            key=key, at=T0, run_id="old", seq=0, code_version="1", data_version=version,
+            partition=partition, index=index,
+        )  # fmt: skip
+
+    written = [
+        m("orders", "o1", None, 0), m("daily", "d1", "p1", 1), m("daily", "d2", "p2", 2),
+        m("orders", "o2", None, 0), m("daily", "d3", "p1", 1), m("daily", "d4", "p1", 1),
+    ]  # fmt: skip
+    states = {
+        "orders": AssetStateRecord("orders", data_version="o2", materializations=2),
+        "daily": AssetStateRecord("daily", data_version="d4", materializations=4),
+    }
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executemany(
+            "INSERT INTO asset_materializations (id, key, partition, at, run_id, seq, body) "
+            "VALUES (?, ?, ?, ?, 'old', 0, ?)",
+            [(i, w.key, w.partition, w.at, enc.encode(w)) for i, w in enumerate(written, 1)],
+        )
+        conn.executemany(
+            "INSERT INTO asset_partitions (key, idx, partition, data_version, materialization) "
+            "VALUES ('daily', ?, ?, ?, ?)",
+            [(1, "p1", "d4", 6), (2, "p2", "d2", 3)],
+        )
+        conn.executemany(
+            "INSERT INTO asset_state (key, body) VALUES (?, ?)",
+            [(key, enc.encode(state)) for key, state in states.items()],
+        )
+    newest_first = written[::-1]
+    async with SQLiteStore(path) as store:
+        for key in ("orders", "daily"):
+            assert await store.asset_history(key) == [w for w in newest_first if w.key == key]
+        p1 = [w for w in newest_first if w.partition == "p1"]
+        assert await store.asset_history("daily", partition="p1") == p1
+        assert await store.asset_history("daily", partition="p1", limit=2) == p1[:2]
+        latest = await store.latest_materializations("daily", ["p2", "p1", "p3"])
+        assert latest == [written[2], written[5], None]
+        assert await store.latest_materializations("orders", [None]) == [written[3]]
+        [state] = await store.asset_states(["orders"])
+        assert (state.data_version, state.materializations) == ("o2", 2), "states kept"
+        new = m("daily", "d5", "p2", 2)
+        await store.write(WriteBatch(assets=[new]))
+        assert await store.asset_history("daily", partition="p2") == [new, written[2]]
+        assert (await store.asset_history("daily"))[:2] == [new, written[5]]
+    names = {name for _, name, _ in snapshot(path)["schema"]}
+    assert "asset_materializations_key" not in names and "asset_clock" in names
+    assert "migration.14" in meta(path)

@@ -745,3 +745,55 @@ def test_flowcore_db_url_names_the_default_store(
     monkeypatch.setenv("FLOWCORE_DB_URL", "nosuchdb://u:secret@h/db")
     shown = CliRunner().invoke(cli, ["runs", "ls"])
     assert shown.exit_code != 0 and "secret" not in shown.output
+
+
+@pytest.mark.anyio
+async def test_an_asset_write_that_failed_leaves_no_trace_in_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps the asset states it wrote, to skip decoding them again; a write
+    that changed them and then failed (rolled back) must not leave its changes there."""
+    from flowcore.records import MaterializationRecord
+    from flowcore.store.sqlite import store as sqlite_store
+
+    def mat(version: str) -> MaterializationRecord:
+        return MaterializationRecord(
+            key="orders", at=1.0, run_id="r", seq=0, code_version="1", data_version=version
+        )
+
+    async with SQLiteStore(tmp_path / "f.db") as store:
+        await store.write(WriteBatch(assets=[mat("v1")]))
+        real = sqlite_store._many
+
+        def fail_on_history(db: sqlite3.Connection, template: str, rows: object) -> None:
+            if "asset_materializations" in template:
+                raise sqlite3.OperationalError("disk I/O error")
+            real(db, template, rows)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(sqlite_store, "_many", fail_on_history)
+        with pytest.raises(flowcore.StoreError):
+            await store.write(WriteBatch(assets=[mat("v2")]))
+        monkeypatch.setattr(sqlite_store, "_many", real)
+        await store.write(WriteBatch(assets=[mat("v3")]))
+        [state] = await store.asset_states(["orders"])
+        assert (state.data_version, state.materializations) == ("v3", 2)
+        assert [m.data_version for m in await store.asset_history("orders")] == ["v3", "v1"]
+
+
+@pytest.mark.anyio
+async def test_asset_states_written_by_another_handle_are_read_not_remembered(
+    tmp_path: Path,
+) -> None:
+    from flowcore.records import MaterializationRecord
+
+    def mat(version: str) -> MaterializationRecord:
+        return MaterializationRecord(
+            key="orders", at=1.0, run_id="r", seq=0, code_version="1", data_version=version
+        )
+
+    async with SQLiteStore(tmp_path / "f.db") as one, SQLiteStore(tmp_path / "f.db") as two:
+        await one.write(WriteBatch(assets=[mat("v1")]))
+        await two.write(WriteBatch(assets=[mat("v2")]))
+        await one.write(WriteBatch(assets=[mat("v3")]))
+        [state] = await two.asset_states(["orders"])
+        assert (state.data_version, state.materializations) == ("v3", 3)

@@ -41,7 +41,6 @@ import os
 import reprlib
 import sys
 import time
-import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -132,6 +131,7 @@ class _Node:
     __slots__ = (
         "_done",
         "finished",
+        "index",
         "key",
         "outcome",
         "partition",
@@ -145,6 +145,7 @@ class _Node:
     def __init__(self, key: str, partition: str | None) -> None:
         self.key = key
         self.partition = partition
+        self.index = 0  # the partition's index, once the node runs
         #: Made only when a downstream node waits (an event costs ~2 µs; most have none).
         self._done: anyio.Event | None = None
         self.finished = False
@@ -183,23 +184,9 @@ def _label(key: str, partition: str | None) -> str:
 # -- the run ------------------------------------------------------------------------------
 
 
-#: The node a task run of the materialiser materialises, and the run (its argument is
-#: the partition key only: what a resumption matches calls on).
-_running: ContextVar[_Node | None] = ContextVar("flowcore_asset_node", default=None)
+#: The run a task run of the materialiser belongs to (its argument is the partition key
+#: only: what a resumption matches calls on; the node is the run's, by key and partition).
 _active: ContextVar[_Run | None] = ContextVar("flowcore_asset_run", default=None)
-#: The task of each asset, made once (making a task costs ~40 µs: not per run).
-_tasks: weakref.WeakKeyDictionary[Asset[Any, Any], Task[Any, Any]] = weakref.WeakKeyDictionary()
-
-
-#: Whether each asset's function is a coroutine function (asked per run: ~1 µs each).
-_async: weakref.WeakKeyDictionary[Asset[Any, Any], bool] = weakref.WeakKeyDictionary()
-
-
-def _is_async(definition: Asset[Any, Any]) -> bool:
-    found = _async.get(definition)
-    if found is None:
-        found = _async[definition] = definition.is_async
-    return found
 
 
 def _task_for(definition: Asset[Any, Any]) -> Task[Any, Any]:
@@ -210,7 +197,8 @@ def _task_for(definition: Asset[Any, Any]) -> Task[Any, Any]:
                 f"the task of asset {definition.key!r} materialises it within "
                 "flowcore.assets.materialize(); call that instead"
             )
-        return await run.materialize_one(definition, partition, _running.get())
+        node = run.running.get((definition.key, partition))
+        return await run.materialize_one(definition, partition, node)
 
     materialize_one.__qualname__ = materialize_one.__name__ = definition.name
     return Task(materialize_one, definition.options)
@@ -230,7 +218,8 @@ class _Run:
         self.states = states
         self.only_stale = only_stale
         self.nodes: dict[tuple[str, str | None], _Node] = {}
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        #: The nodes whose task run is running, by (key, partition).
+        self.running: dict[tuple[str, str | None], _Node] = {}
         self.sets: dict[tuple[str, str], ranges.RangeSet] = {}
         self.result: dict[str, list[Any]] = {
             k: [] for k in ("materialized", "skipped", "failed_checks", "blocked", "failed")
@@ -274,28 +263,24 @@ class _Run:
         return index in self.stored(key, "materialized")
 
     def task_of(self, definition: Asset[Any, Any]) -> Task[Any, Any]:
-        task = _tasks.get(definition)
-        if task is None:
-            task = _tasks[definition] = _task_for(definition)
+        task: Task[Any, Any] | None = definition.task
+        if task is None:  # made once per definition (making a task costs ~40 µs)
+            task = definition.task = _task_for(definition)
         return task
 
-    async def node(self, node: _Node) -> None:
+    def settle(self, node: _Node) -> None:
+        """Count the node's outcome, let go of its upstreams' values, wake its waiters."""
         key, partition = node.key, node.partition
-        try:
-            await self._node(node)
-        except Exception as exc:  # the task run recorded it: here, the run's account
-            node.outcome, node.reason = "failed", f"{type(exc).__name__}: {exc}"
-        finally:
-            kind = _OUTCOME[node.outcome]
-            self.counts[kind] += 1
-            if len(self.result[kind]) < _KEPT:
-                pair = (key, partition)
-                ok = kind in ("materialized", "skipped")
-                self.result[kind].append(pair if ok else (*pair, node.reason))
-                if node.version is not None and kind == "materialized":
-                    self.versions[pair] = node.version
-            self.release(self.graph.assets[key], partition)
-            node.finish()
+        kind = _OUTCOME[node.outcome]
+        self.counts[kind] += 1
+        if len(self.result[kind]) < _KEPT:
+            pair = (key, partition)
+            ok = kind in ("materialized", "skipped")
+            self.result[kind].append(pair if ok else (*pair, node.reason))
+            if node.version is not None and kind == "materialized":
+                self.versions[pair] = node.version
+        self.release(self.graph.assets[key], partition)
+        node.finish()
 
     def summary(self, run_id: str) -> MaterializeResult:
         return MaterializeResult(
@@ -309,11 +294,14 @@ class _Run:
             counts=dict(self.counts),
         )
 
-    async def _node(self, node: _Node) -> None:
+    async def run_node(self, node: _Node) -> None:
+        """Decide, then materialise the node in a task run (its outcome is in the node)."""
         graph, key, partition = self.graph, node.key, node.partition
         definition = graph.assets[key]
         changed_upstream = False
-        for up, up_partitions in self.upstream_partitions(definition, partition):
+        for up, up_partitions in (
+            self.upstream_partitions(definition, partition) if graph.upstream[key] else ()
+        ):
             for q in up_partitions:
                 up_node = self.nodes.get((up, q))
                 if up_node is None:
@@ -329,15 +317,16 @@ class _Run:
                     return
                 if up_node.outcome == "materialized" and up_node.reason == "changed":
                     changed_upstream = True
-        index = self.index(definition.partitions, partition)
+        index = node.index = self.index(definition.partitions, partition)
         if self.only_stale and not changed_upstream and self.fresh(key, index):
             node.outcome = "skipped"
             return
-        token = _running.set(node)
+        # Found by its task run there (a dict, not a context variable: ~1 µs less).
+        self.running[(key, partition)] = node
         try:
             version = await self.task_of(definition)(partition)
         finally:
-            _running.reset(token)
+            del self.running[(key, partition)]
         node.version = version
         if not node.outcome:  # replayed by a resumption: it completed in the run resumed
             node.outcome, node.reason = "materialized", "replayed"
@@ -373,6 +362,8 @@ class _Run:
 
     def release(self, definition: Asset[Any, Any], partition: str | None) -> None:
         """This node is done with its upstream values: drop those nobody else needs."""
+        if not self.graph.upstream[definition.key]:
+            return  # nothing to let go of (and no node to look up)
         node = self.nodes.get((definition.key, partition))
         if node is None or node.released:
             return
@@ -420,9 +411,11 @@ class _Run:
         key = definition.key
         kwargs: dict[str, Any] = {}
         consumed: list[tuple[str, str | None, str, int]] = []
-        for param, up in self.graph.inputs[key].items():
+        inputs = self.graph.inputs[key]
+        upstream = dict(self.upstream_partitions(definition, partition)) if inputs else {}
+        for param, up in inputs.items():
             up_parts = self.graph.assets[up].partitions
-            qs = dict(self.upstream_partitions(definition, partition))[up]
+            qs = upstream[up]
             if up_parts is None or (
                 len(qs) == 1 and isinstance(self.graph.mapping(key, up), IdentityMapping)
             ):
@@ -438,7 +431,7 @@ class _Run:
                 kwargs[param] = values
         if definition.takes_partition_key:
             kwargs[PARTITION_PARAMETER] = partition
-        if _is_async(definition):
+        if definition.is_async:
             returned = await definition.fn(**kwargs)
         else:
             returned = await anyio.to_thread.run_sync(functools.partial(definition.fn, **kwargs))
@@ -457,9 +450,9 @@ class _Run:
             code_version=definition.code_version,
             data_version=version,
             partition=partition,
-            index=self.index(definition.partitions, partition),
+            index=self.index(definition.partitions, partition) if node is None else node.index,
             consumed=consumed,
-            metadata={**_metadata(value), **metadata},
+            metadata={**_metadata(value), **metadata} if metadata else _metadata(value),
             io=_io_name(definition.io),
         )
         recorder = self.engine.recorder
@@ -482,8 +475,11 @@ class _Run:
                 record.value = blob
         else:
             await _io_of(definition.io).store(key, partition, value)
-        checks = [await self.check(c, value, partition) for c in self.graph.checks[key]]
-        state_has = self.has_materialized(key, record.index)
+        checks: list[CheckResultRecord] = []
+        for check in self.graph.checks[key]:  # a loop: an async comprehension costs ~1 µs
+            checks.append(await self.check(check, value, partition))
+        # (Asked only with a downstream: the states of others are not read, see above.)
+        state_has = bool(self.graph.downstream[key]) and self.has_materialized(key, record.index)
         previous: str | None = None
         if state_has and node is not None and node.uses:
             # Whether downstream nodes of this run must run: the version it replaces (the
@@ -493,7 +489,7 @@ class _Run:
             else:
                 before = (await self.store.latest_materializations(key, [partition]))[0]
                 previous = None if before is None else before.data_version
-        if state_has and self.graph.downstream[key]:
+        if state_has:
             record.downstream = downstream_marks(
                 self.graph,
                 key,
@@ -792,7 +788,10 @@ async def materialize_flow(
     keys = tuple(selection) if exact else graph.select(*selection)
     store = engine.store
     await sync_definitions(graph, store, engine.clock.time())
-    states = {s.key: s for s in await store.asset_states(list(keys))}
+    # The stored states decide what is fresh (only_stale), and whether a downstream must
+    # be marked stale: a run of leaves, rebuilding all, needs none (not read: ~1 µs each).
+    wanted = [key for key in keys if only_stale or graph.downstream[key]]
+    states = {s.key: s for s in await store.asset_states(wanted)} if wanted else {}
     run = _Run(graph, engine, states, only_stale)
     call.run = run
     _active.set(run)
@@ -814,6 +813,8 @@ async def materialize_flow(
             run.nodes[(key, p)] = node
             plan.append(node)
     for node in plan:  # who needs whose value
+        if not graph.upstream[node.key]:
+            continue
         for up, qs in run.upstream_partitions(graph[node.key], node.partition):
             for q in qs:
                 if (up, q) in run.nodes:
@@ -836,8 +837,13 @@ async def _start_all(run: _Run, nodes: Iterable[_Node], limiter: anyio.Semaphore
 
     async def one(node: _Node) -> None:
         try:
-            await _limited(run, node, limiter)
+            await run.run_node(node)
+        except Exception as exc:  # the task run recorded it: here, the run's account
+            node.outcome, node.reason = "failed", f"{type(exc).__name__}: {exc}"
         finally:
+            run.settle(node)
+            if limiter is not None:
+                limiter.release()
             pending[0] -= 1
             if started and not pending[0]:
                 all_done.set()
@@ -1012,14 +1018,6 @@ def backfill(
         call, name="flowcore.assets.backfill", instead="await backfill_async(...)"
     )
     return result
-
-
-async def _limited(run: _Run, node: _Node, limiter: anyio.Semaphore | None) -> None:
-    try:
-        await run.node(node)
-    finally:
-        if limiter is not None:
-            limiter.release()
 
 
 def materialize(selection: object, **options: Any) -> MaterializeResult:

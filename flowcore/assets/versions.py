@@ -56,6 +56,12 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
+#: The hash of the tag part of every msgpack data version, copied per value.
+_MSGPACK: Final = hashlib.blake2b(
+    len(b"msgpack").to_bytes(8, "little") + b"msgpack", digest_size=_DIGEST_SIZE
+)
+
+
 def data_version(value: Any) -> str:
     """The data version of ``value``: a stable hash of its bytes or its msgpack encoding.
 
@@ -76,7 +82,10 @@ def data_version(value: Any) -> str:
             "version of your own (a hash of what you wrote, a row count and a max timestamp), "
             "or return bytes, builtins, dataclasses or msgspec Structs"
         ) from None
-    return _digest(b"msgpack", encoded)
+    h = _MSGPACK.copy()  # = _digest(b"msgpack", encoded), its first part hashed once
+    h.update(len(encoded).to_bytes(8, "little"))
+    h.update(encoded)
+    return h.hexdigest()
 
 
 def code_fingerprint(fn: Callable[..., Any]) -> str:

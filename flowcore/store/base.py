@@ -567,20 +567,18 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
     marks (computed by the materialiser from the graph's mappings) apply; the same
     version leaves its downstream fresh.
     """
+    history, current_of = write.history, write.current
     for event in events:
         if isinstance(event, MaterializationRecord):
             key, index = event.key, event.index
             previous = write.version(key, index, event.partition)
-            write.history.append(event)
-            moved = next(
-                (
-                    (up, part, seen, current)
-                    for up, part, seen, upstream_index in event.consumed
-                    if (current := write.version(up, upstream_index, part)) is not None
-                    and current != seen
-                ),
-                None,
-            )
+            history.append(event)
+            moved = None
+            for up, part, seen, upstream_index in event.consumed:
+                current = write.version(up, upstream_index, part)
+                if current is not None and current != seen:
+                    moved = (up, part, seen, current)
+                    break
             state = write.state(key)
             if moved is None and index == 0 and write.settled(key):
                 # Re-materialised, not stale, not failed (the common case of an
@@ -588,7 +586,7 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
                 state.cause = {}
             else:
                 _apply_sets(write, event, state, moved)
-            write.current[(key, index)] = event
+            current_of[(key, index)] = event
             state.last_at = event.at
             state.last_run_id = event.run_id
             state.last_partition = event.partition
@@ -599,7 +597,7 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
                 for mark in event.downstream:
                     _mark(write, mark)
         elif isinstance(event, CheckResultRecord):
-            write.history.append(event)
+            history.append(event)
             if not event.passed and event.blocking:
                 ranges.add_range(write.bounds(event.key, "failed"), event.index, event.index + 1)
                 write.state(event.key).failed_check = event.check

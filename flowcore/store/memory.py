@@ -91,6 +91,8 @@ class MemoryStore:
         # Assets, keyed as the SQLite tables are (see AssetStore).
         self._asset_defs: dict[str, AssetDefRecord] = {}
         self._asset_history: dict[tuple[str, str | None], list[MaterializationRecord]] = {}
+        #: The same by asset alone, in the order written (the history across partitions).
+        self._asset_written: dict[str, list[MaterializationRecord]] = {}
         self._asset_current: dict[tuple[str, int], MaterializationRecord] = {}
         self._asset_checks: dict[str, list[CheckResultRecord]] = {}
         self._asset_evaluations: dict[str, list[AssetEvaluationRecord]] = {}
@@ -145,6 +147,7 @@ class MemoryStore:
         for item in write.history:
             if isinstance(item, MaterializationRecord):
                 self._asset_history.setdefault((item.key, item.partition), []).append(item)
+                self._asset_written.setdefault(item.key, []).append(item)
             else:
                 self._asset_checks.setdefault(item.key, []).append(item)
         self._asset_current.update(write.current)
@@ -187,11 +190,12 @@ class MemoryStore:
     async def asset_history(
         self, key: str, *, partition: str | None = None, limit: int = 100
     ) -> list[MaterializationRecord]:
+        if limit < 1:
+            return []
         if partition is not None:
             rows = self._asset_history.get((key, partition), [])
-        else:
-            rows = [m for (k, _), ms in self._asset_history.items() if k == key for m in ms]
-            rows.sort(key=lambda m: m.at)
+        else:  # in the order written, as SQLite's ids (two at the same time included)
+            rows = self._asset_written.get(key, [])
         return [_clone(m) for m in reversed(rows[-limit:])]
 
     async def latest_materializations(

@@ -487,8 +487,9 @@ _state_decoder = msgspec.msgpack.Decoder(AssetStateRecord)
 
 def asset_body(
     record: AssetDefRecord | MaterializationRecord | CheckResultRecord | AssetStateRecord,
-) -> bytes:
-    return _asset_encoder.encode(record)
+) -> bytearray:
+    """The record in msgpack, as a bytearray (which binds without an adapter lookup)."""
+    return blob(_asset_encoder, record)
 
 
 _NIL: Final = msgspec.Raw(b"\xc0")  # msgpack's nil
@@ -523,7 +524,7 @@ _descriptions: dict[bytes, dict[str, Any]] = {}
 _DESCRIPTIONS_KEPT: Final = 1024
 
 
-def asset_def_record(body: bytes) -> AssetDefRecord:
+def asset_def_record(body: bytes | bytearray) -> AssetDefRecord:
     fields = msgspec.structs.astuple(_def_row_decoder.decode(body))
     raw = bytes(fields[-1])
     if raw == b"\xc0":
@@ -536,15 +537,15 @@ def asset_def_record(body: bytes) -> AssetDefRecord:
     return AssetDefRecord(*fields[:-1], description)  # type: ignore[call-arg]
 
 
-def materialization_record(body: bytes) -> MaterializationRecord:
+def materialization_record(body: bytes | bytearray) -> MaterializationRecord:
     return _materialization_decoder.decode(body)
 
 
-def check_record(body: bytes) -> CheckResultRecord:
+def check_record(body: bytes | bytearray) -> CheckResultRecord:
     return _check_decoder.decode(body)
 
 
-def asset_state_record(body: bytes) -> AssetStateRecord:
+def asset_state_record(body: bytes | bytearray) -> AssetStateRecord:
     return _state_decoder.decode(body)
 
 

@@ -176,6 +176,45 @@ async def _unpartitioned(store: Store) -> None:
     assert await sets(store, "report") == {"materialized": ((0, 1),), "stale": (), "failed": ()}
 
 
+@CASES.handles_case("assets: history is read newest first, per asset and per partition")
+async def _history(store: Store, open_store: OpenStore) -> None:
+    other = await open_store()
+    written: list[MaterializationRecord] = []
+    # Interleaved: two handles, two partitions, a batch holding one partition twice.
+    for step, (handle, indexes) in enumerate(
+        [(store, [1]), (other, [2, 1]), (store, [2]), (other, [1, 1, 2]), (store, [3])]
+    ):
+        batch = [mat("daily", f"v{step}.{n}", index) for n, index in enumerate(indexes)]
+        await handle.write(WriteBatch(assets=list(batch)))
+        written += batch
+    newest_first = written[::-1]
+    for handle in (store, other):
+        found = await handle.asset_history("daily")
+        assert found == newest_first, differs("asset_history", found, newest_first)
+        assert await handle.asset_history("daily", limit=2) == newest_first[:2]
+        for index in (1, 2, 3):
+            mine = [m for m in newest_first if m.index == index]
+            found = await handle.asset_history("daily", partition=f"p{index}")
+            assert found == mine, differs(f"asset_history of p{index}", found, mine)
+            assert await handle.asset_history("daily", partition=f"p{index}", limit=1) == mine[:1]
+        latest = await handle.latest_materializations("daily", ["p2", "p9", "p1"])
+        expected = [
+            next(m for m in newest_first if m.index == 2),
+            None,
+            next(m for m in newest_first if m.index == 1),
+        ]
+        assert latest == expected, differs("latest_materializations", latest, expected)
+        assert await handle.asset_history("daily", partition="p9") == []
+        assert await handle.asset_history("unknown") == []
+    # An unpartitioned asset written in between keeps a history of its own.
+    await store.write(WriteBatch(assets=[mat("report", "r1"), mat("report", "r2")]))
+    assert [m.data_version for m in await other.asset_history("report")] == ["r2", "r1"]
+    assert [
+        m and m.data_version for m in await other.latest_materializations("report", [None])
+    ] == ["r2"]
+    assert (await store.asset_history("daily", limit=1)) == newest_first[:1]
+
+
 @CASES.case("assets: automation evaluations are kept, read newest first up to a time")
 async def _evaluations(store: Store) -> None:
     def evaluation(at: float, decision: str) -> AssetEvaluationRecord:
