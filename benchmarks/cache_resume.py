@@ -2,9 +2,10 @@
 
 Run::
 
-    python benchmarks/cache_resume.py [--sizes 1000,10000] [--repeat 3]
+    python benchmarks/cache_resume.py [--sizes 1000,10000] [--repeat 3] [--store URL]
 
-Measured in one process, each on a fresh SQLite database, best of ``--repeat``:
+Measured in one process, each on a fresh SQLite database (or, with ``--store
+postgresql://...``, a fresh schema of that PostgreSQL database), best of ``--repeat``:
 
 - ``plain``: N tracked no-op tasks (no cache), the baseline;
 - ``cache miss``: N calls of a cached no-op task with distinct inputs, nothing
@@ -18,9 +19,14 @@ Measured in one process, each on a fresh SQLite database, best of ``--repeat``:
 Each workload runs sequentially (``await t(i)`` in a loop: the latency of one
 call) and gathered (``asyncio.gather``: throughput).
 
-Targets: a cache hit costs no more than a miss of a no-op task; replaying a
-completed task costs no more than 2x a tracked no-op task. (Prefect 3 measured
-a cache hit at about 16 ms on this machine.)
+Targets: a cache hit costs no more than a plain tracked no-op task (issue 17);
+replaying a completed task costs no more than 2x a tracked no-op task. (Prefect 3
+measured a cache hit at about 16 ms on this machine.)
+
+A SQLite store answers a lookup at once (a few microseconds on the loop's own
+connection), so a hit never waits; a PostgreSQL store's lookups are round trips,
+and the lookups of the calls started together are read in one query when the
+store has ``get_cache_many`` (see ``flowcore.engine.cached``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -83,7 +91,17 @@ async def timed(fn: Callable[[], Awaitable[object]], engine: flowcore.Engine) ->
     return time.perf_counter() - start
 
 
-async def measure(n: int, gathered: bool, repeat: int) -> dict[str, float]:
+@contextmanager
+def fresh_store(url: str | None) -> Iterator[str | Path]:
+    """A store of its own for one repeat: a new SQLite file, or a new schema at ``url``."""
+    if url is None:
+        with tempfile.TemporaryDirectory() as folder:
+            yield Path(folder) / "bench.db"
+    else:
+        yield f"{url}{'&' if '?' in url else '?'}schema=bench_{uuid.uuid4().hex[:12]}"
+
+
+async def measure(n: int, gathered: bool, repeat: int, url: str | None) -> dict[str, float]:
     """Best wall times (seconds) of each workload for ``n`` tasks."""
     best: dict[str, float] = {}
 
@@ -94,8 +112,8 @@ async def measure(n: int, gathered: bool, repeat: int) -> dict[str, float]:
     cached_flow = flow_of(cached, gathered)
     step_flow = flow_of(step, gathered)
     for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as folder:
-            async with flowcore.Engine(Path(folder) / "bench.db") as engine:
+        with fresh_store(url) as store:
+            async with flowcore.Engine(store) as engine:
                 keep("plain", await timed(lambda: plain_flow(n), engine))
                 keep("cache miss", await timed(lambda: cached_flow(n), engine))
                 keep("cache hit", await timed(lambda: cached_flow(n), engine))
@@ -113,17 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated N values")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--store", default=None, help="a postgresql:// URL (default: SQLite in a temporary folder)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     console = Console(width=max(Console().width, 110))  # the table needs ~105 columns
     title = f"reusing work: cache hits and resume (µs per task, best of {args.repeat})"
     table = Table(title=title)
-    for col in ("mode", "N", "plain", "cache miss", "cache hit", "hit/miss", "hit/plain",
+    for col in ("mode", "N", "plain", "cache miss", "cache hit", "miss/plain", "hit/plain",
                 "replayed", "replayed/plain"):  # fmt: skip
         table.add_column(col, justify="right")
     for n in sizes:
         for gathered in (False, True):
-            r = asyncio.run(measure(n, gathered, args.repeat))
+            r = asyncio.run(measure(n, gathered, args.repeat, args.store))
             us = {k: v / n * 1e6 for k, v in r.items()}
             replayed = (r["resume"] - r["plain 10%"]) / (n - n // 10) * 1e6
             table.add_row(
@@ -132,17 +153,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{us['plain']:.1f}",
                 f"{us['cache miss']:.1f}",
                 f"{us['cache hit']:.1f}",
-                f"{us['cache hit'] / us['cache miss']:.2f}",
+                f"{us['cache miss'] / us['plain']:.2f}",
                 f"{us['cache hit'] / us['plain']:.2f}",
                 f"{replayed:.1f}",
                 f"{replayed / us['plain']:.2f}",
             )
+    store = "SQLite" if args.store is None else "PostgreSQL"
     console.print(
-        f"flowcore {flowcore.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f"flowcore {flowcore.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
+        f" {store} store"
     )
     console.print(table)
     console.print(
-        "Targets: cache hit <= cache miss of a no-op task; "
+        "Targets: cache hit <= a plain tracked no-op task; "
         "replayed task <= 2x a plain tracked task."
     )
     return 0

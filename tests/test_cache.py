@@ -1421,3 +1421,95 @@ def test_a_keyword_only_parameter_given_positionally_is_refused() -> None:
     maker = KeyMaker(fn, "fn", CachePolicy())
     with pytest.raises(TypeError, match="positional"):
         maker.key((1, 2), {})
+
+
+# -- claims left behind --------------------------------------------------------------------
+
+
+class RoundTripReads(flowcore.MemoryStore):
+    """A store whose cache reads are round trips, as a database server's are
+    (``get_cache_nowait`` never answers): ``fail`` fails the next read; while ``hold``
+    is set to an unset event, reads wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: flowcore.StoreError | None = None
+        self.hold: anyio.Event | None = None
+        self.reading = anyio.Event()
+
+    def get_cache_nowait(self, key: str) -> CacheEntry | None:
+        raise anyio.WouldBlock
+
+    async def get_cache(self, key: str) -> CacheEntry | None:
+        self.reading.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        await anyio.lowlevel.checkpoint()
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        return super().get_cache_nowait(key)
+
+
+@pytest.fixture
+def one_key_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory store without ``get_cache_many`` (should it have one): lookups that wait
+    read their keys one at a time, through ``get_cache``."""
+    monkeypatch.delattr(flowcore.MemoryStore, "get_cache_many", raising=False)
+
+
+@pytest.mark.usefixtures("one_key_reads")
+async def test_a_cache_read_that_fails_leaves_the_key_free() -> None:
+    # The lookup claimed the key, then the read raised: the claim stayed, and every
+    # later call with that key in the engine waited for it for ever.
+    store = RoundTripReads()
+    store.fail = flowcore.StoreError("the database server went away")
+    async with flowcore.Engine(store):
+        with pytest.raises(flowcore.StoreError, match="went away"):
+            await stamp_flow(5)
+        with anyio.fail_after(10):
+            assert await stamp_flow(5) == [5, 1]
+    assert CALLS == [("stamp", 5)]
+
+
+@pytest.mark.usefixtures("one_key_reads")
+async def test_a_call_cancelled_while_its_cache_read_waits_leaves_the_key_free() -> None:
+    store = RoundTripReads()
+    store.hold = anyio.Event()
+
+    async def cancelled() -> None:
+        await stamp_flow(6)
+
+    async with flowcore.Engine(store):
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancelled)
+                await store.reading.wait()  # its lookup has claimed the key and waits
+                tg.cancel_scope.cancel()
+        store.hold.set()
+        with anyio.fail_after(10):
+            assert await stamp_flow(6) == [6, 1]
+    assert CALLS == [("stamp", 6)]
+
+
+class FailingLookup(flowcore.MemoryStore):
+    """A store that answers lookups at once (as SQLite does), the first of which fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: flowcore.StoreError | None = flowcore.StoreError("database is gone")
+
+    def get_cache_nowait(self, key: str) -> CacheEntry | None:
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        return super().get_cache_nowait(key)
+
+
+async def test_a_cache_lookup_that_fails_at_once_leaves_the_key_free() -> None:
+    async with flowcore.Engine(FailingLookup()):
+        with pytest.raises(flowcore.StoreError, match="is gone"):
+            await stamp_flow(7)
+        with anyio.fail_after(10):
+            assert await stamp_flow(7) == [7, 1]
+    assert CALLS == [("stamp", 7)]

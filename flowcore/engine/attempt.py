@@ -31,7 +31,7 @@ from ..errors import ConfigurationError, TaskTimeout
 from ..ids import error_message, error_name
 from ..records import TaskRunRecord, transition
 from ..states import State
-from .cached import cache_lookup
+from .cached import cache_lookup, cache_lookup_waiting
 from .core import Engine, RunContext
 from .executor import LocalExecutor
 from .gates import Gate, enter, gates_for, leave
@@ -95,8 +95,10 @@ async def run_task(
                     await task_hooks(ctx, task.hooks, rec, span)
                 return value
         if task.cache is not None and engine.cache_enabled:
-            found, value, claimed = await cache_lookup(engine, task, rec, args, kwargs)
-            if found:
+            hit, value, claimed = cache_lookup(engine, task, rec, args, kwargs)
+            if hit is None:  # an equal call computing, a store that answers later, a blob
+                hit, value, claimed = await cache_lookup_waiting(engine, task, rec, value)
+            if hit:
                 engine.tasks_completed += 1
                 if task.hooks is not None and task.hooks.on_completion:
                     await task_hooks(ctx, task.hooks, rec, span)

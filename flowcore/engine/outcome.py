@@ -48,5 +48,10 @@ def finish_failed(recorder: Recorder, rec: TaskRunRecord, exc: BaseException) ->
 
 
 def finish_reused(recorder: Recorder, rec: TaskRunRecord, state: State, note: str) -> None:
-    """End ``rec`` with a value that came from elsewhere (a cache hit or a replay)."""
-    move(recorder, rec, state, note)
+    """End ``rec`` with a value that came from elsewhere (a cache hit or a replay).
+
+    :func:`move`, inline: this ends every cache hit and every replayed call, on the
+    hot path, where one Python call more is a few percent of a hit.
+    """
+    transition(rec, state, time.time(), note)
+    recorder.task_changed(rec)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from ..clock import Clock
 from ..errors import ResultNotSerializable, ResultUnreadable
@@ -12,7 +12,10 @@ from ..store.files import INLINE_LIMIT, blob_ref
 from .recorder import Recorder
 from .spec import TaskSpec
 
-__all__ = ["load_result", "store_result"]
+__all__ = ["IN_BLOB", "load_result", "result_now", "store_result"]
+
+#: What :func:`result_now` gives for a result that has to be read from the blob store.
+IN_BLOB: Final[Any] = object()
 
 
 def store_result(
@@ -53,17 +56,32 @@ def store_result(
         )
 
 
+def result_now(recorder: Recorder, task: TaskSpec, blob: bytes | None, ref: str | None) -> Any:
+    """:func:`load_result` without waiting, for the cache's hot path: the value when its
+    bytes are at hand (inline, or a blob not written yet), :data:`IN_BLOB` when they are
+    in the blob store (then await :func:`load_result`)."""
+    if blob is None and ref is not None:
+        blob = recorder.pending_file(ref)
+        if blob is None:
+            return IN_BLOB
+    return _decoded(task, blob)
+
+
 async def load_result(
     recorder: Recorder, task: TaskSpec, blob: bytes | None, ref: str | None
 ) -> Any:
     """Decode a stored result; :class:`ResultUnreadable` when missing, corrupt or refused."""
-    if blob is None and ref is not None:
-        blob = recorder.pending_file(ref)
-        if blob is None:
-            blobs = recorder.blobs
-            if blobs is None:
-                raise ResultUnreadable("the result is in a blob, but this store keeps no blobs")
-            blob = await blobs.get(ref)
+    value = result_now(recorder, task, blob, ref)
+    if value is not IN_BLOB:
+        return value
+    assert ref is not None
+    blobs = recorder.blobs
+    if blobs is None:
+        raise ResultUnreadable("the result is in a blob, but this store keeps no blobs")
+    return _decoded(task, await blobs.get(ref))
+
+
+def _decoded(task: TaskSpec, blob: bytes | None) -> Any:
     if blob is None:
         raise ResultUnreadable("no result was stored")
     return decode_result(blob, allow_pickle=task.serializer == "pickle", type_=task.return_type)

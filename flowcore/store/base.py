@@ -67,6 +67,7 @@ __all__ = [
     "AssetStore",
     "AssetWrite",
     "BlobStore",
+    "CacheBatchReads",
     "CacheStore",
     "LeaseStore",
     "LogStore",
@@ -646,6 +647,22 @@ def apply_code_change(
     for mark in marks:
         _mark(write, mark)
     write.finish()
+
+
+@runtime_checkable
+class CacheBatchReads(Protocol):
+    """Reading many cache entries in one go: the lookups of the calls started together.
+
+    A role of its own, not part of :class:`Store`: the engine uses it only for lookups
+    that must wait (``get_cache_nowait`` raised ``WouldBlock``: a database server), where
+    one query for the keys of a whole ``gather`` replaces a round trip each. A store
+    without it reads each key with :meth:`CacheStore.get_cache`. ``check_store`` checks
+    it on a store that has it."""
+
+    async def get_cache_many(self, keys: Sequence[str]) -> Mapping[str, CacheEntry]:
+        """The entries stored under any of ``keys`` (expired or not), by key; a key with no
+        entry is absent. ``keys`` may repeat a key, and may be empty; any number of them
+        (the store splits its statements as it needs)."""
 
 
 @runtime_checkable

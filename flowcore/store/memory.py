@@ -495,6 +495,14 @@ class MemoryStore:
     async def get_cache(self, key: str) -> CacheEntry | None:
         return self.get_cache_nowait(key)
 
+    async def get_cache_many(self, keys: Sequence[str]) -> dict[str, CacheEntry]:
+        found: dict[str, CacheEntry] = {}
+        for key in keys:
+            entry = self._cache.get(key)
+            if entry is not None:
+                found[key] = msgspec.structs.replace(entry)
+        return found
+
     def get_cache_nowait(self, key: str) -> CacheEntry | None:
         entry = self._cache.get(key)
         return None if entry is None else msgspec.structs.replace(entry)

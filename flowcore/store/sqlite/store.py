@@ -640,6 +640,21 @@ class SQLiteStore:
     ) -> int:
         return await retention.prune_logs(self._io, before, chunk, dry_run)
 
+    async def get_cache_many(self, keys: Sequence[str]) -> dict[str, CacheEntry]:
+        """The entries stored under any of ``keys``, by key: one trip to the connection's
+        thread for each 500 keys (below SQLite's oldest limit of 999 parameters)."""
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, CacheEntry] = {}
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            marks = ", ".join("?" * len(part))
+            rows = await self._io.fetch(
+                f"SELECT {CACHE_COLS} FROM cache_entries WHERE key IN ({marks})", part
+            )
+            for row in rows:
+                found[row[0]] = cache_record(row)
+        return found
+
     def get_cache_nowait(self, key: str) -> CacheEntry | None:
         """The cache entry with this key, read synchronously on the calling thread.
 

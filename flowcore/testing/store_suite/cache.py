@@ -11,7 +11,7 @@ from __future__ import annotations
 import anyio
 
 from ...records import MaterializationRecord, WriteBatch
-from ...store.base import Store
+from ...store.base import CacheBatchReads, Store
 from .assertions import differs
 from .cases import Cases
 from .records import cache_entry, flow_run, full_cache_entry, task_run
@@ -180,3 +180,29 @@ async def _result_refs_of_assets(store: Store) -> None:
     )
     refs = await store.result_refs()
     assert refs == {current, older}, differs("result_refs", refs, {current, older})
+
+
+@CASES.case("cache: get_cache_many (CacheBatchReads) answers as get_cache does for each key")
+async def _cache_many(store: Store) -> None:
+    if not isinstance(store, CacheBatchReads):
+        return  # an optional role: the engine reads each key with get_cache without it
+    entries = [
+        cache_entry("a", 1.0, result=b"a"),
+        cache_entry("b", 2.0, result_ref="ef" * 32),
+        cache_entry("old", 3.0, expires=4.0, result=b"o"),
+    ]
+    await store.write(WriteBatch(cache_entries=entries))
+    empty = await store.get_cache_many([])
+    assert dict(empty) == {}, differs("get_cache_many([])", empty, {})
+    keys = ["a", "missing", "b", "old", "a"]  # a key twice, one never written
+    got = dict(await store.get_cache_many(keys))
+    want = {key: await store.get_cache(key) for key in ("a", "b", "old")}
+    assert got == want, differs(f"get_cache_many({keys})", got, want)
+    many = [f"k{i}" for i in range(1200)]  # more than one statement's worth anywhere
+    await store.write(WriteBatch(cache_entries=[cache_entry(k, 5.0) for k in many[::2]]))
+    got_many = await store.get_cache_many(many)
+    assert sorted(got_many) == sorted(many[::2]), differs(
+        "the keys get_cache_many found among 1,200 (every other one written)",
+        sorted(got_many)[:5],
+        sorted(many[::2])[:5],
+    )

@@ -567,6 +567,15 @@ class PostgresStore:
         :meth:`get_cache`)."""
         raise anyio.WouldBlock
 
+    async def get_cache_many(self, keys: Sequence[str]) -> dict[str, CacheEntry]:
+        """The entries stored under any of ``keys``, by key, in one round trip."""
+        if not keys:
+            return {}
+        rows = await self._io.fetch(
+            f"SELECT {CACHE_COLS} FROM cache_entries WHERE key = ANY($1::text[])", list(keys)
+        )
+        return {row[0]: cache_record(row) for row in rows}
+
     async def get_cache(self, key: str) -> CacheEntry | None:
         rows = await self._io.fetch(f"SELECT {CACHE_COLS} FROM cache_entries WHERE key = $1", key)
         return cache_record(rows[0]) if rows else None
