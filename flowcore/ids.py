@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import re
 import socket
+import time
 import traceback
 from typing import Final
 
@@ -43,11 +45,48 @@ MAX_MESSAGE: Final = 2000
 
 
 def new_run_id() -> str:
-    """A random (version 4) UUID in hex, like ``uuid.uuid4().hex`` at a third of its cost."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    return raw.hex()
+    """A new run id: 32 hex characters whose first 8 are a clock and the rest random.
+
+    Why not a random id: every run writes rows keyed by its id (its flow run row and
+    that key's index, its task runs keyed by ``(run id, seq)``). With random ids each
+    run lands on a random page of those B-trees, so a commit of fifty run ends
+    rewrote some fifty pages of each: 1.7 MB of SQLite WAL per commit for a service's
+    requests. With the leading characters a clock, the runs made together are
+    neighbours there, and a commit rewrites a few pages.
+
+    Why not a timestamp at the front (UUIDv7): people tell runs apart by their first
+    8 characters (``flowcore runs show 3f2a9c1b``, ``run.id[:8]`` everywhere), and
+    those of a timestamp are the same for every run of the same minute. So the first
+    8 characters are the microseconds since the epoch modulo 2**32: a clock that turns
+    every 71.6 minutes. Ids made within a few milliseconds share pages (the rows of
+    earlier turns in that window are few); ids made by one process within a turn never
+    share those 8 characters (its count never repeats a value nor goes back, however
+    the wall clock moves); and over many turns they are as spread out as random ones.
+
+    The other 24 carry 90 random bits (from a private generator, seeded by the
+    operating system and again in a forked child), which make ids unique across
+    processes; and the version (8) and variant bits make the id a valid RFC 9562 UUID,
+    as the random (version 4) ids made before were. Costs about 0.6 µs.
+    """
+    global _last_us
+    now = time.time_ns() // 1000
+    last = _last_us
+    _last_us = now = now if now > last else last + 1  # never twice, never back
+    return f"{(now & 0xFFFFFFFF) << 96 | _rand.getrandbits(96) & _RANDOM | _UUID8:032x}"
+
+
+#: The random bits of a run id (all of the 96 below the clock but the version and
+#: variant), and the version (8) and variant (RFC 9562) bits.
+_RANDOM: Final = (1 << 96) - 1 & ~(0xF << 76) & ~(0x3 << 62)
+_UUID8: Final = 0x8 << 76 | 0x2 << 62
+#: The last microsecond count a run id was made with (see new_run_id).
+_last_us = 0
+#: Not the ``random`` module's generator: a program that seeds it (tests, simulations)
+#: would make the same run ids in every process it starts.
+_rand = random.Random()
+if hasattr(os, "register_at_fork"):
+    # A forked child must not make the ids its parent (or its siblings) make.
+    os.register_at_fork(after_in_child=_rand.seed)
 
 
 def error_name(exc: BaseException) -> str:

@@ -91,6 +91,10 @@ class FlowRunRecord(msgspec.Struct, gc=False):
     scheduled_for: float | None = None
     interval_start: float | None = None
     interval_end: float | None = None
+    # The span the run's span is a child of (hex): the calling task run's, the calling
+    # flow run's, or a span the caller made current; ``None`` for a root. With
+    # flowcore's own spans the record is the run's span (see telemetry.flow_span).
+    parent_span_id: str | None = None
 
     @property
     def duration(self) -> float | None:

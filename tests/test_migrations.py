@@ -482,6 +482,7 @@ def v5_runs() -> list[FlowRunRecord]:
     full.entrypoint_hash = None  # nor this
     full.upstream = None  # nor the later ones
     full.launched_by = full.scheduled_for = full.interval_start = full.interval_end = None
+    full.parent_span_id = None
     return [
         full,
         FlowRunRecord(id="minimal", name="f", state=State.COMPLETED, created=T0),

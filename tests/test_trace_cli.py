@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import flowcore
 from flowcore.cli import cli
 from flowcore.cli.waterfall import waterfall
 from flowcore.entrypoints import load_flow
-from flowcore.records import SpanRecord
+from flowcore.records import SpanRecord, WriteBatch
+from flowcore.telemetry import flow_span
 from flowcore.views.format import format_ns, iso_ns
-from flowcore.views.trace import Row, span_to_json, tree_order
+from flowcore.views.trace import Row, span_to_json, subtree, tree_order
 
 # Gathered tasks, a task called inside a task, a task retried once, a submitted task
 # that fails and whose failure is awaited and handled, and a subflow.
@@ -296,34 +298,49 @@ def test_prune_needs_an_option_and_names_them() -> None:
     assert "--older-than DAYS" in result.stderr and "--keep-runs N" in result.stderr
 
 
-def test_prune_older_than_deletes_flow_spans_and_task_spans_stay(run_id: str) -> None:
+def write_span_rows(run_id: str) -> int:
+    """Write the flow spans of a run and its subflows as span rows, as flowcore did
+    before a flow run's record was its span (pruning deletes rows); how many."""
+
+    async def write() -> int:
+        home = Path(os.environ["FLOWCORE_HOME"])
+        async with flowcore.SQLiteStore(home / "flowcore.db") as store:
+            runs = await subtree(store, await store.get_run(run_id))
+            spans = [span for run in runs if (span := flow_span(run)) is not None]
+            await store.write(WriteBatch(spans=spans))
+            return len(spans)
+
+    return anyio.run(write)
+
+
+def test_prune_older_than_deletes_span_rows_and_run_spans_stay(run_id: str) -> None:
+    assert write_span_rows(run_id) == 2  # flow traced, flow child
     result = invoke("trace", "prune", "--older-than", "0", "--yes")
     assert result.exit_code == 0, result.output
     match = re.match(r"deleted (\d+) span rows", result.stdout)
-    assert match and int(match.group(1)) == 2, result.stdout  # flow traced, flow child
+    assert match and int(match.group(1)) == 2, result.stdout
+    # A run's span is its record: flow and task spans stay with their runs.
     spans = trace_json(run_id)
-    assert sorted(s["name"] for s in spans) == sorted(n for _, n in TREE if n.startswith("task"))
+    assert [s["name"] for s in spans] == [name for _, name in TREE]
     drawn = invoke("trace", run_id[:8])
     assert drawn.exit_code == 0, drawn.output
-    # Without their flow spans, the task spans are roots, in start order.
-    assert {name for _, name in drawn_rows(drawn.stdout)} == {
-        "task flaky", "task inner", "task outer", "task boom",
-    }  # fmt: skip
+    assert drawn_rows(drawn.stdout) == TREE
     again = invoke("trace", "prune", "--older-than", "0", "--yes")
     assert again.stdout.startswith("deleted 0 span rows")
 
 
 def test_prune_keep_runs_keeps_the_newest_runs_spans(flows_file: Path) -> None:
     old, new = run_flow(flows_file), run_flow(flows_file)
+    assert write_span_rows(old) + write_span_rows(new) == 4
     result = invoke("trace", "prune", "--keep-runs", "1", "--yes")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("deleted 2 span rows not of the newest 1 runs")
     assert [s["name"] for s in trace_json(new)] == [name for _, name in TREE]
-    assert not [s for s in trace_json(old) if s["name"].startswith("flow ")]
-    assert len(trace_json(old)) == 8
+    assert [s["name"] for s in trace_json(old)] == [name for _, name in TREE]
 
 
 def test_prune_asks_for_confirmation_without_yes(run_id: str) -> None:
+    write_span_rows(run_id)
     declined = invoke("trace", "prune", "--older-than", "0", input="n\n")
     assert declined.exit_code == 1 and "Aborted" in declined.output
     assert len(trace_json(run_id)) == len(TREE)

@@ -115,10 +115,11 @@ def trace_prune(older_than: float | None, keep_runs: int | None, yes: bool) -> N
     """Delete stored span rows: those older than DAYS, those not of the newest N runs,
     or with both options, those matching both.
 
-    Task spans stay: a task run's span is kept as part of its task run record
-    (it goes when the run is deleted), so `flowcore trace` still shows the task
-    runs of a pruned trace. Prune acts on flow spans, and on spans made through an
-    application's tracer provider (such as spans of user code inside tasks).
+    Flow and task spans stay: a run's span is its record (it goes when the run
+    is deleted: `flowcore runs prune`). Prune acts on span rows: spans made through
+    an application's tracer provider (such as spans of user code inside tasks),
+    flow spans that carried parameters, links or hook events, and the spans of runs
+    recorded by older versions.
 
     \b
     flowcore trace prune --older-than 30
@@ -141,7 +142,8 @@ def trace_prune(older_than: float | None, keep_runs: int | None, yes: bool) -> N
     before = None if older_than is None else time.time() - older_than * 86400
     deleted = read(lambda store: store.prune_spans(before=before, keep_runs=keep_runs))
     plural = "" if deleted == 1 else "s"
-    click.echo(f"deleted {deleted} span row{plural} {what} (task spans stay with their task runs)")
+    stay = "(flow and task spans stay with their runs)"
+    click.echo(f"deleted {deleted} span row{plural} {what} {stay}")
 
 
 # -- flowcore trace export ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Telemetry: OpenTelemetry spans of flow and task runs, persisted with them and exported.
 
 - :mod:`.tracing`: :class:`SpanMaker`, which makes the spans on the hot path;
-- :mod:`.task_spans`: a task run's span rebuilt from its record;
+- :mod:`.task_spans`: a run's span (a task run's, a flow run's) rebuilt from its record;
 - :mod:`.sdk`: the bridge to the OpenTelemetry SDK (the application's provider,
   SDK span objects);
 - :mod:`.otlp`: OTLP requests made straight from span records;
@@ -11,7 +11,7 @@
 
 from .sdk import configured_provider
 from .shipper import SdkSender, SpanShipper, from_environment
-from .task_spans import task_span
+from .task_spans import flow_span, task_span
 from .tracing import SpanMaker
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "SpanMaker",
     "SpanShipper",
     "configured_provider",
+    "flow_span",
     "from_environment",
     "task_span",
 ]

@@ -1,6 +1,6 @@
 """Shipping spans to a collector from the store, durably.
 
-Spans are persisted with the runs (a task run's record is its span); the shipper
+Spans are persisted with the runs (a run's record is its span); the shipper
 sends them from there, never from the hot path. Once a flow run ended, the store
 offers it (:meth:`~flowcore.store.base.SpanStore.claim_span_exports`: claimed with a
 lease, so two processes never ship one run), the shipper reads the run's spans in
@@ -42,7 +42,7 @@ from ..records import FlowRunRecord, SpanRecord
 from ..store.base import Store
 from .otlp import encode_json, encode_protobuf, protobuf_available
 from .sdk import to_readable
-from .task_spans import task_span
+from .task_spans import flow_span, task_span
 
 if TYPE_CHECKING:
     import httpx
@@ -474,7 +474,8 @@ class SpanShipper:
 async def _pages(store: Store, run: FlowRunRecord, size: int) -> AsyncIterator[list[SpanRecord]]:
     """The spans of ``run`` in pages of ``size``, read as they are sent (a run of a million
     tasks is never held whole): its span rows (a top-level run also takes the rows of its
-    trace that name no run), then its task runs' spans."""
+    trace that name no run), its own span rebuilt from its record unless a row holds it,
+    then its task runs' spans."""
     trace_id = run.trace_id
     if trace_id is None:
         return
@@ -483,6 +484,9 @@ async def _pages(store: Store, run: FlowRunRecord, size: int) -> AsyncIterator[l
         for s in await store.list_spans(trace_id)
         if s.run_id == run.id or (s.run_id is None and run.parent_run_id is None)
     ]
+    span = flow_span(run)
+    if span is not None and all(s.span_id != span.span_id for s in own):
+        own.append(span)
     for i in range(0, len(own), size):
         yield own[i : i + size]
     offset = 0

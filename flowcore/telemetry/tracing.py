@@ -8,9 +8,10 @@ Two ways to make spans, chosen when the engine opens:
   its spans, and adds a processor that also persists the spans made inside
   flowcore runs (flowcore's own and those of user code and instrumented
   libraries) to the store.
-- **flowcore's own** (no provider configured): spans are light records that
-  flowcore persists itself, several times cheaper than SDK spans; if an
-  exporter is configured (``Tracing(exporter=...)`` or the standard
+- **flowcore's own** (no provider configured): a run's record is its span (its
+  ids are on the record, and readers and the shipper rebuild the span from it, see
+  :mod:`.task_spans`), so making a span costs its ids and no row is written for it;
+  if an exporter is configured (``Tracing(exporter=...)`` or the standard
   ``OTEL_EXPORTER_OTLP_*`` variables) they are shipped to it from the store
   once their run ended (see :mod:`.shipper`): nothing here pays for it. The
   trace context is still current inside task code, so spans user code makes
@@ -34,9 +35,9 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, Sta
 
 from .._current import current_task_run
 from ..ids import error_message, error_name, safe_text, traceback_text
-from ..records import SpanRecord, TaskRunRecord
+from ..records import FlowRunRecord, SpanRecord, TaskRunRecord
 from .sdk import PersistProcessor, span_route
-from .task_spans import task_end_attributes
+from .task_spans import flow_attributes, flow_span, task_end_attributes
 
 __all__ = ["SpanMaker"]
 
@@ -121,72 +122,95 @@ class _TaskHandle:
             otel_context.detach(self.token)  # type: ignore[arg-type]
 
 
-class _Handle:
-    """A started span, current in its context until ``finish``."""
+class _RunHandle:
+    """A flow run's span with flowcore's own spans: the context token, and what the
+    run's record cannot say, if anything.
 
-    __slots__ = ("record", "route", "sdk_span", "token", "tracing")
+    The run's record is its span (see :func:`~.task_spans.flow_span`): ids on the record,
+    nothing made or written for the span itself. Only a span with parameters on it, a
+    link (a resumed run) or events (failed hooks) is written as a span row at its end,
+    built from the record and those.
+    """
+
+    __slots__ = ("events", "extra", "links", "record", "token", "tracing")
 
     def __init__(
         self,
         tracing: SpanMaker,
-        record: SpanRecord | None,
-        sdk_span: Any,
+        record: FlowRunRecord,
         token: object,
-        route: Token[Any] | None = None,
+        extra: dict[str, Any] | None,
+        links: list[tuple[str, str]] | None,
     ) -> None:
         self.tracing = tracing
         self.record = record
+        self.token = token
+        self.extra = extra
+        self.links = links
+        self.events: list[tuple[str, int, dict[str, Any]]] | None = None
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        if self.events is None:
+            self.events = []
+        self.events.append((name, time.time_ns(), _recordable(attributes)))
+
+    def finish_run(self, record: FlowRunRecord, error: BaseException | None) -> None:
+        """End the span: the record, ended, says how (``error`` is what it holds)."""
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        if self.extra is None and self.links is None and self.events is None:
+            return  # the common case: the record is the span
+        span = flow_span(self.record)
+        if span is None:  # pragma: no cover - ids are set when the span starts
+            return
+        if self.extra:
+            span.attributes = {**flow_attributes(self.record), **self.extra, **span.attributes}
+        span.links = list(self.links or ())
+        span.events = [*(self.events or ()), *span.events]
+        self.tracing._emit(span)
+
+
+class _Handle:
+    """A span made through the application's tracer provider (an SDK span), current in
+    its context until ``finish``."""
+
+    __slots__ = ("route", "sdk_span", "token", "tracing")
+
+    def __init__(
+        self, tracing: SpanMaker, sdk_span: Any, token: object, route: Token[Any] | None = None
+    ) -> None:
+        self.tracing = tracing
         self.sdk_span = sdk_span
         self.token = token
         self.route = route  # the span_route set for a run's SDK span, to reset at its end
 
     def event(self, name: str, attributes: dict[str, Any]) -> None:
-        attributes = _recordable(attributes)
-        if self.record is not None:
-            self.record.events.append((name, time.time_ns(), attributes))
-        else:
-            self.sdk_span.add_event(name, attributes)
+        self.sdk_span.add_event(name, _recordable(attributes))
 
     def finish_task(self, rec: TaskRunRecord, error: BaseException | None) -> None:
         self.finish(task_end_attributes(rec), error)
 
+    def finish_run(self, record: FlowRunRecord, error: BaseException | None) -> None:
+        attributes = {
+            "flowcore.state": record.state.value,
+            "flowcore.task_count": record.task_count,
+        }
+        self.finish(attributes, error)
+
     def finish(self, attributes: dict[str, Any], error: BaseException | None) -> None:
         otel_context.detach(self.token)  # type: ignore[arg-type]
-        rec = self.record
-        if rec is not None:
-            rec.attributes.update(attributes)
-            if error is not None:
-                rec.status = "ERROR"
-                rec.status_message = _status_message(error)
-                rec.events.append(
-                    (
-                        "exception",
-                        time.time_ns(),
-                        {
-                            "exception.type": error_name(error),
-                            "exception.message": error_message(error),
-                            "exception.escaped": True,
-                        },
-                    )
-                )
-            elif attributes.get("flowcore.state") in ("Completed", "Cached"):
-                rec.status = "OK"
-            rec.end = time.time_ns()
-            self.tracing._emit(rec)
-        else:
-            span = self.sdk_span
-            span.set_attributes(attributes)
-            if error is not None:
-                _record_exception(span, error)
-                span.set_status(Status(StatusCode.ERROR, _status_message(error)))
-            elif attributes.get("flowcore.state") in ("Completed", "Cached"):
-                span.set_status(Status(StatusCode.OK))
-            span.end()
-            if self.route is not None:
-                try:
-                    span_route.reset(self.route)
-                except ValueError:  # finished from another context: nothing to restore there
-                    pass
+        span = self.sdk_span
+        span.set_attributes(attributes)
+        if error is not None:
+            _record_exception(span, error)
+            span.set_status(Status(StatusCode.ERROR, _status_message(error)))
+        elif attributes.get("flowcore.state") in ("Completed", "Cached"):
+            span.set_status(Status(StatusCode.OK))
+        span.end()
+        if self.route is not None:
+            try:
+                span_route.reset(self.route)
+            except ValueError:  # finished from another context: nothing to restore there
+                pass
 
 
 def _status_message(error: BaseException) -> str:
@@ -260,39 +284,20 @@ class SpanMaker:
         *,
         run: bool = True,
     ) -> _Handle:
-        """Start a span as a child of the current one and make it current.
+        """Start an SDK span (through the application's provider) as a child of the
+        current one and make it current.
 
-        ``run``: the span of a flow run (not of one of its task runs): with SDK
-        spans, spans started under it from now on are persisted with that run.
+        ``run``: the span of a flow run (not of one of its task runs): spans started
+        under it from now on are persisted with that run.
         """
-        if self.tracer is not None:
-            otel_links = [
-                Link(SpanContext(int(t, 16), int(s, 16), True, _SAMPLED)) for t, s in links or ()
-            ]
-            # Before the span starts, so that the persist processor routes it too.
-            route = span_route.set((self._spans, run_id)) if run else None
-            span = self.tracer.start_span(name, attributes=attributes, links=otel_links)
-            token = otel_context.attach(trace.set_span_in_context(span))
-            return _Handle(self, None, span, token, route)
-        parent = trace.get_current_span().get_span_context()
-        if parent.is_valid:
-            trace_id, parent_id = parent.trace_id, f"{parent.span_id:016x}"
-        else:
-            trace_id, parent_id = _rand.getrandbits(128) or 1, None
-        span_id = _rand.getrandbits(64) or 1
-        record = SpanRecord(
-            trace_id=f"{trace_id:032x}",
-            span_id=f"{span_id:016x}",
-            name=name,
-            start=time.time_ns(),
-            parent_id=parent_id,
-            run_id=run_id,
-            attributes=attributes,
-            links=list(links or ()),
-        )
-        current = _RunSpan(trace_id, span_id, run_id)
-        token = otel_context.attach(trace.set_span_in_context(current))
-        return _Handle(self, record, None, token)
+        otel_links = [
+            Link(SpanContext(int(t, 16), int(s, 16), True, _SAMPLED)) for t, s in links or ()
+        ]
+        # Before the span starts, so that the persist processor routes it too.
+        route = span_route.set((self._spans, run_id)) if run else None
+        span = self.tracer.start_span(name, attributes=attributes, links=otel_links)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return _Handle(self, span, token, route)
 
     def start_task(self, rec: TaskRunRecord, function: str, namespace: str) -> Any:
         """Start a task run's span and make it current.
@@ -337,13 +342,44 @@ class SpanMaker:
         )
         return _TaskHandle(self, token, trace_id)
 
+    def start_run(
+        self,
+        record: FlowRunRecord,
+        extra: dict[str, Any] | None = None,
+        links: list[tuple[str, str]] | None = None,
+    ) -> _Handle | _RunHandle:
+        """Start a flow run's span as a child of the current span, and make it current.
+
+        Its ids go on ``record`` (``trace_id``, ``span_id``, ``parent_span_id``).
+        ``extra``: attributes besides those of the record (parameters); ``links``:
+        spans it links to (the run a resumed run re-drives). With flowcore's own spans
+        nothing else is made: the record is the span (see :class:`_RunHandle`).
+        """
+        if self.tracer is not None:
+            attributes = flow_attributes(record)
+            if extra:
+                attributes.update(extra)
+            handle = self.start(f"{record.kind} {record.name}", attributes, record.id, links)
+            ctx = handle.sdk_span.get_span_context()
+            parent = handle.sdk_span.parent
+            record.trace_id, record.span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+            record.parent_span_id = None if parent is None else f"{parent.span_id:016x}"
+            return handle
+        current = _current_span()
+        parent = None if current is None else current.get_span_context()
+        if parent is not None and parent.is_valid:
+            trace_id = parent.trace_id
+            record.parent_span_id = f"{parent.span_id:016x}"
+        else:
+            trace_id = _rand.getrandbits(128) or 1
+            record.parent_span_id = None
+        span_id = _rand.getrandbits(64) or 1
+        record.trace_id = f"{trace_id:032x}"
+        record.span_id = f"{span_id:016x}"
+        token = otel_context.attach(
+            trace.set_span_in_context(_RunSpan(trace_id, span_id, record.id))
+        )
+        return _RunHandle(self, record, token, extra or None, links or None)
+
     def _emit(self, record: SpanRecord) -> None:
         self._spans.append(record)
-
-    @staticmethod
-    def ids_of(handle: _Handle) -> tuple[str, str]:
-        """(trace id, span id) in hex, to store on the run record."""
-        if handle.record is not None:
-            return handle.record.trace_id, handle.record.span_id
-        ctx = handle.sdk_span.get_span_context()
-        return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"

@@ -1,8 +1,10 @@
 """A run's trace: its spans read from the store, in tree order, as JSON-ready data.
 
-With flowcore's own spans, a task run's span is stored as its task run record
-and rebuilt here; flow spans and SDK spans (user code's, instrumented libraries')
-are rows of their own.
+With flowcore's own spans, a run's record is its span: flow runs' and task runs'
+spans are rebuilt here from their records. Spans made through an application's
+tracer provider (user code's, instrumented libraries', and flowcore's own there),
+and flow spans written by older versions, are rows of their own; a row wins over
+the span rebuilt with the same id.
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ from typing import Any
 
 from ..records import FlowRunRecord, SpanRecord
 from ..store.base import Store
-from ..telemetry.task_spans import task_span
+from ..telemetry.task_spans import flow_span, task_span
 from .format import iso_ns
 
 __all__ = ["Row", "load_trace", "read_trace", "span_to_json", "subtree", "tree_order"]
 
 
 async def read_trace(store: Store, run_id: str) -> list[SpanRecord]:
-    """Every persisted span of a run's trace, by start time: span rows plus task run spans.
-
-    With flowcore's own spans, task spans are stored as their task run records and
-    rebuilt here; SDK spans (and flow run spans) are rows of their own.
-    """
+    """Every persisted span of a run's trace, by start time: span rows, and the spans
+    of the run, its subflow runs and their task runs, rebuilt from their records."""
     run = await store.get_run(run_id)
     if run.trace_id is None:
         return []
@@ -32,6 +31,9 @@ async def read_trace(store: Store, run_id: str) -> list[SpanRecord]:
     pending = [run]
     while pending:
         current = pending.pop()
+        own = flow_span(current)
+        if own is not None and own.span_id not in spans:
+            spans[own.span_id] = own
         for rec in await store.list_task_runs(current.id):
             if rec.span_id and rec.span_id not in spans:
                 spans[rec.span_id] = task_span(rec, run.trace_id)

@@ -50,6 +50,7 @@ def full_flow_run() -> FlowRunRecord:
         parameters=b"\x82\xa5pages\x14\xa3raw\xc4\x02\x00\xff",
         parent_run_id="fedcba9876543210fedcba9876543210",
         parent_task_seq=7,
+        parent_span_id="00f067aa0ba902b7",
         started=1_700_000_000.25,
         ended=1_700_000_003.5,
         heartbeat=1_700_000_002.0,
