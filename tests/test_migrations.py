@@ -711,12 +711,13 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     assert after["user_version"] == SCHEMA_VERSION
     for table in ("flow_runs", "task_runs", "logs"):  # the v7 rows as they were, and new ones
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
-    assert set(before["schema"]) <= set(after["schema"]), "no v7 table or index changed"
-    new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
+    kept = {item for item in before["schema"] if item[1] not in INDEXES_15}
+    assert kept <= set(after["schema"]), "no v7 table or index changed but 15's"
+    new = {name for kind, name, _ in set(after["schema"]) - kept}
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
         "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA, *EXPORT_SCHEMA,
-        *RETENTION_SCHEMA, *CHAIN_SCHEMA,
+        *RETENTION_SCHEMA, *CHAIN_SCHEMA, "flow_runs_parent",
     } - CHAIN_DROPPED  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
@@ -737,6 +738,8 @@ RETENTION_SCHEMA = {"flow_runs_top", "triggers_run", "asset_materializations_val
 #: asset history's indexes by asset and by run: the history is chained instead).
 CHAIN_SCHEMA = {"asset_clock", "asset_partitions_key"}
 CHAIN_DROPPED = {"asset_materializations_key", "asset_materializations_run"}
+#: What migration 15 drops (flow runs by trace) and makes again (subflows by parent only).
+INDEXES_15 = {"flow_runs_trace", "flow_runs_parent"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -769,13 +772,12 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
     assert after["user_version"] == SCHEMA_VERSION
     for table in ("flow_runs", "task_runs", "logs", "schedules", "served"):
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
-    assert set(before["schema"]) <= set(after["schema"]), "no v8 table or index changed"
-    new = {name for kind, name, _ in set(after["schema"]) - set(before["schema"])}
-    assert (
-        new
-        == (ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA)
-        - CHAIN_DROPPED
-    )
+    kept = {item for item in before["schema"] if item[1] not in INDEXES_15}
+    assert kept <= set(after["schema"]), "no v8 table or index changed but 15's"
+    new = {name for kind, name, _ in set(after["schema"]) - kept}
+    assert new == (
+        ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA
+    ) - CHAIN_DROPPED | {"flow_runs_parent"}
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 
@@ -897,3 +899,29 @@ async def test_a_v13_database_upgrades_to_14_chaining_the_asset_history(tmp_path
     names = {name for _, name, _ in snapshot(path)["schema"]}
     assert "asset_materializations_key" not in names and "asset_clock" in names
     assert "migration.14" in meta(path)
+
+
+async def test_migration_15_keeps_subflows_found_by_parent_and_runs_pruned_by_trace(
+    tmp_path: Path,
+) -> None:
+    """Flow runs lose their index by trace and keep one by parent for subflows only:
+    a run's subflows are still read through it."""
+    path = tmp_path / "flowcore.db"
+    parent = FlowRunRecord(id="p", name="etl", state=State.COMPLETED, created=T0, ended=T0 + 1)
+    child = FlowRunRecord(
+        id="c", name="sub", state=State.COMPLETED, created=T0, ended=T0 + 1,
+        parent_run_id="p", parent_task_seq=0,
+    )  # fmt: skip
+    v7_database(path, [parent, child], [], [], version=14)
+    async with SQLiteStore(path) as store:
+        assert [r.id for r in await store.child_runs("p")] == ["c"]
+    with closing(sqlite3.connect(path)) as conn:
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM flow_runs WHERE parent_run_id = ?", ("p",)
+            )
+        )
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "flow_runs_parent" in plan, plan
+    assert "flow_runs_trace" not in indexes

@@ -571,6 +571,8 @@ class MemoryStore:
                 queue.extend(kids.get(run_id, ()))
         traces = {runs[i].trace_id for i in tree if runs[i].trace_id}
         shared = {r.trace_id for r in runs.values() if r.trace_id in traces and r.id not in tree}
+        # A run that joined a trace it did not start shares it with its maker.
+        shared.update(runs[i].trace_id for i in doomed if runs[i].parent_span_id is not None)
         spans = [
             key
             for key, span in self._spans.items()

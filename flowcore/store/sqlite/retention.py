@@ -80,9 +80,14 @@ WITH RECURSIVE tree(id) AS (
 )
 SELECT f.id, f.trace_id, f.task_count, f.body FROM tree JOIN flow_runs AS f ON f.id = tree.id
 """
-#: Traces among ?1 that a run outside ?2 has too (a flow started inside an app's trace).
+#: Traces among ?1 holding a span row of a run outside ?2: two flows started inside one
+#: application's trace, recorded when a flow run's span was a row. Read through the
+#: spans' primary key: flow runs are not indexed by trace (migration 15); a run recorded
+#: since, that joined a trace it did not start, says so itself (``parent_span_id``, see
+#: _read_chunk), and its trace is shared: only its own spans go.
 _SHARED_TRACES: Final = (
-    f"SELECT DISTINCT trace_id FROM flow_runs WHERE trace_id IN {_JSON} AND id NOT IN {_JSON}"
+    f"SELECT DISTINCT trace_id FROM spans WHERE trace_id IN {_JSON} "
+    f"AND run_id IS NOT NULL AND run_id NOT IN {_JSON}"
 )
 _COUNT_LOGS: Final = f"SELECT count(*) FROM logs WHERE run_id IN {_JSON}"
 
@@ -94,6 +99,8 @@ class _Times(msgspec.Struct, gc=False):
     heartbeat: float | None = None
     started: float | None = None
     task_count: int = 0
+    #: Set when the run's span is a child of a span it did not make: its trace is shared.
+    parent_span_id: str | None = None
 
 
 _times_dec = msgspec.msgpack.Decoder(_Times)
@@ -249,8 +256,14 @@ def _read_chunk(
     traces = sorted({r[1] for r in tree_rows if r[1]})
     if traces:
         found = db.execute(_SHARED_TRACES, (_json(traces), tree)).fetchall()
-        chunk.shared = sorted(r[0] for r in found)
-        chunk.own = [t for t in traces if t not in set(chunk.shared)]
+        shared = {r[0] for r in found}
+        top = set(tops)
+        for r in tree_rows:  # a top-level run that joined a trace shares it with its maker
+            joined = r[3] is not None and _times_dec.decode(r[3]).parent_span_id is not None
+            if r[0] in top and r[1] and joined:
+                shared.add(r[1])
+        chunk.shared = sorted(shared)
+        chunk.own = [t for t in traces if t not in shared]
     [(logs,)] = db.execute(_COUNT_LOGS, (tree,)).fetchall()
     chunk.logs = int(logs)
     if not dry_run:

@@ -209,6 +209,33 @@ async def _prune_shared_trace(store: Store) -> None:
     assert lines == want_lines, differs("a kept run's old log line", lines, want_lines)
 
 
+@CASES.case("runs: prune_runs keeps the other spans of a trace its run joined, not made")
+async def _prune_joined_trace(store: Store) -> None:
+    retention = _retention(store)
+    if retention is None:
+        return
+    app, own = "c" * 32, "d" * 32
+    # A flow called inside an application's span (its record is its span: no row), and
+    # one that started its own trace, each with a span of user code in a task.
+    runs = [
+        _old("joined", trace_id=app, span_id="6" * 16, parent_span_id="7" * 16),
+        _old("alone", created=150.0, trace_id=own, span_id="8" * 16),
+    ]
+    spans = [
+        span_record(app, "7" * 16, 99 * _S),  # the application's span: names no run
+        span_record(app, "9" * 16, 100 * _S, run_id="joined"),
+        span_record(own, "a" * 16, 150 * _S, run_id="alone"),
+        span_record(own, "b" * 16, 151 * _S),
+    ]
+    await store.write(WriteBatch(runs, spans=spans))
+    got = await retention.prune_runs(_CUTOFF)
+    want = PruneCount(runs=2, spans=3)
+    assert got == want, differs("prune_runs of a joined trace and an own one", got, want)
+    left = [s.span_id for s in await store.list_spans(app)]
+    assert left == ["7" * 16], differs("spans left in the application's trace", left, ["7"])
+    assert await store.list_spans(own) == [], "a trace the pruned run started goes whole"
+
+
 @CASES.case("runs: prune_runs(keep_runs=) keeps the newest top-level runs, however old")
 async def _prune_keep_runs(store: Store) -> None:
     retention = _retention(store)

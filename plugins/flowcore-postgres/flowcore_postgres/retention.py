@@ -80,6 +80,8 @@ class _Times(msgspec.Struct, gc=False):
     heartbeat: float | None = None
     started: float | None = None
     task_count: int = 0
+    #: Set when the run's span is a child of a span it did not make: its trace is shared.
+    parent_span_id: str | None = None
 
 
 _times_dec = msgspec.msgpack.Decoder(_Times)
@@ -189,10 +191,16 @@ async def _tree(io: Connection, tops: list[str]) -> tuple[list[str], list[str], 
     rows = await io.fetch(_TREE, tops)
     ids = [r[0] for r in rows]
     traces = sorted({r[1] for r in rows if r[1]})
-    tasks = sum(_times_dec.decode(r[2]).task_count for r in rows)
+    times = [_times_dec.decode(r[2]) for r in rows]
+    tasks = sum(t.task_count for t in times)
     shared: set[str] = set()
     if traces:
         shared = {r[0] for r in await io.fetch(_SHARED_TRACES, traces, ids)}
+        top = set(tops)  # a top-level run that joined a trace shares it with its maker
+        shared.update(
+            r[1] for r, t in zip(rows, times, strict=True)
+            if r[0] in top and r[1] and t.parent_span_id is not None
+        )  # fmt: skip
     return ids, [t for t in traces if t not in shared], sorted(shared), tasks
 
 
