@@ -75,6 +75,7 @@ __all__ = [
     "RunQueries",
     "RunRetention",
     "RunStore",
+    "RunTimes",
     "ServingStore",
     "SpanStore",
     "Store",
@@ -89,6 +90,8 @@ __all__ = [
     "not_found_message",
     "prune_runs_and_results",
     "replaces",
+    "run_times",
+    "value_ref_of",
 ]
 
 _R = TypeVar("_R", FlowRunRecord, TaskRunRecord)
@@ -801,6 +804,35 @@ def check_prune(before: object, keep_runs: object = None, chunk: object = 1) -> 
         problems.append(problem)
     if problems:
         raise ConfigurationError("invalid prune options: " + "; ".join(problems))
+
+
+class RunTimes(msgspec.Struct, gc=False):
+    """What a prune reads of a flow run's body (the rest is skipped, not built)."""
+
+    ended: float | None = None
+    heartbeat: float | None = None
+    started: float | None = None
+    task_count: int = 0
+    #: Set when the run's span is a child of a span it did not make: its trace is shared.
+    parent_span_id: str | None = None
+
+
+class _ValueRef(msgspec.Struct, gc=False):
+    value_ref: str | None = None
+
+
+_run_times_dec = msgspec.msgpack.Decoder(RunTimes)
+_value_ref_dec = msgspec.msgpack.Decoder(_ValueRef)
+
+
+def run_times(body: bytes) -> RunTimes:
+    """The times (and task count, and parent span) of a flow run's msgpack body."""
+    return _run_times_dec.decode(body)
+
+
+def value_ref_of(body: bytes) -> str | None:
+    """The blob reference of a materialisation's msgpack body, nothing else decoded."""
+    return _value_ref_dec.decode(body).value_ref
 
 
 def ended_at(

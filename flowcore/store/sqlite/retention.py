@@ -31,7 +31,7 @@ import anyio
 import msgspec
 
 from ...states import TERMINAL
-from ..base import PruneCount, check_prune, ended_at, freed_results
+from ..base import PruneCount, check_prune, ended_at, freed_results, run_times, value_ref_of
 from .connection import Connection
 from .rows import UNFINISHED_SQL
 
@@ -92,25 +92,6 @@ _SHARED_TRACES: Final = (
 _COUNT_LOGS: Final = f"SELECT count(*) FROM logs WHERE run_id IN {_JSON}"
 
 
-class _Times(msgspec.Struct, gc=False):
-    """What a prune reads of a flow run's body (the rest is skipped, not built)."""
-
-    ended: float | None = None
-    heartbeat: float | None = None
-    started: float | None = None
-    task_count: int = 0
-    #: Set when the run's span is a child of a span it did not make: its trace is shared.
-    parent_span_id: str | None = None
-
-
-_times_dec = msgspec.msgpack.Decoder(_Times)
-
-
-class _ValueRef(msgspec.Struct, gc=False):
-    value_ref: str | None = None
-
-
-_value_ref_dec = msgspec.msgpack.Decoder(_ValueRef)
 _TERMINAL_VALUES: Final = frozenset(s.value for s in TERMINAL)
 
 
@@ -259,7 +240,7 @@ def _read_chunk(
         shared = {r[0] for r in found}
         top = set(tops)
         for r in tree_rows:  # a top-level run that joined a trace shares it with its maker
-            joined = r[3] is not None and _times_dec.decode(r[3]).parent_span_id is not None
+            joined = r[3] is not None and run_times(r[3]).parent_span_id is not None
             if r[0] in top and r[1] and joined:
                 shared.add(r[1])
         chunk.shared = sorted(shared)
@@ -268,7 +249,7 @@ def _read_chunk(
     chunk.logs = int(logs)
     if not dry_run:
         for r in tree_rows:
-            chunk.tasks += _times_dec.decode(r[3]).task_count if r[3] is not None else r[2] or 0
+            chunk.tasks += run_times(r[3]).task_count if r[3] is not None else r[2] or 0
         return chunk
     [(tasks,)] = db.execute(
         f"SELECT count(*) FROM task_runs WHERE run_id IN {_JSON}", (tree,)
@@ -309,7 +290,7 @@ def _ended_before(row: Sequence[Any], before: float, protected: set[str]) -> boo
     if state not in _TERMINAL_VALUES or run_id in protected:
         return False
     if body is not None:  # rows from before migration 6 hold their times in columns
-        times = _times_dec.decode(body)
+        times = run_times(body)
         ended, heartbeat, started = times.ended, times.heartbeat, times.started
     return ended_at(ended, heartbeat, started, created) < before
 
@@ -375,7 +356,7 @@ async def asset_value_refs(io: Connection) -> set[str]:
     rows = await io.fetch(
         f"SELECT body FROM asset_materializations WHERE instr(body, {VALUE_REF_KEY}) > 0"
     )
-    refs = {_value_ref_dec.decode(r[0]).value_ref for r in rows}
+    refs = {value_ref_of(r[0]) for r in rows}
     return {ref for ref in refs if ref}
 
 

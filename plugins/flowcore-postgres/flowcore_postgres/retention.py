@@ -23,9 +23,15 @@ from typing import Any, Final
 
 import anyio
 import asyncpg
-import msgspec
 
-from flowcore.store.base import PruneCount, check_prune, ended_at, freed_results
+from flowcore.store.base import (
+    PruneCount,
+    check_prune,
+    ended_at,
+    freed_results,
+    run_times,
+    value_ref_of,
+)
 
 from .connection import Connection
 from .rows import TERMINAL_VALUES, UNFINISHED_SQL, Row
@@ -71,27 +77,6 @@ _SHARED_TRACES: Final = (
 )
 _COUNT_LOGS: Final = "SELECT count(*) FROM logs WHERE run_id = ANY($1::text[])"
 _IN_TREE: Final = "run_id = ANY($1::text[])"
-
-
-class _Times(msgspec.Struct, gc=False):
-    """What a prune reads of a flow run's body (the rest is skipped, not built)."""
-
-    ended: float | None = None
-    heartbeat: float | None = None
-    started: float | None = None
-    task_count: int = 0
-    #: Set when the run's span is a child of a span it did not make: its trace is shared.
-    parent_span_id: str | None = None
-
-
-_times_dec = msgspec.msgpack.Decoder(_Times)
-
-
-class _ValueRef(msgspec.Struct, gc=False):
-    value_ref: str | None = None
-
-
-_value_ref_dec = msgspec.msgpack.Decoder(_ValueRef)
 
 
 def _count(status: str) -> int:
@@ -191,7 +176,7 @@ async def _tree(io: Connection, tops: list[str]) -> tuple[list[str], list[str], 
     rows = await io.fetch(_TREE, tops)
     ids = [r[0] for r in rows]
     traces = sorted({r[1] for r in rows if r[1]})
-    times = [_times_dec.decode(r[2]) for r in rows]
+    times = [run_times(r[2]) for r in rows]
     tasks = sum(t.task_count for t in times)
     shared: set[str] = set()
     if traces:
@@ -256,7 +241,7 @@ def _ended_before(row: Row, before: float, protected: set[str]) -> bool:
     run_id, created, state, body = row
     if state not in TERMINAL_VALUES or run_id in protected:
         return False
-    times = _times_dec.decode(body)
+    times = run_times(body)
     return ended_at(times.ended, times.heartbeat, times.started, created) < before
 
 
@@ -315,7 +300,7 @@ async def asset_value_refs(io: Connection) -> set[str]:
     """The blobs asset materialisations hold (their ``value_ref``), read from the partial
     index ``asset_materializations_value_ref``: only materialisations holding one."""
     rows = await io.fetch(f"SELECT body FROM asset_materializations WHERE {VALUE_REF_MATCH}")
-    refs = {_value_ref_dec.decode(r[0]).value_ref for r in rows}
+    refs = {value_ref_of(r[0]) for r in rows}
     return {ref for ref in refs if ref}
 
 
