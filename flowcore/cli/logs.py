@@ -4,9 +4,7 @@ age they take, the store they need)."""
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any
 
 import click
 
@@ -15,33 +13,9 @@ from ..store import Store
 from ..store.base import RunRetention
 from ..views import logs as views
 from ..views.format import iso_utc, to_json, visible
-from .support import MAX_DAYS, CliError, Count, Group, database, read
+from .support import CliError, Count, Days, Group, database, read
 
-__all__ = ["Age", "logs", "logs_group", "need_store"]
-
-
-class Age(click.types.FloatParamType):
-    """An age in days above 0 and at most :data:`MAX_DAYS` (fractions allowed: 0.5 is 12
-    hours): what a prune keeps. Zero, negative numbers, ``nan``, ``inf`` and words are
-    usage errors naming the option and the range; "delete everything" is not an age."""
-
-    name = "days"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            days = float(value)
-        except (TypeError, ValueError):
-            days = math.nan
-        if not (math.isfinite(days) and 0 < days <= MAX_DAYS):
-            self.fail(
-                f"expected a number of days above 0 and at most {MAX_DAYS} (0.5 is 12 hours), "
-                f"got {value!r}",
-                param,
-                ctx,
-            )
-        return days
+__all__ = ["logs", "logs_group", "need_store"]
 
 
 def need_store(what: str) -> None:
@@ -145,7 +119,7 @@ def logs_group() -> None:
 
 @logs_group.command("prune")
 @click.option(
-    "--older-than", type=Age(), required=True, metavar="DAYS",
+    "--older-than", type=Days(above_zero=True), required=True, metavar="DAYS",
     help="Delete the log lines written more than DAYS days ago (0.5: 12 hours).",
 )  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Delete nothing: count the lines that would go.")

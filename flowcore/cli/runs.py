@@ -16,8 +16,8 @@ from ..store.crash import mark_crashed_runs
 from ..views import runs as views
 from ..views.format import iso_utc, to_json, visible
 from . import render
-from .logs import Age, logs, need_store
-from .support import STATES, CliError, Count, Group, check_state, database, read
+from .logs import logs, need_store
+from .support import STATES, CliError, Count, Days, Group, check_state, database, read
 
 __all__ = ["runs"]
 
@@ -151,7 +151,7 @@ def runs_show(
 
 @runs.command("prune")
 @click.option(
-    "--older-than", type=Age(), required=True, metavar="DAYS",
+    "--older-than", type=Days(above_zero=True), required=True, metavar="DAYS",
     help="Delete the runs that ended more than DAYS days ago (0.5: 12 hours).",
 )  # fmt: skip
 @click.option(

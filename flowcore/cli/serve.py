@@ -17,8 +17,7 @@ from ..errors import FlowLoadError
 from ..flow import Flow
 from ..serve import serve
 from ..serve.server import RETENTION_VARIABLE
-from .logs import Age
-from .support import Count
+from .support import Count, Days
 
 __all__ = ["assets_in", "serve_command", "served_in"]
 
@@ -94,7 +93,7 @@ def _served(targets: tuple[str, ...]) -> tuple[list[Flow[Any, Any]], list[Module
     help="On SIGTERM or Ctrl-C: how long runs in flight may finish before they are cancelled.",
 )  # fmt: skip
 @click.option(
-    "--run-retention-days", type=Age(), metavar="DAYS",
+    "--run-retention-days", type=Days(above_zero=True), metavar="DAYS",
     help=f"Prune the runs that ended more than DAYS days ago, at start and then hourly "
     f"(default: ${RETENTION_VARIABLE}, else keep them).",
 )  # fmt: skip

@@ -149,9 +149,14 @@ class Count(click.types.IntParamType):
 
 class Days(click.types.FloatParamType):
     """A number of days from 0 to :data:`MAX_DAYS` (fractions allowed); ``nan``, ``inf``,
-    ``1e400`` and negative numbers are usage errors naming the option and the range."""
+    ``1e400`` and negative numbers are usage errors naming the option and the range.
+    ``above_zero``: 0 is refused too (an age a prune keeps: "delete everything" is not
+    one)."""
 
     name = "days"
+
+    def __init__(self, *, above_zero: bool = False) -> None:
+        self.above_zero = above_zero
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -160,8 +165,14 @@ class Days(click.types.FloatParamType):
             days = float(value)
         except (TypeError, ValueError):
             days = math.nan
-        if not (math.isfinite(days) and 0 <= days <= MAX_DAYS):
-            self.fail(f"expected a number of days from 0 to {MAX_DAYS}, got {value!r}", param, ctx)
+        low_ok = days > 0 if self.above_zero else days >= 0
+        if not (math.isfinite(days) and low_ok and days <= MAX_DAYS):
+            expected = (
+                f"a number of days above 0 and at most {MAX_DAYS} (0.5 is 12 hours)"
+                if self.above_zero
+                else f"a number of days from 0 to {MAX_DAYS}"
+            )
+            self.fail(f"expected {expected}, got {value!r}", param, ctx)
         return days + 0.0  # -0.0 reads as 0
 
 
