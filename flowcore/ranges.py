@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
+
+_L = TypeVar("_L")
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,6 +39,8 @@ __all__ = [
     "discard_range",
     "encode",
     "intersect",
+    "label_at",
+    "label_range",
 ]
 
 #: The version byte of the bytes form this module writes.
@@ -109,6 +113,53 @@ def intersect(a: list[int], b: list[int]) -> list[int]:
         else:
             j += 2
     return out
+
+
+def label_range(
+    labels: list[tuple[int, int, _L]], start: int, stop: int, label: _L | None
+) -> list[tuple[int, int, _L]]:
+    """``labels`` (sorted, disjoint ``(start, stop, label)`` ranges) with ``[start,
+    stop)`` labelled ``label`` (``None``: unlabelled), neighbours with an equal label
+    merged. A new list: proportional to the ranges, not the members."""
+    out: list[tuple[int, int, _L]] = []
+    new = None if label is None else (start, stop, label)
+    for entry in labels:
+        a, b, value = entry
+        if b <= start or a >= stop:  # apart from the range
+            if a >= stop and new is not None:
+                _append(out, new)
+                new = None
+            _append(out, entry)
+            continue
+        if a < start:  # the part before
+            _append(out, (a, start, value))
+        if new is not None:
+            _append(out, new)
+            new = None
+        if b > stop:  # the part after
+            _append(out, (stop, b, value))
+    if new is not None:
+        _append(out, new)
+    return out
+
+
+def _append(out: list[tuple[int, int, _L]], entry: tuple[int, int, _L]) -> None:
+    if out and out[-1][1] == entry[0] and out[-1][2] == entry[2]:
+        out[-1] = (out[-1][0], entry[1], entry[2])
+    else:
+        out.append(entry)
+
+
+def label_at(labels: list[tuple[int, int, _L]], index: int) -> _L | None:
+    """The label of ``index`` in ``labels`` (``None``: unlabelled)."""
+    i = bisect_right(labels, index, key=_start) - 1
+    if i >= 0 and labels[i][0] <= index < labels[i][1]:
+        return labels[i][2]
+    return None
+
+
+def _start(entry: tuple[int, int, object]) -> int:
+    return entry[0]
 
 
 def count(bounds: list[int]) -> int:

@@ -442,6 +442,11 @@ class AssetStateRecord(msgspec.Struct, gc=False, omit_defaults=True):
     #: The store's id of the newest materialisation, for a store that numbers them and
     #: chains each to the one before (SQLite: the history is read by that chain).
     last_materialization: int | None = None
+    #: Why each stale partition is stale: ``(start, stop, cause)`` over half-open index
+    #: ranges, sorted and disjoint, within ``stale``. ``cause`` above is the last mark's,
+    #: for the asset as a whole. Bounded (see ``store.base.CAUSES_KEPT``): partitions
+    #: past it are explained by ``cause``.
+    causes: list[tuple[int, int, dict[str, Any]]] = []
 
 
 @dataclass(frozen=True, slots=True)

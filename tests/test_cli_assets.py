@@ -570,3 +570,46 @@ def test_why_at_a_bad_time_names_the_accepted_forms(flowcore_home: Path, bad: st
     assert result.exit_code == 2
     assert "\nerror: --at: " in result.stderr
     assert "ISO 8601" in result.stderr and "-10m" in result.stderr
+
+
+def test_why_a_partition_is_stale_is_its_own_cause_not_the_last_mark(
+    flowcore_home: Path,
+) -> None:
+    """Two upstream events marked different partitions of `daily` stale; each partition
+    says its own cause (the asset as a whole says the last one)."""
+    from flowcore.records import MaterializationRecord, StaleMark, WriteBatch
+
+    changed = {"reason": "upstream-changed", "upstream": "hourly", "partition": "h7"}
+    upstale = {"reason": "upstream-stale", "upstream": "raw"}
+
+    async def seed() -> None:
+        store = resolve_store(None)
+        await store.open()
+        try:
+            built = [
+                MaterializationRecord(
+                    key="daily",
+                    at=1.0,
+                    run_id="r",
+                    seq=i,
+                    code_version="1",
+                    data_version=f"v{i}",
+                    partition=f"p{i}",
+                    index=i,
+                )
+                for i in range(1, 4)
+            ]
+            await store.write(WriteBatch(assets=list(built)))
+            await store.write(WriteBatch(assets=[StaleMark("daily", [(1, 2)], changed)]))
+            await store.write(WriteBatch(assets=[StaleMark("daily", [(2, 3)], upstale)]))
+        finally:
+            await store.close()
+
+    anyio.run(seed)
+    first = as_json("assets", "why", "daily", "--partition", "p1")
+    second = as_json("assets", "why", "daily", "--partition", "p2")
+    assert (first["status"], first["cause"]) == ("stale", changed)
+    assert (second["status"], second["cause"]) == ("stale", upstale)
+    assert as_json("assets", "why", "daily", "--partition", "p3")["status"] == "fresh"
+    assert "upstream raw is stale" in ok("assets", "why", "daily", "--partition", "p2").stdout
+    assert "upstream hourly" in ok("assets", "why", "daily", "--partition", "p1").stdout

@@ -675,11 +675,9 @@ async def _explain(
     status, cause = row["status"], dict(row.get("cause") or {})
     current = None
     if partition is not None or not partitioned:
-        part_status, current = await views.partition_state(store, key, partition)  # type: ignore[arg-type]
+        part_status, current, part_cause = await views.partition_state(store, key, partition)  # type: ignore[arg-type]
         if partition is not None:
-            status = part_status
-            if status == "fresh" or status == "missing":
-                cause = {} if status == "fresh" else {"reason": "never-materialized"}
+            status, cause = part_status, part_cause
     upstreams = []
     if current is not None:
         by_upstream: dict[str, list[tuple[str | None, str]]] = {}

@@ -61,6 +61,7 @@ from ..records import (
 from ..states import TERMINAL, State
 
 __all__ = [
+    "CAUSES_KEPT",
     "FINISHED",
     "LOG_CHUNK",
     "PRUNE_CHUNK",
@@ -551,12 +552,29 @@ class AssetWrite:
         self._sets.clear()
 
 
+#: The stale ranges whose cause an asset's state keeps (``AssetStateRecord.causes``): a
+#: backfill marks its range with one cause, so this bounds pathological patterns only;
+#: partitions past it are explained by the asset's last cause.
+CAUSES_KEPT: Final = 1000
+
+
+def _label(state: AssetStateRecord, start: int, stop: int, cause: dict[str, Any] | None) -> None:
+    """Say why ``[start, stop)`` is stale (``None``: it is not), within the bound."""
+    if cause is None and not state.causes:
+        return  # the common case: nothing labelled, nothing to unlabel
+    causes = ranges.label_range(state.causes, start, stop, cause)
+    state.causes = causes[-CAUSES_KEPT:]
+
+
 def _mark(write: AssetWrite, mark: StaleMark) -> None:
     stale = write.bounds(mark.key, "stale")
     for start, stop in mark.ranges:
         ranges.add_range(stale, start, stop)
     if mark.cause:
-        write.state(mark.key).cause = dict(mark.cause)
+        state = write.state(mark.key)
+        state.cause = dict(mark.cause)
+        for start, stop in mark.ranges:
+            _label(state, start, stop, dict(mark.cause))
 
 
 def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: float) -> None:
@@ -622,6 +640,7 @@ def _apply_sets(
     stale = write.bounds(key, "stale")
     if moved is None:
         ranges.discard_range(stale, index, index + 1)
+        _label(state, index, index + 1, None)
     else:
         ranges.add_range(stale, index, index + 1)
         state.cause = {
@@ -631,8 +650,10 @@ def _apply_sets(
             "consumed": moved[2],
             "current": moved[3],
         }
+        _label(state, index, index + 1, dict(state.cause))
     if not stale:
         state.cause = {}
+        state.causes = []
 
 
 def apply_code_change(
@@ -646,7 +667,12 @@ def apply_code_change(
     stale = write.bounds(key, "stale")
     for i in range(0, len(materialized), 2):
         ranges.add_range(stale, materialized[i], materialized[i + 1])
-    write.state(key).cause = {"reason": "code-changed", "from": old, "to": new}
+    state = write.state(key)
+    state.cause = {"reason": "code-changed", "from": old, "to": new}
+    state.causes = [
+        (materialized[i], materialized[i + 1], dict(state.cause))
+        for i in range(0, len(materialized), 2)
+    ][-CAUSES_KEPT:]
     for mark in marks:
         _mark(write, mark)
     write.finish()

@@ -327,20 +327,22 @@ async def asset_detail(
 
 async def partition_state(
     store: Store, key: str, partition: str
-) -> tuple[str, MaterializationRecord | None]:
-    """``(status, current materialisation)`` of one partition from the stored sets:
-    ``missing`` (never materialised), ``failed-check``, ``stale`` or ``fresh``."""
+) -> tuple[str, MaterializationRecord | None, dict[str, Any]]:
+    """``(status, current materialisation, cause)`` of one partition from the stored
+    sets: ``missing`` (never materialised), ``failed-check``, ``stale`` (and why: that
+    partition's cause as the store kept it, else the asset's last one) or ``fresh``."""
     [current] = await store.latest_materializations(key, [partition])
     if current is None:
-        return "missing", None
+        return "missing", None, {"reason": "never-materialized"}
     states = await store.asset_states([key])
     state = states[0] if states else AssetStateRecord(key=key)
     index = current.index
     if index in ranges.RangeSet.from_bytes(state.failed or None):
-        return "failed-check", current
+        return "failed-check", current, {"reason": "failed-check", "check": state.failed_check}
     if index in ranges.RangeSet.from_bytes(state.stale or None):
-        return "stale", current
-    return "fresh", current
+        cause = ranges.label_at(state.causes, index)
+        return "stale", current, dict(cause if cause is not None else state.cause)
+    return "fresh", current, {}
 
 
 # -- lineage -------------------------------------------------------------------------------

@@ -117,6 +117,11 @@ async def _code_change(store: Store) -> None:
     assert changed == {"orders": "1"}, differs("sync_assets", changed, {"orders": "1"})
     assert (await sets(store, "orders"))["stale"] == ((0, 1), (5, 6))
     assert (await sets(store, "report"))["stale"] == ((0, 1),)
+    [orders, report] = await store.asset_states(["orders", "report"])
+    code = {"reason": "code-changed", "from": "1", "to": "2"}
+    want = [(0, 1, code), (5, 6, code)]
+    assert orders.causes == want, differs("causes of a code change", orders.causes, want)
+    assert report.causes == [(0, 1, mark.cause)], "its downstream's, with the mark's cause"
     defs = await store.list_asset_defs()
     assert [(d.key, d.code_version) for d in defs] == [("orders", "2")]
 
@@ -174,6 +179,27 @@ async def _unpartitioned(store: Store) -> None:
     [state] = await store.asset_states(["report"])
     assert (state.data_version, state.materializations) == ("r4", 4)
     assert await sets(store, "report") == {"materialized": ((0, 1),), "stale": (), "failed": ()}
+
+
+@CASES.case("assets: each stale partition keeps why it is stale, not only the last mark")
+async def _causes(store: Store) -> None:
+    changed = {"reason": "upstream-changed", "upstream": "hourly", "partition": "h7"}
+    upstale = {"reason": "upstream-stale", "upstream": "raw"}
+    built = [mat("daily", f"v{i}", i) for i in range(1, 6)]
+    await store.write(WriteBatch(assets=list(built)))
+    await store.write(WriteBatch(assets=[StaleMark("daily", [(1, 3)], changed)]))
+    await store.write(WriteBatch(assets=[StaleMark("daily", [(2, 4)], upstale)]))
+    [state] = await store.asset_states(["daily"])
+    want = [(1, 2, changed), (2, 4, upstale)]
+    assert state.causes == want, differs("causes after two marks", state.causes, want)
+    assert state.cause == upstale, "the asset's cause is the last mark's"
+    await store.write(WriteBatch(assets=[mat("daily", "v2b", 2)]))  # rebuilt: fresh again
+    [state] = await store.asset_states(["daily"])
+    want = [(1, 2, changed), (3, 4, upstale)]
+    assert state.causes == want, differs("causes after a rebuild", state.causes, want)
+    await store.write(WriteBatch(assets=[mat("daily", "v1b", 1), mat("daily", "v3b", 3)]))
+    [state] = await store.asset_states(["daily"])
+    assert (state.causes, state.cause, state.stale) == ([], {}, b""), "nothing stale"
 
 
 @CASES.handles_case("assets: history is read newest first, per asset and per partition")
