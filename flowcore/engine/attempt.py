@@ -62,20 +62,30 @@ async def run_task(
     here; ``submit``, ``map`` and a standalone run pass the record they prepared
     (``waits``: it waits for input futures).
     """
-    if rec is None:
-        rec, waits = prepare(task, ctx, args, kwargs, start=True)
     engine = ctx.engine
     recorder = engine.recorder
+    # Raised in the try below, once the record is made: a call cancelled while it
+    # waited for the writer is recorded Cancelled, like any other.
+    error: BaseException | None = None
     if recorder.behind:
-        await recorder.admit()  # the writer is behind: let it catch up before more work
+        # The writer is behind: let it catch up before more work. Before the record is
+        # made, so a call waiting here holds no record (in a big gather most calls may
+        # wait here at once): what it will record, it records once it runs.
+        try:
+            await recorder.admit()
+        except BaseException as exc:
+            error = exc
+    if rec is None:
+        rec, waits = prepare(task, ctx, args, kwargs, start=True)
     tracing = engine.tracing
     span = None
     if tracing is not None:
         span = tracing.start_task(rec, task.code_function, task.code_namespace)
     token = current_task_run.set(rec)
     claimed: InFlight | None = None
-    error: BaseException | None = None
     try:
+        if error is not None:
+            raise error
         # 2. inputs, then Running.
         if rec.started is None:  # made by submit or map, or waiting for its input futures
             if waits:
