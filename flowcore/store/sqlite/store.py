@@ -345,6 +345,10 @@ class SQLiteStore:
             unfinished[id(r)] = r
         for key in ended:
             del unfinished[key]
+        if ended and not unfinished:
+            # A dict keeps its table at its largest: 10,000 task runs written while they
+            # ran left 288 KB behind after the run. A new one gives it back.
+            self._unfinished = {}
 
     # -- reads -----------------------------------------------------------------------
 
