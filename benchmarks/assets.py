@@ -53,9 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _rows import Row, print_rows
 from click.testing import CliRunner
-from rich.console import Console
-from rich.table import Table
 
 import flowcore
 from flowcore import ranges
@@ -74,8 +73,6 @@ from flowcore.serve import Server
 from flowcore.serve.server import POLL
 from flowcore.store import Store, resolve_store
 from flowcore.views import assets as views
-
-Row = tuple[str, float, str, str]  # what, value, unit, note
 
 
 async def best(fn: Callable[[], Awaitable[Any]], repeat: int) -> float:
@@ -400,23 +397,13 @@ def main() -> None:
         4,
         (f"  flowcore assets ls ({args.assets:,} assets)", ls, "ms", "open, read, print"),
     )
-    table = Table(
-        title=(
+    print_rows(
+        (
             f"assets, best of {args.repeat} (Python {platform.python_version()}, "
             f"{platform.machine()}, SQLite {sqlite3.sqlite_version})"
-        )
+        ),
+        rows,
     )
-    for column in ("what", "value", "unit", "against the baseline / target"):
-        table.add_column(
-            column,
-            justify="right" if column == "value" else "left",
-            no_wrap=True,
-            min_width=8 if column in ("value", "unit") else None,
-        )
-    for what, value, unit, note in rows:
-        shown = "-" if value != value else (f"{value:.1f}" if value >= 10 else f"{value:.2f}")
-        table.add_row(what, shown, unit, note)
-    Console(width=max(Console().width, 150)).print(table)
 
 
 if __name__ == "__main__":

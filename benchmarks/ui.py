@@ -50,8 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
-from rich.table import Table
+from _rows import Row, print_rows
 
 import flowcore
 from flowcore.assets.description import describe
@@ -70,7 +69,6 @@ from flowcore.store.base import Store
 from flowcore.ui.app import create_app
 from flowcore.ui.config import UIConfig
 
-Row = tuple[str, float, str, str]  # what, value, unit, note
 BATCH = 20_000
 
 
@@ -392,24 +390,14 @@ def main() -> None:
         home = Path(folder)
         rows, hub, run_id = asyncio.run(measure(args, home))
         rows += browser_rows(home, hub, run_id, args.repeat)
-    table = Table(
-        title=(
+    print_rows(
+        (
             f"web UI, best of {args.repeat} (Python {platform.python_version()}, "
             f"{platform.machine()}, SQLite {sqlite3.sqlite_version}; server time in-process "
             "through the ASGI app)"
-        )
+        ),
+        rows,
     )
-    for column in ("what", "value", "unit", "against the baseline / target"):
-        table.add_column(
-            column,
-            justify="right" if column == "value" else "left",
-            no_wrap=True,
-            min_width=8 if column in ("value", "unit") else None,
-        )
-    for what, value, unit, note in rows:
-        shown = "-" if value != value else (f"{value:.1f}" if value >= 10 else f"{value:.2f}")
-        table.add_row(what, shown, unit, note)
-    Console(width=max(Console().width, 150)).print(table)
 
 
 if __name__ == "__main__":
