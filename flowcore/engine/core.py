@@ -45,8 +45,6 @@ from .logs import uninstall as stop_capturing_logs
 from .recorder import Recorder
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
-
     from .futures import TaskFuture
     from .replay import Replay
     from .spawner import Spawner
@@ -486,7 +484,7 @@ class RunContext:
 
     __slots__ = (
         "_closers", "deadline", "engine", "executor", "failed", "gate", "log", "parameters",
-        "record", "replay", "resources", "span", "spawner", "task_group",
+        "record", "replay", "resources", "span", "spawner",
     )  # fmt: skip
 
     def __init__(
@@ -495,8 +493,7 @@ class RunContext:
         self.engine = engine
         self.record = record
         self.parameters = parameters
-        self.task_group: TaskGroup | None = None
-        #: Starts the run's submitted task runs (set with ``task_group``).
+        #: Starts the run's submitted task runs, while an attempt of the run is going.
         self.spawner: Spawner | None = None
         #: When re-driving a crashed or failed run: the earlier run's task results.
         self.replay: Replay | None = None

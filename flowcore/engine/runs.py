@@ -1,9 +1,10 @@
 """The life of a run: a flow run owns its tasks, and ends in a terminal state.
 
-A flow run opens one anyio task group; every task it submits belongs to it, so
-leaving the flow waits for them, and a failure or cancellation of the flow
-cancels them. No task outlives its flow. A task awaited outside any flow is a
-run of its own (``kind="task"``) with the same lifecycle.
+A flow run owns the tasks it submits (on asyncio a cancel scope and the
+spawner's set of tasks, elsewhere an anyio task group), so leaving the flow
+waits for them, and a failure or cancellation of the flow cancels them. No
+task outlives its flow. A task awaited outside any flow is a run of its own
+(``kind="task"``) with the same lifecycle.
 
 How a run ends, in order of precedence: the body's error; else its timeout
 (``FlowTimeout``); else the first failure of a submitted task nobody looked at;
@@ -20,6 +21,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
+from anyio import CancelScope
 from anyio.abc import TaskGroup
 
 from .._current import current_task_run
@@ -227,7 +229,6 @@ async def _drive(
         engine.flows_running -= 1
         current_task_run.reset(task_token)
         _run_var.reset(run_token)
-        ctx.task_group = None
         ctx.spawner = None
         ctx.span = None
         ctx.failed.clear()
@@ -262,16 +263,24 @@ async def _attempt(
     leaving: BaseException | None = None
     result: Any = None
     spawner: Spawner | None = None
-    tg = anyio.create_task_group()
+    tg: TaskGroup | None = None
+    scope: CancelScope
+    if _on_asyncio():
+        # No task group: the spawner starts the task runs itself (see .spawner), so all
+        # the run needs is a cancel scope (its deadline, the cancellation of its body).
+        owner: Any = _Entered(scope := _asyncio_scope())
+    else:
+        owner = tg = anyio.create_task_group()
     try:
-        async with _ScopeOf(tg) if _on_asyncio() else tg:
-            # The timeout is the task group's own deadline (one cancel scope fewer:
+        async with owner:
+            if tg is not None:
+                scope = tg.cancel_scope  # trio's is made on entering
+            # The timeout is the scope's own deadline (one cancel scope fewer:
             # entering and leaving one is a tenth of an empty run's cost).
             if timeout is not None:
-                tg.cancel_scope.deadline = anyio.current_time() + timeout
+                scope.deadline = anyio.current_time() + timeout
                 ctx.deadline = True  # sync tasks are abandoned when it passes
-            ctx.task_group = tg
-            ctx.spawner = spawner = Spawner(tg)
+            ctx.spawner = spawner = Spawner(scope, tg)
             try:
                 result = await body()
                 await spawner.join()  # submitted tasks nobody awaited still finish
@@ -279,13 +288,13 @@ async def _attempt(
                 # Keep the error for the flow (not an ExceptionGroup) and stop the
                 # flow's other tasks: the attempt has failed.
                 error = exc
-                tg.cancel_scope.cancel()
+                scope.cancel()
             except (KeyboardInterrupt, SystemExit) as exc:
                 # Likewise kept, to be raised as itself once the tasks are stopped: out
                 # of the task group it would come wrapped in a BaseExceptionGroup, which
                 # `except KeyboardInterrupt` does not catch and `sys.exit(3)` turns into 1.
                 leaving = exc
-                tg.cancel_scope.cancel()
+                scope.cancel()
     finally:
         if spawner is not None:
             await spawner.cancel()  # whatever is left when the run ends another way
@@ -299,7 +308,7 @@ async def _attempt(
     if (
         error is None
         and timeout is not None
-        and (tg.cancel_scope.cancel_called or anyio.current_time() >= tg.cancel_scope.deadline)
+        and (scope.cancel_called or anyio.current_time() >= scope.deadline)
     ):
         error = FlowTimeout(
             f"flow {record.name!r} timed out after {timeout:g} s (its `timeout`); its "
@@ -311,21 +320,20 @@ async def _attempt(
     return (None, error) if error is not None else (result, None)
 
 
-class _ScopeOf:
-    """A task group's cancel scope, entered without the task group, on asyncio.
+class _Entered:
+    """A cancel scope entered and left by ``async with``, as a task group would be.
 
-    There the spawner starts a run's task runs itself (``loop.create_task``, see
-    :mod:`.spawner`), so the task group never holds a task: all it gives is its scope
-    (the run's deadline, the cancellation of its body), and leaving it would cost a
-    cancel scope more and a turn of the event loop (its checkpoint): 6 µs, a sixth of
-    an empty flow run. Its ``start_soon`` is never called there (the group is not
-    entered).
+    On asyncio the spawner starts a run's task runs itself (``loop.create_task``, see
+    :mod:`.spawner`), so a task group would never hold a task: all it would give is
+    its scope (the run's deadline, the cancellation of its body), and entering and
+    leaving it would cost a cancel scope more and a turn of the event loop (its
+    checkpoint): 6 µs, a sixth of an empty flow run.
     """
 
     __slots__ = ("scope",)
 
-    def __init__(self, tg: TaskGroup) -> None:
-        self.scope = tg.cancel_scope
+    def __init__(self, scope: CancelScope) -> None:
+        self.scope = scope
 
     async def __aenter__(self) -> None:
         self.scope.__enter__()
@@ -334,6 +342,22 @@ class _ScopeOf:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> bool:
         return bool(self.scope.__exit__(exc_type, exc, tb))
+
+
+class _ScopeMaker:
+    """How cancel scopes of anyio's asyncio backend are made, found once."""
+
+    make: Callable[[], CancelScope] | None = None
+
+
+def _asyncio_scope() -> CancelScope:
+    """A new cancel scope of anyio's asyncio backend, made by its class directly:
+    ``anyio.CancelScope()`` first asks which event loop runs (sniffio), 1.6 µs of an
+    empty flow run's 28. Only called on asyncio."""
+    make = _ScopeMaker.make
+    if make is None:
+        make = _ScopeMaker.make = type(anyio.CancelScope())
+    return make()
 
 
 def _on_asyncio() -> bool:

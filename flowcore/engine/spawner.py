@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import anyio
+from anyio import CancelScope
 from anyio.abc import TaskGroup
 
 __all__ = ["Spawner"]
@@ -29,9 +30,12 @@ __all__ = ["Spawner"]
 class Spawner:
     """The live submitted task runs of one flow run."""
 
-    __slots__ = ("_error", "_loop", "_tasks", "_tg", "fatal", "loop_thread")
+    __slots__ = ("_error", "_loop", "_scope", "_tasks", "_tg", "fatal", "loop_thread")
 
-    def __init__(self, tg: TaskGroup) -> None:
+    def __init__(self, scope: CancelScope, tg: TaskGroup | None = None) -> None:
+        """``scope``: the flow run's cancel scope (cancelled to stop the run); ``tg``:
+        its task group, on the backends where children start in it (not asyncio)."""
+        self._scope = scope
         self._tg = tg
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,6 +57,7 @@ class Spawner:
         """Run ``coro`` concurrently (it must not raise an ``Exception``: keep it in a future)."""
         loop = self._loop
         if loop is None:
+            assert self._tg is not None, "a flow run off asyncio has a task group"
             self._tg.start_soon(lambda: coro)
             return
         task = loop.create_task(coro)
@@ -77,7 +82,7 @@ class Spawner:
         """
         if self.fatal is None:
             self.fatal = exc
-            self._tg.cancel_scope.cancel()
+            self._scope.cancel()
 
     async def join(self) -> None:
         """Wait until every started task run has ended (started ones may start more)."""
