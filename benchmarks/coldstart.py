@@ -63,6 +63,7 @@ WATCHED = (
     "flowcore.resume",
     "flowcore.views",
     "flowcore.http",
+    "flowcore.store.memory",
 )
 
 _IMPORT_ASYNCIO = """

@@ -19,9 +19,11 @@ The package is layered; each layer imports only the ones below it:
 
 Importing flowcore defines what a flow needs; the rest is imported when first used:
 the assets (:mod:`.assets`), serving (:mod:`.serve`), resuming (:mod:`.resume`), the
-HTTP helpers (:mod:`.http`) and reading results (:mod:`.views.results`), through this
-module's ``__getattr__``. So ``import flowcore`` costs what a first run uses (see
-``benchmarks/coldstart.py``), and ``flowcore.asset`` works as every name of ``__all__``.
+HTTP helpers (:mod:`.http`), reading results (:mod:`.views.results`) and the memory
+store (:mod:`.store.memory`), through this module's ``__getattr__`` (PEP 562; each name
+is also imported under ``TYPE_CHECKING``, for type checkers, IDEs and import-linter).
+So ``import flowcore`` costs what a first run uses (see ``benchmarks/coldstart.py``),
+and ``flowcore.asset`` works as every name of ``__all__``.
 """
 
 import importlib as _importlib
@@ -79,7 +81,7 @@ from .retry import Backoff, RetryPolicy, backoff
 from .schedules import CronSchedule, IntervalSchedule, Schedule, cron, every
 from .secret import Secret
 from .states import State
-from .store import MemoryStore, SQLiteStore, Store
+from .store import SQLiteStore, Store
 from .task import Task, task, unmapped
 
 __version__ = "0.1.0"
@@ -120,6 +122,7 @@ if _typing.TYPE_CHECKING:
     from .http import http_client, http_retry
     from .resume import resume, resume_async
     from .serve import aserve, serve
+    from .store import MemoryStore
     from .views.results import read_task_result, task_result
 
 #: The names imported at their first use, and the module of each (relative to flowcore).
@@ -161,6 +164,7 @@ _LAZY: dict[str, str] = {
     "serve": ".serve",
     "read_task_result": ".views.results",
     "task_result": ".views.results",
+    "MemoryStore": ".store",
 }
 
 

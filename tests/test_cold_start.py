@@ -3,10 +3,11 @@
 What a first flow does not use is imported when first used: the OpenTelemetry SDK
 (an application's provider, an SDK exporter), psutil (a run of this machine left
 Running), ``importlib.metadata`` (a plugin's name), the assets, serving, resuming,
-HTTP helpers and result readers (``flowcore.__getattr__``), cron schedules' time
-zones, and a few standard modules. Each check runs a fresh interpreter, since this
-one has imported everything already; none measures time (``benchmarks/coldstart.py``
-does).
+HTTP helpers, result readers and the memory store (``flowcore.__getattr__``,
+``flowcore.store.__getattr__``), cron schedules' time zones, and a few standard
+modules; run records get their decoders when first read. Each check runs a fresh interpreter,
+since this one has imported everything already; none measures time
+(``benchmarks/coldstart.py`` does).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ DEFERRED = (
     "flowcore.views",
     "flowcore.http",
     "flowcore.cli",
+    "flowcore.store.memory",
 )
 
 _FIRST_FLOW = """
@@ -79,9 +81,9 @@ def _python(code: str, home: Path, **env: str) -> str:
     return out.stdout
 
 
-def _imported_after(code: str, home: Path) -> list[str]:
-    """Which of :data:`DEFERRED` are imported once ``code`` has run."""
-    out = _python(f"{code}\nimport sys\nprint([m for m in {DEFERRED!r} if m in sys.modules])", home)
+def _imported_after(code: str, home: Path, names: tuple[str, ...] = DEFERRED) -> list[str]:
+    """Which of ``names`` are imported once ``code`` has run."""
+    out = _python(f"{code}\nimport sys\nprint([m for m in {names!r} if m in sys.modules])", home)
     found: list[str] = ast.literal_eval(out.splitlines()[-1])
     return found
 
@@ -119,6 +121,50 @@ def test_every_public_name_is_there_and_is_its_modules_object(tmp_path: Path) ->
         tmp_path / "home",
     )
     assert out.split("\n")[:2] == ["[] [] []", "True"]
+
+
+def test_every_name_is_the_object_of_the_module_that_defines_it(tmp_path: Path) -> None:
+    # Imported by name first (a lazy name's first read is `from flowcore import name`),
+    # then read as an attribute: both give the object the defining module holds.
+    out = _python(
+        """
+        import sys, types
+        import flowcore
+
+        wrong = []
+        for name in flowcore.__all__:
+            namespace = {}
+            exec(f"from flowcore import {name}", namespace)
+            value = getattr(flowcore, name)
+            if namespace[name] is not value:
+                wrong.append(f"{name}: `from flowcore import` gives another object")
+            elif isinstance(value, types.ModuleType):
+                if sys.modules.get(value.__name__) is not value:
+                    wrong.append(f"{name}: not the module {value.__name__}")
+            elif name != "__version__":
+                home = sys.modules[value.__module__]
+                if getattr(home, value.__qualname__, None) is not value:
+                    wrong.append(f"{name}: not {value.__module__}.{value.__qualname__}")
+        print(wrong, len(flowcore.__all__))
+        """,
+        tmp_path / "home",
+    )
+    wrong, count = out.strip().rsplit(" ", 1)
+    assert wrong == "[]"
+    assert int(count) > 90
+
+
+def test_a_first_flow_makes_no_decoder_of_run_records(tmp_path: Path) -> None:
+    # Making one resolves a record's annotations; a run that reads none back needs none.
+    out = _python(
+        _FIRST_FLOW
+        + """
+from flowcore.store.sqlite import rows
+print([d for d in ("_flow_dec", "_task_dec", "_span_dec") if "decode" in vars(getattr(rows, d))])
+""",
+        tmp_path / "home",
+    )
+    assert out.splitlines()[-1] == "[]"
 
 
 def test_unknown_names_are_still_attribute_errors() -> None:

@@ -9,18 +9,22 @@ loaded only when such a URL is used. The contract a store meets is in
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from .base import BlobStore, CacheStore, LeaseStore, RunStore, SpanStore, Store
 from .files import FileBlobs
-from .memory import MemoryStore
 from .sqlite import SCHEMA_VERSION, SQLiteStore
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoints
+
+    # Imported at its first use, by __getattr__ below (for type checkers, as if here).
+    from .memory import MemoryStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -36,6 +40,21 @@ __all__ = [
     "flowcore_home",
     "resolve_store",
 ]
+
+
+if not TYPE_CHECKING:  # to type checkers, MemoryStore is imported above
+
+    def __getattr__(name: str) -> object:
+        """``MemoryStore``, imported at its first use (PEP 562, as ``flowcore.__getattr__``):
+        a run on the default SQLite store never needs its module (about 1 ms to import)."""
+        if name != "MemoryStore":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = importlib.import_module(".memory", __name__).MemoryStore
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), "MemoryStore"})
 
 
 def entry_points(*, group: str) -> EntryPoints:
@@ -77,7 +96,8 @@ def resolve_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
             f"object, got {type(spec).__name__}"
         )
     if spec in ("memory", ":memory:"):
-        return MemoryStore()
+        memory: type[MemoryStore] = sys.modules[__name__].MemoryStore  # see __getattr__
+        return memory()
     scheme, sep, rest = spec.partition("://")
     if not sep:
         return SQLiteStore(spec)
