@@ -30,7 +30,6 @@ What fires which hooks:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import time
@@ -120,8 +119,7 @@ class WebhookError(FlowcoreError):
     failing through every retry (recorded on the run as a failed hook)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hooks:
+class Hooks(msgspec.Struct, frozen=True):
     """The hooks of a flow or a task, by kind, and how long each may run.
 
     Made by ``@flowcore.flow(...)`` and ``@flowcore.task(...)`` from their ``on_*``
@@ -177,7 +175,7 @@ def hooks_from_options(
     if found:
         problems.extend(found)
         return base
-    return dataclasses.replace(base, **changes) if changes else base
+    return msgspec.structs.replace(base, **changes) if changes else base
 
 
 def _hook_list(option: str, value: object, problems: list[str], what: str) -> tuple[Hook, ...]:

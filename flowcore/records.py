@@ -20,7 +20,6 @@ cannot record a history the table forbids.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -449,8 +448,7 @@ class AssetStateRecord(msgspec.Struct, gc=False, omit_defaults=True):
     causes: list[tuple[int, int, dict[str, Any]]] = []
 
 
-@dataclass(frozen=True, slots=True)
-class WriteBatch:
+class WriteBatch(msgspec.Struct, frozen=True):
     """Everything one flush writes, in one transaction (see ``Store.write``).
 
     Every field defaults to empty, so a new kind of record is a new field here:

@@ -75,6 +75,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
 
+import msgspec
+
 from ._validate import count as _count
 from ._validate import flag as _flag
 from ._validate import is_number as _is_number
@@ -682,8 +684,7 @@ def every(
 # -- what is due -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
+class Slot(msgspec.Struct, frozen=True):
     """A slot to fire: when it was scheduled for, when it fires, the data interval."""
 
     #: The slot time (UTC): what a scheduled run records as ``scheduled_for``.
@@ -695,8 +696,7 @@ class Slot:
     interval_end: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class DueSlots:
+class DueSlots(msgspec.Struct, frozen=True):
     """What :func:`due_slots` found: the slots to fire now, and what to remember.
 
     The caller fires :attr:`slots` (oldest first), stores :attr:`cursor` as the

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -734,8 +733,7 @@ PRUNE_CHUNK: Final = 500
 LOG_CHUNK: Final = 5000
 
 
-@dataclass(slots=True)
-class PruneCount:
+class PruneCount(msgspec.Struct):
     """What a prune deleted (with ``dry_run``: what it would delete).
 
     ``runs`` counts flow runs, top-level ones and their subflows; ``logs`` log lines;
@@ -761,7 +759,7 @@ class PruneCount:
         )
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return msgspec.structs.asdict(self)
 
 
 @runtime_checkable
