@@ -676,7 +676,9 @@ async def test_a_sync_task_that_times_out_cancels_the_task_it_called() -> None:
     async def inner() -> None:
         await anyio.sleep(60)
 
-    @flowcore.task(timeout=0.1)
+    # Time for its thread to start and call `inner`, even on a busy machine (a sync task
+    # whose deadline passes before its thread picked it up is never called).
+    @flowcore.task(timeout=1)
     def outer() -> None:
         cast(None, inner())
 

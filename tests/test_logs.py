@@ -507,24 +507,29 @@ def test_log_options_are_checked() -> None:
 
 
 async def test_lines_a_sync_task_logs_after_its_run_ended_are_counted_and_said_at_close() -> None:
-    go_on, finished = threading.Event(), threading.Event()
+    go_on, started, finished = threading.Event(), threading.Event(), threading.Event()
 
     @flowcore.task
     def lingering() -> None:
+        started.set()
         go_on.wait(timeout=60)  # outlives its flow, which times out (a thread runs on)
         for i in range(5):
             log.info("late %d", i)
         finished.set()
 
-    @flowcore.flow(timeout=0.01)
+    # Time for its thread to start, even on a busy machine: a sync task whose deadline
+    # passes before its thread picked it up is never called (the test would wait for a
+    # call that never comes).
+    @flowcore.flow(timeout=1)
     async def work() -> None:
         await lingering()
 
     async with flowcore.Engine("memory", logs=Logs(max_lines=2)) as engine:
         with pytest.raises(flowcore.FlowTimeout):
             await work()
+        assert started.is_set()  # the run ended while the task was running
         go_on.set()
-        await anyio.to_thread.run_sync(finished.wait)
+        assert await anyio.to_thread.run_sync(finished.wait, 30)
         assert engine.last_run is not None
         run_id = engine.last_run.id
     lines = await lines_of(engine.store, run_id)
