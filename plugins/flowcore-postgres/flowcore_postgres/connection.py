@@ -61,6 +61,10 @@ _UNREACHABLE: Final = (
 )
 
 
+#: Errors after which the writer's connection is not used again.
+_BROKEN: Final = (*_UNREACHABLE, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 def translate(exc: BaseException, location: str) -> StoreError:
     """The flowcore error for a failure talking to the server at ``location``, with the fix."""
     if isinstance(exc, StoreError):
@@ -83,7 +87,7 @@ def translate(exc: BaseException, location: str) -> StoreError:
             f"the PostgreSQL server of {location} has no connection left ({exc}); raise its "
             "max_connections, or lower the store's pool_size"
         )
-    if isinstance(exc, _UNREACHABLE) or (
+    if isinstance(exc, (*_UNREACHABLE, asyncpg.InternalClientError)) or (
         isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
     ):
         what = str(exc) or type(exc).__name__
@@ -257,9 +261,18 @@ class Connection:
         async def run() -> _T:
             async with self._write_order:
                 conn = await self._writer_connection()
-                if transaction:
-                    return await _retrying(conn, body)
-                return await _retrying_statement(conn, body)
+                try:
+                    if transaction:
+                        return await _retrying(conn, body)
+                    return await _retrying_statement(conn, body)
+                except _BROKEN:
+                    # The connection may be in no state to go on (lost in the middle of a
+                    # statement, asyncpg says "another operation is in progress" to every
+                    # later one): the next write makes a new one.
+                    if self._writer is conn:
+                        self._writer = None
+                        conn.terminate()
+                    raise
 
         return await self._guard(run())
 
@@ -283,7 +296,13 @@ class Connection:
             # As SQLite's UnicodeEncodeError, a ValueError, which the engine's writer answers
             # by making the batch recordable and writing it again (never retried as is).
             raise ValueError(f"PostgreSQL refused a value of the batch: {exc}") from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+            TimeoutError,
+        ) as exc:
             raise translate(exc, self.location) from exc
 
 

@@ -138,6 +138,26 @@ async def test_changes_move_on_what_a_server_acts_on_and_not_on_task_batches(
         assert await server.changes() != moved  # a run ended: a server may start the next
 
 
+async def test_a_writer_connection_left_unusable_is_replaced_and_its_error_is_a_store_error(
+    pg_url: str,
+) -> None:
+    # What a connection the server dropped in the middle of a statement can answer every
+    # later statement with: asyncpg's InternalClientError (not one of its InterfaceErrors).
+    async def stuck(conn: asyncpg.Connection) -> None:
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        )
+
+    async with PostgresStore(pg_url) as store:
+        await store.write(_batch("before", 1))
+        first = store._io._writer
+        with pytest.raises(flowcore.StoreUnavailable, match="another operation"):
+            await store._io.write(stuck)
+        await store.write(_batch("after", 3))  # on a new connection
+        assert store._io._writer is not first and first is not None and first.is_closed()
+        assert (await store.count_task_runs("after")) == {"Completed": 3}
+
+
 async def test_a_server_restart_is_a_change_not_an_error(pg_url: str) -> None:
     async with PostgresStore(pg_url) as store:
         token = await store.changes()
