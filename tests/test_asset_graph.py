@@ -62,6 +62,11 @@ def test_selection_by_name_pattern_and_group_with_closures() -> None:
     assert graph.select("low", upstream=True) == ("raw/events", "low")
     assert graph.select("raw/events", downstream=1) == ("raw/events", "high", "low")
     assert graph.select("raw/events", downstream=True) == graph.order
+    # Keys only, in any order and repeated: the keys, in order (a key is no pattern).
+    assert graph.select("report", "low", "raw/events", "low") == ("raw/events", "low", "report")
+    assert graph.select("report", "h*") == ("high", "report")
+    assert graph.select("report", groups=["clean"]) == ("high", "low", "report")
+    assert graph.partitioned == frozenset()
     with pytest.raises(
         AssetDefinitionError, match="no asset matches 'reprot'; did you mean 'report'"
     ):
@@ -205,3 +210,17 @@ def test_ten_thousand_assets() -> None:
     assert len(graph.levels) == 100 and all(len(level) == 100 for level in graph.levels)
     assert graph.upstream_of("c7/s99", depth=3) == ("c7/s96", "c7/s97", "c7/s98")
     assert len({a.code_version for a in graph.assets.values()}) == 1  # one function's source
+
+
+def test_the_partitioned_assets_are_known() -> None:
+    from flowcore.assets import DailyPartitions
+
+    @asset(partitions=DailyPartitions("2026-01-01"))
+    def daily(partition_key: str) -> int:
+        return 1
+
+    @asset
+    def total(daily: dict[str, int]) -> int:
+        return sum(daily.values())
+
+    assert AssetGraph([daily, total]).partitioned == frozenset({"daily"})

@@ -179,3 +179,105 @@ async def test_a_status_reads_plain_and_rebuilt_definitions_alike(tmp_path: Path
     assert found["p2"].status == "missing"
     assert found["d"].status == "missing" and found["d"].partitions is not None
     assert found["old"].notes and "older flowcore" in found["old"].notes[0]
+
+
+# -- what a materialisation costs: the shortcuts keep what is recorded --------------------
+
+
+def test_a_constant_value_is_known_as_it_would_be_worked_out() -> None:
+    """None, bools and small ints (what assets that write elsewhere return, again and
+    again) are hashed, previewed and encoded once: the same as worked out each time."""
+    from flowcore.assets.materialize import _CONSTANTS_KEPT, _constant, _constants
+    from flowcore.assets.versions import data_version
+    from flowcore.serializers import encode_result
+
+    for value in (None, True, False, 0, 1, -7, 10**15 - 1, -(10**15) + 1):
+        for _ in range(2):  # worked out, then kept
+            found = _constant(value)
+            expected = (
+                data_version(value),
+                _metadata(value)["preview"],
+                encode_result(value, "msgpack", ""),
+            )
+            assert found == expected, value
+    assert _constant(True) != _constant(1) and _constant(False) != _constant(0)
+    for other in (10**15, -(10**15), 1.0, "x", b"x", [1], (1,)):
+        assert _constant(other) is None, other
+    for n in range(3 * _CONSTANTS_KEPT):
+        _constant(n)
+    assert len(_constants) <= _CONSTANTS_KEPT
+
+
+async def test_a_materialisation_records_the_same_whatever_its_value() -> None:
+    """A constant value (kept once worked out) and any other value are recorded alike:
+    data version, preview and size, the stored bytes; consumed upstreams only when read."""
+    from flowcore.assets.materialize import _NONE
+    from flowcore.assets.versions import data_version
+    from flowcore.serializers import encode_result
+
+    values: dict[str, Any] = {"none": None, "flag": True, "count": 3, "rows": [1, 2]}
+    made = []
+    for key, value in values.items():
+
+        def fn(value: Any = value) -> Any:
+            return value
+
+        fn.__name__ = key
+        made.append(asset(key=key)(fn))
+
+    @asset
+    def total(count: int) -> int:
+        return count + 1
+
+    graph = AssetGraph([*made, total])
+    async with flowcore.Engine(store="memory") as engine:
+        for _ in range(2):
+            result = await materialize_async(list(graph.order), graph=graph, only_stale=False)
+            assert result.ok
+        for key, value in {**values, "total": 4}.items():
+            [record, _] = await engine.store.asset_history(key)
+            blob = encode_result(value, "msgpack", key)
+            assert record.data_version == data_version(value), key
+            assert record.metadata == {**_metadata(value), "bytes": len(blob)}, key
+            assert record.value == blob, key
+            assert bool(record.downstream) == (key == "count"), key  # total reads it
+            consumed = [("count", None, data_version(3), 0)] if key == "total" else []
+            assert record.consumed == consumed, key
+    assert _NONE == []  # shared by the records that have none: never changed in place
+
+
+def test_a_run_node_is_not_walked_by_the_garbage_collector() -> None:
+    import gc
+
+    from flowcore.assets.materialize import _Node
+
+    @asset
+    def raw() -> int:
+        return 1
+
+    assert not gc.is_tracked(_Node("raw", None, raw))
+
+
+def test_sqlite_writes_asset_bodies_as_asset_body_makes_them() -> None:
+    """The SQLite store encodes materialisations and states inline (no call per body):
+    the bytes are ``rows.asset_body``'s, small and past the room made for them."""
+    from flowcore.records import AssetStateRecord, MaterializationRecord
+    from flowcore.store.sqlite.rows import asset_body
+    from flowcore.store.sqlite.store import _BODY_ROOM, _encode_body
+
+    long = "x" * (2 * _BODY_ROOM)
+    records: list[Any] = [
+        MaterializationRecord(
+            key="a", at=1.5, run_id="r", seq=2, code_version="1", data_version="d",
+            metadata={"preview": "1", "bytes": 6}, value=b"FCR\x01m\x01",
+        ),
+        MaterializationRecord(
+            key="a", at=1.5, run_id="r", seq=2, code_version="1", data_version="d",
+            metadata={"preview": long}, partition="p", index=4,
+        ),
+        AssetStateRecord(key="a", materialized=b"\x00\x01", data_version="d", cause={"x": 1}),
+    ]  # fmt: skip
+    for record in records:
+        body = bytearray(_BODY_ROOM)
+        _encode_body(record, body)
+        assert body == asset_body(record)

@@ -150,7 +150,7 @@ async def sync_definitions(graph: AssetGraph, store: Store, now: float) -> dict[
     this store handle: the definitions it would write are those stored. (Another process
     syncing other code versions meanwhile is not undone by this one until it syncs
     another graph or handle.)"""
-    versions = tuple(a.code_version for a in graph.assets.values())
+    versions = tuple([a.code_version for a in graph.assets.values()])
     stores = _synced.get(graph)
     if stores is not None and stores.get(store) == versions:
         return {}

@@ -41,15 +41,17 @@ import os
 import reprlib
 import sys
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio
+import msgspec
 
 from .. import ranges
 from .._current import current_task_run
@@ -125,50 +127,41 @@ class MaterializeResult:
         return not (self.failed or self.blocked or self.failed_checks)
 
 
-class _Node:
-    """One asset (partition) of the run."""
+class _Node(msgspec.Struct, gc=False):
+    """One asset (partition) of the run.
 
-    __slots__ = (
-        "_done",
-        "finished",
-        "index",
-        "key",
-        "outcome",
-        "partition",
-        "reason",
-        "released",
-        "uses",
-        "value",
-        "version",
-    )
+    A Struct, not a class with ``__slots__``: made by one C call (no ``__init__`` run per
+    node), and untracked by the garbage collector, which no longer walks a run's nodes
+    at each collection (it holds no cycle: its definition, value and event never refer
+    back to it)."""
 
-    def __init__(self, key: str, partition: str | None) -> None:
-        self.key = key
-        self.partition = partition
-        self.index = 0  # the partition's index, once the node runs
-        #: Made only when a downstream node waits (an event costs ~2 µs; most have none).
-        self._done: anyio.Event | None = None
-        self.finished = False
-        #: materialized | skipped | failed-check | blocked | failed
-        self.outcome = ""
-        self.reason = ""
-        self.version: str | None = None  # data version after this run (or stored)
-        self.value: Any = None
-        self.uses = 0  # downstream nodes of the run that still need the value
-        self.released = False  # whether it let go of its upstreams' values
+    key: str
+    partition: str | None
+    definition: Asset[Any, Any]
+    index: int = 0  # the partition's index, once the node runs
+    #: Made only when a downstream node waits (an event costs ~2 µs; most have none).
+    done: anyio.Event | None = None
+    finished: bool = False
+    #: materialized | skipped | failed-check | blocked | failed
+    outcome: str = ""
+    reason: str = ""
+    version: str | None = None  # data version after this run (or stored)
+    value: Any = None
+    uses: int = 0  # downstream nodes of the run that still need the value
+    released: bool = False  # whether it let go of its upstreams' values
 
     async def wait(self) -> None:
         """Until the node has its outcome."""
         if self.finished:
             return
-        if self._done is None:
-            self._done = anyio.Event()
-        await self._done.wait()
+        if self.done is None:
+            self.done = anyio.Event()
+        await self.done.wait()
 
     def finish(self) -> None:
         self.finished = True
-        if self._done is not None:
-            self._done.set()
+        if self.done is not None:
+            self.done.set()
 
 
 def _index(partitions: Partitions | None, partition: str | None) -> int:
@@ -190,18 +183,13 @@ _active: ContextVar[_Run | None] = ContextVar("flowcore_asset_run", default=None
 
 
 def _task_for(definition: Asset[Any, Any]) -> Task[Any, Any]:
-    async def materialize_one(partition: str | None) -> str:
-        run = _active.get()
-        if run is None:
-            raise ConfigurationError(
-                f"the task of asset {definition.key!r} materialises it within "
-                "flowcore.assets.materialize(); call that instead"
-            )
-        node = run.running.get((definition.key, partition))
-        return await run.materialize_one(definition, partition, node)
-
-    materialize_one.__qualname__ = materialize_one.__name__ = definition.name
-    return Task(materialize_one, definition.options)
+    """The task that materialises ``definition``: :func:`_materialize` given the definition
+    (a partial, not a closure awaiting it: one coroutine frame less per materialisation),
+    named as the definition's function for the task run's span."""
+    call = functools.partial(_materialize, definition)
+    call.__name__ = call.__qualname__ = definition.name  # type: ignore[attr-defined]
+    call.__module__ = __name__
+    return Task(call, definition.options)
 
 
 class _Run:
@@ -215,6 +203,8 @@ class _Run:
         self.graph = graph
         self.engine = engine
         self.store = engine.store
+        self.recorder = engine.recorder
+        self.time = engine.clock.time  # (the engine's clock: a fake one in tests)
         self.states = states
         self.only_stale = only_stale
         self.nodes: dict[tuple[str, str | None], _Node] = {}
@@ -229,6 +219,11 @@ class _Run:
         self.dynamic: dict[str, dict[str, int]] = {}
         #: Outcomes counted; the pairs of each kept up to ``_KEPT`` (memory stays flat).
         self.counts: dict[str, int] = dict.fromkeys(self.result, 0)
+        # Nodes started by _start_all and not ended, under its limiter; set when all end.
+        self.limiter: anyio.Semaphore | None = None
+        self.pending = 0
+        self.all_started = False
+        self.all_done = anyio.Event()
 
     def index(self, partitions: Partitions | None, partition: str | None) -> int:
         """The index of ``partition`` (dynamic partitions: as the store numbered it)."""
@@ -269,18 +264,30 @@ class _Run:
         return task
 
     def settle(self, node: _Node) -> None:
-        """Count the node's outcome, let go of its upstreams' values, wake its waiters."""
+        """Count the node's outcome, let go of its upstreams' values, wake its waiters;
+        then give its room back (:func:`_start_all`), and say when all nodes have ended."""
         key, partition = node.key, node.partition
         kind = _OUTCOME[node.outcome]
         self.counts[kind] += 1
-        if len(self.result[kind]) < _KEPT:
-            pair = (key, partition)
-            ok = kind in ("materialized", "skipped")
-            self.result[kind].append(pair if ok else (*pair, node.reason))
-            if node.version is not None and kind == "materialized":
-                self.versions[pair] = node.version
-        self.release(self.graph.assets[key], partition)
+        kept = self.result[kind]
+        if len(kept) < _KEPT:
+            if kind == "materialized":
+                pair = (key, partition)
+                kept.append(pair)
+                if node.version is not None:
+                    self.versions[pair] = node.version
+            elif kind == "skipped":
+                kept.append((key, partition))
+            else:
+                kept.append((key, partition, node.reason))
+        if not node.released and self.graph.upstream[key]:
+            self.release(node.definition, partition)
         node.finish()
+        if self.limiter is not None:
+            self.limiter.release()
+        self.pending -= 1
+        if self.all_started and not self.pending:
+            self.all_done.set()
 
     def summary(self, run_id: str) -> MaterializeResult:
         return MaterializeResult(
@@ -295,41 +302,53 @@ class _Run:
         )
 
     async def run_node(self, node: _Node) -> None:
-        """Decide, then materialise the node in a task run (its outcome is in the node)."""
-        graph, key, partition = self.graph, node.key, node.partition
-        definition = graph.assets[key]
-        changed_upstream = False
-        for up, up_partitions in (
-            self.upstream_partitions(definition, partition) if graph.upstream[key] else ()
-        ):
-            for q in up_partitions:
-                up_node = self.nodes.get((up, q))
-                if up_node is None:
-                    continue
-                await up_node.wait()
-                if up_node.outcome in ("failed", "blocked"):
-                    node.outcome = "blocked"
-                    node.reason = f"upstream {_label(up, q)} {up_node.outcome}: {up_node.reason}"
-                    return
-                if up_node.outcome == "failed-check":
-                    node.outcome = "blocked"
-                    node.reason = f"upstream {_label(up, q)} failed check {up_node.reason!r}"
-                    return
-                if up_node.outcome == "materialized" and up_node.reason == "changed":
-                    changed_upstream = True
-        index = node.index = self.index(definition.partitions, partition)
-        if self.only_stale and not changed_upstream and self.fresh(key, index):
-            node.outcome = "skipped"
-            return
-        # Found by its task run there (a dict, not a context variable: ~1 µs less).
-        self.running[(key, partition)] = node
+        """Decide, then materialise the node in a task run. Its outcome is in the node,
+        and it never raises an ``Exception`` (see :func:`_start_all`): the coroutine the
+        run starts per node, so one frame (a wrapper catching for it cost ~0.5 µs a node)."""
+        definition, key, partition = node.definition, node.key, node.partition
         try:
-            version = await self.task_of(definition)(partition)
+            changed_upstream = False
+            for up, up_partitions in (
+                self.upstream_partitions(definition, partition) if self.graph.upstream[key] else ()
+            ):
+                for q in up_partitions:
+                    up_node = self.nodes.get((up, q))
+                    if up_node is None:
+                        continue
+                    await up_node.wait()
+                    if up_node.outcome in ("failed", "blocked"):
+                        node.outcome = "blocked"
+                        node.reason = (
+                            f"upstream {_label(up, q)} {up_node.outcome}: {up_node.reason}"
+                        )
+                        return
+                    if up_node.outcome == "failed-check":
+                        node.outcome = "blocked"
+                        node.reason = f"upstream {_label(up, q)} failed check {up_node.reason!r}"
+                        return
+                    if up_node.outcome == "materialized" and up_node.reason == "changed":
+                        changed_upstream = True
+            if partition is not None:
+                node.index = self.index(definition.partitions, partition)
+            if self.only_stale and not changed_upstream and self.fresh(key, node.index):
+                node.outcome = "skipped"
+                return
+            task = definition.task
+            if task is None:
+                task = self.task_of(definition)
+            # Found by its task run there (a dict, not a context variable: ~1 µs less).
+            self.running[(key, partition)] = node
+            try:
+                version = await task(partition)
+            finally:
+                del self.running[(key, partition)]
+            node.version = version
+            if not node.outcome:  # replayed by a resumption: it completed in the run resumed
+                node.outcome, node.reason = "materialized", "replayed"
+        except Exception as exc:  # the task run recorded it: here, the run's account
+            node.outcome, node.reason = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            del self.running[(key, partition)]
-        node.version = version
-        if not node.outcome:  # replayed by a resumption: it completed in the run resumed
-            node.outcome, node.reason = "materialized", "replayed"
+            self.settle(node)
 
     def fresh(self, key: str, index: int) -> bool:
         return (
@@ -405,119 +424,6 @@ class _Run:
             value = await _io_of(io).load(up, partition)
         return value, found.data_version, index
 
-    async def materialize_one(
-        self, definition: Asset[Any, Any], partition: str | None, node: _Node | None
-    ) -> str:
-        key = definition.key
-        kwargs: dict[str, Any] = {}
-        consumed: list[tuple[str, str | None, str, int]] = []
-        inputs = self.graph.inputs[key]
-        upstream = dict(self.upstream_partitions(definition, partition)) if inputs else {}
-        for param, up in inputs.items():
-            up_parts = self.graph.assets[up].partitions
-            qs = upstream[up]
-            if up_parts is None or (
-                len(qs) == 1 and isinstance(self.graph.mapping(key, up), IdentityMapping)
-            ):
-                value, version, up_index = await self.load(up, qs[0])
-                consumed.append((up, qs[0], version, up_index))
-                kwargs[param] = value
-            else:
-                values: dict[str | None, Any] = {}
-                for q in qs:
-                    value, version, up_index = await self.load(up, q)
-                    consumed.append((up, q, version, up_index))
-                    values[q] = value
-                kwargs[param] = values
-        if definition.takes_partition_key:
-            kwargs[PARTITION_PARAMETER] = partition
-        if definition.is_async:
-            returned = await definition.fn(**kwargs)
-        else:
-            returned = await anyio.to_thread.run_sync(functools.partial(definition.fn, **kwargs))
-        del kwargs
-        given: str | None = None
-        metadata: dict[str, Any] = {}
-        value = returned
-        if isinstance(returned, Output):
-            value, given, metadata = returned.value, returned.data_version, dict(returned.metadata)
-        version = data_version(value) if given is None else given
-        record = MaterializationRecord(
-            key=key,
-            at=self.engine.clock.time(),
-            run_id="",
-            seq=0,
-            code_version=definition.code_version,
-            data_version=version,
-            partition=partition,
-            index=self.index(definition.partitions, partition) if node is None else node.index,
-            consumed=consumed,
-            metadata={**_metadata(value), **metadata} if metadata else _metadata(value),
-            io=_io_name(definition.io),
-        )
-        recorder = self.engine.recorder
-        blob_to_add: tuple[str, bytes] | None = None
-        if definition.io == RESULT_IO:
-            try:
-                blob = encode_result(value, definition.options.serializer, key)
-            except ResultNotSerializable as exc:
-                raise ResultNotSerializable(
-                    f"the value of {_label(key, partition)} cannot be kept by the default "
-                    f"I/O: {exc}; return builtins, dataclasses or msgspec Structs, or give the "
-                    "asset io=FilesIO(format='bytes') or an I/O of your own"
-                ) from None
-            record.metadata.setdefault("bytes", len(blob))
-            if len(blob) > INLINE_LIMIT and recorder.blobs is not None:
-                ref = blob_ref(blob)
-                blob_to_add = (ref, blob)
-                record.value_ref = ref
-            else:
-                record.value = blob
-        else:
-            await _io_of(definition.io).store(key, partition, value)
-        checks: list[CheckResultRecord] = []
-        for check in self.graph.checks[key]:  # a loop: an async comprehension costs ~1 µs
-            checks.append(await self.check(check, value, partition))
-        # (Asked only with a downstream: the states of others are not read, see above.)
-        state_has = bool(self.graph.downstream[key]) and self.has_materialized(key, record.index)
-        previous: str | None = None
-        if state_has and node is not None and node.uses:
-            # Whether downstream nodes of this run must run: the version it replaces (the
-            # store decides the stale marks itself, in the write transaction).
-            if definition.partitions is None:
-                previous = self.states[key].data_version
-            else:
-                before = (await self.store.latest_materializations(key, [partition]))[0]
-                previous = None if before is None else before.data_version
-        if state_has:
-            record.downstream = downstream_marks(
-                self.graph,
-                key,
-                [record.index, record.index + 1],
-                {"reason": "upstream-changed", "upstream": key, "partition": partition},
-            )
-        # From here to the return, no await: the records join the task run's transaction.
-        rec = current_task_run.get()
-        run_id = rec.run_id if rec is not None else current_run().record.id
-        seq = rec.seq if rec is not None else 0
-        record.run_id, record.seq = run_id, seq
-        if blob_to_add is not None:
-            recorder.add_file(*blob_to_add)
-        recorder.assets.append(record)
-        failed = ""
-        for result in checks:
-            result.run_id, result.seq = run_id, seq
-            recorder.assets.append(result)
-            if not result.passed and result.blocking and not failed:
-                failed = result.check
-        if node is not None:
-            node.outcome = "failed-check" if failed else "materialized"
-            node.reason = failed or ("same" if previous == version else "changed")
-            node.value = value if node.uses else None
-            node.version = version
-        self.release(definition, partition)
-        return version
-
     async def check(
         self, check: AssetCheck, value: Any, partition: str | None
     ) -> CheckResultRecord:
@@ -557,6 +463,159 @@ class _Run:
         return record
 
 
+async def _materialize(definition: Asset[Any, Any], partition: str | None) -> str:
+    """The function of an asset's task (:func:`_task_for`): materialise ``definition``
+    (``partition``) in the run :data:`_active` holds (steps 2 to 4 of the module docstring).
+    Its argument is the partition key only: what a resumption matches calls on.
+
+    Written for the common case, which pays only for what it uses: inputs, checks and a
+    downstream are each one test when absent, a constant value is known once worked out
+    (:func:`_constant`), and the record is made whole, once, at the end."""
+    run = _active.get()
+    if run is None:
+        raise ConfigurationError(
+            f"the task of asset {definition.key!r} materialises it within "
+            "flowcore.assets.materialize(); call that instead"
+        )
+    key = definition.key
+    node = run.running.get((key, partition))
+    graph = run.graph
+    kwargs: dict[str, Any] = {}
+    consumed = _NONE
+    inputs = graph.inputs[key]
+    if inputs:
+        consumed = []
+        upstream = dict(run.upstream_partitions(definition, partition))
+        for param, up in inputs.items():
+            up_parts = graph.assets[up].partitions
+            qs = upstream[up]
+            if up_parts is None or (
+                len(qs) == 1 and isinstance(graph.mapping(key, up), IdentityMapping)
+            ):
+                value, version, up_index = await run.load(up, qs[0])
+                consumed.append((up, qs[0], version, up_index))
+                kwargs[param] = value
+            else:
+                values: dict[str | None, Any] = {}
+                for q in qs:
+                    value, version, up_index = await run.load(up, q)
+                    consumed.append((up, q, version, up_index))
+                    values[q] = value
+                kwargs[param] = values
+    if definition.takes_partition_key:
+        kwargs[PARTITION_PARAMETER] = partition
+    if definition.is_async:
+        returned = await definition.fn(**kwargs)
+    else:
+        returned = await anyio.to_thread.run_sync(functools.partial(definition.fn, **kwargs))
+    del kwargs
+    value = returned
+    io = definition.io
+    blob: bytes | None = None
+    if isinstance(returned, Output):
+        value = returned.value
+        version = data_version(value) if returned.data_version is None else returned.data_version
+        metadata = {**_metadata(value), **returned.metadata}
+    elif (
+        io == RESULT_IO
+        and definition.options.serializer == "msgpack"
+        and (known := _constant(value)) is not None
+    ):
+        version, preview, blob = known
+        metadata = {"preview": preview, "bytes": len(blob)}
+    else:
+        version = data_version(value)
+        metadata = _metadata(value)
+    at = run.time()
+    index = run.index(definition.partitions, partition) if node is None else node.index
+    recorder = run.recorder
+    ref: str | None = None
+    if io == RESULT_IO:
+        if blob is None:
+            try:
+                blob = encode_result(value, definition.options.serializer, key)
+            except ResultNotSerializable as exc:
+                raise ResultNotSerializable(
+                    f"the value of {_label(key, partition)} cannot be kept by the default "
+                    f"I/O: {exc}; return builtins, dataclasses or msgspec Structs, or give "
+                    "the asset io=FilesIO(format='bytes') or an I/O of your own"
+                ) from None
+            metadata.setdefault("bytes", len(blob))
+        if len(blob) > INLINE_LIMIT and recorder.blobs is not None:
+            ref = blob_ref(blob)
+    else:
+        await _io_of(io).store(key, partition, value)
+    checks: list[CheckResultRecord] = []
+    for check in graph.checks[key]:  # a loop: an async comprehension costs ~1 µs
+        checks.append(await run.check(check, value, partition))
+    # (Asked only with a downstream: the states of others are not read, see above.)
+    state_has = bool(graph.downstream[key]) and run.has_materialized(key, index)
+    previous: str | None = None
+    if state_has and node is not None and node.uses:
+        # Whether downstream nodes of this run must run: the version it replaces (the
+        # store decides the stale marks itself, in the write transaction).
+        if definition.partitions is None:
+            previous = run.states[key].data_version
+        else:
+            before = (await run.store.latest_materializations(key, [partition]))[0]
+            previous = None if before is None else before.data_version
+    marks = (
+        downstream_marks(
+            graph,
+            key,
+            [index, index + 1],
+            {"reason": "upstream-changed", "upstream": key, "partition": partition},
+        )
+        if state_has
+        else _NONE
+    )
+    # From here to the return, no await: the records join the task run's transaction.
+    rec = current_task_run.get()
+    run_id = rec.run_id if rec is not None else current_run().record.id
+    seq = rec.seq if rec is not None else 0
+    if ref is not None:
+        assert blob is not None
+        recorder.add_file(ref, blob)
+        blob = None
+    recorder.assets.append(
+        MaterializationRecord(
+            key=key,
+            at=at,
+            run_id=run_id,
+            seq=seq,
+            code_version=definition.code_version,
+            data_version=version,
+            partition=partition,
+            index=index,
+            consumed=consumed,
+            metadata=metadata,
+            downstream=marks,
+            io=io if type(io) is str else _io_name(io),
+            value=blob,
+            value_ref=ref,
+        )
+    )
+    failed = ""
+    for result in checks:
+        result.run_id, result.seq = run_id, seq
+        recorder.assets.append(result)
+        if not result.passed and result.blocking and not failed:
+            failed = result.check
+    if node is not None:
+        node.outcome = "failed-check" if failed else "materialized"
+        node.reason = failed or ("same" if previous == version else "changed")
+        node.value = value if node.uses else None
+        node.version = version
+    if graph.upstream[key]:
+        run.release(definition, partition)
+    return version
+
+
+#: The empty ``consumed`` and ``downstream`` of a materialisation that has none, shared:
+#: never changed in place (a record is made whole and only read after), and a list
+#: less for each to make, track and free costs ~0.2 µs a materialisation.
+_NONE: Final[list[Any]] = []
+
 _OUTCOME: Final = {
     "materialized": "materialized",
     "skipped": "skipped",
@@ -586,6 +645,27 @@ def _metadata(value: Any) -> dict[str, Any]:
     out["preview"] = text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
     return out
 
+
+def _constant(value: Any) -> tuple[str, str, bytes] | None:
+    """The data version, preview and bytes kept by the default I/O (msgpack) of ``value``
+    when it is None, a bool or an int below ``_BIG``, worked out once: an asset that
+    writes elsewhere returns the same few again and again (None, True, a row count), and
+    hashing, previewing and encoding one costs ~0.7 µs. ``None`` for any other value."""
+    kind = type(value)
+    if value is not None and kind is not bool and (kind is not int or not -_BIG < value < _BIG):
+        return None
+    found = _constants.get((kind, value))  # (the type too: True == 1, unlike their bytes)
+    if found is None:
+        if len(_constants) >= _CONSTANTS_KEPT:
+            _constants.clear()
+        blob = encode_result(value, "msgpack", "")
+        found = _constants[(kind, value)] = (data_version(value), repr(value), blob)
+    return found
+
+
+#: :func:`_constant`'s, by (type, value), up to ``_CONSTANTS_KEPT`` of them.
+_constants: dict[tuple[type, Any], tuple[str, str, bytes]] = {}
+_CONSTANTS_KEPT: Final = 1024
 
 #: Values whose repr is short (ints and floats below ``_BIG``) and needs no cutting.
 _SCALARS: Final = (int, float, bool)
@@ -627,18 +707,20 @@ def _selection(selection: object, graph: AssetGraph | None) -> tuple[AssetGraph,
                 "(or AssetGraph.from_module(module)), or pass the assets themselves"
             )
         graph = AssetGraph(given)
+    if set(map(type, items)) == {str}:  # keys or patterns (a thousand keys, often)
+        return graph, cast(list[str], items)
     patterns = []
     for item in items:
-        if isinstance(item, AssetCheck):
+        if isinstance(item, str):
+            patterns.append(item)
+        elif isinstance(item, AssetCheck):
             continue  # a check runs with its asset; it selects nothing by itself
-        if isinstance(item, Asset):
+        elif isinstance(item, Asset):
             if graph.assets.get(item.key) is not item:
                 raise AssetDefinitionError(
                     f"asset {item.key!r} is not in the graph given: add it to the graph"
                 )
             patterns.append(item.key)
-        elif isinstance(item, str):
-            patterns.append(item)
         else:
             raise AssetDefinitionError(f"{item!r} is not an asset or a key: give either")
     return graph, patterns
@@ -679,7 +761,19 @@ _call: ContextVar[_Call | None] = ContextVar("flowcore_materialize_call", defaul
 
 def _sources(graph: AssetGraph) -> list[str]:
     """Where the graph's assets and checks are defined, for a resumption to import them:
-    module names, or file paths for scripts."""
+    module names, or file paths for scripts. Worked out once per graph (a graph does not
+    change), not per materialisation."""
+    known = _graph_sources.get(graph)
+    if known is None:
+        known = _graph_sources[graph] = _find_sources(graph)
+    return list(known)
+
+
+#: :func:`_sources` by graph.
+_graph_sources: weakref.WeakKeyDictionary[AssetGraph, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _find_sources(graph: AssetGraph) -> tuple[str, ...]:
     found: dict[str, None] = {}
     functions = [a.fn for a in graph.assets.values()]
     functions += [c.fn for checks in graph.checks.values() for c in checks]
@@ -693,7 +787,7 @@ def _sources(graph: AssetGraph) -> list[str]:
                 found[str(Path(file).resolve())] = None
         elif module_name:
             found[module_name] = None
-    return list(found)
+    return tuple(found)
 
 
 def _import_sources(sources: Sequence[str]) -> AssetGraph:
@@ -722,14 +816,17 @@ async def _number_dynamic(
     added to each selected asset's dynamic partitions (keys are added at run time);
     upstreams' keys are read as stored."""
     graph, store = run.graph, run.engine.store
+    if not graph.partitioned:
+        return  # (most graphs: no partitions, so none dynamic)
+    assets = graph.assets  # (the keys are the graph's)
     names: set[str] = set()
     for key in keys:
-        parts = graph[key].partitions
+        parts = assets[key].partitions
         if isinstance(parts, DynamicPartitions) and partition is not None:
             [index] = await store.add_dynamic_partitions(parts.name, [partition], now)
             run.dynamic.setdefault(parts.name, {})[partition] = index
         for up in graph.upstream[key]:
-            up_parts = graph[up].partitions
+            up_parts = assets[up].partitions
             if isinstance(up_parts, DynamicPartitions):
                 names.add(up_parts.name)
     for name in names:
@@ -784,7 +881,7 @@ async def materialize_flow(
     graph, engine = call.graph, call.engine
     known = graph.assets
     # Keys as recorded (no pattern matching: 1,000 patterns by 1,000 keys is a second).
-    exact = all(key in known for key in selection)
+    exact = known.keys() >= set(selection)
     keys = tuple(selection) if exact else graph.select(*selection)
     store = engine.store
     await sync_definitions(graph, store, engine.clock.time())
@@ -800,22 +897,25 @@ async def materialize_flow(
     limiter = anyio.Semaphore(concurrency) if concurrency else None
     if len(keys) == 1:
         # One asset (a backfill): partitions streamed, no node kept once done.
-        definition = graph[keys[0]]
+        definition = known[keys[0]]
         nodes: Iterable[_Node] = (
-            _Node(definition.key, p) for p in _partition_keys(definition, partition, span)
+            _Node(definition.key, p, definition)
+            for p in _partition_keys(definition, partition, span)
         )
         await _start_all(run, nodes, limiter)
         return _ended(run)
     plan: list[_Node] = []
-    for key in keys:
-        for p in _partition_keys(graph[key], partition, span):
-            node = _Node(key, p)
+    for key in keys:  # (the keys are the graph's: looked up without a check)
+        definition = known[key]
+        for p in _partition_keys(definition, partition, span):
+            node = _Node(key, p, definition)
             run.nodes[(key, p)] = node
             plan.append(node)
+    upstream = graph.upstream
     for node in plan:  # who needs whose value
-        if not graph.upstream[node.key]:
+        if not upstream[node.key]:
             continue
-        for up, qs in run.upstream_partitions(graph[node.key], node.partition):
+        for up, qs in run.upstream_partitions(node.definition, node.partition):
             for q in qs:
                 if (up, q) in run.nodes:
                     run.nodes[(up, q)].uses += 1
@@ -828,38 +928,22 @@ async def _start_all(run: _Run, nodes: Iterable[_Node], limiter: anyio.Semaphore
 
     Started on the flow run's spawner (``loop.create_task`` on asyncio), not in a task
     group of their own: an anyio task group costs about 25 µs a child, twice a task run.
-    A node never raises an ``Exception`` (its outcome is in the node), as the spawner
-    needs."""
+    A node never raises an ``Exception`` (its outcome is in the node: :meth:`_Run.run_node`),
+    as the spawner needs; each tells the run it ended (:meth:`_Run.settle`)."""
     spawner = current_run().spawner
-    pending = [0]
-    all_done = anyio.Event()
-    started = False
-
-    async def one(node: _Node) -> None:
-        try:
-            await run.run_node(node)
-        except Exception as exc:  # the task run recorded it: here, the run's account
-            node.outcome, node.reason = "failed", f"{type(exc).__name__}: {exc}"
-        finally:
-            run.settle(node)
-            if limiter is not None:
-                limiter.release()
-            pending[0] -= 1
-            if started and not pending[0]:
-                all_done.set()
-
+    run.limiter = limiter
     async with anyio.create_task_group() as tg:
         for node in nodes:
             if limiter is not None:
                 await limiter.acquire()
-            pending[0] += 1
+            run.pending += 1
             if spawner is not None:
-                spawner.start(one(node))
+                spawner.start(run.run_node(node))
             else:
-                tg.start_soon(one, node)
-        started = True
-        if pending[0]:
-            await all_done.wait()
+                tg.start_soon(run.run_node, node)
+        run.all_started = True
+        if run.pending:
+            await run.all_done.wait()
 
 
 def _ended(run: _Run) -> dict[str, int]:
@@ -912,14 +996,16 @@ async def materialize_async(
         )
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
         raise ConfigurationError(f"`concurrency` must be an int >= 1 or None, got {concurrency!r}")
-    for key in keys:  # a bad partition key is refused before a run is made
-        parts = graph[key].partitions
+    for key in keys if graph.partitioned else ():  # a bad key is refused before a run
+        parts = graph.assets[key].partitions
+        if parts is None:
+            continue
         if isinstance(parts, DynamicPartitions) and partition is None:
             raise PartitionKeyError(
                 f"asset {key!r} has dynamic partitions: name the partition (partition='...')"
             )
         for given in (partition, *(partitions or ())):
-            if given is not None and parts is not None:
+            if given is not None:
                 try:
                     parts.check_key(given)
                 except PartitionKeyError as exc:

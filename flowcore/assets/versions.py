@@ -56,6 +56,9 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
+#: Values hashed as they are (a tuple: ``bytes | bytearray | memoryview`` would make a
+#: union type at every call, a tenth of a microsecond).
+_BYTES: Final = (bytes, bytearray, memoryview)
 #: The hash of the tag part of every msgpack data version, copied per value.
 _MSGPACK: Final = hashlib.blake2b(
     len(b"msgpack").to_bytes(8, "little") + b"msgpack", digest_size=_DIGEST_SIZE
@@ -71,7 +74,7 @@ def data_version(value: Any) -> str:
     >>> len(data_version(b"raw bytes"))
     32
     """
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, _BYTES):
         return _digest(b"bytes", bytes(value))
     try:
         encoded = _encoder.encode(value)

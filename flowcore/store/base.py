@@ -499,7 +499,8 @@ class AssetWrite:
         self._version_of = version_of
         #: Touched states by key (written back whole).
         self.states: dict[str, AssetStateRecord] = {}
-        #: ``(key, index) → materialisation`` now current (the newest of the batch).
+        #: ``(key, index) → materialisation`` now current (the newest of the batch) of each
+        #: partition (an unpartitioned asset's is in its state: stores keep no row for it).
         self.current: dict[tuple[str, int], MaterializationRecord] = {}
         #: History rows to append, in order.
         self.history: list[MaterializationRecord | CheckResultRecord] = []
@@ -515,15 +516,13 @@ class AssetWrite:
     def version(self, key: str, index: int, partition: str | None = "") -> str | None:
         """The current data version of ``key``'s partition ``index``. An unpartitioned
         one (``partition=None``) is its state's: stores keep no partition row for it
-        (one row fewer per materialisation)."""
+        (one row fewer per materialisation), and each materialisation applied sets it."""
+        if partition is None:
+            state = self.states.get(key) or self._state_of(key)
+            return None if state is None else state.data_version
         mat = self.current.get((key, index))
         if mat is not None:
             return mat.data_version
-        if partition is None:
-            state = self.states.get(key)
-            if state is None:
-                state = self._state_of(key)
-            return None if state is None else state.data_version
         return self._version_of(key, index)
 
     def bounds(self, key: str, which: str) -> list[int]:
@@ -588,11 +587,16 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
     marks (computed by the materialiser from the graph's mappings) apply; the same
     version leaves its downstream fresh.
     """
-    history, current_of = write.history, write.current
+    history, current_of, states, sets = write.history, write.current, write.states, write._sets
     for event in events:
         if isinstance(event, MaterializationRecord):
-            key, index = event.key, event.index
-            previous = write.version(key, index, event.partition)
+            key, index, partition = event.key, event.index, event.partition
+            # Its state first (read once, kept): an unpartitioned asset's version is in it.
+            state = states.get(key) or write.state(key)
+            if partition is None:
+                previous = state.data_version
+            else:
+                previous = write.version(key, index, partition)
             history.append(event)
             moved = None
             for up, part, seen, upstream_index in event.consumed:
@@ -600,21 +604,29 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
                 if current is not None and current != seen:
                     moved = (up, part, seen, current)
                     break
-            state = write.state(key)
-            if moved is None and index == 0 and write.settled(key):
+            if (
+                moved is None
+                and index == 0
+                and state.materialized == _ONLY_ZERO
+                and not state.stale
+                and not state.failed
+                and (not sets or write.settled(key))
+            ):
                 # Re-materialised, not stale, not failed (the common case of an
                 # unpartitioned asset): no set changes, none decoded or encoded.
-                state.cause = {}
+                if state.cause:
+                    state.cause = {}
             else:
                 _apply_sets(write, event, state, moved)
-            current_of[(key, index)] = event
+            if partition is not None:
+                current_of[(key, index)] = event
             state.last_at = event.at
             state.last_run_id = event.run_id
-            state.last_partition = event.partition
+            state.last_partition = partition
             state.data_version = event.data_version
             state.code_version = event.code_version
             state.materializations += 1
-            if previous is not None and previous != event.data_version:
+            if event.downstream and previous is not None and previous != event.data_version:
                 for mark in event.downstream:
                     _mark(write, mark)
         elif isinstance(event, CheckResultRecord):

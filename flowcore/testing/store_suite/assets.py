@@ -181,6 +181,37 @@ async def _unpartitioned(store: Store) -> None:
     assert await sets(store, "report") == {"materialized": ((0, 1),), "stale": (), "failed": ()}
 
 
+@CASES.case("assets: within a batch, a materialisation replaces the one made before it")
+async def _replaced_in_batch(store: Store) -> None:
+    # Marks apply when the version changed from the current one: made earlier in the batch
+    # when it was (an unpartitioned asset, and a partition), not the one stored before it.
+    for key, index in (("orders", 0), ("daily", 2)):
+        mark = StaleMark("report", [(0, 1)], {"reason": "upstream-changed", "upstream": key})
+        await store.write(WriteBatch(assets=[mat(key, "v1", index), mat("report", "r1")]))
+        same = [mat(key, "v2", index), mat(key, "v2", index, downstream=[mark])]
+        await store.write(WriteBatch(assets=list(same)))
+        assert (await sets(store, "report"))["stale"] == (), f"{key}: v2 then v2 changes nothing"
+        changed = [mat(key, "v3", index), mat(key, "v4", index, downstream=[mark])]
+        await store.write(WriteBatch(assets=list(changed)))
+        assert (await sets(store, "report"))["stale"] == ((0, 1),), f"{key}: v3 then v4 marks"
+        [state] = await store.asset_states([key])
+        assert (state.data_version, state.materializations) == ("v4", 5), (key, state)
+
+
+@CASES.case("assets: a partition's version is its own, not the unpartitioned asset's")
+async def _partition_of_unpartitioned(store: Store) -> None:
+    # An asset made partitioned keeps its history; its first partition 0 replaces no
+    # version (a partition row is its own), so it marks nothing downstream: every store.
+    mark = StaleMark("report", [(0, 1)], {"reason": "upstream-changed", "upstream": "orders"})
+    await store.write(WriteBatch(assets=[mat("orders", "v1"), mat("report", "r1")]))
+    first = mat("orders", "v2", partition="2026-01-01", downstream=[mark])
+    await store.write(WriteBatch(assets=[first]))
+    assert (await sets(store, "report"))["stale"] == (), "no version replaced: no mark"
+    again = mat("orders", "v3", partition="2026-01-01", downstream=[mark])
+    await store.write(WriteBatch(assets=[again]))
+    assert (await sets(store, "report"))["stale"] == ((0, 1),), "v2 replaced by v3: marked"
+
+
 @CASES.case("assets: each stale partition keeps why it is stale, not only the last mark")
 async def _causes(store: Store) -> None:
     changed = {"reason": "upstream-changed", "upstream": "hourly", "partition": "h7"}
