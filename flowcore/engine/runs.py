@@ -344,20 +344,17 @@ class _Entered:
         return bool(self.scope.__exit__(exc_type, exc, tb))
 
 
-class _ScopeMaker:
-    """How cancel scopes of anyio's asyncio backend are made, found once."""
-
-    make: Callable[[], CancelScope] | None = None
+@functools.cache
+def _asyncio_scope_class() -> type[CancelScope]:
+    """The class of anyio's asyncio backend's cancel scopes, found once."""
+    return type(anyio.CancelScope())
 
 
 def _asyncio_scope() -> CancelScope:
     """A new cancel scope of anyio's asyncio backend, made by its class directly:
     ``anyio.CancelScope()`` first asks which event loop runs (sniffio), 1.6 µs of an
     empty flow run's 28. Only called on asyncio."""
-    make = _ScopeMaker.make
-    if make is None:
-        make = _ScopeMaker.make = type(anyio.CancelScope())
-    return make()
+    return _asyncio_scope_class()()
 
 
 def _on_asyncio() -> bool:
