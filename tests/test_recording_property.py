@@ -161,7 +161,8 @@ async def _record(
 
     @flowcore.flow(name=flow_name)
     async def body(p: Any) -> None:
-        await keeps(value, **{note: value})
+        # As an extra keyword (``note`` may be any text: not the parameter's own name ``v``).
+        await keeps(value, **{f"x{note}": value})
         await fails()
 
     @flowcore.flow
