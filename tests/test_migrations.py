@@ -712,12 +712,12 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     for table in ("flow_runs", "task_runs", "logs"):  # the v7 rows as they were, and new ones
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
     kept = {item for item in before["schema"] if item[1] not in INDEXES_15}
-    assert kept <= set(after["schema"]), "no v7 table or index changed but 15's"
+    assert kept <= set(after["schema"]), "no v7 table or index changed but 15's and 16's"
     new = {name for kind, name, _ in set(after["schema"]) - kept}
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
         "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA, *EXPORT_SCHEMA,
-        *RETENTION_SCHEMA, *CHAIN_SCHEMA, "flow_runs_parent",
+        *RETENTION_SCHEMA, *CHAIN_SCHEMA, "flow_runs_parent", "flow_runs_state",
     } - CHAIN_DROPPED  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
@@ -738,8 +738,9 @@ RETENTION_SCHEMA = {"flow_runs_top", "triggers_run", "asset_materializations_val
 #: asset history's indexes by asset and by run: the history is chained instead).
 CHAIN_SCHEMA = {"asset_clock", "asset_partitions_key"}
 CHAIN_DROPPED = {"asset_materializations_key", "asset_materializations_run"}
-#: What migration 15 drops (flow runs by trace) and makes again (subflows by parent only).
-INDEXES_15 = {"flow_runs_trace", "flow_runs_parent"}
+#: What migration 15 drops (flow runs by trace) and makes again (subflows by parent only),
+#: and what 16 makes again (the state index, now without completed runs).
+INDEXES_15 = {"flow_runs_trace", "flow_runs_parent", "flow_runs_state"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -773,11 +774,11 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
     for table in ("flow_runs", "task_runs", "logs", "schedules", "served"):
         assert set(before["rows"][table]) <= set(after["rows"][table]), table
     kept = {item for item in before["schema"] if item[1] not in INDEXES_15}
-    assert kept <= set(after["schema"]), "no v8 table or index changed but 15's"
+    assert kept <= set(after["schema"]), "no v8 table or index changed but 15's and 16's"
     new = {name for kind, name, _ in set(after["schema"]) - kept}
     assert new == (
         ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA
-    ) - CHAIN_DROPPED | {"flow_runs_parent"}
+    ) - CHAIN_DROPPED | {"flow_runs_parent", "flow_runs_state"}
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 
@@ -925,3 +926,41 @@ async def test_migration_15_keeps_subflows_found_by_parent_and_runs_pruned_by_tr
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "flow_runs_parent" in plan, plan
     assert "flow_runs_trace" not in indexes
+
+
+async def test_migration_16_leaves_completed_runs_out_of_the_state_index(tmp_path: Path) -> None:
+    """Completed and cached runs, most of a store's runs, leave the state index; runs are
+    still listed by every state, a rare one through that index, a common one newest
+    first along the created index."""
+    path = tmp_path / "flowcore.db"
+    runs = [
+        FlowRunRecord(
+            id=f"c{i:04d}", name="etl", state=State.COMPLETED, created=T0 + i, ended=T0 + i
+        )
+        for i in range(1_200)
+    ]
+    runs += [
+        FlowRunRecord(id="f1", name="etl", state=State.FAILED, created=T0 + 5, ended=T0 + 6),
+        FlowRunRecord(id="r1", name="etl", state=State.RUNNING, created=T0 + 7),
+        FlowRunRecord(id="k1", name="etl", state=State.CACHED, created=T0 + 8, ended=T0 + 8),
+    ]
+    v7_database(path, runs, [], [], version=15)
+    async with SQLiteStore(path) as store:
+        assert [r.id for r in await store.list_runs(state="Failed")] == ["f1"]
+        assert [r.id for r in await store.list_runs(state=State.RUNNING)] == ["r1"]
+        assert [r.id for r in await store.list_runs(state="Cached")] == ["k1"]
+        newest = await store.list_runs(state="Completed", limit=2)
+        assert [r.id for r in newest] == ["c1199", "c1198"]
+        assert len(await store.list_runs(state="Completed", limit=5_000)) == 1_200
+    with closing(sqlite3.connect(path)) as conn:
+        [[sql]] = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'flow_runs_state'")
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM flow_runs "
+                f"WHERE state = ? AND {sqlite_store.INDEXED_STATES}",
+                ("Failed",),
+            )
+        )
+    assert sql.endswith(f"WHERE {sqlite_store.INDEXED_STATES}"), sql
+    assert "flow_runs_state" in plan, plan

@@ -132,7 +132,16 @@ from .rows import (
     trigger_row,
     written_flow_record,
 )
-from .schema import ADD_RUN_TAG, SCHEMA_VERSION, configure, migrate, run_tag_params, tag_text
+from .schema import (
+    ADD_RUN_TAG,
+    INDEXED_STATES,
+    SCHEMA_VERSION,
+    UNINDEXED_STATES,
+    configure,
+    migrate,
+    run_tag_params,
+    tag_text,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -380,12 +389,19 @@ class SQLiteStore:
         if state is not None:
             # The state index serves a rare state (its few runs sorted); a common one is
             # read walking the created index newest first (sorting tens of thousands of
-            # runs to show fifty would cost more): "+state" keeps the planner off it.
-            counted = await self._io.fetch(
-                "SELECT COUNT(*) FROM flow_runs WHERE state = ?", [str(state)]
-            )
-            where.append("state = ?" if counted[0][0] <= _FEW else "+state = ?")
-            params.append(str(state))
+            # runs to show fifty would cost more): "+state" keeps the planner off it. The
+            # most common states are not in that index at all (UNINDEXED_STATES); a query
+            # on the others repeats its predicate, for SQLite to use it.
+            value = str(state)
+            rare = False
+            if value not in UNINDEXED_STATES:
+                counted = await self._io.fetch(
+                    f"SELECT COUNT(*) FROM flow_runs WHERE state = ? AND {INDEXED_STATES}",
+                    [value],
+                )
+                rare = counted[0][0] <= _FEW
+            where.append(f"state = ? AND {INDEXED_STATES}" if rare else "+state = ?")
+            params.append(value)
         if since is not None:
             where.append("created >= ?")
             params.append(since)
