@@ -63,7 +63,11 @@ WATCHED = (
     "flowcore.resume",
     "flowcore.views",
     "flowcore.http",
+    "flowcore.cli",
     "flowcore.store.memory",
+    "flowcore.schedules",
+    "flowcore.engine.info",
+    "hashlib",  # a flow defined in a file hashes it; one defined here (`-c`) does not
 )
 
 _IMPORT_ASYNCIO = """

@@ -18,10 +18,12 @@ The package is layered; each layer imports only the ones below it:
 - readers and front ends: :mod:`.views` (shared), :mod:`.cli`.
 
 Importing flowcore defines what a flow needs; the rest is imported when first used:
-the assets (:mod:`.assets`), serving (:mod:`.serve`), resuming (:mod:`.resume`), the
-HTTP helpers (:mod:`.http`), reading results (:mod:`.views.results`) and the memory
-store (:mod:`.store.memory`), through this module's ``__getattr__`` (PEP 562; each name
-is also imported under ``TYPE_CHECKING``, for type checkers, IDEs and import-linter).
+the assets (:mod:`.assets`), serving (:mod:`.serve`), resuming (:mod:`.resume`),
+schedules (:mod:`.schedules`), the views of the current run (:mod:`.engine.info`,
+``flowcore.current_flow_run()``), the HTTP helpers (:mod:`.http`), reading results
+(:mod:`.views.results`) and the memory store (:mod:`.store.memory`), through this
+module's ``__getattr__`` (PEP 562; each name is also imported under ``TYPE_CHECKING``,
+for type checkers, IDEs and import-linter).
 So ``import flowcore`` costs what a first run uses (see ``benchmarks/coldstart.py``),
 and ``flowcore.asset`` works as every name of ``__all__``.
 """
@@ -37,15 +39,11 @@ from .engine import (
     Engine,
     EngineStatistics,
     Executor,
-    FlowRunInfo,
     LocalExecutor,
     RunContext,
     TaskFuture,
     TaskFutureList,
-    TaskRunInfo,
-    current_flow_run,
     current_run,
-    current_task_run,
     wait,
 )
 from .engine.core import get_run_logger
@@ -78,7 +76,6 @@ from .limits import Limit, limit
 from .options import Logs, TaskOptions, Tracing
 from .records import FlowRunRecord, TaskRunRecord
 from .retry import Backoff, RetryPolicy, backoff
-from .schedules import CronSchedule, IntervalSchedule, Schedule, cron, every
 from .secret import Secret
 from .states import State
 from .store import SQLiteStore, Store
@@ -119,8 +116,10 @@ if _typing.TYPE_CHECKING:
 
     # From their module: to mypy, `materialize` of `.assets` is also its submodule.
     from .assets.materialize import materialize, materialize_async
+    from .engine.info import FlowRunInfo, TaskRunInfo, current_flow_run, current_task_run
     from .http import http_client, http_retry
     from .resume import resume, resume_async
+    from .schedules import CronSchedule, IntervalSchedule, Schedule, cron, every
     from .serve import aserve, serve
     from .store import MemoryStore
     from .views.results import read_task_result, task_result
@@ -158,8 +157,17 @@ _LAZY: dict[str, str] = {
     "status_async": ".assets",
     "http_client": ".http",
     "http_retry": ".http",
+    "FlowRunInfo": ".engine.info",
+    "TaskRunInfo": ".engine.info",
+    "current_flow_run": ".engine.info",
+    "current_task_run": ".engine.info",
     "resume": ".resume",
     "resume_async": ".resume",
+    "CronSchedule": ".schedules",
+    "IntervalSchedule": ".schedules",
+    "Schedule": ".schedules",
+    "cron": ".schedules",
+    "every": ".schedules",
     "aserve": ".serve",
     "serve": ".serve",
     "read_task_result": ".views.results",

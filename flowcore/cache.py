@@ -18,7 +18,6 @@ argument and the fix, never a silent wrong hit.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -145,6 +144,8 @@ def source_fingerprint(fn: Callable[..., Any]) -> str:
     except (OSError, TypeError):
         code = getattr(fn, "__code__", None)
         text = code.co_code + repr(code.co_consts).encode() if code is not None else b""
+    import hashlib  # at the first cached task: `import flowcore` does not hash (issue 17)
+
     return hashlib.sha256(text).hexdigest()
 
 
@@ -240,6 +241,8 @@ class KeyMaker:
         return dict(bound.arguments)
 
     def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        import hashlib  # imported by the first key (`import flowcore` does not hash)
+
         if not kwargs and len(args) == self._every:
             # Every parameter given positionally: the key of the general path below,
             # in fewer steps. A value msgspec refuses takes the general path, which

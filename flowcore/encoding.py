@@ -14,7 +14,6 @@ canonical encoding of its complete arguments (:func:`record_call`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -227,6 +226,10 @@ def call_identity(
         encoded = _canonical.encode(arguments)
     except Exception:  # no stable encoding (an object, an int past 64 bits, a cycle)
         return UNHASHABLE
+    # Imported at the first call: `import flowcore` does not hash, and loading OpenSSL's
+    # library for hashlib is a good part of a millisecond (issue 17).
+    import hashlib
+
     return hashlib.sha256(_IDENTITY_PREFIX + encoded).hexdigest()
 
 

@@ -7,14 +7,13 @@ waits for them, and a failure or cancellation of the flow cancels them.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import sys
 import types
 import typing
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, overload
 
 import msgspec
 
@@ -29,9 +28,13 @@ from .hooks import HOOK_TIMEOUT, HookOption, Hooks, hooks_from_options
 from .ids import error_message, error_name, safe_repr
 from .records import Launch
 from .retry import Backoff, RetryPolicy, validate_retry_options
-from .schedules import Schedule, flow_schedules
 from .secret import Secret
 from .task import Task, check_function
+
+if TYPE_CHECKING:
+    # Imported by the first schedule made (flowcore.cron, flowcore.every), not here: a
+    # flow without one never needs it (see _schedule_type).
+    from .schedules import Schedule
 
 __all__ = ["Flow", "convert_parameter", "flow", "run"]
 
@@ -506,13 +509,94 @@ def flow(
             retry=RetryPolicy(retries=retries, delay=retry_delay) if retries else None,
             validate_parameters=validate_parameters,
             log_prints=log_prints,
-            schedules=flow_schedules(schedule, f),
+            schedules=_flow_schedules(schedule, f),
             hooks=hooks,
         )
 
     if fn is None:
         return decorate
     return decorate(fn)
+
+
+#: The module of flowcore.cron(...) and flowcore.every(...), imported by the first of them.
+_SCHEDULES: Final = f"{__package__}.schedules"
+
+
+def _schedule_type() -> type[Schedule] | tuple[()]:
+    """:class:`flowcore.schedules.Schedule`, or ``()`` (of which nothing is an instance)
+    while that module is not imported: a schedule is made by it, so a value given before
+    it is imported is not one. A flow without a schedule never imports it (issue 17)."""
+    module = sys.modules.get(_SCHEDULES)
+    if module is None:
+        return ()
+    schedule: type[Schedule] = module.Schedule
+    return schedule
+
+
+def _flow_schedules(value: object, fn: Callable[..., Any]) -> tuple[Schedule, ...]:
+    """``@flowcore.flow(schedule=...)``: one schedule or a list of them, checked against
+    the flow's function: every name in their ``parameters`` is a parameter of it, every
+    parameter without a default is given, and no two share a key.
+
+    Raises one ``ConfigurationError`` listing every problem.
+    """
+    if value is None:
+        return ()
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    label = getattr(fn, "__qualname__", repr(fn))
+    kind = _schedule_type()
+    schedules = [item for item in items if isinstance(item, kind)]
+    wrong = [item for item in items if not isinstance(item, kind)]
+    if wrong:
+        raise ConfigurationError(
+            f"invalid options for flow {label!r}: `schedule` must be flowcore.cron(...), "
+            f"flowcore.every(...) or a list of them, got {wrong[0]!r}"
+        )
+    parameters = inspect.signature(fn).parameters.values()
+    by_name = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    any_name = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    required = [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    positional = {p.name for p in parameters if p.kind is p.POSITIONAL_ONLY}
+    problems = []
+    seen: set[str] = set()
+    for schedule in schedules:
+        given = [k for k in schedule.parameters if k in positional]
+        if given:
+            problems.append(
+                f"schedule {schedule.key!r} gives {', '.join(map(repr, given))}, positional-only "
+                f"in {label}{inspect.signature(fn)}: scheduled runs pass parameters by name, "
+                "so make it a regular parameter"
+            )
+        unknown = [
+            k
+            for k in schedule.parameters
+            if k not in by_name and k not in positional and not any_name
+        ]
+        if unknown:
+            problems.append(
+                f"schedule {schedule.key!r} gives {', '.join(map(repr, unknown))}, which "
+                f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
+                f"{label}{inspect.signature(fn)}: fix the name, or add the parameter"
+            )
+        missing = [k for k in required if k not in schedule.parameters]
+        if missing:
+            problems.append(
+                f"schedule {schedule.key!r} does not give {', '.join(map(repr, missing))}, "
+                "which has no default: add it to the schedule's `parameters`, or give it a "
+                "default"
+            )
+        if schedule.key in seen:
+            problems.append(
+                f"two schedules have the key {schedule.key!r}: give each a distinct `name=`"
+            )
+        seen.add(schedule.key)
+    if problems:
+        raise ConfigurationError(f"invalid schedule for flow {label!r}: " + "; ".join(problems))
+    return tuple(schedules)
 
 
 def run(flow: Flow[P, R] | Task[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -593,6 +677,10 @@ def file_sha256(path: Path | None, *, fresh: bool = False) -> str | None:
         known = _DIGESTS.get(key)
         if not fresh and known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
             return known[2]
+        # Imported here: `import flowcore` does not hash (OpenSSL's library, about 2 ms
+        # to load, is loaded by the first flow defined).
+        import hashlib
+
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None

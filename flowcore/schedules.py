@@ -67,9 +67,8 @@ in order: a slot is never fired before an earlier one.
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from types import MappingProxyType
@@ -100,7 +99,6 @@ __all__ = [
     "cron",
     "due_slots",
     "every",
-    "flow_schedules",
 ]
 
 Catchup: TypeAlias = Literal["latest", "all", "none"]
@@ -792,71 +790,3 @@ def _catch_up_all(
         cursor = slot
     wake_at = schedule.fire_at(schedule.next_after(now), flow=flow)
     return DueSlots(tuple(slots), cursor, wake_at, skipped=skipped, capped=capped)
-
-
-# -- a flow's schedules ----------------------------------------------------------------------
-
-
-def flow_schedules(value: object, fn: Callable[..., Any]) -> tuple[Schedule, ...]:
-    """``@flowcore.flow(schedule=...)``: one schedule or a list of them, checked against
-    the flow's function: every name in their ``parameters`` is a parameter of it, every
-    parameter without a default is given, and no two share a key.
-
-    Raises one ``ConfigurationError`` listing every problem.
-    """
-    if value is None:
-        return ()
-    items = list(value) if isinstance(value, list | tuple) else [value]
-    label = getattr(fn, "__qualname__", repr(fn))
-    schedules = [item for item in items if isinstance(item, Schedule)]
-    wrong = [item for item in items if not isinstance(item, Schedule)]
-    if wrong:
-        raise ConfigurationError(
-            f"invalid options for flow {label!r}: `schedule` must be flowcore.cron(...), "
-            f"flowcore.every(...) or a list of them, got {wrong[0]!r}"
-        )
-    parameters = inspect.signature(fn).parameters.values()
-    by_name = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    any_name = any(p.kind is p.VAR_KEYWORD for p in parameters)
-    required = [
-        p.name
-        for p in parameters
-        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    positional = {p.name for p in parameters if p.kind is p.POSITIONAL_ONLY}
-    problems = []
-    seen: set[str] = set()
-    for schedule in schedules:
-        given = [k for k in schedule.parameters if k in positional]
-        if given:
-            problems.append(
-                f"schedule {schedule.key!r} gives {', '.join(map(repr, given))}, positional-only "
-                f"in {label}{inspect.signature(fn)}: scheduled runs pass parameters by name, "
-                "so make it a regular parameter"
-            )
-        unknown = [
-            k
-            for k in schedule.parameters
-            if k not in by_name and k not in positional and not any_name
-        ]
-        if unknown:
-            problems.append(
-                f"schedule {schedule.key!r} gives {', '.join(map(repr, unknown))}, which "
-                f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
-                f"{label}{inspect.signature(fn)}: fix the name, or add the parameter"
-            )
-        missing = [k for k in required if k not in schedule.parameters]
-        if missing:
-            problems.append(
-                f"schedule {schedule.key!r} does not give {', '.join(map(repr, missing))}, "
-                "which has no default: add it to the schedule's `parameters`, or give it a "
-                "default"
-            )
-        if schedule.key in seen:
-            problems.append(
-                f"two schedules have the key {schedule.key!r}: give each a distinct `name=`"
-            )
-        seen.add(schedule.key)
-    if problems:
-        raise ConfigurationError(f"invalid schedule for flow {label!r}: " + "; ".join(problems))
-    return tuple(schedules)

@@ -21,8 +21,6 @@ too); a task's argument must be wrapped by its caller.
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 from typing import Any, Generic, NoReturn, TypeVar
 
 import msgspec
@@ -81,6 +79,10 @@ class Secret(Generic[T]):
             return NotImplemented
         mine: Any = self._value
         theirs: Any = other._value
+        # Imported at the first comparison: hmac imports hashlib, which `import flowcore`
+        # does not (OpenSSL's library is a good part of a millisecond to load; issue 17).
+        import hmac
+
         if isinstance(mine, str) and isinstance(theirs, str):
             return hmac.compare_digest(_utf8(mine), _utf8(theirs))
         if isinstance(mine, bytes) and isinstance(theirs, bytes):
@@ -123,6 +125,8 @@ class Secret(Generic[T]):
                 f"a Secret holding a {type(self._value).__qualname__} has no stable encoding "
                 "to key a cache on"
             ) from None
+        import hashlib  # imported by the first key (`import flowcore` does not hash)
+
         digest = hashlib.sha256(_DIGEST_PREFIX + encoded).hexdigest()
         return {"__flowcore__": "secret", "sha256": digest}
 

@@ -3,11 +3,11 @@
 What a first flow does not use is imported when first used: the OpenTelemetry SDK
 (an application's provider, an SDK exporter), psutil (a run of this machine left
 Running), ``importlib.metadata`` (a plugin's name), the assets, serving, resuming,
-HTTP helpers, result readers and the memory store (``flowcore.__getattr__``,
-``flowcore.store.__getattr__``), cron schedules' time zones, and a few standard
-modules; run records get their decoders when first read. Each check runs a fresh interpreter,
-since this one has imported everything already; none measures time
-(``benchmarks/coldstart.py`` does).
+HTTP helpers, result readers, schedules, the views of the current run and the memory
+store (``flowcore.__getattr__``, ``flowcore.store.__getattr__``), cron schedules' time
+zones, and a few standard modules; run records get their decoders when first read. Each
+check runs a fresh interpreter, since this one has imported everything already; none
+measures time (``benchmarks/coldstart.py`` does).
 """
 
 from __future__ import annotations
@@ -46,7 +46,14 @@ DEFERRED = (
     "flowcore.http",
     "flowcore.cli",
     "flowcore.store.memory",
+    "flowcore.schedules",
+    "flowcore.engine.info",
 )
+
+#: Not imported by ``import flowcore``, but by a first flow defined in a file: it hashes
+#: its source (``Flow.entrypoint_hash``). hashlib loads OpenSSL's library, a good part
+#: of a millisecond that importing flowcore need not pay (hmac and secrets import it).
+NOT_AT_IMPORT = ("hashlib", "hmac", "secrets")
 
 _FIRST_FLOW = """
 import flowcore
@@ -90,6 +97,36 @@ def _imported_after(code: str, home: Path, names: tuple[str, ...] = DEFERRED) ->
 
 def test_import_flowcore_imports_none_of_the_deferred_packages(tmp_path: Path) -> None:
     assert _imported_after("import flowcore", tmp_path / "home") == []
+
+
+def test_import_flowcore_does_not_hash(tmp_path: Path) -> None:
+    assert _imported_after("import flowcore", tmp_path / "home", NOT_AT_IMPORT) == []
+
+
+def test_a_value_that_is_not_a_schedule_is_refused_before_any_schedule_is_made(
+    tmp_path: Path,
+) -> None:
+    # flowcore.schedules is not imported yet, so nothing given can be one of its schedules.
+    out = _python(
+        """
+        import sys
+        import flowcore
+
+        async def f() -> None: ...
+
+        try:
+            flowcore.flow(schedule="*/5 * * * *")(f)
+        except flowcore.ConfigurationError as exc:
+            print(exc)
+        print("flowcore.schedules" in sys.modules, flowcore.flow(schedule=[])(f).schedules)
+        """,
+        tmp_path / "home",
+    )
+    assert out.splitlines() == [
+        "invalid options for flow 'f': `schedule` must be flowcore.cron(...), "
+        "flowcore.every(...) or a list of them, got '*/5 * * * *'",
+        "False ()",
+    ]
 
 
 def test_a_first_flow_imports_none_of_them_either(tmp_path: Path) -> None:

@@ -11,27 +11,24 @@ Modules, lowest first (each imports only those before it):
 - :mod:`.outcome`, :mod:`.results`, :mod:`.replay`, :mod:`.inputs`, :mod:`.cached`:
   the steps of a task run;
 - :mod:`.attempt`: the task run pipeline; :mod:`.submit`: submitted ones;
-- :mod:`.runs`: the life of a flow run; :mod:`.info`: read-only views of the current ones.
+- :mod:`.runs`: the life of a flow run; :mod:`.info`: read-only views of the current ones
+  (``flowcore.current_flow_run()``; imported at its first use, through
+  ``flowcore.__getattr__``: a run never needs it).
 """
 
 from .core import Engine, EngineStatistics, RunContext, current_run, in_engine
 from .executor import Executor, LocalExecutor
 from .futures import TaskFuture, TaskFutureList, wait
-from .info import FlowRunInfo, TaskRunInfo, current_flow_run, current_task_run
 
 __all__ = [
     "Engine",
     "EngineStatistics",
     "Executor",
-    "FlowRunInfo",
     "LocalExecutor",
     "RunContext",
     "TaskFuture",
     "TaskFutureList",
-    "TaskRunInfo",
-    "current_flow_run",
     "current_run",
-    "current_task_run",
     "in_engine",
     "wait",
 ]

@@ -16,7 +16,6 @@ every host can read them (a table, a shared folder) behind the same
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -35,6 +34,10 @@ INLINE_LIMIT: Final = 16 * 1024
 
 def blob_ref(blob: bytes) -> str:
     """The reference of a blob: the SHA-256 of its content, in hex."""
+    # Imported at the first large result: `import flowcore` does not hash, and loading
+    # OpenSSL's library for hashlib is a good part of a millisecond (issue 17).
+    import hashlib
+
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -79,7 +82,7 @@ class FileBlobs:
         """Write ``blob`` under ``ref`` atomically (blocking: call from a worker thread)."""
         target = self.path(ref)
         try:
-            if hashlib.sha256(target.read_bytes()).hexdigest() == ref:
+            if blob_ref(target.read_bytes()) == ref:
                 # Already there, intact. Touch it: a clear running in another process
                 # must see it as new until the records that use it are committed.
                 os.utime(target)
@@ -113,7 +116,7 @@ class FileBlobs:
             raise ResultUnreadable(f"result file {self.path(ref)} is missing") from None
         except OSError as exc:
             raise ResultUnreadable(f"result file {self.path(ref)} cannot be read: {exc}") from exc
-        if hashlib.sha256(blob).hexdigest() != ref:
+        if blob_ref(blob) != ref:
             raise ResultUnreadable(
                 f"result file {self.path(ref)} does not match its checksum (truncated, "
                 "corrupted or modified)"

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 import anyio
@@ -56,6 +56,8 @@ __all__ = [
     "run_tag_params",
     "tag_text",
 ]
+
+_T = TypeVar("_T")
 
 #: Numbered migrations; each runs in one transaction. Never edit a released one: add a new one.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -571,26 +573,37 @@ DATA_STEPS: Final[dict[str, Callable[[sqlite3.Connection], None]]] = {
 
 async def configure(
     db: aiosqlite.Connection, path: Path, synchronous: str, lock_timeout: float
-) -> None:
-    """Check the file is a flowcore database this version reads, then set WAL mode."""
+) -> int:
+    """Check the file is a flowcore database this version reads, then set WAL mode; the
+    schema version it has (for :func:`migrate`). A current database takes one call on the
+    connection's thread."""
+    busy_timeout_ms = int(min(lock_timeout, 5.0) * 1000)
     try:
         # Read-only checks first: a corrupt, foreign or newer database is refused
         # before anything (even the journal mode) is changed in it.
-        version = await _on_thread(db, _first_look, int(min(lock_timeout, 5.0) * 1000))
-        refuse_newer(path, version)
-        if version == 0:
-            await refuse_foreign(db, path)
-        await _with_lock_retry(db, _set_journal, lock_timeout, synchronous)
+        version = await _with_lock_retry(
+            db, lock_timeout, _first_look, busy_timeout_ms, synchronous
+        )
+        if version != SCHEMA_VERSION:
+            refuse_newer(path, version)
+            if version == 0:
+                await refuse_foreign(db, path)
+            await _with_lock_retry(db, lock_timeout, _set_journal, synchronous)
     except sqlite3.DatabaseError as exc:
         raise translate(exc, path, lock_timeout) from exc
+    return version
 
 
-def _first_look(db: sqlite3.Connection, busy_timeout_ms: int) -> int:
-    """The schema version, read in the calling thread; ``PRAGMA schema_version`` reads the
-    header first, so a file that is not an SQLite database fails here, unchanged."""
+def _first_look(db: sqlite3.Connection, busy_timeout_ms: int, synchronous: str) -> int:
+    """The schema version; ``PRAGMA schema_version`` reads the header first, so a file that
+    is not an SQLite database fails here, unchanged. A database already at this version
+    has nothing to refuse: its journal mode is set at once."""
     db.execute("PRAGMA schema_version")
     db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    return _user_version(db)
+    version = _user_version(db)
+    if version == SCHEMA_VERSION:
+        _set_journal(db, synchronous)
+    return version
 
 
 def _set_journal(db: sqlite3.Connection, synchronous: str) -> None:
@@ -607,9 +620,12 @@ def refuse_newer(path: Path, version: int) -> None:
         )
 
 
-async def migrate(db: aiosqlite.Connection, path: Path, lock_timeout: float) -> None:
-    """Bring the schema to :data:`SCHEMA_VERSION`, all or nothing, waiting out other writers."""
-    if await user_version(db) == SCHEMA_VERSION:
+async def migrate(
+    db: aiosqlite.Connection, path: Path, lock_timeout: float, version: int | None = None
+) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, all or nothing, waiting out other writers.
+    ``version``: the schema version :func:`configure` read (``None``: read it now)."""
+    if (await user_version(db) if version is None else version) == SCHEMA_VERSION:
         return
     deadline = time.monotonic() + lock_timeout
     while True:
@@ -701,16 +717,14 @@ def _refuse_tables(path: Path, tables: set[str]) -> None:
 
 
 async def _with_lock_retry(
-    db: aiosqlite.Connection,
-    fn: Callable[[sqlite3.Connection, str], None],
-    lock_timeout: float,
-    arg: str,
-) -> None:
+    db: aiosqlite.Connection, lock_timeout: float, fn: Callable[..., _T], *args: Any
+) -> _T:
+    """``fn(connection, *args)`` on the connection's thread, again while the database is
+    locked, for ``lock_timeout`` seconds at most."""
     deadline = time.monotonic() + lock_timeout
     while True:
         try:
-            await _on_thread(db, fn, arg)
-            return
+            return await _on_thread(db, fn, *args)
         except sqlite3.OperationalError as exc:
             if not is_locked(exc) or time.monotonic() >= deadline:
                 raise

@@ -262,8 +262,8 @@ class SQLiteStore:
 
     async def open(self) -> None:
         async def prepare(db: aiosqlite.Connection) -> None:
-            await configure(db, self.path, self.synchronous, self.lock_timeout)
-            await migrate(db, self.path, self.lock_timeout)
+            version = await configure(db, self.path, self.synchronous, self.lock_timeout)
+            await migrate(db, self.path, self.lock_timeout, version)
 
         await self._io.open(prepare)
 
