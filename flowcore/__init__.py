@@ -21,7 +21,8 @@ Importing flowcore defines what a flow needs; the rest is imported when first us
 the assets (:mod:`.assets`), serving (:mod:`.serve`), resuming (:mod:`.resume`),
 schedules (:mod:`.schedules`), the views of the current run (:mod:`.engine.info`,
 ``flowcore.current_flow_run()``), the HTTP helpers (:mod:`.http`), reading results
-(:mod:`.views.results`) and the memory store (:mod:`.store.memory`), through this
+(:mod:`.views.results`) and the stores (:mod:`.store.memory`, :mod:`.store.sqlite`:
+the default store's is imported by the first engine), through this
 module's ``__getattr__`` (PEP 562; each name is also imported under ``TYPE_CHECKING``,
 for type checkers, IDEs and import-linter).
 So ``import flowcore`` costs what a first run uses (see ``benchmarks/coldstart.py``),
@@ -78,7 +79,7 @@ from .records import FlowRunRecord, TaskRunRecord
 from .retry import Backoff, RetryPolicy, backoff
 from .secret import Secret
 from .states import State
-from .store import SQLiteStore, Store
+from .store import Store
 from .task import Task, task, unmapped
 
 __version__ = "0.1.0"
@@ -121,7 +122,7 @@ if _typing.TYPE_CHECKING:
     from .resume import resume, resume_async
     from .schedules import CronSchedule, IntervalSchedule, Schedule, cron, every
     from .serve import aserve, serve
-    from .store import MemoryStore
+    from .store import MemoryStore, SQLiteStore
     from .views.results import read_task_result, task_result
 
 #: The names imported at their first use, and the module of each (relative to flowcore).
@@ -155,6 +156,7 @@ _LAZY: dict[str, str] = {
     "on_missing": ".assets",
     "on_upstream_change": ".assets",
     "status_async": ".assets",
+    "SQLiteStore": ".store",
     "http_client": ".http",
     "http_retry": ".http",
     "FlowRunInfo": ".engine.info",

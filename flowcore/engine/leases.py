@@ -34,13 +34,11 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sqlite3
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -48,7 +46,6 @@ import anyio
 from ..clock import Clock
 from ..limits import Limit
 from ..store.base import LeaseStore
-from ..store.sqlite import SQLiteStore
 
 __all__ = ["LeaseKeeper", "SharedSlots", "blocking_renewal"]
 
@@ -65,41 +62,16 @@ BlockingRenewal = Callable[[str, float], object]
 def blocking_renewal(store: LeaseStore) -> BlockingRenewal | None:
     """How to renew ``store``'s leases from a thread, with no event loop; ``None``: only on it.
 
-    A store offers it as ``renew_leases_blocking(holder, expires)`` (sync, any thread).
-    The SQLite store does not have that method yet, so for it the renewing thread
-    opens a connection of its own and makes the statement of its ``renew_leases``.
-    The memory store lives in the loop's process and is renewed on the loop.
+    A store offers it as ``renew_leases_blocking``: a callable ``(holder, expires)``
+    for one thread (sync, no event loop), with an optional ``close()`` the thread
+    calls when done (the SQLite and PostgreSQL stores make a new one each time they
+    are asked). The memory store lives in the loop's process and is renewed on the loop.
     """
     own = getattr(store, "renew_leases_blocking", None)
     if callable(own):
         renew: BlockingRenewal = own
         return renew
-    if isinstance(store, SQLiteStore):
-        return _SQLiteRenewal(store.path, store.lock_timeout)
     return None
-
-
-class _SQLiteRenewal:
-    """``renew_leases`` of an SQLite store, on a connection of the renewing thread's own."""
-
-    def __init__(self, path: Path, lock_timeout: float) -> None:
-        self.path = path
-        self.lock_timeout = lock_timeout
-        self._db: sqlite3.Connection | None = None
-
-    def __call__(self, holder: str, expires: float) -> None:
-        db = self._db
-        if db is None:
-            # Made in the thread that uses it; SQLite's busy handler waits out a lock.
-            db = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None)
-            db.execute("PRAGMA synchronous = NORMAL")
-            self._db = db
-        db.execute("UPDATE limit_leases SET expires = ? WHERE holder = ?", (expires, holder))
-
-    def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            db.close()
 
 
 class LeaseKeeper:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError
 from .base import BlobStore, CacheStore, LeaseStore, RunStore, SpanStore, Store
 from .files import FileBlobs
-from .sqlite import SCHEMA_VERSION, SQLiteStore
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoints
 
-    # Imported at its first use, by __getattr__ below (for type checkers, as if here).
+    # Imported at their first use, by __getattr__ below (for type checkers, as if here).
     from .memory import MemoryStore
+    from .sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -42,19 +42,29 @@ __all__ = [
 ]
 
 
-if not TYPE_CHECKING:  # to type checkers, MemoryStore is imported above
+#: The names imported at their first use, and their modules.
+_LAZY: dict[str, str] = {
+    "MemoryStore": ".memory",
+    "SQLiteStore": ".sqlite",
+    "SCHEMA_VERSION": ".sqlite",
+}
+
+if not TYPE_CHECKING:  # to type checkers, these names are imported above
 
     def __getattr__(name: str) -> object:
-        """``MemoryStore``, imported at its first use (PEP 562, as ``flowcore.__getattr__``):
-        a run on the default SQLite store never needs its module (about 1 ms to import)."""
-        if name != "MemoryStore":
+        """A name of :data:`_LAZY`, imported at its first use (PEP 562, as
+        ``flowcore.__getattr__``): ``import flowcore`` needs neither store's module (the
+        SQLite one brings sqlite3 and aiosqlite: about 5 ms), and a run on the default
+        store never needs the memory store's."""
+        module = _LAZY.get(name)
+        if module is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = importlib.import_module(".memory", __name__).MemoryStore
+        value = getattr(importlib.import_module(module, __name__), name)
         globals()[name] = value
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*globals(), "MemoryStore"})
+        return sorted({*globals(), *_LAZY})
 
 
 def entry_points(*, group: str) -> EntryPoints:
@@ -85,9 +95,9 @@ def resolve_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
         url = os.environ.get("FLOWCORE_DB_URL", "").strip()
         if url:
             return resolve_store(url)
-        return SQLiteStore(flowcore_home() / "flowcore.db")
+        return _sqlite(flowcore_home() / "flowcore.db")
     if isinstance(spec, os.PathLike):
-        return SQLiteStore(spec)
+        return _sqlite(spec)
     if not isinstance(spec, str):
         if isinstance(spec, Store):
             return spec
@@ -100,9 +110,9 @@ def resolve_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
         return memory()
     scheme, sep, rest = spec.partition("://")
     if not sep:
-        return SQLiteStore(spec)
+        return _sqlite(spec)
     if scheme == "sqlite":
-        return SQLiteStore(rest[1:] if rest.startswith("/") else rest)
+        return _sqlite(rest[1:] if rest.startswith("/") else rest)
     plugins = {ep.name: ep for ep in entry_points(group="flowcore.stores")}
     if scheme in plugins:
         factory: Any = plugins[scheme].load()
@@ -114,3 +124,9 @@ def resolve_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
         f"installed: {installed}. Install the plugin that provides it, e.g. "
         f"`pip install flowcore-{scheme}`"
     )
+
+
+def _sqlite(path: str | os.PathLike[str]) -> SQLiteStore:
+    """``SQLiteStore(path)``, its module imported at the first store made (see __getattr__)."""
+    store: type[SQLiteStore] = sys.modules[__name__].SQLiteStore
+    return store(path)

@@ -70,6 +70,7 @@ from ..base import (
 from ..files import FileBlobs
 from . import retention
 from .connection import Connection
+from .renewal import BlockingRenewal
 from .rows import (
     ACTIVE_RUNS,
     CACHE_COLS,
@@ -257,6 +258,12 @@ class SQLiteStore:
     @lock_timeout.setter
     def lock_timeout(self, seconds: float) -> None:
         self._io.lock_timeout = seconds
+
+    @property
+    def renew_leases_blocking(self) -> BlockingRenewal:
+        """Renews leases from a thread with no event loop (see ``engine.leases``): a loop
+        blocked by sync code keeps its slots. A new one per caller, closed by it."""
+        return BlockingRenewal(self.path, self.lock_timeout)
 
     # -- lifecycle ---------------------------------------------------------------------
 
