@@ -46,7 +46,14 @@ import anyio
 
 from ...errors import StoreCorrupted, StoreError, StoreUnavailable
 
-__all__ = ["Connection", "begin", "check_parent", "is_locked", "make_private_folder", "translate"]
+__all__ = [
+    "Connection",
+    "check_parent",
+    "is_locked",
+    "make_private_folder",
+    "on_thread",
+    "translate",
+]
 
 _T = TypeVar("_T")
 
@@ -209,7 +216,7 @@ class Connection:
         tries = 0
         while True:
             try:
-                return await _on_thread(db, fn, *args)
+                return await on_thread(db, fn, *args)
             except sqlite3.DatabaseError as exc:
                 if is_locked(exc) and time.monotonic() < deadline:
                     tries += 1
@@ -412,7 +419,7 @@ class _Locked(Exception):
     """The database is locked by another connection (a write on the loop's thread)."""
 
 
-async def _on_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any) -> _T:
+async def on_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any) -> _T:
     """Call ``fn(sqlite3_connection, *args)`` on the connection's thread, in one round trip.
 
     aiosqlite has no public way to run several statements in one call; its own
@@ -494,14 +501,6 @@ def _lock_backoff(tries: int) -> float:
     to 20 ms, jittered so waiting processes do not retry in step."""
     delay: float = min(0.0005 * 2 ** min(tries, 10), 0.02)
     return delay * (0.5 + random.random())
-
-
-async def begin(db: aiosqlite.Connection) -> None:
-    """``BEGIN IMMEDIATE``, shielded: if the wait for it were cancelled, the statement
-    would still run on the connection's thread and leave a write transaction open
-    that nobody rolls back, locking every other process out of the database."""
-    with anyio.CancelScope(shield=True):
-        await db.execute("BEGIN IMMEDIATE")
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import msgspec
 from ...errors import SchemaTooNew, StoreCorrupted
 from ...records import transition
 from ...states import State
-from .connection import _on_thread, is_locked, translate
+from .connection import is_locked, on_thread, translate
 from .rows import (
     FLOW_COLS,
     FLOW_WRITE_COLS,
@@ -632,7 +632,7 @@ async def migrate(
         try:
             # Once handed to the thread it commits or rolls back, whatever happens to
             # the caller: no write transaction is ever left open.
-            await _on_thread(db, _upgrade, path)
+            await on_thread(db, _upgrade, path)
             return
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             raise StoreCorrupted(
@@ -686,7 +686,7 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
 
 
 async def user_version(db: aiosqlite.Connection) -> int:
-    return await _on_thread(db, _user_version)
+    return await on_thread(db, _user_version)
 
 
 def _user_version(db: sqlite3.Connection) -> int:
@@ -696,7 +696,7 @@ def _user_version(db: sqlite3.Connection) -> int:
 
 async def refuse_foreign(db: aiosqlite.Connection, path: Path) -> None:
     """An unversioned database may be new, or another app's: never write to the latter."""
-    _refuse_tables(path, await _on_thread(db, _table_names))
+    _refuse_tables(path, await on_thread(db, _table_names))
 
 
 def _table_names(db: sqlite3.Connection) -> set[str]:
@@ -724,7 +724,7 @@ async def _with_lock_retry(
     deadline = time.monotonic() + lock_timeout
     while True:
         try:
-            return await _on_thread(db, fn, *args)
+            return await on_thread(db, fn, *args)
         except sqlite3.OperationalError as exc:
             if not is_locked(exc) or time.monotonic() >= deadline:
                 raise
