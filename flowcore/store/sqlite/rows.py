@@ -500,10 +500,11 @@ def served_record(row: sqlite3.Row | tuple[Any, ...]) -> ServedFlow:
 # -- assets (migration 9): bodies are whole records in msgpack -----------------------------
 
 _asset_encoder = msgspec.msgpack.Encoder()
-_asset_def_decoder = msgspec.msgpack.Decoder(AssetDefRecord)
-_materialization_decoder = msgspec.msgpack.Decoder(MaterializationRecord)
-_check_decoder = msgspec.msgpack.Decoder(CheckResultRecord)
-_state_decoder = msgspec.msgpack.Decoder(AssetStateRecord)
+# Made at their first read, like the run records' (see _Decoder): a process that never
+# reads an asset (most flows) does not resolve their annotations, about 1 ms.
+_materialization_decoder = _Decoder(MaterializationRecord)
+_check_decoder = _Decoder(CheckResultRecord)
+_state_decoder = _Decoder(AssetStateRecord)
 
 
 def asset_body(
@@ -535,7 +536,7 @@ _DefRow = msgspec.defstruct(
     gc=False,
 )
 assert msgspec.structs.fields(AssetDefRecord)[-1].name == "description"  # read positionally
-_def_row_decoder = msgspec.msgpack.Decoder(_DefRow)
+_def_row_decoder = _Decoder(_DefRow)
 _description_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 #: Decoded descriptions by their bytes, shared by the records that read them (records
 #: are read-only). Listing 10,000 assets allocates one description, not 10,000 dicts
@@ -571,7 +572,7 @@ def asset_state_record(body: bytes | bytearray) -> AssetStateRecord:
 
 
 _evaluation_encoder = msgspec.msgpack.Encoder()
-_evaluation_decoder = msgspec.msgpack.Decoder(AssetEvaluationRecord)
+_evaluation_decoder = _Decoder(AssetEvaluationRecord)
 
 
 def evaluation_body(record: AssetEvaluationRecord) -> bytes:
