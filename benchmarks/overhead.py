@@ -212,11 +212,24 @@ class Result:
 async def best_time(run: Callable[[], Awaitable[None]], repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
+        await _settle()
         gc.collect()
         t0 = time.perf_counter()
         await run()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+async def _settle() -> None:
+    """Let the loop finish the step we are in: the handle that resumed us after a gather
+    holds the gathering future, and through it every child task, until the loop moves on.
+
+    Before a timed run too: otherwise the previous run's N tasks are still alive while
+    the next one creates its own, and every garbage collection in that window walks
+    them (both sides pay it, but only from the second repeat on).
+    """
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 async def traced(run: Callable[[], Awaitable[None]], n: int) -> Memory:
@@ -229,11 +242,7 @@ async def traced(run: Callable[[], Awaitable[None]], n: int) -> Memory:
             tracemalloc.reset_peak()
             await run()
             peak = tracemalloc.get_traced_memory()[1]
-            # Let the loop finish the step we are in: the handle that resumed us after a
-            # gather holds the gathering future, and through it every child task, until
-            # the loop moves on. Without this, raw gather "keeps" ~600 B/task.
-            for _ in range(3):
-                await asyncio.sleep(0)
+            await _settle()  # without it, raw gather "keeps" ~600 B/task
             gc.collect()
             after = tracemalloc.get_traced_memory()[0]
         finally:

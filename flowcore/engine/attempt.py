@@ -130,7 +130,8 @@ async def run_task(
             try:
                 try:
                     if inline:
-                        call = task.call(*args, **kwargs)
+                        # Without keywords (the commonest call) no empty ``**`` is unpacked.
+                        call = task.call(*args, **kwargs) if kwargs else task.call(*args)
                     else:
                         call = executor.call(
                             task.call, args, kwargs, task.is_async, bool(timeout) or ctx.deadline
