@@ -14,7 +14,8 @@ with requests/s, p50 and p99 latency and their ratios to plain asyncio:
   time (each committed before the next), against a task run, and what the process
   wrote per empty flow run;
 - **over HTTP**: a Starlette app served by uvicorn in a process of its own on
-  127.0.0.1, driven by an httpx client at 1, 10, 100 and 500 requests in flight.
+  127.0.0.1, driven by httpx clients (each with four connections: one pool serving a
+  hundred measures the pool) at 1, 10, 100 and 500 requests in flight.
 
 Run: ``python benchmarks/service.py`` (``--requests N``, ``--quick``, ``--repeat N``:
 rounds in process, the three handlers in turns, each one's best kept). The HTTP part
@@ -288,6 +289,10 @@ def free_port() -> int:
         return port
 
 
+#: Connections each client of the HTTP measurement keeps (see over_http).
+_PER_CLIENT = 4
+
+
 async def over_http(requests: int, levels: list[int], folder: Path) -> list[Row]:
     import httpx
 
@@ -299,26 +304,39 @@ async def over_http(requests: int, levels: list[int], folder: Path) -> list[Row]
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
-            limits = httpx.Limits(
-                max_connections=max(levels), max_keepalive_connections=max(levels)
-            )
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", limits=limits
-            ) as client:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base) as first:
                 for _ in range(200):
                     try:
-                        await client.get("/", params={"i": 0})
+                        await first.get("/", params={"i": 0})
                         break
                     except httpx.TransportError:
                         await asyncio.sleep(0.05)
+            for inflight in levels:
+                # One client per few requests in flight: a single httpx pool serving a
+                # hundred connections at once spends most of its time choosing which
+                # connection takes which request (it slowed to a third of the rate at
+                # 10 in flight, for the plain handler too), which measures the client.
+                clients = [
+                    httpx.AsyncClient(
+                        base_url=base,
+                        limits=httpx.Limits(
+                            max_connections=_PER_CLIENT, max_keepalive_connections=_PER_CLIENT
+                        ),
+                    )
+                    for _ in range(-(-inflight // _PER_CLIENT))
+                ]
+                try:
 
-                async def call(i: int) -> None:
-                    response = await client.get("/", params={"i": i})
-                    response.raise_for_status()
+                    async def call(i: int, clients: list[httpx.AsyncClient] = clients) -> None:
+                        response = await clients[i % len(clients)].get("/", params={"i": i})
+                        response.raise_for_status()
 
-                await drive(call, 200, 10)  # warm up
-                for inflight in levels:
+                    await drive(call, 200, min(10, inflight))  # warm up (connections open)
                     rows.append(Row(label, inflight, *await drive(call, requests, inflight)))
+                finally:
+                    for client in clients:
+                        await client.aclose()
         finally:
             server.terminate()
             await server.wait()
