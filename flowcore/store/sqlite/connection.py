@@ -48,6 +48,7 @@ from ...errors import StoreCorrupted, StoreError, StoreUnavailable
 
 __all__ = [
     "Connection",
+    "atomically",
     "check_parent",
     "is_locked",
     "make_private_folder",
@@ -319,7 +320,7 @@ class Connection:
 
         A small write is made at once on the event loop's thread (:meth:`_write_here`)
         when the database is free. Otherwise the whole transaction is one call on
-        aiosqlite's thread (:func:`_atomically`): each aiosqlite call is a round trip
+        aiosqlite's thread (:func:`atomically`): each aiosqlite call is a round trip
         to that thread (120-250 µs on a busy 2-core machine), and BEGIN, the
         statements and COMMIT as separate calls made an empty flow run's last write
         cost about 1 ms. Being one call also means no transaction is ever left open
@@ -346,7 +347,7 @@ class Connection:
         # In turn (an asyncio lock is first come, first served): a write waiting out
         # a lock sleeps between tries, and a later write must not commit meanwhile.
         async with self._write_order:
-            return await self.call(_atomically, body)
+            return await self.call(atomically, body)
 
     def _check_file(self) -> None:
         """Raise :class:`StoreUnavailable` if the path no longer names the database file
@@ -389,7 +390,7 @@ class Connection:
         here = self._here
         assert here is not None
         try:
-            result = _atomically(here, body)
+            result = atomically(here, body)
         except sqlite3.DatabaseError as exc:
             if is_locked(exc):
                 raise _Locked from exc
@@ -463,9 +464,10 @@ def _fetch_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> lis
     return db.execute(sql, params).fetchall()
 
 
-def _atomically(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
+def atomically(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
     """``body`` in a write transaction on ``db``, committed or rolled back (on whichever
-    thread owns ``db``: aiosqlite's, or the event loop's for small writes)."""
+    thread owns ``db``: aiosqlite's, or the event loop's for small writes; a schema
+    upgrade's too)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         result = body(db)

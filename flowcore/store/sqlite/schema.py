@@ -13,6 +13,7 @@ the text of each released one).
 
 from __future__ import annotations
 
+import functools
 import random
 import sqlite3
 import time
@@ -28,7 +29,7 @@ import msgspec
 from ...errors import SchemaTooNew, StoreCorrupted
 from ...records import transition
 from ...states import State
-from .connection import is_locked, on_thread, translate
+from .connection import atomically, is_locked, on_thread, translate
 from .rows import (
     FLOW_COLS,
     FLOW_WRITE_COLS,
@@ -650,39 +651,34 @@ async def migrate(
 
 def _upgrade(db: sqlite3.Connection, path: Path) -> None:
     """Every migration the database lacks, in one write transaction, on ``db``'s thread."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        # Re-read inside the write lock: another process may have migrated (or created
-        # the schema) since we looked.
-        current = _user_version(db)
-        refuse_newer(path, current)
-        if current == 0:
-            _refuse_tables(path, _table_names(db))
-        for number in sorted(MIGRATIONS):
-            if number > current:
-                for statement in MIGRATIONS[number]:
-                    step = DATA_STEPS.get(statement)
-                    if step is not None:
-                        step(db)
-                    else:
-                        db.execute(statement)
-                db.execute(
-                    "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
-                    (f"migration.{number}", str(time.time())),
-                )
-        if current < SCHEMA_VERSION:
+    atomically(db, functools.partial(_migrations, path=path))
+
+
+def _migrations(db: sqlite3.Connection, *, path: Path) -> None:
+    # Re-read inside the write lock: another process may have migrated (or created
+    # the schema) since we looked.
+    current = _user_version(db)
+    refuse_newer(path, current)
+    if current == 0:
+        _refuse_tables(path, _table_names(db))
+    for number in sorted(MIGRATIONS):
+        if number > current:
+            for statement in MIGRATIONS[number]:
+                step = DATA_STEPS.get(statement)
+                if step is not None:
+                    step(db)
+                else:
+                    db.execute(statement)
             db.execute(
                 "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
-                ("schema_version", str(SCHEMA_VERSION)),
+                (f"migration.{number}", str(time.time())),
             )
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the failed statement may have rolled back already
-        raise
+    if current < SCHEMA_VERSION:
+        db.execute(
+            "INSERT OR REPLACE INTO flowcore_meta (key, value) VALUES (?, ?)",
+            ("schema_version", str(SCHEMA_VERSION)),
+        )
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 async def user_version(db: aiosqlite.Connection) -> int:
