@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-class FlowRunRecord(msgspec.Struct, gc=False, omit_defaults=True):
+class FlowRunRecord(msgspec.Struct, gc=False):
     """One run of a flow (or of a task called outside any flow: ``kind="task"``)."""
 
     id: str

@@ -15,7 +15,6 @@ from pathlib import Path
 import aiosqlite
 import anyio
 import anyio.lowlevel
-import msgspec
 import pytest
 
 import flowcore
@@ -823,23 +822,3 @@ async def test_task_runs_written_while_running_leave_no_table_behind(tmp_path: P
         store = engine.store
         assert isinstance(store, SQLiteStore)
         assert sys.getsizeof(store._unfinished) < 1024, sys.getsizeof(store._unfinished)
-
-
-@pytest.mark.anyio
-async def test_a_flow_runs_body_leaves_out_the_fields_it_does_not_set(tmp_path: Path) -> None:
-    """A flow run's row holds its fields that differ from their defaults (an unset
-    heartbeat, error or parent costs nothing), and reads back whole: a run written
-    by a service is about a third smaller."""
-    path = tmp_path / "s.db"
-    run = FlowRunRecord(
-        id="r1", name="handle", state=State.COMPLETED, created=5.0, started=5.0, ended=6.0,
-        host="h", pid=7, task_count=3, trace_id="ab" * 16, span_id="cd" * 8,
-    )  # fmt: skip
-    async with SQLiteStore(path) as store:
-        await store.write(WriteBatch(flow_runs=[run]))
-        assert await store.get_run("r1") == run
-    with closing(sqlite3.connect(path)) as db:
-        [[body]] = db.execute("SELECT body FROM flow_runs WHERE id = 'r1'").fetchall()
-    stored = msgspec.msgpack.decode(body)
-    assert {"heartbeat", "error_type", "traceback", "parent_run_id"}.isdisjoint(stored)
-    assert stored["task_count"] == 3 and stored["ended"] == 6.0
