@@ -746,7 +746,7 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
         "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA, *EXPORT_SCHEMA,
-        *RETENTION_SCHEMA, *CHAIN_SCHEMA, *INDEXES_16,
+        *RETENTION_SCHEMA, *CHAIN_SCHEMA, "flow_runs_parent", "flow_runs_state",
     } - CHAIN_DROPPED  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
@@ -768,10 +768,8 @@ RETENTION_SCHEMA = {"flow_runs_top", "triggers_run", "asset_materializations_val
 CHAIN_SCHEMA = {"asset_clock", "asset_partitions_key"}
 CHAIN_DROPPED = {"asset_materializations_key", "asset_materializations_run"}
 #: What migration 15 drops (flow runs by trace) and makes again (subflows by parent only),
-#: and what 16 changes (the state index, now without completed runs; the created index,
-#: now of subflows only).
-INDEXES_15 = {"flow_runs_trace", "flow_runs_parent", "flow_runs_state", "flow_runs_created"}
-INDEXES_16 = {"flow_runs_parent", "flow_runs_state", "flow_runs_sub_created"}
+#: and what 16 makes again (the state index, now without completed runs).
+INDEXES_15 = {"flow_runs_trace", "flow_runs_parent", "flow_runs_state"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -807,12 +805,9 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
     kept = {item for item in before["schema"] if item[1] not in INDEXES_15}
     assert kept <= set(after["schema"]), "no v8 table or index changed but 15's and 16's"
     new = {name for kind, name, _ in set(after["schema"]) - kept}
-    assert (
-        new
-        == (ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA)
-        - CHAIN_DROPPED
-        | INDEXES_16
-    )
+    assert new == (
+        ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA
+    ) - CHAIN_DROPPED | {"flow_runs_parent", "flow_runs_state"}
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 
@@ -965,7 +960,7 @@ async def test_migration_15_keeps_subflows_found_by_parent_and_runs_pruned_by_tr
 async def test_migration_16_leaves_completed_runs_out_of_the_state_index(tmp_path: Path) -> None:
     """Completed and cached runs, most of a store's runs, leave the state index; runs are
     still listed by every state, a rare one through that index, a common one newest
-    first in order of creation."""
+    first along the created index."""
     path = tmp_path / "flowcore.db"
     runs = [
         FlowRunRecord(
@@ -998,42 +993,3 @@ async def test_migration_16_leaves_completed_runs_out_of_the_state_index(tmp_pat
         )
     assert sql.endswith(f"WHERE {sqlite_store.INDEXED_STATES}"), sql
     assert "flow_runs_state" in plan, plan
-
-
-async def test_migration_16_indexes_top_level_runs_by_creation_once(tmp_path: Path) -> None:
-    """The created index keeps subflows only (top-level runs are in flow_runs_top): a page
-    of runs is still the newest of both, at any offset and with any filter."""
-    path = tmp_path / "flowcore.db"
-    runs = []
-    for i in range(60):
-        runs.append(
-            FlowRunRecord(id=f"t{i:02d}", name="etl", state=State.COMPLETED, created=T0 + 2 * i)
-        )
-        if i % 3 == 0:
-            runs.append(
-                FlowRunRecord(
-                    id=f"s{i:02d}", name="load", state=State.FAILED, created=T0 + 2 * i + 1,
-                    parent_run_id=f"t{i:02d}", parent_task_seq=0,
-                )
-            )  # fmt: skip
-    v7_database(path, runs, [], [], version=15)
-    newest = sorted(runs, key=lambda r: r.created, reverse=True)
-    async with SQLiteStore(path) as store:
-        for offset, limit in [(0, 5), (3, 7), (70, 20), (79, 5)]:
-            got = await store.filter_runs(offset=offset, limit=limit)
-            assert [r.id for r in got] == [r.id for r in newest[offset : offset + limit]]
-        got = await store.filter_runs(state="Failed", since=T0 + 30, limit=3)
-        assert [r.id for r in got] == ["s57", "s54", "s51"]
-        got = await store.filter_runs(name="etl", until=T0 + 10)
-        assert [r.id for r in got] == ["t04", "t03", "t02", "t01", "t00"]
-    with closing(sqlite3.connect(path)) as conn:
-        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        plan = " ".join(
-            str(row[-1])
-            for row in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT id FROM flow_runs WHERE parent_run_id IS NOT NULL "
-                "ORDER BY created DESC LIMIT 5"
-            )
-        )
-    assert "flow_runs_created" not in indexes
-    assert "flow_runs_sub_created" in plan, plan

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import sqlite3
 import uuid
 from collections import Counter
@@ -417,17 +418,10 @@ class SQLiteStore:
         if tag is not None:
             where.append("instr(tags, ?) > 0")
             params.append(tag_text(tag))
-        # Top-level runs and subflows are indexed by creation apart (flow_runs_top and
-        # flow_runs_sub_created, migration 16): each part walks its own index newest
-        # first, for as many runs as the page needs, and the page is the newest of both.
-        also = "".join(f" AND {term}" for term in where)
-        first = limit + offset
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._io.fetch(
-            f"SELECT * FROM (SELECT {FLOW_COLS} FROM flow_runs WHERE parent_run_id IS NULL"
-            f"{also} ORDER BY created DESC LIMIT ?) UNION ALL "
-            f"SELECT * FROM (SELECT {FLOW_COLS} FROM flow_runs WHERE parent_run_id IS NOT NULL"
-            f"{also} ORDER BY created DESC LIMIT ?) ORDER BY created DESC LIMIT ? OFFSET ?",
-            [*params, first, *params, first, limit, offset],
+            f"SELECT {FLOW_COLS} FROM flow_runs {clause} ORDER BY created DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
         )
         return [flow_record(r) for r in rows]
 
@@ -1300,8 +1294,6 @@ class _StateCache:
 
     def written(self, db: sqlite3.Connection, states: dict[str, AssetStateRecord]) -> None:
         """``states`` were written in this transaction: move the clock, and keep them."""
-        import secrets  # at the first asset write: it imports hashlib, which runs do not need
-
         tick = secrets.randbits(62)
         db.execute("UPDATE asset_clock SET tick = ?", (tick,))
         if len(states) <= self.LIMIT:
