@@ -746,8 +746,8 @@ async def test_a_v7_database_upgrades_to_8_keeping_everything_and_serves(tmp_pat
     assert new == {
         "schedules", "slots", "triggers", "triggers_pending", "triggers_created", "served",
         "once", "flow_runs_active", *ASSET_SCHEMA, *EVALUATION_SCHEMA, *EXPORT_SCHEMA,
-        *RETENTION_SCHEMA, *CHAIN_SCHEMA, "flow_runs_parent", "flow_runs_state",
-    } - CHAIN_DROPPED  # fmt: skip
+        *RETENTION_SCHEMA, *CHAIN_SCHEMA, *INDEXES_16,
+    } - CHAIN_DROPPED - {"flow_runs_top"}  # fmt: skip
     assert meta(path)["migration.7"] == "7.5" and "migration.8" in meta(path)
 
 
@@ -768,8 +768,13 @@ RETENTION_SCHEMA = {"flow_runs_top", "triggers_run", "asset_materializations_val
 CHAIN_SCHEMA = {"asset_clock", "asset_partitions_key"}
 CHAIN_DROPPED = {"asset_materializations_key", "asset_materializations_run"}
 #: What migration 15 drops (flow runs by trace) and makes again (subflows by parent only),
-#: and what 16 makes again (the state index, now without completed runs).
-INDEXES_15 = {"flow_runs_trace", "flow_runs_parent", "flow_runs_state"}
+#: and what 16 changes (the state index, now without completed runs; runs by creation in
+#: one index, (created, id), not two).
+INDEXES_15 = {
+    "flow_runs_trace", "flow_runs_parent", "flow_runs_state", "flow_runs_created", "flow_runs_top",
+}  # fmt: skip
+#: What those migrations make.
+INDEXES_16 = {"flow_runs_parent", "flow_runs_state", "flow_runs_created"}
 
 
 async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
@@ -805,9 +810,13 @@ async def test_a_v8_database_upgrades_to_9_keeping_everything_and_takes_assets(
     kept = {item for item in before["schema"] if item[1] not in INDEXES_15}
     assert kept <= set(after["schema"]), "no v8 table or index changed but 15's and 16's"
     new = {name for kind, name, _ in set(after["schema"]) - kept}
-    assert new == (
-        ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA
-    ) - CHAIN_DROPPED | {"flow_runs_parent", "flow_runs_state"}
+    assert (
+        new
+        == (ASSET_SCHEMA | EVALUATION_SCHEMA | EXPORT_SCHEMA | RETENTION_SCHEMA | CHAIN_SCHEMA)
+        - CHAIN_DROPPED
+        - {"flow_runs_top"}
+        | INDEXES_16
+    )
     assert meta(path)["migration.8"] == "8.5" and "migration.9" in meta(path)
 
 
@@ -993,3 +1002,40 @@ async def test_migration_16_leaves_completed_runs_out_of_the_state_index(tmp_pat
         )
     assert sql.endswith(f"WHERE {sqlite_store.INDEXED_STATES}"), sql
     assert "flow_runs_state" in plan, plan
+
+
+async def test_migration_16_orders_every_run_by_creation_in_one_index(tmp_path: Path) -> None:
+    """Top-level runs and subflows are in one index by ``(created, id)``: a page of runs is
+    one walk whatever its filter matches (failed runs that are all subflows included),
+    and a prune walks the same index, passing over the subflows."""
+    path = tmp_path / "flowcore.db"
+    runs = []
+    for i in range(1_500):
+        runs.append(
+            FlowRunRecord(
+                id=f"t{i:04d}",
+                name="etl",
+                state=State.COMPLETED,
+                created=T0 + 2 * i,
+                ended=T0 + 2 * i,
+            )
+        )
+        runs.append(
+            FlowRunRecord(
+                id=f"s{i:04d}", name="load", state=State.FAILED, created=T0 + 2 * i + 1,
+                ended=T0 + 2 * i + 1, parent_run_id=f"t{i:04d}", parent_task_seq=0,
+            )
+        )  # fmt: skip
+    v7_database(path, runs, [], [], version=15)
+    async with SQLiteStore(path) as store:
+        got = await store.filter_runs(state="Failed", limit=3, offset=2)
+        assert [r.id for r in got] == ["s1497", "s1496", "s1495"]
+        got = await store.filter_runs(limit=4)
+        assert [r.id for r in got] == ["s1499", "t1499", "s1498", "t1498"]
+        pruned = await store.prune_runs(T0 + 101)  # the runs ended before: t0000..t0050
+        assert pruned.runs == 51 * 2
+        assert (await store.filter_runs(limit=1, offset=2_999 - 102))[0].id == "t0051"
+    with closing(sqlite3.connect(path)) as conn:
+        indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index'"))
+    assert "flow_runs_top" not in indexes
+    assert indexes["flow_runs_created"].endswith("(created, id)")

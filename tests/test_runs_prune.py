@@ -498,12 +498,13 @@ async def test_a_transaction_tried_again_after_a_lock_deletes_everything_it_had_
     assert left == (0,), "no task run of the pruned run is left behind"
 
 
-#: What a prune may scan: the ids it is given, the tree it builds, and the partial indexes
-#: of top-level runs (walked a page at a time) and of unfinished runs (few).
+#: What a prune may scan: the ids it is given, the tree it builds, the index of runs by
+#: creation (walked a page of top-level runs at a time) and the partial index of unfinished
+#: runs (few).
 ALLOWED_SCANS = (
     "SCAN json_each",
     "SCAN tree",
-    "USING INDEX flow_runs_top",
+    "USING INDEX flow_runs_created",
     "USING INDEX flow_runs_active",
 )
 

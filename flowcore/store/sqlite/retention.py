@@ -4,9 +4,10 @@ lines, and the blobs asset materialisations hold (see ``store.base.RunRetention`
 How a prune of a million old runs stays out of the way of running flows:
 
 - Candidates are read a page of ``chunk`` top-level runs at a time, oldest first, from
-  the partial index ``flow_runs_top`` (migration 13: top-level runs by ``created``),
-  from where the last page stopped: a run that ended before the cutoff was created
-  before it, so the walk ends at the cutoff, and each run is read once per prune. A
+  the index ``flow_runs_created`` (migration 16: every run by ``(created, id)``; the
+  subflows on the way are passed over), from where the last page stopped: a run that
+  ended before the cutoff was created before it, so the walk ends at the cutoff, and
+  each run is read once per prune. A
   run's tree (its subflows, at any depth) comes from ``flow_runs_parent``, its rows
   from the primary keys and ``logs_run``: nothing is scanned whole.
 - Reads happen outside write transactions (WAL: they block no writer). A write
@@ -56,14 +57,14 @@ _JSON = "(SELECT value FROM json_each(?))"
 #: ``flow_runs_parent`` and sort them.
 _CANDIDATES: Final = (
     "SELECT id, created, state, ended, heartbeat, started, body "
-    "FROM flow_runs INDEXED BY flow_runs_top "
+    "FROM flow_runs INDEXED BY flow_runs_created "
     "WHERE parent_run_id IS NULL AND created < ?1 AND (created, id) > (?2, ?3) {upto}"
     "ORDER BY created, id LIMIT ?4"
 )
 _UPTO: Final = "AND (created, id) < (?5, ?6) "
 #: The ``(created, id)`` of the ``?``-th newest top-level run (0: the newest).
 _NEWEST: Final = (
-    "SELECT created, id FROM flow_runs INDEXED BY flow_runs_top WHERE parent_run_id IS NULL "
+    "SELECT created, id FROM flow_runs INDEXED BY flow_runs_created WHERE parent_run_id IS NULL "
     "ORDER BY created DESC, id DESC LIMIT 1 OFFSET ?"
 )
 #: The runs that unfinished runs are resuming (on the partial index flow_runs_active).

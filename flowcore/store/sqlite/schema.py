@@ -390,22 +390,29 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     # 15: a flow run's commit writes fewer index pages. Flow runs are no longer indexed
     #     by trace id (random: a page per run; nothing reads flow runs by trace but
     #     retention, which reads span rows instead), and only subflows by parent (the
-    #     top-level runs, the most of them, have flow_runs_top since 13).
+    #     top-level runs, the most of them, have flow_runs_top since 13, flow_runs_created
+    #     since 16).
     15: (
         "DROP INDEX flow_runs_trace",
         "DROP INDEX flow_runs_parent",
         "CREATE INDEX flow_runs_parent ON flow_runs (parent_run_id) "
         "WHERE parent_run_id IS NOT NULL",
     ),
-    # 16: completed runs, most runs of every store, leave the state index. It serves
-    #     the rare states (a run failed, running, crashed: counted and listed by it);
-    #     a common one is listed walking the created index anyway (store.list_runs).
-    #     An entry per run it never served cost each commit of a service's requests
-    #     about a tenth of its pages.
+    # 16: a run enters two B-trees fewer; each cost a commit of a service's requests about
+    #     a tenth of the pages it wrote. Completed runs, most runs of every store, leave
+    #     the state index: it serves the rare states (a run failed, running, crashed:
+    #     counted and listed by it), and a common one is listed walking the creation
+    #     order anyway (store.filter_runs). And one index orders every run by creation,
+    #     (created, id), where a top-level run was in two (flow_runs_created, and 13's
+    #     flow_runs_top): a prune walks it too, passing over the subflows among the
+    #     top-level runs it reads (retention.py).
     16: (
         "DROP INDEX flow_runs_state",
         "CREATE INDEX flow_runs_state ON flow_runs (state) "
         "WHERE state NOT IN ('Cached', 'Completed')",
+        "DROP INDEX flow_runs_top",
+        "DROP INDEX flow_runs_created",
+        "CREATE INDEX flow_runs_created ON flow_runs (created, id)",
     ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
