@@ -65,6 +65,8 @@ WATCHED = (
     "flowcore.http",
     "flowcore.cli",
     "flowcore.store.memory",
+    "flowcore.telemetry.shipper",
+    "flowcore.telemetry.otlp",
     "flowcore.schedules",
     "flowcore.engine.info",
     "hashlib",  # a flow defined in a file hashes it; one defined here (`-c`) does not

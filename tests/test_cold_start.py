@@ -46,6 +46,8 @@ DEFERRED = (
     "flowcore.http",
     "flowcore.cli",
     "flowcore.store.memory",
+    "flowcore.telemetry.shipper",
+    "flowcore.telemetry.otlp",
     "flowcore.schedules",
     "flowcore.engine.info",
 )

@@ -34,6 +34,7 @@ import flowcore
 from flowcore import ConfigurationError
 from flowcore.records import SpanRecord
 from flowcore.store import resolve_store
+from flowcore.telemetry import export_requested
 from flowcore.telemetry.otlp import encode_json, encode_protobuf
 from flowcore.telemetry.shipper import (
     ExportFailed,
@@ -581,3 +582,24 @@ def test_a_collector_that_is_down_costs_a_refused_connect_only(collector: Collec
     with pytest.raises(ExportFailed, match="ConnectError"):
         sender.send([full_span()])
     assert sender._client is None
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "   "},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "TRUE"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "false"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "x", "OTEL_TRACES_EXPORTER": " None "},
+    ],
+)
+def test_the_engine_imports_the_shipper_exactly_when_the_variables_ask_to_export(
+    environ: dict[str, str],
+) -> None:
+    """An engine checks ``export_requested`` before it imports the shipper (cold start): it
+    must agree with ``from_environment`` on every environment, or spans would go unshipped."""
+    assert export_requested(environ) == (from_environment(environ) is not None)

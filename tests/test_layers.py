@@ -132,5 +132,5 @@ def test_a_package_that_imports_names_lazily_shows_every_name_to_type_checkers()
         lazy_packages.append(str(path.relative_to(PACKAGE)))
         seen = _bound_names(tree) | _type_checking_names(tree)
         hidden += [f"{path.relative_to(PACKAGE)}: {n}" for n in _all(tree) if n not in seen]
-    assert lazy_packages == ["__init__.py", "store/__init__.py"]
+    assert lazy_packages == ["__init__.py", "store/__init__.py", "telemetry/__init__.py"]
     assert hidden == []

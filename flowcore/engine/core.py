@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .. import _validate
+from .. import _validate, telemetry
 from .._current import current_limits, current_task_run
 from ..clock import Clock, SystemClock
 from ..errors import ConfigurationError, UnsupportedBackend, deprecated
@@ -35,7 +35,7 @@ from ..options import Logs, Tracing
 from ..records import FlowRunRecord
 from ..store import Store, resolve_store
 from ..store.crash import mark_crashed_runs
-from ..telemetry import SdkSender, SpanMaker, SpanShipper, configured_provider, from_environment
+from ..telemetry import SpanMaker, configured_provider, export_requested
 from .executor import Executor, LocalExecutor, load_executor
 from .gates import Limits, RunGate
 from .inflight import InFlight
@@ -45,6 +45,8 @@ from .logs import uninstall as stop_capturing_logs
 from .recorder import Recorder
 
 if TYPE_CHECKING:
+    from ..telemetry import SpanShipper
+    from ..telemetry.shipper import Sender
     from .futures import TaskFuture
     from .replay import Replay
     from .spawner import Spawner
@@ -399,11 +401,15 @@ class Engine:
             options = Tracing()
         provider = options.provider or configured_provider()
         if provider is None:  # flowcore's own light spans, shipped from the store if asked
-            sender = (
-                SdkSender(options.exporter) if options.exporter is not None else from_environment()
-            )
+            # The shipper's module is read only when something is to be shipped (see
+            # flowcore.telemetry): a process that exports nothing never imports it.
+            sender: Sender | None = None
+            if options.exporter is not None:
+                sender = telemetry.SdkSender(options.exporter)
+            elif export_requested():
+                sender = telemetry.from_environment()
             if sender is not None:
-                self.shipper = SpanShipper(
+                self.shipper = telemetry.SpanShipper(
                     self.store, sender, catchup=options.export_catchup, clock=self.clock.time
                 )
         return SpanMaker(self.recorder.spans, provider, options.parameters)

@@ -40,6 +40,7 @@ from ..errors import ConfigurationError
 from ..ids import HOST
 from ..records import FlowRunRecord, SpanRecord
 from ..store.base import Store
+from .environment import export_requested
 from .otlp import encode_json, encode_protobuf, protobuf_available
 from .sdk import to_readable
 from .task_spans import flow_span, task_span
@@ -222,14 +223,10 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Sender | None:
         value = value or env.get(f"OTEL_EXPORTER_OTLP_{name}")
         return value.strip() if value else None
 
+    if not export_requested(env):
+        return None
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
     base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if not (endpoint or base):
-        return None
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
-        return None
     protocol = get("PROTOCOL") or "http/protobuf"
     resource = resource_attributes(env)
     if protocol == "grpc":
