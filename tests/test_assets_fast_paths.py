@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import flowcore
@@ -259,13 +260,12 @@ def test_a_run_node_is_not_walked_by_the_garbage_collector() -> None:
 
 
 def test_sqlite_writes_asset_bodies_as_asset_body_makes_them() -> None:
-    """The SQLite store encodes materialisations and states inline (no call per body):
-    the bytes are ``rows.asset_body``'s, small and past the room made for them."""
+    """``rows.asset_body`` encodes into room made up front: the bytes are the record's
+    msgpack, small and past the room made for them."""
     from flowcore.records import AssetStateRecord, MaterializationRecord
-    from flowcore.store.sqlite.rows import asset_body
-    from flowcore.store.sqlite.store import _BODY_ROOM, _encode_body
+    from flowcore.store.sqlite.rows import _ASSET_BODY_ROOM, asset_body
 
-    long = "x" * (2 * _BODY_ROOM)
+    long = "x" * (2 * _ASSET_BODY_ROOM)
     records: list[Any] = [
         MaterializationRecord(
             key="a", at=1.5, run_id="r", seq=2, code_version="1", data_version="d",
@@ -278,6 +278,4 @@ def test_sqlite_writes_asset_bodies_as_asset_body_makes_them() -> None:
         AssetStateRecord(key="a", materialized=b"\x00\x01", data_version="d", cause={"x": 1}),
     ]  # fmt: skip
     for record in records:
-        body = bytearray(_BODY_ROOM)
-        _encode_body(record, body)
-        assert body == asset_body(record)
+        assert asset_body(record) == msgspec.msgpack.encode(record)

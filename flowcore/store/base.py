@@ -534,13 +534,17 @@ class AssetWrite:
             self._sets[(key, which)] = found
         return found
 
-    def settled(self, key: str) -> bool:
+    def settled(self, key: str, state: AssetStateRecord | None = None) -> bool:
         """Whether ``key``'s sets are exactly "partition 0 materialised, nothing stale or
-        failed", read from its state's bytes (none decoded in this batch)."""
+        failed", read from its state's bytes (none decoded in this batch). ``state``: its
+        state, when the caller has read it already."""
         sets = self._sets
-        if (key, "materialized") in sets or (key, "stale") in sets or (key, "failed") in sets:
+        if sets and (
+            (key, "materialized") in sets or (key, "stale") in sets or (key, "failed") in sets
+        ):
             return False
-        state = self.state(key)
+        if state is None:
+            state = self.state(key)
         return state.materialized == _ONLY_ZERO and not state.stale and not state.failed
 
     def finish(self) -> None:
@@ -587,7 +591,7 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
     marks (computed by the materialiser from the graph's mappings) apply; the same
     version leaves its downstream fresh.
     """
-    history, current_of, states, sets = write.history, write.current, write.states, write._sets
+    history, current_of, states = write.history, write.current, write.states
     for event in events:
         if isinstance(event, MaterializationRecord):
             key, index, partition = event.key, event.index, event.partition
@@ -604,14 +608,7 @@ def apply_asset_events(write: AssetWrite, events: Sequence[AssetEvent], now: flo
                 if current is not None and current != seen:
                     moved = (up, part, seen, current)
                     break
-            if (
-                moved is None
-                and index == 0
-                and state.materialized == _ONLY_ZERO
-                and not state.stale
-                and not state.failed
-                and (not sets or write.settled(key))
-            ):
+            if moved is None and index == 0 and write.settled(key, state):
                 # Re-materialised, not stale, not failed (the common case of an
                 # unpartitioned asset): no set changes, none decoded or encoded.
                 if state.cause:

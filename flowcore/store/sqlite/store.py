@@ -1401,12 +1401,7 @@ def _write_states(
 ) -> None:
     """Write the states ``write`` changed; ``known`` (those ``cache`` gave this
     transaction) and they are what the cache keeps."""
-    rows = []
-    for key, state in write.states.items():
-        body = bytearray(_BODY_ROOM)  # asset_body(state), inline (see _BODY_ROOM)
-        _encode_body(state, body)
-        rows.append((key, body))
-    _many(db, _UPSERT_STATE, rows)
+    _many(db, _UPSERT_STATE, [(key, asset_body(state)) for key, state in write.states.items()])
     kept = known if known is not None else {}
     kept.update(write.states)
     cache.written(db, kept)
@@ -1418,13 +1413,6 @@ def _many(db: sqlite3.Connection, template: str, rows: Sequence[Sequence[Any]]) 
     for sql, params in multi_row(template, rows):
         db.executemany(sql, params)
 
-
-#: The room a materialisation's body and its asset's state body (about 150 bytes each)
-#: are encoded into, made once rather than grown as they are written; the bodies are
-#: what ``rows.asset_body`` makes (the same encoder settings: a test checks), made here
-#: without its two Python calls. Together ~0.2 µs a materialisation.
-_BODY_ROOM: Final = 256
-_encode_body = msgspec.msgpack.Encoder().encode_into
 
 _UPSERT_STATE: Final = (
     "INSERT INTO asset_state (key, body) VALUES {values} "
@@ -1478,8 +1466,7 @@ def _write_assets(db: sqlite3.Connection, events: list[AssetEvent], cache: _Stat
             key, partition = item.key, item.partition
             state = states[key]  # (every materialisation's asset state is in the write)
             prev, state.last_materialization = state.last_materialization, top
-            body = bytearray(_BODY_ROOM)  # asset_body(item), inline (see _BODY_ROOM)
-            _encode_body(item, body)
+            body = asset_body(item)
             if partition is None:
                 whole.append((top, key, item.at, item.run_id, item.seq, prev, body))
             else:
