@@ -20,7 +20,7 @@ import re
 import socket
 import time
 import traceback
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "BIDI_AND_SEPARATORS",
@@ -29,6 +29,7 @@ __all__ = [
     "error_message",
     "error_name",
     "new_run_id",
+    "recorded_text",
     "safe_repr",
     "safe_str",
     "safe_text",
@@ -188,6 +189,26 @@ def safe_text(text: str) -> str:
     except UnicodeEncodeError:
         return _compiled(_SURROGATE).sub(_escape, text)
     return text
+
+
+def recorded_text(value: Any) -> Any:
+    """A lookup's parameter as the text it would have been recorded as: strings with
+    lone surrogates escaped (:func:`safe_text`), in tuples and lists too; ``value``
+    itself when nothing changes.
+
+    Why: a name with a lone surrogate (an ``os.fsdecode``-d file name) is recorded
+    escaped, since neither SQLite nor PostgreSQL store it as it is; looking it up as
+    given would fail to encode (a ``UnicodeEncodeError`` out of a read) where it
+    should find the record. Stores call it after such a failure only, so the common
+    lookup pays nothing."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if type(value) is tuple or type(value) is list:
+        items = [recorded_text(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return items if type(value) is list else tuple(items)
+    return value
 
 
 def safe_str(value: object) -> str:

@@ -30,6 +30,7 @@ import anyio
 from ._current import current_limits
 from ._validate import count, is_number
 from .errors import ConfigurationError
+from .ids import safe_text
 
 __all__ = ["Limit", "limit", "limit_problems", "task_limit"]
 
@@ -118,6 +119,9 @@ def limit_problems(
     problems = []
     if not isinstance(name, str) or not name:
         problems.append(f"`name` must be a non-empty str, got {name!r}")
+    elif safe_text(name) is not name:
+        # A shared limit's name is a key in the store, which cannot hold lone surrogates.
+        problems.append(f"`name` must be text UTF-8 can encode (no lone surrogates), got {name!r}")
     if problem := count("concurrency", concurrency):
         problems.append(problem)
     if rate is not None and (not is_number(rate) or rate <= 0):  # type: ignore[operator]

@@ -203,6 +203,13 @@ def test_invalid_limits(kwargs: dict[str, float], message: str) -> None:
         flowcore.limit("x", **kwargs)  # type: ignore[arg-type]
 
 
+def test_a_limit_name_with_lone_surrogates_is_refused_up_front() -> None:
+    # A shared limit's name is a key in the store, which cannot hold it: said when the
+    # limit is made, not as an encoding error at its first acquisition.
+    with pytest.raises(flowcore.ConfigurationError, match="no lone surrogates"):
+        flowcore.limit("caf\udce9", 2, shared=True)
+
+
 def test_invalid_task_and_flow_limits() -> None:
     with pytest.raises(flowcore.ConfigurationError, match="`concurrency` must be an int >= 1"):
         flowcore.task(concurrency=0)

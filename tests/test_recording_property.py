@@ -268,6 +268,34 @@ async def test_a_long_lived_engine_keeps_recording_after_an_undecodable_error(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_runs_named_with_lone_surrogates_are_found_by_that_name(
+    tmp_path: Path, kind: str
+) -> None:
+    # Regression: a flow or task named from a file name that is not UTF-8 was recorded
+    # (escaped), but looking it up by that name raised UnicodeEncodeError on SQLite.
+    @flowcore.task(name=NOT_UTF8, tags=[NOT_UTF8])
+    async def reads() -> int:
+        return 1
+
+    @flowcore.flow(name=NOT_UTF8)
+    async def named() -> int:
+        return await reads()
+
+    store: Any = flowcore.MemoryStore() if kind == "memory" else tmp_path / "flowcore.db"
+    async with flowcore.Engine(store=store) as engine:
+        assert await named() == 1
+        store = engine.store
+        (run,) = await store.list_runs(name=NOT_UTF8)
+        assert [r.id for r in await store.filter_runs(name=NOT_UTF8)] == [run.id]
+        assert [r.id for r in await store.filter_runs(tag=NOT_UTF8)] == [run.id]
+        (task_run,) = await store.list_task_runs(run.id, tag=NOT_UTF8)
+        assert task_run.state is State.COMPLETED
+        assert await store.count_task_runs(run.id, tag=NOT_UTF8) == {"Completed": 1}
+        assert [e.task_name for e in await store.list_cache(task_name=NOT_UTF8)] == []
+
+
+@pytest.mark.anyio
 async def test_an_exception_whose_str_raises_reaches_the_flow_unchanged() -> None:
     # Regression: recording str(exc) raised inside flowcore, and the flow got that
     # RuntimeError instead of its own exception.

@@ -45,6 +45,7 @@ import aiosqlite
 import anyio
 
 from ...errors import StoreCorrupted, StoreError, StoreUnavailable
+from ...ids import recorded_text
 
 __all__ = [
     "Connection",
@@ -211,13 +212,21 @@ class Connection:
 
     async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(connection, *args)`` on the connection's thread, in one round trip,
-        retried while another process holds the lock; errors become StoreErrors."""
+        retried while another process holds the lock; errors become StoreErrors.
+
+        Text arguments with lone surrogates, which SQLite cannot take, are looked up
+        as they were recorded (escaped: :func:`flowcore.ids.recorded_text`)."""
         db = self._conn()
         deadline = time.monotonic() + self.lock_timeout
         tries = 0
         while True:
             try:
                 return await on_thread(db, fn, *args)
+            except UnicodeEncodeError:
+                recorded = recorded_text(args)
+                if recorded is args:
+                    raise
+                args = recorded
             except sqlite3.DatabaseError as exc:
                 if is_locked(exc) and time.monotonic() < deadline:
                     tries += 1

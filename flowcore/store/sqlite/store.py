@@ -34,7 +34,7 @@ import aiosqlite
 import msgspec
 
 from ...errors import ConfigurationError, RunNotFound
-from ...ids import HOST
+from ...ids import HOST, safe_text
 from ...records import (
     AssetDefRecord,
     AssetEvaluationRecord,
@@ -417,7 +417,7 @@ class SQLiteStore:
             params.append(until)
         if tag is not None:
             where.append("instr(tags, ?) > 0")
-            params.append(tag_text(tag))
+            params.append(tag_text(safe_text(tag)))  # looked up as it was recorded
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._io.fetch(
             f"SELECT {FLOW_COLS} FROM flow_runs {clause} ORDER BY created DESC LIMIT ? OFFSET ?",
@@ -506,7 +506,7 @@ class SQLiteStore:
         reader's query, never on the engine's path. ``keep=False`` keeps only the
         state (for counting) rather than every matching record.
         """
-        page = TagPage(tag, offset, limit, keep=keep)
+        page = TagPage(safe_text(tag), offset, limit, keep=keep)
         after = -1
         while not page.full:
             rows = await self._io.fetch(

@@ -481,3 +481,39 @@ async def _child_runs(store: Store) -> None:
     for run_id in ("grandchild", "unknown"):
         got = await _ids(store.child_runs(run_id))
         assert got == [], differs(f"child_runs({run_id!r})", got, [])
+
+
+# -- odd text -----------------------------------------------------------------------------
+
+
+@CASES.case("runs: lookups by text with lone surrogates answer, never raise")
+async def _lookups_with_surrogates(store: Store) -> None:
+    # A name read from a file name that is not UTF-8 (os.fsdecode) has lone surrogates,
+    # which neither SQLite nor PostgreSQL take as query text: a lookup must still
+    # answer (nothing matches here), not fail with a UnicodeEncodeError.
+    await _write_listing_runs(store)
+    odd = "caf\udce9\ud800"
+    await raises(RunNotFound, store.get_run(odd), f"get_run({odd!r})")
+    lookups: list[tuple[str, Awaitable[object], object]] = [
+        ("list_runs(name=...)", store.list_runs(name=odd), []),
+        ("list_runs(state=...)", store.list_runs(state=odd), []),
+        ("list_task_runs(...)", store.list_task_runs(odd), []),
+        ("list_task_runs(tag=...)", store.list_task_runs("r1", tag=odd), []),
+        ("count_task_runs(...)", store.count_task_runs(odd), {}),
+        ("child_runs(...)", store.child_runs(odd), []),
+        ("list_spans(...)", store.list_spans(odd), []),
+        ("list_logs(...)", store.list_logs(odd), []),
+        ("get_cache(...)", store.get_cache(odd), None),
+        ("list_cache(task_name=...)", store.list_cache(task_name=odd), []),
+    ]
+    queries = _queries(store)
+    if queries is not None:
+        lookups += [
+            ("filter_runs(name=...)", queries.filter_runs(name=odd), []),
+            ("filter_runs(state=...)", queries.filter_runs(state=odd), []),
+            ("filter_runs(tag=...)", queries.filter_runs(tag=odd), []),
+            ("task_run_edges(...)", queries.task_run_edges(odd), []),
+        ]
+    for what, lookup, want in lookups:
+        got = await lookup
+        assert got == want, differs(f"{what} with {odd!r}", got, want)

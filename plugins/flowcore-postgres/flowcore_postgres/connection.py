@@ -35,6 +35,7 @@ import anyio
 import asyncpg
 
 from flowcore.errors import StoreError, StoreUnavailable
+from flowcore.ids import recorded_text
 
 from .url import StoreURL, quote_ident
 
@@ -63,6 +64,15 @@ _UNREACHABLE: Final = (
 
 #: Errors after which the writer's connection is not used again.
 _BROKEN: Final = (*_UNREACHABLE, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def _recorded(exc: Exception, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``args`` as recorded text, when ``exc`` is asyncpg refusing one with lone
+    surrogates and escaping them changes something; else ``None`` (raise ``exc``)."""
+    if not isinstance(exc, asyncpg.DataError) or not isinstance(exc.__cause__, UnicodeEncodeError):
+        return None
+    recorded: tuple[Any, ...] = recorded_text(args)
+    return None if recorded is args else recorded
 
 
 def translate(exc: BaseException, location: str) -> StoreError:
@@ -201,11 +211,16 @@ class Connection:
     # -- reads -----------------------------------------------------------------------
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows of a read. Text arguments with lone surrogates, which PostgreSQL
+        cannot take, are looked up as they were recorded (escaped, as
+        :func:`flowcore.ids.recorded_text` gives them), as the SQLite store does."""
         try:
             rows: list[asyncpg.Record] = await self.pool().fetch(sql, *args)
         except StoreError:
             raise
         except Exception as exc:
+            if (recorded := _recorded(exc, args)) is not None:
+                return await self.fetch(sql, *recorded)
             raise translate(exc, self.location) from exc
         return rows
 
@@ -215,6 +230,8 @@ class Connection:
         except StoreError:
             raise
         except Exception as exc:
+            if (recorded := _recorded(exc, args)) is not None:
+                return await self.fetchval(sql, *recorded)
             raise translate(exc, self.location) from exc
 
     # -- writes ----------------------------------------------------------------------

@@ -38,7 +38,7 @@ import asyncpg
 import msgspec
 
 from flowcore.errors import ConfigurationError, RunNotFound
-from flowcore.ids import HOST
+from flowcore.ids import HOST, safe_text
 from flowcore.records import (
     AssetDefRecord,
     AssetEvaluationRecord,
@@ -283,7 +283,7 @@ class PostgresStore:
         else:
             source = "run_tags AS t JOIN flow_runs AS f ON f.id = t.run_id"
             cols, order = _F_COLS, "t.created DESC, t.run_id DESC"
-            add("t.tag = ?", tag_value(tag))
+            add("t.tag = ?", tag_value(safe_text(tag)))  # looked up as it was recorded
             if since is not None:
                 add("t.created >= ?", since)
             if until is not None:
@@ -387,7 +387,7 @@ class PostgresStore:
         Tags live in the body, so the rows are read in chunks and decoded here (memory
         stays bounded by a chunk and the page): a reader's query, never the engine's.
         """
-        page = TagPage(tag, offset, limit, keep=keep)
+        page = TagPage(safe_text(tag), offset, limit, keep=keep)
         after = -1
         n = len(params)
         while not page.full:

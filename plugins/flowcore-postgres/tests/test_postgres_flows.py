@@ -44,6 +44,29 @@ async def pipeline(n: int, failures: dict[int, int]) -> int:
     return sum(await flowcore.wait(squared))
 
 
+async def test_runs_named_with_lone_surrogates_are_found_by_that_name(pg_url: str) -> None:
+    # Regression: a run named from a file name that is not UTF-8 was recorded
+    # (escaped), but looking it up by that name was refused by PostgreSQL.
+    odd = os.fsdecode(b"caf\xe9.csv")
+
+    @flowcore.task(name=odd, tags=[odd])
+    async def reads() -> int:
+        return 1
+
+    @flowcore.flow(name=odd)
+    async def named() -> int:
+        return await reads()
+
+    async with flowcore.Engine(store=pg_url):
+        assert await named() == 1
+    async with PostgresStore(pg_url) as store:
+        (run,) = await store.list_runs(name=odd)
+        assert [r.id for r in await store.filter_runs(name=odd)] == [run.id]
+        assert [r.id for r in await store.filter_runs(tag=odd)] == [run.id]
+        (task_run,) = await store.list_task_runs(run.id, tag=odd)
+        assert task_run.state is State.COMPLETED and task_run.name == "caf\\xe9.csv"
+
+
 async def test_a_flow_runs_end_to_end_and_is_recorded_whole(pg_url: str) -> None:
     # (flowcore.run takes no store: an Engine names it; see the report on FLOWCORE_DB_URL.)
     async with flowcore.Engine(store=pg_url) as engine:
