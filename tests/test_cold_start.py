@@ -141,6 +141,14 @@ def test_a_first_flow_imports_none_of_them_either(tmp_path: Path) -> None:
     assert _imported_after(_FIRST_FLOW, home) == []
 
 
+def test_a_first_flow_with_no_file_to_hash_loads_no_hashing(tmp_path: Path) -> None:
+    # Regression: the SQLite store imported `secrets` (hmac, hashlib, OpenSSL's library:
+    # 2-3 ms of a first flow) for the asset clock, which a run without assets never
+    # moves. A flow defined in a file still imports hashlib, to hash its source.
+    home = tmp_path / "home"
+    assert _imported_after(_FIRST_FLOW, home, ("hashlib", "hmac", "secrets")) == []
+
+
 def test_every_public_name_is_there_and_is_its_modules_object(tmp_path: Path) -> None:
     out = _python(
         """

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import sqlite3
 import uuid
 from collections import Counter
@@ -1294,6 +1293,8 @@ class _StateCache:
 
     def written(self, db: sqlite3.Connection, states: dict[str, AssetStateRecord]) -> None:
         """``states`` were written in this transaction: move the clock, and keep them."""
+        import secrets  # here: it loads hmac and hashlib, 2 ms of a first flow (issue 17)
+
         tick = secrets.randbits(62)
         db.execute("UPDATE asset_clock SET tick = ?", (tick,))
         if len(states) <= self.LIMIT:
