@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -76,6 +77,14 @@ class Collector:
     requests: list[tuple[str, bytes]] = field(default_factory=list)
     #: The HTTP status it answers (changed by a test: a collector that comes back).
     status: int = 200
+    #: A picky collector: 413 for a body larger than this many bytes (a proxy's limit).
+    max_body: int | None = None
+    #: A picky collector: 400 for a body holding these bytes (data it cannot take).
+    refuses: bytes | None = None
+    #: Sent with a failing status (seconds), if set.
+    retry_after: int | None = None
+    #: Statuses answered, in order.
+    answers: list[int] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -104,11 +113,18 @@ def _http_collector(kind: str) -> Iterator[Collector]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             status = collector.status
+            if collector.max_body is not None and len(body) > collector.max_body:
+                status = 413
+            elif collector.refuses is not None and collector.refuses in body:
+                status = 400
+            collector.answers.append(status)
             if status < 300:
                 collector.requests.append((self.path, body))
             if kind == "slow":
                 time.sleep(0.15)
             self.send_response(status)
+            if status >= 300 and collector.retry_after is not None:
+                self.send_header("Retry-After", str(collector.retry_after))
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -330,6 +346,95 @@ async def test_a_failing_collector_costs_nothing_and_gets_the_spans_when_back(
         [s.span_id for s in first.spans] + [s.span_id for s in second.spans]
     )
     assert await unshipped(db) == []
+
+
+@flowcore.task
+async def poisoned(i: int) -> int:
+    return i
+
+
+@flowcore.flow
+async def poison() -> int:
+    return await poisoned(1)
+
+
+@flowcore.flow
+async def loud(message: str) -> None:
+    raise ValueError(message)
+
+
+async def test_requests_too_large_for_the_collector_go_again_in_smaller_ones(
+    working: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Regression: a collector behind a proxy with a body limit answered 413 to the
+    # shipper's 2,000-span requests; the run was given back and sent whole again at
+    # every poll, and no run after it ever reached the collector.
+    working.max_body = 4_000
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)
+    outcome = await run_with(tmp_path / "s.db")
+    got = received_ids(working)
+    assert sorted(got) == sorted(s.span_id for s in outcome.spans)  # every span, each once
+    assert outcome.stats.spans_exported == N_SPANS and outcome.stats.spans_refused == 0
+    assert 413 in working.answers and len(working.requests) > 1
+    assert await unshipped(tmp_path / "s.db") == []
+
+
+async def test_spans_refused_for_good_are_set_aside_and_hold_back_no_later_run(
+    working: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    # Regression: a run the collector refused (HTTP 400: OTLP says never to send that
+    # request again) was given back and sent again at every poll, first of all, so
+    # every run after it stayed unshipped for ever.
+    caplog.set_level(logging.WARNING, logger="flowcore")
+    working.refuses = b"poisoned"  # the name of the task of flow `poison`
+    working.max_body = 3_000  # and one span alone too large for it: a long error
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)
+    db = tmp_path / "s.db"
+    async with flowcore.Engine(store=db, tracing=flowcore.Tracing(export_timeout=5)) as engine:
+        assert await poison() == 1
+        assert engine.last_run is not None
+        poisoned_id = engine.last_run.id
+        with pytest.raises(ValueError):
+            await loud("x" * 1_900)  # recorded and exported whole: above the limit
+        assert engine.last_run is not None
+        loud_id = engine.last_run.id
+        assert await many(N_TASKS) == sum(range(N_TASKS))
+        assert engine.last_run is not None
+        later = await read_trace(engine.store, engine.last_run.id)
+    stats = engine.statistics()
+    got = set(received_ids(working))
+    assert {s.span_id for s in later} <= got  # the later run reached the collector whole
+    assert stats.spans_refused >= 2 and stats.spans_exported == len(got)
+    assert await unshipped(db) == []  # set aside, not offered again at every poll
+    warned = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(warned) == 2, warned
+    for run_id, message in zip((poisoned_id, loud_id), warned, strict=True):
+        assert f"run {run_id[:8]}" in message
+        assert f"flowcore trace export {run_id[:8]}" in message
+    assert "HTTP 400" in warned[0] and "HTTP 413" in warned[1]
+
+
+async def test_a_collector_asking_to_wait_is_not_asked_again_sooner(
+    working: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    working.status, working.retry_after = 503, 30
+    async with flowcore.Engine(store=tmp_path / "s.db"):  # no exporter: nothing shipped
+        assert await many(3) == 3
+    sender = OtlpHttpSender(working.endpoint)
+    store = resolve_store(tmp_path / "s.db")
+    await store.open()
+    try:
+        shipper = SpanShipper(store, sender, interval=0.01)
+        shipper.first_backoff = shipper.max_backoff = 0.01  # its own backoff: short
+        with anyio.move_on_after(0.5):
+            await shipper.run()
+    finally:
+        sender.close()
+        await store.close()
+    assert working.answers == [503]  # not again within its 30 s
 
 
 async def test_a_collector_down_then_up_gets_the_runs_of_the_same_engine(

@@ -571,3 +571,25 @@ def test_trace_export_says_what_is_missing(run_id: str, monkeypatch: pytest.Monk
         down.close()
     assert refused.exit_code == 1
     assert "did not take the spans" in refused.stderr and "HTTP 503" in refused.stderr
+
+
+def test_trace_export_says_which_spans_the_collector_refused(
+    run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A collector that refuses the data (HTTP 400) takes none of it, and is told so
+    # per run; the command goes on to the next run and succeeds.
+    picky = _Receiver(status=400)
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", picky.base)
+        result = invoke("trace", "export", run_id)
+    finally:
+        picky.close()
+    assert result.exit_code == 0, result.output
+    stored = len(trace_json(run_id))
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{run_id[:8]} ") and "refused by the collector" in lines[0]
+    refused = [int(line.rsplit("(", 1)[1].split()[0]) for line in lines[:2]]
+    assert sum(refused) == stored
+    assert lines[2] == f"sent 0 spans of 2 runs to {picky.base}/v1/traces; it refused {stored} " + (
+        "(see the warnings above)"
+    )

@@ -186,7 +186,7 @@ def trace_export(run_ids: tuple[str, ...], since_text: str | None) -> None:
     if not db.exists():
         raise CliError(f"there are no runs yet in {db}")
 
-    async def send(store: Store) -> list[tuple[FlowRunRecord, int]]:
+    async def send(store: Store) -> list[tuple[FlowRunRecord, int, int]]:
         runs: dict[str, FlowRunRecord] = {}
         for run_id in run_ids:
             try:
@@ -199,10 +199,12 @@ def trace_export(run_ids: tuple[str, ...], since_text: str | None) -> None:
             found = await store.list_runs(limit=MAX_EXPORT_RUNS)
             runs.update((r.id, r) for r in found if r.created >= since)
         shipper = SpanShipper(store, sender)
-        sent: list[tuple[FlowRunRecord, int]] = []
+        sent: list[tuple[FlowRunRecord, int, int]] = []
         try:
             for run in sorted(runs.values(), key=lambda r: r.created):
-                sent.append((run, await shipper.ship_run(run)))
+                refused = shipper.spans_refused
+                taken = await shipper.ship_run(run)
+                sent.append((run, taken, shipper.spans_refused - refused))
                 await store.end_span_exports([run.id], shipper.holder, shipped=True)
         except ExportFailed as exc:
             done = f" after {len(sent)} of {len(runs)} runs" if sent else ""
@@ -215,9 +217,14 @@ def trace_export(run_ids: tuple[str, ...], since_text: str | None) -> None:
         return sent
 
     sent = read(send)
-    for run, count in sent:
-        click.echo(visible(f"{run.id[:8]} {run.name}: {count} span{'' if count == 1 else 's'}"))
-    total = sum(count for _, count in sent)
+    for run, count, refused in sent:
+        said = f" ({refused} refused by the collector)" if refused else ""
+        click.echo(
+            visible(f"{run.id[:8]} {run.name}: {count} span{'' if count == 1 else 's'}{said}")
+        )
+    total = sum(count for _, count, _ in sent)
+    refused = sum(count for _, _, count in sent)
     click.echo(
         f"sent {total} spans of {len(sent)} run{'' if len(sent) == 1 else 's'} to {sender.target}"
+        + (f"; it refused {refused} (see the warnings above)" if refused else "")
     )

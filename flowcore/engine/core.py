@@ -85,6 +85,9 @@ class EngineStatistics:
     #: Always 0: spans not shipped yet wait in the store (kept for older callers).
     spans_dropped: int = 0
     spans_failed: int = 0  # requests the collector did not accept (their spans wait)
+    #: Spans the collector refused for good (HTTP 400, or a span too large for it): set
+    #: aside with a warning, not sent again unless asked (``flowcore trace export``).
+    spans_refused: int = 0
     logs_written: int = 0  # lines of run logs written to the store
 
 
@@ -429,6 +432,7 @@ class Engine:
             spans_written=r.spans_written,
             spans_exported=shipper.spans_shipped if shipper is not None else 0,
             spans_failed=shipper.failures if shipper is not None else 0,
+            spans_refused=shipper.spans_refused if shipper is not None else 0,
             logs_written=r.logs_written,
         )
 

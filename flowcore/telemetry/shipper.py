@@ -14,7 +14,12 @@ worker thread, and only then marks the run shipped. So:
   lease runs out;
 - closing an engine waits for a healthy collector (at most ``export_timeout``), never
   for one that failed: its runs are left for later;
-- warnings are one line when an outage starts and one when it ends.
+- warnings are one line when an outage starts and one when it ends;
+- a request too large for the collector (HTTP 413: its own limit, or a proxy's) goes
+  again in halves, and later ones are sized to what it took; spans it refuses for
+  good (HTTP 400, which OTLP asks clients never to send again, or one span too large
+  alone) are set aside with a warning naming the run, and the run counts as shipped:
+  retried, it would go first at every poll and hold back every run after it.
 
 Senders are ``send(spans)`` callables run on a worker thread: :class:`OtlpHttpSender`
 (``http/protobuf`` or ``http/json`` with httpx, from the standard
@@ -62,15 +67,37 @@ log = logging.getLogger("flowcore")
 
 #: HTTP statuses after which the same request may succeed (OTLP/HTTP's retryable ones).
 _RETRYABLE: Final = frozenset({408, 429, 502, 503, 504})
+#: The longest wait a collector's Retry-After is heard for, in seconds.
+_MAX_RETRY_AFTER: Final = 600.0
+#: Runs with refused spans said in a warning each, per shipper (then no more is said).
+_REFUSALS_SAID: Final = 10
 
 
 class ExportFailed(Exception):
-    """A batch the collector did not accept. ``retryable``: sending it again later may
-    work (the collector is down, busy, or timed out); otherwise it refused the data."""
+    """A batch the collector did not accept.
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    ``retryable``: sending it again later may work (the collector is down, busy, or
+    timed out); otherwise it refused the request. ``refused``: it refused the data of
+    this request for good (HTTP 400: OTLP asks clients never to send such a request
+    again), so the spans are set aside rather than block every run after them.
+    ``too_large``: it refused the request for its size (HTTP 413): the same spans go
+    again in smaller requests. ``retry_after``: the seconds it asked to wait, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        refused: bool = False,
+        too_large: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.refused = refused
+        self.too_large = too_large
+        self.retry_after = retry_after
 
 
 class Sender(Protocol):
@@ -160,10 +187,15 @@ class OtlpHttpSender:
             response = self._client.post(self.target, content=body)
         except httpx.HTTPError as exc:
             raise ExportFailed(f"{type(exc).__name__}: {exc}") from None
-        if response.status_code >= 300:
+        status = response.status_code
+        if status >= 300:
+            wait = response.headers.get("retry-after", "").strip()
             raise ExportFailed(
-                f"HTTP {response.status_code} {response.text[:200]!r}",
-                retryable=response.status_code in _RETRYABLE or response.status_code >= 500,
+                f"HTTP {status} {response.text[:200]!r}",
+                retryable=status in _RETRYABLE or status >= 500,
+                refused=status == 400,
+                too_large=status == 413,
+                retry_after=float(wait) if wait.isdigit() else None,
             )
 
     def _reachable(self) -> None:
@@ -305,6 +337,11 @@ class SpanShipper:
         self.spans_shipped = 0
         self.runs_shipped = 0
         self.failures = 0
+        #: Spans the collector refused for good, and the runs they belong to.
+        self.spans_refused = 0
+        self.runs_refused = 0
+        #: The most spans one request may carry, once the collector found one too large.
+        self._fits: int | None = None
         self._outage: str | None = None  # the error of the outage going on, if any
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -411,8 +448,14 @@ class SpanShipper:
         return len(shipped)
 
     async def ship_run(self, run: FlowRunRecord) -> int:
-        """Send every span of ``run`` (raises :class:`ExportFailed`); returns how many."""
-        sent = 0
+        """Send every span of ``run``; returns how many the collector took.
+
+        Raises :class:`ExportFailed` when the collector is down, failed or did not
+        answer: the run is shipped again later. Spans it refused for good (HTTP 400,
+        or one span too large for it) are set aside, counted in ``spans_refused`` and
+        said in a warning, rather than be sent again and again ahead of every later run.
+        """
+        tally = _Tally()
         try:
             async with anyio.create_task_group() as tg:
                 # One page is sent (on a worker thread) while the next is read.
@@ -422,10 +465,9 @@ class SpanShipper:
                     await sending.wait()
                     sending = anyio.Event()
                     if self._confirmed:
-                        tg.start_soon(self._send, spans, sending)
+                        tg.start_soon(self._send, spans, tally, sending)
                     else:  # until a request went through: no page read for nothing
-                        await self._send(spans, sending)
-                    sent += len(spans)
+                        await self._send(spans, tally, sending)
         except BaseExceptionGroup as group:
             failed = group.subgroup(ExportFailed)
             if failed is None:
@@ -434,19 +476,66 @@ class SpanShipper:
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
             raise first from None
-        return sent
+        if tally.refused:
+            self._refused(run, tally)
+        return tally.taken
 
-    async def _send(self, spans: list[SpanRecord], done: anyio.Event) -> None:
+    async def _send(self, spans: list[SpanRecord], tally: _Tally, done: anyio.Event) -> None:
+        try:
+            fits = self._fits
+            if fits is not None and len(spans) > fits:  # what the collector said it takes
+                for i in range(0, len(spans), fits):
+                    await self._post(spans[i : i + fits], tally)
+            else:
+                await self._post(spans, tally)
+        finally:
+            done.set()
+
+    async def _post(self, spans: list[SpanRecord], tally: _Tally) -> None:
+        """One request of ``spans``; in halves while the collector finds it too large."""
         limit = self._send_limit
         try:
             with anyio.fail_after(limit) if limit is not None else contextlib.nullcontext():
                 await anyio.to_thread.run_sync(self.sender.send, spans, abandon_on_cancel=True)
-            self.spans_shipped += len(spans)
-            self._confirmed = True
         except TimeoutError:
             raise ExportFailed(f"no answer within {limit:g} s") from None
-        finally:
-            done.set()
+        except ExportFailed as exc:
+            if exc.too_large and len(spans) > 1:
+                # Its size limit is its own (an OTLP receiver's, a proxy's): learn it.
+                half = len(spans) // 2
+                self._fits = half if self._fits is None else min(self._fits, half)
+                await self._post(spans[:half], tally)
+                await self._post(spans[half:], tally)
+                return
+            if not (exc.refused or exc.too_large):
+                raise
+            tally.refused += len(spans)
+            tally.reason = str(exc)
+            self.spans_refused += len(spans)
+            return
+        self.spans_shipped += len(spans)
+        tally.taken += len(spans)
+        self._confirmed = True
+
+    def _refused(self, run: FlowRunRecord, tally: _Tally) -> None:
+        self.runs_refused += 1
+        if self.runs_refused > _REFUSALS_SAID:
+            return
+        label = run.id[:8]
+        log.warning(
+            "flowcore: the span collector %s refused %d of the %d spans of run %s (%s); "
+            "they are not sent again on their own (OTLP asks clients not to repeat such "
+            "a request): `flowcore trace export %s` sends the run again%s",
+            self.sender.target,
+            tally.refused,
+            tally.refused + tally.taken,
+            label,
+            tally.reason,
+            label,
+            "; the refusals after this one are not said"
+            if self.runs_refused == _REFUSALS_SAID
+            else "",
+        )
 
     def _failed(self, exc: ExportFailed) -> None:
         self.failures += 1
@@ -459,13 +548,27 @@ class SpanShipper:
                 exc,
             )
         self._backoff = min(self.max_backoff, max(self.first_backoff, self._backoff * 2))
-        self._retry_at = time.monotonic() + self._backoff
+        # A collector that said how long to wait (429, 503 with Retry-After) is heard,
+        # up to a bound: a huge or hostile value must not stop shipping for days.
+        wait = max(self._backoff, min(exc.retry_after or 0.0, _MAX_RETRY_AFTER))
+        self._retry_at = time.monotonic() + wait
 
     def _recovered(self) -> None:
         if self._outage is not None:
             log.warning("flowcore: the span collector %s takes spans again", self.sender.target)
         self._outage = None
         self._backoff = self._retry_at = 0.0
+
+
+class _Tally:
+    """What the collector did with the spans of one run: took, refused (and why)."""
+
+    __slots__ = ("reason", "refused", "taken")
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self.refused = 0
+        self.reason = ""
 
 
 async def _pages(store: Store, run: FlowRunRecord, size: int) -> AsyncIterator[list[SpanRecord]]:
