@@ -17,6 +17,7 @@ import http.server
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -105,7 +106,8 @@ class Collector:
         return found
 
 
-def _http_collector(kind: str) -> Iterator[Collector]:
+def _http_collector(kind: str, tls: ssl.SSLContext | None = None) -> Iterator[Collector]:
+    """A collector answering over HTTP, or over HTTPS with the server context ``tls``."""
     collector = Collector(port=0, kind=kind)
     collector.status = {"ok": 200, "slow": 200, "500": 500, "503": 503}[kind]
 
@@ -134,6 +136,8 @@ def _http_collector(kind: str) -> Iterator[Collector]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     collector.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
@@ -435,6 +439,95 @@ async def test_a_collector_asking_to_wait_is_not_asked_again_sooner(
         sender.close()
         await store.close()
     assert working.answers == [503]  # not again within its 30 s
+
+
+@dataclass
+class Authority:
+    """A private certificate authority, and the PEM files a client is given."""
+
+    ca: Any  # trustme.CA
+    ca_pem: Path
+    client_pem: Path  # a client certificate (and its key) it signed
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    import trustme
+
+    ca = trustme.CA()
+    ca_pem, client_pem = tmp_path / "ca.pem", tmp_path / "client.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    ca.issue_cert("flowcore-client").private_key_and_cert_chain_pem.write_to_path(str(client_pem))
+    return Authority(ca, ca_pem, client_pem)
+
+
+def _tls(authority: Authority, *, mutual: bool) -> ssl.SSLContext:
+    """A collector's server context: its certificate signed by ``authority``; with
+    ``mutual``, it asks for a client certificate signed by it too."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.ca.issue_cert("127.0.0.1").configure_cert(context)
+    if mutual:
+        authority.ca.configure_trust(context)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["server-tls", "mutual-tls"])
+async def test_a_collector_over_tls_with_a_private_authority_gets_every_span(
+    authority: Authority,
+    mutual: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    # Until OTEL_EXPORTER_OTLP_CERTIFICATE was read, a collector whose certificate a
+    # private authority signed failed every request (and mutual TLS could not work).
+    caplog.set_level(logging.WARNING, logger="flowcore")
+    found = _http_collector("ok", tls=_tls(authority, mutual=mutual))
+    collector = next(found)
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"https://127.0.0.1:{collector.port}")
+        # Without the authority (nor, for mutual TLS, a client certificate): refused, kept.
+        first = await run_with(tmp_path / "s.db")
+        assert first.stats.spans_exported == 0 and collector.requests == []
+        warned = [r.getMessage() for r in caplog.records if "did not take spans" in r.getMessage()]
+        assert len(warned) == 1 and "CERTIFICATE_VERIFY_FAILED" in warned[0], warned
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(authority.ca_pem))
+        if mutual:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(authority.client_pem))
+        second = await run_with(tmp_path / "s.db")
+    finally:
+        next(found, None)
+    got = sorted(received_ids(collector))
+    assert got == sorted(s.span_id for s in first.spans + second.spans)  # both runs, once
+    assert await unshipped(tmp_path / "s.db") == []
+
+
+def test_tls_variables_that_cannot_be_used_are_refused_naming_them(
+    authority: Authority, tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("not a certificate\n")
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:1"}
+    cases: list[tuple[dict[str, str], str, str]] = [
+        (
+            {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "gone.pem")},
+            "CERTIFICATE",
+            "not a file",
+        ),
+        ({"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(not_pem)}, "CERTIFICATE", "cannot use it"),
+        (
+            {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(not_pem)},
+            "CLIENT_CERTIFICATE",
+            "cannot use",
+        ),
+        ({"OTEL_EXPORTER_OTLP_CLIENT_KEY": str(authority.client_pem)}, "CLIENT_KEY", "set both"),
+        ({"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path)}, "CERTIFICATE", "not a file"),
+    ]
+    for variables, named, problem in cases:
+        with pytest.raises(ConfigurationError, match=problem) as info:
+            from_environment({**base, **variables})
+        assert f"OTEL_EXPORTER_OTLP_{named}" in str(info.value), variables
 
 
 async def test_a_collector_down_then_up_gets_the_runs_of_the_same_engine(

@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -139,6 +140,9 @@ class OtlpHttpSender:
         timeout: float = 10.0,
         compression: str | None = None,
         resource: Mapping[str, Any] | None = None,
+        certificate: str | None = None,
+        client_certificate: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         if protocol not in ("http/protobuf", "http/json"):
             raise ConfigurationError(
@@ -169,6 +173,9 @@ class OtlpHttpSender:
         if self._gzip:
             base["Content-Encoding"] = "gzip"
         self._headers, self._timeout = base, timeout
+        #: How the collector's certificate is checked (and ours shown): the system's
+        #: trusted authorities, unless the TLS variables name others.
+        self._tls = tls_context(certificate, client_certificate, client_key)
         self._client: httpx.Client | None = None  # made at the first send (an import)
 
     def send(self, spans: Sequence[SpanRecord]) -> None:
@@ -182,7 +189,8 @@ class OtlpHttpSender:
 
             body = gzip.compress(body, 5)
         if self._client is None:
-            self._client = httpx.Client(headers=self._headers, timeout=self._timeout)
+            verify: Any = True if self._tls is None else self._tls
+            self._client = httpx.Client(headers=self._headers, timeout=self._timeout, verify=verify)
         try:
             response = self._client.post(self.target, content=body)
         except httpx.HTTPError as exc:
@@ -240,6 +248,51 @@ class SdkSender:
             pass
 
 
+def tls_context(
+    certificate: str | None, client_certificate: str | None, client_key: str | None
+) -> ssl.SSLContext | None:
+    """The TLS settings the ``OTEL_EXPORTER_OTLP_*CERTIFICATE`` and ``..._CLIENT_KEY``
+    variables ask for (``None``: none set, the system's trusted authorities).
+
+    ``certificate``: a PEM file of the authorities that signed the collector's
+    certificate (a private one); ``client_certificate`` and ``client_key``: PEM files of
+    this client's certificate and key, for a collector that asks for one (mutual TLS).
+    Read now, so a wrong path or a file that is no certificate is said when the engine
+    starts, naming the variable, not as every batch failing later."""
+    if certificate is None and client_certificate is None and client_key is None:
+        return None
+    if client_key is not None and client_certificate is None:
+        raise ConfigurationError(
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY is set without OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE;"
+            " set both (the client's certificate and its key, PEM files), or neither"
+        )
+    context = ssl.create_default_context()
+    for variable, path in (
+        ("CERTIFICATE", certificate),
+        ("CLIENT_CERTIFICATE", client_certificate),
+        ("CLIENT_KEY", client_key),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigurationError(
+                f"OTEL_EXPORTER_OTLP_{variable}={path!r} is not a file; name a PEM file "
+                "(a path readable by this process), or unset the variable"
+            )
+    try:
+        if certificate is not None:
+            variable = "CERTIFICATE"
+            context.load_verify_locations(cafile=certificate)
+        if client_certificate is not None:
+            variable = "CLIENT_CERTIFICATE"
+            context.load_cert_chain(client_certificate, client_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_{variable}: cannot use it ({exc}); it must name a PEM "
+            "file of certificates (with the client's key, in it or in "
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY, for CLIENT_CERTIFICATE)"
+        ) from None
+    return context
+
+
 def from_environment(environ: Mapping[str, str] | None = None) -> Sender | None:
     """A sender configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables, or ``None``
     when no endpoint is set (or ``OTEL_SDK_DISABLED=true``, ``OTEL_TRACES_EXPORTER=none``).
@@ -247,7 +300,9 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Sender | None:
     Read as the OpenTelemetry specification says: ``..._TRACES_ENDPOINT`` as given, else
     ``..._ENDPOINT`` + ``/v1/traces``; ``..._HEADERS`` (``k=v,...``, URL-encoded);
     ``..._TIMEOUT`` in milliseconds (default 10 s); ``..._COMPRESSION``; ``..._PROTOCOL``
-    (``http/protobuf``, ``http/json``, ``grpc``), each with its ``TRACES_`` form first."""
+    (``http/protobuf``, ``http/json``, ``grpc``); ``..._CERTIFICATE``,
+    ``..._CLIENT_CERTIFICATE`` and ``..._CLIENT_KEY`` (PEM files: see :func:`tls_context`);
+    each with its ``TRACES_`` form first. With ``grpc`` the SDK's exporter reads them."""
     env = os.environ if environ is None else environ
 
     def get(name: str) -> str | None:
@@ -299,6 +354,9 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Sender | None:
         timeout=timeout,
         compression=get("COMPRESSION"),
         resource=resource,
+        certificate=get("CERTIFICATE"),
+        client_certificate=get("CLIENT_CERTIFICATE"),
+        client_key=get("CLIENT_KEY"),
     )
 
 
