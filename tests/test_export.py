@@ -86,6 +86,8 @@ class Collector:
     retry_after: int | None = None
     #: Statuses answered, in order.
     answers: list[int] = field(default_factory=list)
+    #: The body of a 200 answer (an ExportTraceServiceResponse: a partial success).
+    reply: bytes = b""
 
     @property
     def endpoint(self) -> str:
@@ -127,9 +129,11 @@ def _http_collector(kind: str, tls: ssl.SSLContext | None = None) -> Iterator[Co
             self.send_response(status)
             if status >= 300 and collector.retry_after is not None:
                 self.send_header("Retry-After", str(collector.retry_after))
+            reply = collector.reply if status < 300 else b""
             self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
+            self.wfile.write(reply)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -419,6 +423,54 @@ async def test_spans_refused_for_good_are_set_aside_and_hold_back_no_later_run(
         assert f"run {run_id[:8]}" in message
         assert f"flowcore trace export {run_id[:8]}" in message
     assert "HTTP 400" in warned[0] and "HTTP 413" in warned[1]
+
+
+async def test_spans_a_collector_rejects_in_a_partial_success_are_counted_and_said(
+    working: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    # OTLP: a collector may take a request but reject some of its spans (HTTP 200 and
+    # partial_success in the body), which are not to be sent again: they are counted
+    # and said, not taken for delivered.
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
+
+    caplog.set_level(logging.WARNING, logger="flowcore")
+    reply = ExportTraceServiceResponse()
+    reply.partial_success.rejected_spans = 2
+    reply.partial_success.error_message = "spans older than the retention"
+    working.reply = reply.SerializeToString()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", working.base)
+    outcome = await run_with(tmp_path / "s.db")
+    # Each request is said to have 2 rejected (the flow's span goes first, alone: 1).
+    rejected = sum(
+        min(2, len(Collector(0, "ok", [request]).spans())) for request in working.requests
+    )
+    assert outcome.stats.spans_refused == rejected
+    assert outcome.stats.spans_exported == N_SPANS - rejected
+    assert await unshipped(tmp_path / "s.db") == []  # not sent again
+    (warned,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert f"refused {rejected} of the {N_SPANS} spans of run {outcome.run_id[:8]}" in warned
+    assert "spans older than the retention" in warned
+
+
+def test_a_partial_success_is_read_from_either_protocol_and_nothing_else() -> None:
+    from flowcore.telemetry.otlp import partial_success
+
+    as_json = b'{"partialSuccess": {"rejectedSpans": "3", "errorMessage": "too old"}}'
+    assert partial_success(as_json, "http/json") == (3, "too old")  # int64 as a string
+    assert partial_success(b'{"partialSuccess": {"rejectedSpans": 4}}', "http/json") == (4, "")
+    for body, protocol in [
+        (b"", "http/protobuf"),
+        (b"{}", "http/json"),
+        (b"<html>ok</html>", "http/json"),  # a proxy's page: not an OTLP response
+        (b"\xff\xfe\x00", "http/protobuf"),
+        (b'{"partialSuccess": {"rejectedSpans": "many"}}', "http/json"),
+    ]:
+        assert partial_success(body, protocol) == (0, ""), body
 
 
 async def test_a_collector_asking_to_wait_is_not_asked_again_sooner(

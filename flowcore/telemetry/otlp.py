@@ -22,7 +22,7 @@ import msgspec
 
 from ..records import SpanRecord
 
-__all__ = ["encode_json", "encode_protobuf", "protobuf_available"]
+__all__ = ["encode_json", "encode_protobuf", "partial_success", "protobuf_available"]
 
 #: OTLP's SpanKind numbers (``SPAN_KIND_INTERNAL`` ...) by the names records keep.
 _KINDS: Final = {"INTERNAL": 1, "SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
@@ -186,3 +186,41 @@ def _json_value(value: Any) -> dict[str, Any]:
     if value is None:
         return {"stringValue": ""}
     return {"stringValue": repr(value)}
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class _JsonPartial(msgspec.Struct, rename="camel"):
+    rejected_spans: int | str = 0  # an int64: OTLP/JSON may write it as a string
+    error_message: str = ""
+
+
+class _JsonResponse(msgspec.Struct, rename="camel"):
+    partial_success: _JsonPartial | None = None
+
+
+def partial_success(body: bytes, protocol: str) -> tuple[int, str]:
+    """``(rejected spans, error message)`` of a collector's ``ExportTraceServiceResponse``
+    (``(0, "")`` when it took everything, or the body is empty or unreadable).
+
+    OTLP lets a collector take part of a request with HTTP 200 and say in the body how
+    many spans it rejected, which a client must not send again; reading it is how
+    those spans are counted and said rather than taken for delivered."""
+    if not body:
+        return 0, ""
+    try:
+        if protocol == "http/json":
+            partial = msgspec.json.decode(body, type=_JsonResponse).partial_success
+            if partial is None:
+                return 0, ""
+            return int(partial.rejected_spans), partial.error_message
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceResponse,
+        )
+
+        response = ExportTraceServiceResponse()
+        response.ParseFromString(body)
+        return response.partial_success.rejected_spans, response.partial_success.error_message
+    except Exception:  # a body that is not an OTLP response: nothing to learn from it
+        return 0, ""

@@ -19,7 +19,8 @@ worker thread, and only then marks the run shipped. So:
   again in halves, and later ones are sized to what it took; spans it refuses for
   good (HTTP 400, which OTLP asks clients never to send again, or one span too large
   alone) are set aside with a warning naming the run, and the run counts as shipped:
-  retried, it would go first at every poll and hold back every run after it.
+  retried, it would go first at every poll and hold back every run after it. Spans a
+  collector rejects while taking the request (OTLP's partial success) are said alike.
 
 Senders are ``send(spans)`` callables run on a worker thread: :class:`OtlpHttpSender`
 (``http/protobuf`` or ``http/json`` with httpx, from the standard
@@ -47,7 +48,7 @@ from ..ids import HOST
 from ..records import FlowRunRecord, SpanRecord
 from ..store.base import Store
 from .environment import export_requested
-from .otlp import encode_json, encode_protobuf, protobuf_available
+from .otlp import encode_json, encode_protobuf, partial_success, protobuf_available
 from .sdk import to_readable
 from .task_spans import flow_span, task_span
 
@@ -103,12 +104,14 @@ class ExportFailed(Exception):
 
 class Sender(Protocol):
     """Sends one batch of spans, blocking (called on a worker thread); raises
-    :class:`ExportFailed` when the collector did not take it."""
+    :class:`ExportFailed` when the collector did not take it. Returns how many of the
+    spans the collector rejected while taking the request (OTLP's partial success: not
+    to be sent again), or ``None`` for none."""
 
     #: Where spans go, for messages.
     target: str
 
-    def send(self, spans: Sequence[SpanRecord]) -> None: ...
+    def send(self, spans: Sequence[SpanRecord]) -> int | None: ...
 
     def close(self) -> None: ...
 
@@ -176,9 +179,11 @@ class OtlpHttpSender:
         #: How the collector's certificate is checked (and ours shown): the system's
         #: trusted authorities, unless the TLS variables name others.
         self._tls = tls_context(certificate, client_certificate, client_key)
+        #: What the collector said of the spans it last rejected (a partial success).
+        self.rejection = ""
         self._client: httpx.Client | None = None  # made at the first send (an import)
 
-    def send(self, spans: Sequence[SpanRecord]) -> None:
+    def send(self, spans: Sequence[SpanRecord]) -> int | None:
         if self._client is None:
             self._reachable()
         import httpx  # ~0.1 s the first time: only once the collector answered a connect
@@ -205,6 +210,11 @@ class OtlpHttpSender:
                 too_large=status == 413,
                 retry_after=float(wait) if wait.isdigit() else None,
             )
+        rejected, message = partial_success(response.content, self.protocol)
+        if rejected:
+            self.rejection = message
+            return rejected
+        return None
 
     def _reachable(self) -> None:
         """Raise :class:`ExportFailed` when nothing listens at the collector's address: a
@@ -233,13 +243,14 @@ class SdkSender:
         self.target = type(exporter).__name__
         self._resource = Resource.create(dict(resource or resource_attributes(os.environ)))
 
-    def send(self, spans: Sequence[SpanRecord]) -> None:
+    def send(self, spans: Sequence[SpanRecord]) -> int | None:
         try:
             result = self.exporter.export([to_readable(s, self._resource) for s in spans])
         except Exception as exc:  # a broken exporter is a failed batch, never a crash
             raise ExportFailed(f"{type(exc).__name__}: {exc}") from None
         if getattr(result, "name", "") != "SUCCESS":
             raise ExportFailed(f"the exporter answered {result!r}")
+        return None
 
     def close(self) -> None:
         try:
@@ -554,7 +565,9 @@ class SpanShipper:
         limit = self._send_limit
         try:
             with anyio.fail_after(limit) if limit is not None else contextlib.nullcontext():
-                await anyio.to_thread.run_sync(self.sender.send, spans, abandon_on_cancel=True)
+                rejected = await anyio.to_thread.run_sync(
+                    self.sender.send, spans, abandon_on_cancel=True
+                )
         except TimeoutError:
             raise ExportFailed(f"no answer within {limit:g} s") from None
         except ExportFailed as exc:
@@ -571,9 +584,14 @@ class SpanShipper:
             tally.reason = str(exc)
             self.spans_refused += len(spans)
             return
-        self.spans_shipped += len(spans)
-        tally.taken += len(spans)
         self._confirmed = True
+        if rejected:  # taken in part: the rest is not to be sent again (OTLP)
+            rejected = min(rejected, len(spans))
+            tally.refused += rejected
+            tally.reason = f"partial success: {getattr(self.sender, 'rejection', '')!r}"
+            self.spans_refused += rejected
+        self.spans_shipped += len(spans) - (rejected or 0)
+        tally.taken += len(spans) - (rejected or 0)
 
     def _refused(self, run: FlowRunRecord, tally: _Tally) -> None:
         self.runs_refused += 1
