@@ -80,8 +80,10 @@ class Collector:
     status: int = 200
     #: A picky collector: 413 for a body larger than this many bytes (a proxy's limit).
     max_body: int | None = None
-    #: A picky collector: 400 for a body holding these bytes (data it cannot take).
+    #: A picky collector: ``refuse_status`` for a body holding these bytes (400: data it
+    #: cannot take; 500: data that trips a bug of its own).
     refuses: bytes | None = None
+    refuse_status: int = 400
     #: Sent with a failing status (seconds), if set.
     retry_after: int | None = None
     #: Statuses answered, in order.
@@ -120,7 +122,7 @@ def _http_collector(kind: str, tls: ssl.SSLContext | None = None) -> Iterator[Co
             if collector.max_body is not None and len(body) > collector.max_body:
                 status = 413
             elif collector.refuses is not None and collector.refuses in body:
-                status = 400
+                status = collector.refuse_status
             collector.answers.append(status)
             if status < 300:
                 collector.requests.append((self.path, body))
@@ -455,6 +457,42 @@ async def test_spans_a_collector_rejects_in_a_partial_success_are_counted_and_sa
     (warned,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert f"refused {rejected} of the {N_SPANS} spans of run {outcome.run_id[:8]}" in warned
     assert "spans older than the retention" in warned
+
+
+async def test_a_run_the_collector_fails_on_alone_holds_back_no_other_run(
+    working: Collector, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # Regression: a run whose data trips a bug of the collector (HTTP 500 to it alone,
+    # or an SDK exporter's permanent error) was given back and sent first at every
+    # pass, failing each time: no run after it was ever shipped.
+    caplog.set_level(logging.WARNING, logger="flowcore")
+    working.refuses, working.refuse_status = b"poisoned", 500
+    db = tmp_path / "s.db"
+    async with flowcore.Engine(store=db) as engine:  # no exporter: the runs wait
+        assert await poison() == 1
+        assert engine.last_run is not None
+        failing = engine.last_run.id
+        assert await many(3) == 3
+        assert engine.last_run is not None
+        later = await read_trace(engine.store, engine.last_run.id)
+    sender = OtlpHttpSender(working.endpoint)
+    store = resolve_store(db)
+    await store.open()
+    start = time.time()
+    try:
+        shipper = SpanShipper(store, sender, lease=60.0, clock=lambda: start)
+        assert await shipper.ship_pending() == 1  # the later run, past the failing one
+        assert {s.span_id for s in later} <= set(received_ids(working))
+        assert shipper.healthy  # the collector takes spans: no outage is declared
+        assert await unshipped_in(store) == []  # held: not offered again at every pass
+        offered = await store.claim_span_exports("probe", now=start + 61, lease=1.0, limit=10)
+        assert [r.id for r in offered] == [failing]  # tried again once its lease ran out
+    finally:
+        sender.close()
+        await store.close()
+    (warned,) = [r.getMessage() for r in caplog.records if "failed on run" in r.getMessage()]
+    assert f"failed on run {failing[:8]} (HTTP 500" in warned and "in 60 s" in warned
+    assert not [r for r in caplog.records if "did not take spans" in r.getMessage()]
 
 
 def test_a_partial_success_is_read_from_either_protocol_and_nothing_else() -> None:

@@ -20,7 +20,10 @@ worker thread, and only then marks the run shipped. So:
   good (HTTP 400, which OTLP asks clients never to send again, or one span too large
   alone) are set aside with a warning naming the run, and the run counts as shipped:
   retried, it would go first at every poll and hold back every run after it. Spans a
-  collector rejects while taking the request (OTLP's partial success) are said alike.
+  collector rejects while taking the request (OTLP's partial success) are said alike;
+- a run the collector fails on while it takes the run after it (its data trips a bug
+  of the collector; an SDK exporter's permanent error) keeps its claim until the lease
+  runs out, then is tried again: two runs failing in a row are an outage.
 
 Senders are ``send(spans)`` callables run on a worker thread: :class:`OtlpHttpSender`
 (``http/protobuf`` or ``http/json`` with httpx, from the standard
@@ -409,6 +412,8 @@ class SpanShipper:
         #: Spans the collector refused for good, and the runs they belong to.
         self.spans_refused = 0
         self.runs_refused = 0
+        #: Runs the collector failed on while it took others: tried again after the lease.
+        self.runs_held = 0
         #: The most spans one request may carry, once the collector found one too large.
         self._fits: int | None = None
         self._outage: str | None = None  # the error of the outage going on, if any
@@ -497,21 +502,43 @@ class SpanShipper:
             since=None if self.catchup is None else now - self.catchup,
         )
         shipped: list[str] = []
+        held: list[str] = []  # failed while the collector took the run after it
+        failed: tuple[FlowRunRecord, ExportFailed] | None = None  # to be judged by the next
+        outage: ExportFailed | None = None
         try:
             for run in runs:
-                await self.ship_run(run)
+                try:
+                    await self.ship_run(run)
+                except ExportFailed as exc:
+                    if failed is not None or self._closing:
+                        # Two runs in a row: the collector, not a run. Closing, one is
+                        # enough: a close waits for no second request to a sick collector.
+                        outage = exc
+                        break
+                    failed = (run, exc)
+                    continue
                 shipped.append(run.id)
                 self.runs_shipped += 1
-        except ExportFailed as exc:
-            self._failed(exc)
-            return 0
+                if failed is not None:
+                    # The collector takes other runs but failed on this one (its data
+                    # trips a bug of the collector, an SDK exporter's permanent error):
+                    # it keeps its claim until the lease runs out, so it is tried again
+                    # then, and does not go first at every pass, holding back the rest.
+                    held.append(failed[0].id)
+                    self._held(*failed)
+                    failed = None
+            if outage is None and failed is not None and not shipped:
+                outage = failed[1]  # it failed, and nothing else was taken: an outage
         finally:
             with anyio.CancelScope(shield=True):
                 if shipped:
                     await self.store.end_span_exports(shipped, self.holder, shipped=True)
-                rest = [r.id for r in runs if r.id not in shipped]
+                rest = [r.id for r in runs if r.id not in shipped and r.id not in held]
                 if rest:
                     await self.store.end_span_exports(rest, self.holder, shipped=False)
+        if outage is not None:
+            self._failed(outage)
+            return 0
         if shipped:
             self._recovered()
         return len(shipped)
@@ -592,6 +619,25 @@ class SpanShipper:
             self.spans_refused += rejected
         self.spans_shipped += len(spans) - (rejected or 0)
         tally.taken += len(spans) - (rejected or 0)
+
+    def _held(self, run: FlowRunRecord, exc: ExportFailed) -> None:
+        self.runs_held += 1
+        if self.runs_held > _REFUSALS_SAID:
+            return
+        label = run.id[:8]
+        log.warning(
+            "flowcore: the span collector %s failed on run %s (%s) while it took the runs "
+            "after it; the run is tried again in %g s (`flowcore trace export %s` sends it "
+            "now)%s",
+            self.sender.target,
+            label,
+            exc,
+            self.lease,
+            label,
+            "; the runs set aside after this one are not said"
+            if self.runs_held == _REFUSALS_SAID
+            else "",
+        )
 
     def _refused(self, run: FlowRunRecord, tally: _Tally) -> None:
         self.runs_refused += 1
