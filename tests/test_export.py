@@ -495,6 +495,21 @@ async def test_a_run_the_collector_fails_on_alone_holds_back_no_other_run(
     assert not [r for r in caplog.records if "did not take spans" in r.getMessage()]
 
 
+async def test_a_collector_behind_a_proxy_of_the_environment_gets_every_span(
+    working: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Regression: the check that something listens at the collector's address connected
+    # to it directly, so a collector reachable only through HTTP_PROXY never got a span.
+    for name in ("NO_PROXY", "ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", working.base)  # the collector stands in for the proxy
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.invalid:4318")
+    outcome = await run_with(tmp_path / "s.db")
+    assert sorted(received_ids(working)) == sorted(s.span_id for s in outcome.spans)
+    assert {path for path, _ in working.requests} == {"http://collector.invalid:4318/v1/traces"}
+
+
 def test_a_partial_success_is_read_from_either_protocol_and_nothing_else() -> None:
     from flowcore.telemetry.otlp import partial_success
 

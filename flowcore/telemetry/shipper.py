@@ -222,8 +222,14 @@ class OtlpHttpSender:
     def _reachable(self) -> None:
         """Raise :class:`ExportFailed` when nothing listens at the collector's address: a
         run whose collector is down then costs a refused connect, not the import of the
-        HTTP client and the encoding of a batch."""
+        HTTP client and the encoding of a batch.
+
+        Not when the environment names a proxy (``HTTPS_PROXY``, ``HTTP_PROXY``,
+        ``ALL_PROXY``), which httpx sends the requests through: the collector may be
+        reachable through the proxy only."""
         parts = urlsplit(self.target)
+        if _proxied(parts.scheme):
+            return
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             socket.create_connection((parts.hostname or "localhost", port), self._timeout).close()
@@ -233,6 +239,16 @@ class OtlpHttpSender:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def _proxied(scheme: str) -> bool:
+    """Whether the environment names a proxy for ``scheme`` (httpx then sends requests
+    through it, unless ``NO_PROXY`` names the host: such a host skips the pre-check
+    too, which costs it only the pre-check's saving while the collector is down)."""
+    import urllib.request  # only while a collector is being reached for the first time
+
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(scheme) or proxies.get("all"))
 
 
 class SdkSender:
