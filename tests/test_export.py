@@ -16,6 +16,7 @@ import asyncio
 import http.server
 import json
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -842,10 +843,17 @@ def test_the_variables_are_read_as_the_specification_says() -> None:
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon", "is not supported"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon", "not a number of milliseconds"),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "is not supported"),
+        # Endpoints that are no collector's URL: refused at once, not warned of forever.
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318", "write it as http://localhost:4318"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c:1", "not an http:// or https:// URL"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://", "names no host"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1", "is not a URL"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:99999", "is not a URL"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "c:4318/v1/traces", "http://c:4318/v1/traces"),
     ],
 )
 def test_bad_variables_are_refused_naming_them(variable: str, value: str, problem: str) -> None:
-    with pytest.raises(ConfigurationError, match=problem) as info:
+    with pytest.raises(ConfigurationError, match=re.escape(problem)) as info:
         from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:1", variable: value})
     assert variable in str(info.value)
 

@@ -150,6 +150,8 @@ class OtlpHttpSender:
         client_certificate: str | None = None,
         client_key: str | None = None,
     ) -> None:
+        if problem := url_problem(endpoint):
+            raise ConfigurationError(f"the collector's endpoint {endpoint!r} {problem}")
         if protocol not in ("http/protobuf", "http/json"):
             raise ConfigurationError(
                 f"OTLP protocol {protocol!r} is not one flowcore sends itself; use "
@@ -278,6 +280,22 @@ class SdkSender:
             pass
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a collector's address, said after it (``None``: it
+    is an ``http://`` or ``https://`` URL with a host), with the fix."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is no number)
+    except ValueError as exc:
+        return f"is not a URL ({exc}); write it as http://HOST:PORT, e.g. http://127.0.0.1:4318"
+    if parts.scheme not in ("http", "https"):
+        hint = f"http://{url}" if "://" not in url else "http://127.0.0.1:4318"
+        return f"is not an http:// or https:// URL; write it as {hint}"
+    if not parts.hostname:
+        return "names no host; write it as http://HOST:PORT, e.g. http://127.0.0.1:4318"
+    return None
+
+
 def tls_context(
     certificate: str | None, client_certificate: str | None, client_key: str | None
 ) -> ssl.SSLContext | None:
@@ -363,6 +381,9 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Sender | None:
             f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use "
             "'http/protobuf' (default), 'http/json' or 'grpc'"
         )
+    variable = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if endpoint else "OTEL_EXPORTER_OTLP_ENDPOINT"
+    if problem := url_problem(endpoint or base):
+        raise ConfigurationError(f"{variable}={endpoint or base!r} {problem}")
     if not endpoint:
         endpoint = base.rstrip("/") + "/v1/traces"
     headers: dict[str, str] = {}
