@@ -850,12 +850,16 @@ def test_the_variables_are_read_as_the_specification_says() -> None:
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1", "is not a URL"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:99999", "is not a URL"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "c:4318/v1/traces", "http://c:4318/v1/traces"),
+        # Headers that would fail or drop every request, said without their values.
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-team=etl,sk-s3cret", "entry 2 has no '='"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api key=s3cret", "(named 'api key') is not a header"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "auth=s3cret%0d%0aX: 1", "(named 'auth') is not a header"),
     ],
 )
 def test_bad_variables_are_refused_naming_them(variable: str, value: str, problem: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(problem)) as info:
         from_environment({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:1", variable: value})
-    assert variable in str(info.value)
+    assert variable in str(info.value) and "s3cret" not in str(info.value)
 
 
 def test_grpc_without_its_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

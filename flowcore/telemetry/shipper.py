@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -280,6 +281,32 @@ class SdkSender:
             pass
 
 
+#: What an HTTP header's name may hold (RFC 9110's token).
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _headers(text: str) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS`` (``key=value,...``, URL-encoded) as headers. An
+    entry that is no header (no ``=``, a name with spaces, a value with a line break)
+    is refused, naming it: sent anyway, it would fail or drop every request (a key
+    left out is an outage of 401s for ever)."""
+    headers: dict[str, str] = {}
+    for number, pair in enumerate(text.split(","), 1):
+        if not pair.strip():
+            continue
+        key, sep, value = pair.partition("=")
+        key, value = unquote(key.strip()), unquote(value.strip())
+        if not sep or _TOKEN.fullmatch(key) is None or any(c in value for c in "\r\n\0"):
+            # Never the entry itself: a value (or an entry missing its "=") may be a secret.
+            what = "has no '='" if not sep else f"(named {key[:40]!r}) is not a header"
+            raise ConfigurationError(
+                f"OTEL_EXPORTER_OTLP_HEADERS: entry {number} {what}; write name=value pairs "
+                "separated by commas, URL-encoded (api-key=s%3Dcret,x-team=etl)"
+            )
+        headers[key] = value
+    return headers
+
+
 def url_problem(url: str) -> str | None:
     """What is wrong with ``url`` as a collector's address, said after it (``None``: it
     is an ``http://`` or ``https://`` URL with a host), with the fix."""
@@ -386,11 +413,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Sender | None:
         raise ConfigurationError(f"{variable}={endpoint or base!r} {problem}")
     if not endpoint:
         endpoint = base.rstrip("/") + "/v1/traces"
-    headers: dict[str, str] = {}
-    for pair in (get("HEADERS") or "").split(","):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip():
-            headers[unquote(key.strip())] = unquote(value.strip())
+    headers = _headers(get("HEADERS") or "")
     raw_timeout = get("TIMEOUT")
     try:
         timeout = float(raw_timeout) / 1000 if raw_timeout else 10.0
