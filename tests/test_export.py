@@ -511,6 +511,31 @@ async def test_a_collector_behind_a_proxy_of_the_environment_gets_every_span(
     assert {path for path, _ in working.requests} == {"http://collector.invalid:4318/v1/traces"}
 
 
+async def test_a_collector_refusing_every_run_is_said_ten_times_not_for_ever(
+    working: Collector, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.WARNING, logger="flowcore")
+    working.status = 400
+    db = tmp_path / "s.db"
+    async with flowcore.Engine(store=db):  # no exporter: the runs wait
+        for _ in range(12):
+            assert await many(1) == 0
+    sender = OtlpHttpSender(working.endpoint)
+    store = resolve_store(db)
+    await store.open()
+    try:
+        shipper = SpanShipper(store, sender)
+        while await shipper.ship_pending():
+            pass
+        assert shipper.runs_refused == 12 and await unshipped_in(store) == []
+    finally:
+        sender.close()
+        await store.close()
+    said = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(said) == 10 and said[-1].endswith("; the ones after this are not said")
+    assert not any("not said" in m for m in said[:-1])
+
+
 def test_a_partial_success_is_read_from_either_protocol_and_nothing_else() -> None:
     from flowcore.telemetry.otlp import partial_success
 

@@ -682,41 +682,33 @@ class SpanShipper:
 
     def _held(self, run: FlowRunRecord, exc: ExportFailed) -> None:
         self.runs_held += 1
-        if self.runs_held > _REFUSALS_SAID:
-            return
         label = run.id[:8]
-        log.warning(
+        _say(
+            self.runs_held,
             "flowcore: the span collector %s failed on run %s (%s) while it took the runs "
             "after it; the run is tried again in %g s (`flowcore trace export %s` sends it "
-            "now)%s",
+            "now)",
             self.sender.target,
             label,
             exc,
             self.lease,
             label,
-            "; the runs set aside after this one are not said"
-            if self.runs_held == _REFUSALS_SAID
-            else "",
         )
 
     def _refused(self, run: FlowRunRecord, tally: _Tally) -> None:
         self.runs_refused += 1
-        if self.runs_refused > _REFUSALS_SAID:
-            return
         label = run.id[:8]
-        log.warning(
+        _say(
+            self.runs_refused,
             "flowcore: the span collector %s refused %d of the %d spans of run %s (%s); "
             "they are not sent again on their own (OTLP asks clients not to repeat such "
-            "a request): `flowcore trace export %s` sends the run again%s",
+            "a request): `flowcore trace export %s` sends the run again",
             self.sender.target,
             tally.refused,
             tally.refused + tally.taken,
             label,
             tally.reason,
             label,
-            "; the refusals after this one are not said"
-            if self.runs_refused == _REFUSALS_SAID
-            else "",
         )
 
     def _failed(self, exc: ExportFailed) -> None:
@@ -740,6 +732,14 @@ class SpanShipper:
             log.warning("flowcore: the span collector %s takes spans again", self.sender.target)
         self._outage = None
         self._backoff = self._retry_at = 0.0
+
+
+def _say(count: int, message: str, *args: Any) -> None:
+    """Warn of the ``count``-th run of a kind set aside, while there are few: a collector
+    that refuses every run must not write a line per run for ever."""
+    if count <= _REFUSALS_SAID:
+        last = "; the ones after this are not said" if count == _REFUSALS_SAID else ""
+        log.warning(message + "%s", *args, last)
 
 
 class _Tally:
