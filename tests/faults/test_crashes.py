@@ -119,6 +119,14 @@ CONTAINED = textwrap.dedent(
     import flowcore.engine.runs
 
     HERE = Path(__file__).parent
+
+
+    def mark(name: str, text: str) -> None:
+        # Written whole, then renamed: the test polls for the file, and must never read
+        # it created but still empty.
+        part = HERE / (name + ".part")
+        part.write_text(text)
+        part.replace(HERE / name)
     PID_HERE = int(sys.argv[1])
 
 
@@ -145,7 +153,7 @@ CONTAINED = textwrap.dedent(
     @flowcore.flow
     async def contained() -> int:
         first = await step(1)
-        (HERE / "started").write_text(flowcore.current_run().id)
+        mark("started", flowcore.current_run().id)
         while not (HERE / "go").exists():
             await anyio.sleep(0.01)
         return first + await step(2)
@@ -262,6 +270,14 @@ STOPPABLE = textwrap.dedent(
     HERE = Path(__file__).parent
 
 
+    def mark(name: str, text: str) -> None:
+        # Written whole, then renamed: the test polls for the file, and must never read
+        # it created but still empty.
+        part = HERE / (name + ".part")
+        part.write_text(text)
+        part.replace(HERE / name)
+
+
     @flowcore.task
     async def quick(i: int) -> int:
         return i
@@ -269,7 +285,7 @@ STOPPABLE = textwrap.dedent(
 
     @flowcore.task
     async def forever() -> None:
-        (HERE / "started").write_text(flowcore.current_run().id)
+        mark("started", flowcore.current_run().id)
         await anyio.sleep(3600)
 
 
@@ -278,7 +294,7 @@ STOPPABLE = textwrap.dedent(
         total = sum([await quick(i) for i in range(3)])
         if (HERE / "fail-once").exists():
             (HERE / "fail-once").unlink()
-            (HERE / "failed").write_text(flowcore.current_run().id)
+            mark("failed", flowcore.current_run().id)
             raise RuntimeError("failing once, to be resumed")
         await forever()
         return total
