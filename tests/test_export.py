@@ -85,8 +85,8 @@ class Collector:
     #: cannot take; 500: data that trips a bug of its own).
     refuses: bytes | None = None
     refuse_status: int = 400
-    #: Sent with a failing status (seconds), if set.
-    retry_after: int | None = None
+    #: Sent with a failing status (seconds, or any text), if set.
+    retry_after: int | str | None = None
     #: Statuses answered, in order.
     answers: list[int] = field(default_factory=list)
     #: The body of a 200 answer (an ExportTraceServiceResponse: a partial success).
@@ -534,6 +534,25 @@ async def test_a_collector_refusing_every_run_is_said_ten_times_not_for_ever(
     said = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(said) == 10 and said[-1].endswith("; the ones after this are not said")
     assert not any("not said" in m for m in said[:-1])
+
+
+def test_a_retry_after_that_is_no_number_of_seconds_is_not_heard(working: Collector) -> None:
+    # "\xb2" (a superscript two, in a latin-1 header) passes str.isdigit but not float().
+    working.status = 503
+    sender = OtlpHttpSender(working.endpoint, protocol="http/json")
+    try:
+        cases: list[tuple[int | str, float | None]] = [
+            (30, 30.0),
+            ("\xb2", None),
+            ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # a date: the own backoff instead
+        ]
+        for value, heard in cases:
+            working.retry_after = value
+            with pytest.raises(ExportFailed) as info:
+                sender.send([])
+            assert info.value.retryable and info.value.retry_after == heard, value
+    finally:
+        sender.close()
 
 
 def test_a_partial_success_is_read_from_either_protocol_and_nothing_else() -> None:

@@ -214,7 +214,7 @@ class OtlpHttpSender:
                 retryable=status in _RETRYABLE or status >= 500,
                 refused=status == 400,
                 too_large=status == 413,
-                retry_after=float(wait) if wait.isdigit() else None,
+                retry_after=float(wait) if wait.isascii() and wait.isdigit() else None,
             )
         rejected, message = partial_success(response.content, self.protocol)
         if rejected:
