@@ -508,6 +508,10 @@ async def test_serve_refuses_bad_options_and_a_running_loop() -> None:
         check_options([], 1, 1.0)
     with pytest.raises(ConfigurationError, match="two served flows"):
         check_options([one, one.with_options()], 1, 1.0)
+    # A name from a file name that is not UTF-8 cannot be a key of the store's registry.
+    with pytest.raises(ConfigurationError, match="lone surrogates") as info:
+        check_options([one.with_options(name="load caf\udce9")], 1, 1.0)
+    assert "with_options(name=...)" in str(info.value)
     with pytest.raises(ConfigurationError, match=r"await flowcore\.aserve"):
         serve(one)
 

@@ -27,6 +27,7 @@ from ..clock import Clock
 from ..engine.core import Engine
 from ..errors import ConfigurationError
 from ..flow import Flow
+from ..ids import safe_text
 from ..store import Store
 from .logs import log, on_stderr
 from .server import Server
@@ -69,6 +70,14 @@ def check_options(
         problems.append(
             f"two served flows are named {twice[0]!r}: give one another name "
             "(flow.with_options(name=...))"
+        )
+    odd = [n for n in names if safe_text(n) is not n]
+    if odd:
+        # A served flow's name is a key of the store's registry and schedules, which
+        # cannot hold lone surrogates (a name made from a file name that is not UTF-8).
+        problems.append(
+            f"the served flow {odd[0]!r} has a name UTF-8 cannot encode (lone "
+            "surrogates): give it another name (flow.with_options(name=...))"
         )
     if problem := _validate.count("max_runs", max_runs, optional=False):
         problems.append(problem)
