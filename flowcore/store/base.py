@@ -38,6 +38,7 @@ import msgspec
 
 from .. import _validate, ranges
 from ..errors import ConfigurationError
+from ..ids import safe_text
 from ..records import (
     AssetDefRecord,
     AssetEvaluationRecord,
@@ -929,10 +930,14 @@ class TagPage:
     order (``list_task_runs(tag=...)`` of a store keeping tags in the record's body):
     ``offset`` matches skipped, then at most ``limit`` kept (``None``: all). With
     ``keep=False`` only what counting needs is kept of each match (id, name, state,
-    times), not the whole record. Shared so that every store pages a tag alike."""
+    times), not the whole record. Shared so that every store pages a tag alike.
+
+    ``tag`` is matched as it was recorded: a tag with lone surrogates (from a file name
+    that is not UTF-8) is kept escaped by a store that cannot hold it
+    (:func:`flowcore.ids.safe_text`), and a lookup of it must find that."""
 
     def __init__(self, tag: str, offset: int, limit: int | None, *, keep: bool = True) -> None:
-        self.tag, self.limit, self.keep = tag, limit, keep
+        self.tag, self.limit, self.keep = safe_text(tag), limit, keep
         self._skip = offset
         self.found: list[TaskRunRecord] = []
 

@@ -110,12 +110,12 @@ class Sender(Protocol):
     """Sends one batch of spans, blocking (called on a worker thread); raises
     :class:`ExportFailed` when the collector did not take it. Returns how many of the
     spans the collector rejected while taking the request (OTLP's partial success: not
-    to be sent again), or ``None`` for none."""
+    to be sent again) and what it said of them, or ``None`` when it took them all."""
 
     #: Where spans go, for messages.
     target: str
 
-    def send(self, spans: Sequence[SpanRecord]) -> int | None: ...
+    def send(self, spans: Sequence[SpanRecord]) -> tuple[int, str] | None: ...
 
     def close(self) -> None: ...
 
@@ -185,11 +185,9 @@ class OtlpHttpSender:
         #: How the collector's certificate is checked (and ours shown): the system's
         #: trusted authorities, unless the TLS variables name others.
         self._tls = tls_context(certificate, client_certificate, client_key)
-        #: What the collector said of the spans it last rejected (a partial success).
-        self.rejection = ""
         self._client: httpx.Client | None = None  # made at the first send (an import)
 
-    def send(self, spans: Sequence[SpanRecord]) -> int | None:
+    def send(self, spans: Sequence[SpanRecord]) -> tuple[int, str] | None:
         if self._client is None:
             self._reachable()
         import httpx  # ~0.1 s the first time: only once the collector answered a connect
@@ -217,10 +215,7 @@ class OtlpHttpSender:
                 retry_after=float(wait) if wait.isascii() and wait.isdigit() else None,
             )
         rejected, message = partial_success(response.content, self.protocol)
-        if rejected:
-            self.rejection = message
-            return rejected
-        return None
+        return (rejected, message) if rejected else None
 
     def _reachable(self) -> None:
         """Raise :class:`ExportFailed` when nothing listens at the collector's address: a
@@ -265,7 +260,7 @@ class SdkSender:
         self.target = type(exporter).__name__
         self._resource = Resource.create(dict(resource or resource_attributes(os.environ)))
 
-    def send(self, spans: Sequence[SpanRecord]) -> int | None:
+    def send(self, spans: Sequence[SpanRecord]) -> tuple[int, str] | None:
         try:
             result = self.exporter.export([to_readable(s, self._resource) for s in spans])
         except Exception as exc:  # a broken exporter is a failed batch, never a crash
@@ -652,7 +647,7 @@ class SpanShipper:
         limit = self._send_limit
         try:
             with anyio.fail_after(limit) if limit is not None else contextlib.nullcontext():
-                rejected = await anyio.to_thread.run_sync(
+                partial = await anyio.to_thread.run_sync(
                     self.sender.send, spans, abandon_on_cancel=True
                 )
         except TimeoutError:
@@ -667,18 +662,23 @@ class SpanShipper:
                 return
             if not (exc.refused or exc.too_large):
                 raise
-            tally.refused += len(spans)
-            tally.reason = str(exc)
-            self.spans_refused += len(spans)
+            self._set_aside(tally, len(spans), str(exc))
             return
         self._confirmed = True
-        if rejected:  # taken in part: the rest is not to be sent again (OTLP)
-            rejected = min(rejected, len(spans))
-            tally.refused += rejected
-            tally.reason = f"partial success: {getattr(self.sender, 'rejection', '')!r}"
-            self.spans_refused += rejected
-        self.spans_shipped += len(spans) - (rejected or 0)
-        tally.taken += len(spans) - (rejected or 0)
+        taken = len(spans)
+        if partial is not None:  # taken in part: the rest is not to be sent again (OTLP)
+            rejected, message = partial
+            rejected = min(rejected, taken)
+            self._set_aside(tally, rejected, f"partial success: {message!r}")
+            taken -= rejected
+        self.spans_shipped += taken
+        tally.taken += taken
+
+    def _set_aside(self, tally: _Tally, count: int, reason: str) -> None:
+        """``count`` spans of ``tally``'s run the collector refused for good, for ``reason``."""
+        tally.refused += count
+        tally.reason = reason
+        self.spans_refused += count
 
     def _held(self, run: FlowRunRecord, exc: ExportFailed) -> None:
         self.runs_held += 1

@@ -505,7 +505,7 @@ class SQLiteStore:
         reader's query, never on the engine's path. ``keep=False`` keeps only the
         state (for counting) rather than every matching record.
         """
-        page = TagPage(safe_text(tag), offset, limit, keep=keep)
+        page = TagPage(tag, offset, limit, keep=keep)
         after = -1
         while not page.full:
             rows = await self._io.fetch(

@@ -387,7 +387,7 @@ class PostgresStore:
         Tags live in the body, so the rows are read in chunks and decoded here (memory
         stays bounded by a chunk and the page): a reader's query, never the engine's.
         """
-        page = TagPage(safe_text(tag), offset, limit, keep=keep)
+        page = TagPage(tag, offset, limit, keep=keep)
         after = -1
         n = len(params)
         while not page.full:
