@@ -191,20 +191,24 @@ def safe_text(text: str) -> str:
     return text
 
 
-def recorded_text(value: Any) -> Any:
-    """A lookup's parameter as the text it would have been recorded as: strings with
-    lone surrogates escaped (:func:`safe_text`), in tuples and lists too; ``value``
-    itself when nothing changes.
+def recorded_text(value: Any, *, nul: bool = False) -> Any:
+    """``value`` as the text it is recorded as: strings with lone surrogates escaped
+    (:func:`safe_text`), and with ``nul`` a NUL written ``\\x00`` (SQLite keeps one,
+    PostgreSQL's text cannot); in tuples and lists too; ``value`` itself when nothing
+    changes.
 
-    Why: a name with a lone surrogate (an ``os.fsdecode``-d file name) is recorded
-    escaped, since neither SQLite nor PostgreSQL store it as it is; looking it up as
-    given would fail to encode (a ``UnicodeEncodeError`` out of a read) where it
-    should find the record. Stores call it after such a failure only, so the common
-    lookup pays nothing."""
+    The one text rule of recording (the recorder makes a refused record recordable
+    with it) and of lookups: a name with a lone surrogate (an ``os.fsdecode``-d file
+    name) is recorded escaped, and looked up as given it would fail to encode (a
+    ``UnicodeEncodeError`` out of a read) where it should find the record. Stores call
+    it after such a failure only, so the common lookup pays nothing."""
     if isinstance(value, str):
-        return safe_text(value)
+        text = safe_text(value)
+        if nul and "\x00" in text:
+            text = text.replace("\x00", "\\x00")
+        return value if text is value else text
     if type(value) is tuple or type(value) is list:
-        items = [recorded_text(v) for v in value]
+        items = [recorded_text(v, nul=nul) for v in value]
         if all(a is b for a, b in zip(items, value, strict=True)):
             return value
         return items if type(value) is list else tuple(items)

@@ -58,7 +58,7 @@ import anyio.lowlevel
 import msgspec
 
 from ..errors import StoreError, StoreUnavailable
-from ..ids import error_message, error_name, safe_repr, safe_text, traceback_text
+from ..ids import error_message, error_name, recorded_text, safe_repr, traceback_text
 from ..records import (
     AssetEvent,
     CacheEntry,
@@ -623,10 +623,7 @@ def _recordable(value: Any, depth: int) -> Any:
     if value is None or isinstance(value, bool | float | bytes | bytearray):
         return value
     if isinstance(value, str):
-        text = safe_text(value)
-        if "\x00" in text:  # a NUL: SQLite keeps it, PostgreSQL's text cannot
-            text = text.replace("\x00", "\\x00")
-        return value if text is value else text
+        return recorded_text(value, nul=True)  # a NUL too: PostgreSQL's text cannot hold one
     if isinstance(value, int):
         return value if _INT64[0] <= value <= _INT64[1] else safe_repr(value, 200)
     if depth >= _MAX_DEPTH and t in (list, tuple, dict):

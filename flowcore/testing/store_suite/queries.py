@@ -517,3 +517,19 @@ async def _lookups_with_surrogates(store: Store) -> None:
     for what, lookup, want in lookups:
         got = await lookup
         assert got == want, differs(f"{what} with {odd!r}", got, want)
+
+
+@CASES.case("runs: lookups by text with a NUL answer, never raise")
+async def _lookups_with_nul(store: Store) -> None:
+    # PostgreSQL's text cannot hold a NUL (a record holding one is written with it
+    # escaped); a lookup with one must answer all the same.
+    await _write_listing_runs(store)
+    odd = "etl\x00nightly"
+    got = await _ids(store.list_runs(name=odd))
+    assert got == [], differs(f"list_runs(name={odd!r})", got, [])
+    seqs = [r.seq for r in await store.list_task_runs("r1", tag=odd)]
+    assert seqs == [], differs(f"list_task_runs('r1', tag={odd!r})", seqs, [])
+    queries = _queries(store)
+    if queries is not None:
+        got = await _ids(queries.filter_runs(name=odd))
+        assert got == [], differs(f"filter_runs(name={odd!r})", got, [])

@@ -67,11 +67,15 @@ _BROKEN: Final = (*_UNREACHABLE, asyncpg.InterfaceError, asyncpg.InternalClientE
 
 
 def _recorded(exc: Exception, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """``args`` as recorded text, when ``exc`` is asyncpg refusing one with lone
-    surrogates and escaping them changes something; else ``None`` (raise ``exc``)."""
-    if not isinstance(exc, asyncpg.DataError) or not isinstance(exc.__cause__, UnicodeEncodeError):
+    """``args`` as recorded text, when ``exc`` is a text argument refused (lone
+    surrogates, which asyncpg cannot encode; a NUL, which PostgreSQL's text cannot hold)
+    and writing them as the recorder does changes something; else ``None`` (raise)."""
+    unencodable = isinstance(exc, asyncpg.DataError) and isinstance(
+        exc.__cause__, UnicodeEncodeError
+    )
+    if not (unencodable or isinstance(exc, asyncpg.CharacterNotInRepertoireError)):
         return None
-    recorded: tuple[Any, ...] = recorded_text(args)
+    recorded: tuple[Any, ...] = recorded_text(args, nul=True)
     return None if recorded is args else recorded
 
 

@@ -67,6 +67,21 @@ async def test_runs_named_with_lone_surrogates_are_found_by_that_name(pg_url: st
         assert task_run.state is State.COMPLETED and task_run.name == "caf\\xe9.csv"
 
 
+async def test_a_run_named_with_a_nul_is_found_by_that_name(pg_url: str) -> None:
+    # PostgreSQL's text cannot hold a NUL: the run is recorded with it escaped, and a
+    # lookup by the name as given failed with CharacterNotInRepertoireError.
+    @flowcore.flow(name="etl\x00nightly")
+    async def nul() -> int:
+        return 1
+
+    async with flowcore.Engine(store=pg_url):
+        assert await nul() == 1
+    async with PostgresStore(pg_url) as store:
+        (run,) = await store.list_runs(name="etl\x00nightly")
+        assert run.name == "etl\\x00nightly"
+        assert [r.id for r in await store.filter_runs(name="etl\x00nightly")] == [run.id]
+
+
 async def test_a_flow_runs_end_to_end_and_is_recorded_whole(pg_url: str) -> None:
     # (flowcore.run takes no store: an Engine names it; see the report on FLOWCORE_DB_URL.)
     async with flowcore.Engine(store=pg_url) as engine:
